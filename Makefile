@@ -1,0 +1,46 @@
+# The two commands a newcomer needs:  make up  (run agentmesh)   make test  (run every test).
+# Both create or reuse .venv, install agentmesh into it, and generate what must be generated.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: up test lint generate check-generated bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+third_party/google/api/annotations.proto: $(STAMP)
+	$(BIN)/python scripts/generate.py
+
+# Regenerates generated/ from protos/ (and third_party/ from googleapis-common-protos).
+generate: $(STAMP)
+	$(BIN)/python scripts/generate.py
+
+up: $(STAMP) third_party/google/api/annotations.proto
+	$(BIN)/agentmesh up
+
+# CI runs this (.ci/run). Starts PostgreSQL and Redis when installed but stopped.
+test: $(STAMP) check-generated lint
+	scripts/ensure-services.sh
+	$(BIN)/pytest
+
+lint: $(STAMP) third_party/google/api/annotations.proto
+	$(BIN)/buf lint
+	$(BIN)/ruff check services gateway tests bench scripts
+
+# Fails when protos/ and generated/ disagree.
+check-generated: $(STAMP)
+	$(BIN)/python scripts/generate.py
+	git diff --exit-code --stat -- generated || (echo "generated/ is stale: run 'make generate' and commit" && exit 1)
+	test -z "$$(git status --porcelain -- generated)" || (git status --porcelain -- generated; echo "generated/ has files git does not track: run 'make generate' and commit" && exit 1)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) third_party .pytest_cache

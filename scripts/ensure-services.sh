@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Makes sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) answer before the tests run:
+# starts them when installed but stopped; says clearly what is missing. Under CI=true a missing
+# service fails the run instead of letting tests skip.
+set -u
+fail() {
+  echo "ensure-services: $*" >&2
+  if [ "${CI:-}" = "true" ]; then exit 1; fi
+  echo "ensure-services: tests that need it will fail." >&2
+  exit 0
+}
+
+pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
+redis_up() { [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; }
+
+if [ -z "${AGENTMESH_TEST_DATABASE_URL:-}" ] && ! pg_up; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    echo "ensure-services: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -n1)" main start || true
+    for _ in $(seq 1 30); do pg_up && break; sleep 1; done
+  fi
+  pg_up || fail "PostgreSQL is not running on 127.0.0.1:5432 and could not be started (install: apt-get install postgresql)"
+fi
+
+if [ -z "${AGENTMESH_TEST_REDIS_URL:-}" ] && ! redis_up; then
+  if command -v redis-server >/dev/null 2>&1; then
+    echo "ensure-services: starting Redis"
+    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
+    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+      --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+    for _ in $(seq 1 30); do redis_up && break; sleep 1; done
+  fi
+  redis_up || fail "Redis is not running on 127.0.0.1:6379 and could not be started (install: apt-get install redis-server)"
+fi
+echo "ensure-services: PostgreSQL and Redis are up"

@@ -1,0 +1,141 @@
+"""The bootstrap: builds, once per process, everything the services share, and closes it.
+
+`Runtime.create` does the I/O; services receive the Runtime and take what they need from it. Nothing
+here is created at import time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import pathlib
+import secrets
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
+from google.protobuf import json_format
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.platform import db, redis_client, telemetry
+from services.platform.auth import JwksSource, TokenVerifier
+from services.platform.pagination import PageTokens
+from services.platform.peers import PeerChannels
+from services.platform.settings import Settings, SettingsError
+
+log = logging.getLogger("agentmesh.runtime")
+
+# Keys identity writes and every verifier reads: the deny-listed jti of a logged-out access token,
+# and a user's "tokens issued before this time are void" mark (password change, disable, delete).
+DENIED_JTI_KEY = "auth:denied-jti:{jti}"
+VALID_AFTER_KEY = "auth:valid-after:{user_id}"
+
+
+def embedded_secrets(data_dir: str) -> dict[str, str]:
+    """Secrets of the embedded mode, made once and kept in the data directory (mode 0600)."""
+    path = pathlib.Path(data_dir) / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    values = {"service_secret": secrets.token_urlsafe(32), "page_token_secret": secrets.token_urlsafe(32)}
+    path.touch(mode=0o600)
+    path.write_text(json.dumps(values))
+    return values
+
+
+def with_embedded_secrets(settings: Settings) -> Settings:
+    stored = embedded_secrets(settings.data_dir)
+    auth = dataclasses.replace(
+        settings.auth,
+        service_secret=settings.auth.service_secret or stored["service_secret"],
+        page_token_secret=settings.auth.page_token_secret or stored["page_token_secret"],
+        signing_key_file=settings.auth.signing_key_file
+        or str(pathlib.Path(settings.data_dir) / "signing_key.pem"),
+    )
+    return dataclasses.replace(settings, auth=auth)
+
+
+def revocation_check(redis: aioredis.Redis) -> Callable[[Mapping[str, Any]], Awaitable[str | None]]:
+    async def check(claims: Mapping[str, Any]) -> str | None:
+        denied, valid_after = await redis.mget(
+            DENIED_JTI_KEY.format(jti=claims["jti"]), VALID_AFTER_KEY.format(user_id=claims["sub"])
+        )
+        if denied is not None:
+            return "logged out"
+        if valid_after is not None and float(claims["iat"]) < float(valid_after):
+            return "revoked"
+        return None
+
+    return check
+
+
+class Runtime:
+    """Settings, database engine, Redis, tracer provider, peer channels, token verifier, page tokens."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        engine: AsyncEngine,
+        redis: aioredis.Redis,
+        tracer_provider: TracerProvider,
+        peers: PeerChannels,
+        page_tokens: PageTokens,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings
+        self.engine = engine
+        self.redis = redis
+        self.tracer_provider = tracer_provider
+        self.peers = peers
+        self.page_tokens = page_tokens
+        self.clock = clock
+        # Replaced by identity when it runs in this process (it then reads its own keys directly).
+        self.jwks_source: JwksSource = self._jwks_from_identity
+        self.verifier = TokenVerifier(
+            lambda: self.jwks_source(),
+            issuer=settings.auth.issuer,
+            audience=settings.auth.audience,
+            revocation_check=revocation_check(redis),
+            clock=clock,
+        )
+
+    @classmethod
+    async def create(
+        cls, settings: Settings, *, service_name: str = "agentmesh", span_exporter: SpanExporter | None = None
+    ) -> Runtime:
+        if not settings.auth.page_token_secret:
+            raise SettingsError("AGENTMESH_PAGE_TOKEN_SECRET is required outside the embedded mode")
+        engine = db.create_engine(settings.effective_database_url)
+        redis = redis_client.create_redis(settings.redis_url)
+        provider = telemetry.create_tracer_provider(
+            service_name, settings.otel_exporter, span_exporter=span_exporter
+        )
+        peers = PeerChannels(
+            deadline_cap=settings.peers.deadline_seconds, tls=settings.tls, tracer_provider=provider
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            redis=redis,
+            tracer_provider=provider,
+            peers=peers,
+            page_tokens=PageTokens(settings.auth.page_token_secret.encode()),
+        )
+
+    async def _jwks_from_identity(self) -> Mapping[str, Any]:
+        from agentmesh.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
+
+        stub = identity_service_pb2_grpc.IdentityServiceStub(self.peers.channel(self.settings.peers.identity))
+        response = await stub.GetJwks(identity_service_pb2.GetJwksRequest(), timeout=5)
+        return json_format.MessageToDict(response, preserving_proto_field_name=True)
+
+    async def close(self) -> None:
+        await self.peers.close()
+        await self.redis.aclose()
+        await self.engine.dispose()
+        self.tracer_provider.shutdown()

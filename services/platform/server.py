@@ -1,0 +1,160 @@
+"""The grpc.aio server every agentmesh process runs: services, health, reflection, the middleware
+chain, TLS, and a graceful stop (health NOT_SERVING first, then drain within the grace period)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Iterable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+from services.platform import db
+from services.platform.health import HealthMonitor
+from services.platform.metrics import Metrics
+from services.platform.middleware import AccessLog, Authentication, ErrorMapping, Pipeline
+from services.platform.runtime import Runtime
+from services.platform.settings import TlsSettings
+
+log = logging.getLogger("agentmesh.server")
+
+
+@dataclasses.dataclass
+class ServiceRegistration:
+    """What a service hands the server: its name, how to add it, and what runs beside it."""
+
+    name: str
+    add_to_server: Callable[[grpc.aio.Server], None]
+    # Full method names ("/pkg.Service/Method") callable without an access token.
+    public_methods: frozenset[str] = frozenset()
+    # Started once the server listens (background jobs); cancelled before the runtime closes.
+    background: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+    on_stop: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def server_credentials(tls: TlsSettings) -> grpc.ServerCredentials | None:
+    if not tls.enabled:
+        return None
+    return grpc.ssl_server_credentials(
+        [(_read(tls.key_file), _read(tls.cert_file))],
+        root_certificates=_read(tls.ca_file) if tls.mutual else None,
+        require_client_auth=tls.mutual,
+    )
+
+
+class Server:
+    """`start()` binds and serves; `stop()` drains; `run_until_signal()` does both around SIGTERM."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        registrations: Iterable[ServiceRegistration],
+        *,
+        address: str | None = None,
+        reuse_port: bool = False,
+        metrics: Metrics | None = None,
+    ):
+        self.runtime = runtime
+        self.registrations = list(registrations)
+        self._address = address or runtime.settings.grpc_address
+        self.metrics = metrics or Metrics()
+        public = frozenset().union(*(r.public_methods for r in self.registrations))
+        self._server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(tracer_provider=runtime.tracer_provider),
+                Pipeline(
+                    [
+                        AccessLog(),
+                        self.metrics,
+                        ErrorMapping(),
+                        Authentication(runtime.verifier, public_methods=public),
+                    ]
+                ),
+            ],
+            options=[
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
+                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+                ("grpc.keepalive_permit_without_calls", 1),
+            ],
+        )
+        for registration in self.registrations:
+            registration.add_to_server(self._server)
+        self.health_servicer = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
+        names = [r.name for r in self.registrations]
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+            self._server,
+        )
+        self.health = HealthMonitor(
+            self.health_servicer,
+            names,
+            {"database": lambda: db.ping(runtime.engine), "redis": lambda: runtime.redis.ping()},
+            interval=runtime.settings.health_interval_seconds,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+        self.port = 0
+
+    async def start(self) -> int:
+        creds = server_credentials(self.runtime.settings.tls)
+        if creds is None:
+            self.port = self._server.add_insecure_port(self._address)
+        else:
+            self.port = self._server.add_secure_port(self._address, creds)
+        if self.port == 0:
+            raise OSError(f"could not bind {self._address}")
+        await self._server.start()
+        await self.health.check_once()
+        self.health.start()
+        for registration in self.registrations:
+            for job in registration.background:
+                self._tasks.append(asyncio.get_running_loop().create_task(job()))
+        log.info(
+            "serving",
+            extra={
+                "fields": {
+                    "address": self._address,
+                    "port": self.port,
+                    "services": [r.name for r in self.registrations],
+                }
+            },
+        )
+        return self.port
+
+    async def stop(self, grace: float | None = None) -> None:
+        grace = self.runtime.settings.shutdown_grace_seconds if grace is None else grace
+        await self.health.shutdown()
+        # New calls are refused from here; in-flight calls and streams get `grace` seconds.
+        await self._server.stop(grace)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for registration in self.registrations:
+            for hook in registration.on_stop:
+                await hook()
+        log.info("stopped", extra={"fields": {"address": self._address}})
+
+    async def run_until_signal(self, *, on_started: Callable[[int], None] | None = None) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        if on_started is not None:
+            on_started(self.port)
+        await stop.wait()
+        log.info(
+            "signal received, draining",
+            extra={"fields": {"grace_seconds": self.runtime.settings.shutdown_grace_seconds}},
+        )
+        await self.stop()

@@ -1,0 +1,166 @@
+"""Settings, read once from an environment mapping (tests pass a plain dict).
+
+Every variable is listed in the README's configuration table; keep the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pathlib
+from collections.abc import Mapping
+
+
+class SettingsError(ValueError):
+    """A variable is missing or malformed; the message names it."""
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TlsSettings:
+    cert_file: str = ""
+    key_file: str = ""
+    # With a CA, servers require client certificates and channels present ours: mutual TLS.
+    ca_file: str = ""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.cert_file and self.key_file)
+
+    @property
+    def mutual(self) -> bool:
+        return self.enabled and bool(self.ca_file)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AuthSettings:
+    issuer: str = "agentmesh"
+    audience: str = "agentmesh"
+    access_token_ttl_seconds: int = 900
+    refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # PEM Ed25519 private key identity signs with; earlier keys stay published in the JWKS.
+    signing_key_file: str = ""
+    previous_signing_key_files: tuple[str, ...] = ()
+    # Shared secret that exchanges for a service token (IssueServiceToken).
+    service_secret: str = ""
+    # HMAC key for page tokens.
+    page_token_secret: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PeerSettings:
+    identity: str = ""
+    agents: str = ""
+    conversation: str = ""
+    orchestration: str = ""
+    # Cap on any call to a peer; the caller's remaining deadline wins when shorter.
+    deadline_seconds: float = 10.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Settings:
+    embedded: bool = False
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int = 50051
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
+    data_dir: str = ".agentmesh"
+    database_url: str = ""
+    redis_url: str = ""
+    log_level: str = "INFO"
+    otel_exporter: str = "none"
+    metrics_port: int = 0
+    shutdown_grace_seconds: float = 10.0
+    health_interval_seconds: float = 1.0
+    tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
+    auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
+    peers: PeerSettings = dataclasses.field(default_factory=PeerSettings)
+
+    @property
+    def grpc_address(self) -> str:
+        return f"{self.grpc_host}:{self.grpc_port}"
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        path = pathlib.Path(self.data_dir).resolve() / "agentmesh.db"
+        return f"sqlite+aiosqlite:///{path}"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
+        """Reads AGENTMESH_* (plus DATABASE_URL and REDIS_URL); keyword overrides win (CLI flags)."""
+        env = os.environ if env is None else env
+        exporter = env.get("AGENTMESH_OTEL_EXPORTER", "none")
+        if exporter not in ("none", "console", "otlp", "memory"):
+            raise SettingsError(f"AGENTMESH_OTEL_EXPORTER must be none, console or otlp, got {exporter!r}")
+        previous = tuple(p for p in env.get("AGENTMESH_PREVIOUS_SIGNING_KEY_FILES", "").split(",") if p)
+        values: dict[str, object] = dict(
+            grpc_host=env.get("AGENTMESH_GRPC_HOST", "127.0.0.1"),
+            grpc_port=_int(env, "AGENTMESH_GRPC_PORT", 50051),
+            http_host=env.get("AGENTMESH_HTTP_HOST", "127.0.0.1"),
+            http_port=_int(env, "AGENTMESH_HTTP_PORT", 8080),
+            data_dir=env.get("AGENTMESH_DATA_DIR", ".agentmesh"),
+            database_url=env.get("DATABASE_URL", ""),
+            redis_url=env.get("REDIS_URL", ""),
+            log_level=env.get("AGENTMESH_LOG_LEVEL", "INFO").upper(),
+            otel_exporter=exporter,
+            metrics_port=_int(env, "AGENTMESH_METRICS_PORT", 0),
+            shutdown_grace_seconds=_float(env, "AGENTMESH_SHUTDOWN_GRACE_SECONDS", 10.0),
+            health_interval_seconds=_float(env, "AGENTMESH_HEALTH_INTERVAL_SECONDS", 1.0),
+            tls=TlsSettings(
+                cert_file=env.get("AGENTMESH_TLS_CERT_FILE", ""),
+                key_file=env.get("AGENTMESH_TLS_KEY_FILE", ""),
+                ca_file=env.get("AGENTMESH_TLS_CA_FILE", ""),
+            ),
+            auth=AuthSettings(
+                issuer=env.get("AGENTMESH_JWT_ISSUER", "agentmesh"),
+                audience=env.get("AGENTMESH_JWT_AUDIENCE", "agentmesh"),
+                access_token_ttl_seconds=_int(env, "AGENTMESH_ACCESS_TOKEN_TTL_SECONDS", 900),
+                refresh_token_ttl_seconds=_int(env, "AGENTMESH_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
+                signing_key_file=env.get("AGENTMESH_SIGNING_KEY_FILE", ""),
+                previous_signing_key_files=previous,
+                service_secret=env.get("AGENTMESH_SERVICE_SECRET", ""),
+                page_token_secret=env.get("AGENTMESH_PAGE_TOKEN_SECRET", ""),
+            ),
+            peers=PeerSettings(
+                identity=env.get("AGENTMESH_IDENTITY_ADDR", ""),
+                agents=env.get("AGENTMESH_AGENTS_ADDR", ""),
+                conversation=env.get("AGENTMESH_CONVERSATION_ADDR", ""),
+                orchestration=env.get("AGENTMESH_ORCHESTRATION_ADDR", ""),
+                deadline_seconds=_float(env, "AGENTMESH_PEER_DEADLINE_SECONDS", 10.0),
+            ),
+        )
+        values.update(overrides)
+        return cls(**values)  # type: ignore[arg-type]
+
+    def embedded_defaults(self) -> Settings:
+        """The embedded mode: peers are this process, secrets live in the data directory."""
+        own = self.grpc_address
+        peers = dataclasses.replace(
+            self.peers,
+            identity=self.peers.identity or own,
+            agents=self.peers.agents or own,
+            conversation=self.peers.conversation or own,
+            orchestration=self.peers.orchestration or own,
+        )
+        return dataclasses.replace(self, embedded=True, peers=peers)

@@ -1,0 +1,174 @@
+"""Shared fixtures: a real PostgreSQL database and a real Redis database per test session, test
+signing keys with a token factory, and real grpc.aio servers on port 0.
+
+PostgreSQL: AGENTMESH_TEST_DATABASE_URL names a server (default: postgres on 127.0.0.1:5432); each
+session creates its own database there and drops it at the end. Redis: AGENTMESH_TEST_REDIS_URL
+(default 127.0.0.1:6379); each session takes one of databases 1-15 and flushes only that one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import jwt
+import psycopg
+import pytest
+import redis as sync_redis
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from services.platform import migrations
+from services.platform.runtime import Runtime
+from services.platform.server import Server, ServiceRegistration
+from services.platform.settings import Settings
+from services.registry import SERVICES
+
+PG_SERVER = os.environ.get("AGENTMESH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_SERVER = os.environ.get("AGENTMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+ISSUER = "agentmesh"
+AUDIENCE = "agentmesh"
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Any:
+    """A fresh PostgreSQL database (SQLAlchemy URL) with every service's migrations applied."""
+    name = f"agentmesh_test_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    base = PG_SERVER.rsplit("/", 1)[0]
+    url = f"{base.replace('postgresql://', 'postgresql+psycopg://', 1)}/{name}"
+    from services.platform.db import create_engine
+
+    async def migrate() -> None:
+        engine = create_engine(url)
+        try:
+            await migrations.upgrade(engine, list(SERVICES))
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    yield url
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Any:
+    """A Redis database of its own (1-15, taken round-robin), flushed before and after the session."""
+    admin = sync_redis.Redis.from_url(REDIS_SERVER + "/0")
+    index = int(admin.incr("agentmesh:test:db-counter")) % 15 + 1
+    url = f"{REDIS_SERVER}/{index}"
+    client = sync_redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    client.close()
+    admin.close()
+
+
+@dataclasses.dataclass
+class TestKeys:
+    """A signing key like identity's, so tests of any service can mint tokens without identity."""
+
+    private_key: Ed25519PrivateKey
+    kid: str
+
+    def jwks(self) -> dict[str, Any]:
+        jwk = jwt.algorithms.OKPAlgorithm.to_jwk(self.private_key.public_key(), as_dict=True)
+        return {"keys": [{**jwk, "kid": self.kid, "alg": "EdDSA", "use": "sig"}]}
+
+    def token(
+        self,
+        *,
+        tenant: str = "tenant-a",
+        sub: str = "user-a",
+        roles: tuple[str, ...] = ("owner",),
+        tier: str = "pro",
+        ttl: float = 300,
+        **overrides: Any,
+    ) -> str:
+        now = time.time()
+        claims: dict[str, Any] = {
+            "iss": ISSUER,
+            "aud": AUDIENCE,
+            "sub": sub,
+            "tenant": tenant,
+            "roles": list(roles),
+            "tier": tier,
+            "typ": "access",
+            "jti": uuid.uuid4().hex,
+            "iat": int(now),
+            "exp": int(now + ttl),
+        }
+        claims.update(overrides)
+        claims = {k: v for k, v in claims.items() if v is not None}
+        return jwt.encode(claims, self.private_key, algorithm="EdDSA", headers={"kid": self.kid})
+
+
+@pytest.fixture(scope="session")
+def keys() -> TestKeys:
+    return TestKeys(Ed25519PrivateKey.generate(), kid=f"test-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def settings(pg_url: str, redis_url: str) -> Settings:
+    return _test_settings(pg_url, redis_url)
+
+
+def _test_settings(pg_url: str, redis_url: str) -> Settings:
+    base = Settings.from_env({}, database_url=pg_url, redis_url=redis_url, grpc_port=0)
+    auth = dataclasses.replace(
+        base.auth, page_token_secret="test-page-token-secret", service_secret="test-service-secret"
+    )
+    return dataclasses.replace(base, auth=auth, health_interval_seconds=0.2, shutdown_grace_seconds=5.0)
+
+
+@pytest.fixture
+async def runtime(settings: Settings, keys: TestKeys) -> AsyncIterator[Runtime]:
+    rt = await Runtime.create(settings)
+
+    async def jwks() -> dict[str, Any]:
+        return keys.jwks()
+
+    rt.jwks_source = jwks
+    yield rt
+    await rt.close()
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: Server
+    channel: grpc.aio.Channel
+    address: str
+
+
+@pytest.fixture
+async def serve(runtime: Runtime) -> AsyncIterator[Callable[..., Any]]:
+    """`await serve("agents", ...)` (names or ready ServiceRegistrations) -> RunningServer on port 0."""
+    started: list[RunningServer] = []
+
+    async def start(*services: str | ServiceRegistration) -> RunningServer:
+        registrations = [
+            s if isinstance(s, ServiceRegistration) else await SERVICES[s](runtime) for s in services
+        ]
+        server = Server(runtime, registrations, address="127.0.0.1:0")
+        port = await server.start()
+        address = f"127.0.0.1:{port}"
+        running = RunningServer(server, grpc.aio.insecure_channel(address), address)
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        await running.channel.close()
+        await running.server.stop(0)
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
