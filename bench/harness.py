@@ -1,0 +1,94 @@
+"""Measures throughput and p50/p99 latency of any async call at a given concurrency, and the floor
+to compare against: an empty grpc.aio handler on the same machine, in the same run.
+
+    floor = await measure(empty_call, concurrency=16, seconds=3)
+    ours = await measure(lambda: stub.GetAgent(req, metadata=md), concurrency=16, seconds=3)
+    print(report("GetAgent", ours, floor))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import platform
+import statistics
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    calls: int
+    seconds: float
+    p50_ms: float
+    p99_ms: float
+
+    @property
+    def throughput(self) -> float:
+        return self.calls / self.seconds if self.seconds else 0.0
+
+
+async def measure(
+    call: Callable[[], Awaitable[object]], *, concurrency: int = 16, seconds: float = 3.0, warmup: float = 0.5
+) -> Result:
+    """Runs `call` from `concurrency` workers for `seconds` (after `warmup`); every call must succeed."""
+    latencies: list[float] = []
+    stop_at = 0.0
+
+    async def worker(record: bool) -> None:
+        while time.perf_counter() < stop_at:
+            start = time.perf_counter()
+            await call()
+            if record:
+                latencies.append(time.perf_counter() - start)
+
+    stop_at = time.perf_counter() + warmup
+    await asyncio.gather(*(worker(False) for _ in range(concurrency)))
+    begin = time.perf_counter()
+    stop_at = begin + seconds
+    await asyncio.gather(*(worker(True) for _ in range(concurrency)))
+    elapsed = time.perf_counter() - begin
+    ordered = sorted(latencies)
+    p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
+    return Result(len(ordered), elapsed, statistics.median(ordered) * 1000 if ordered else 0.0, p99 * 1000)
+
+
+class _EmptyHealth(health_pb2_grpc.HealthServicer):
+    async def Check(self, request, context):  # type: ignore[no-untyped-def]
+        return health_pb2.HealthCheckResponse()
+
+
+@asynccontextmanager
+async def empty_handler() -> AsyncIterator[Callable[[], Awaitable[object]]]:
+    """A bare grpc.aio server (no interceptors) with one empty unary handler; yields a call to it."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(_EmptyHealth(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest()
+    try:
+        yield lambda: stub.Check(request)
+    finally:
+        await channel.close()
+        await server.stop(0)
+
+
+def report(name: str, ours: Result, floor: Result) -> str:
+    ratio = ours.throughput / floor.throughput if floor.throughput else 0.0
+    return (
+        f"{name:<36} {ours.throughput:9.0f} calls/s  p50 {ours.p50_ms:7.3f} ms  p99 {ours.p99_ms:7.3f} ms"
+        f"  | empty handler {floor.throughput:9.0f} calls/s  p50 {floor.p50_ms:7.3f} ms"
+        f"  | throughput ratio {ratio:5.2f}"
+    )
+
+
+def machine() -> str:
+    import os
+
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, grpcio {grpc.__version__}"
