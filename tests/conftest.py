@@ -122,11 +122,19 @@ def settings(pg_url: str, redis_url: str) -> Settings:
 
 
 def _test_settings(pg_url: str, redis_url: str) -> Settings:
-    base = Settings.from_env({}, database_url=pg_url, redis_url=redis_url, grpc_port=0)
-    auth = dataclasses.replace(
-        base.auth, page_token_secret="test-page-token-secret", service_secret="test-service-secret"
+    return Settings.from_env(
+        {
+            "DATABASE_URL": pg_url,
+            "REDIS_URL": redis_url,
+            "AGENTMESH_GRPC_PORT": "0",
+            "AGENTMESH_PAGE_TOKEN_SECRET": "test-page-token-secret",
+            "AGENTMESH_SERVICE_SECRET": "test-service-secret",
+            # Revocation must be visible at once in tests (production trusts a check for a second).
+            "AGENTMESH_REVOCATION_CACHE_SECONDS": "0",
+            "AGENTMESH_HEALTH_INTERVAL_SECONDS": "0.2",
+            "AGENTMESH_SHUTDOWN_GRACE_SECONDS": "5",
+        }
     )
-    return dataclasses.replace(base, auth=auth, health_interval_seconds=0.2, shutdown_grace_seconds=5.0)
 
 
 @pytest.fixture

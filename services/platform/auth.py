@@ -82,6 +82,7 @@ class TokenVerifier:
         refetch_interval: float = 1.0,
         leeway: float = 5.0,
         clock: Callable[[], float] = time.time,
+        cache_size: int = 10_000,
     ):
         self._source = jwks_source
         self._issuer = issuer
@@ -93,6 +94,8 @@ class TokenVerifier:
         self._keys: dict[str, jwt.PyJWK] = {}
         self._last_fetch = float("-inf")
         self._lock = asyncio.Lock()
+        self._verified: dict[str, Principal] = {}
+        self._cache_size = cache_size
 
     async def _refresh(self, *, force: bool) -> None:
         async with self._lock:
@@ -119,7 +122,31 @@ class TokenVerifier:
         return key
 
     async def verify(self, token: str) -> Principal:
-        """The Principal of a valid access token; Unauthenticated otherwise."""
+        """The Principal of a valid access token; Unauthenticated otherwise.
+
+        A token verified once is remembered until it expires (a signature check is most of the
+        cost of a call); the revocation check still runs on every call.
+        """
+        cached = self._verified.get(token)
+        if cached is not None and cached.expires_at + self._leeway > self._clock():
+            await self._check_revocation(cached)
+            return cached
+        principal = await self._verify_signature_and_claims(token)
+        if len(self._verified) >= self._cache_size:
+            self._verified.pop(next(iter(self._verified)))
+        self._verified[token] = principal
+        await self._check_revocation(principal)
+        return principal
+
+    async def _check_revocation(self, principal: Principal) -> None:
+        if self._revocation_check is not None:
+            revoked = await self._revocation_check(
+                {"jti": principal.jti, "sub": principal.user_id, "iat": principal.issued_at}
+            )
+            if revoked:
+                raise errors.Unauthenticated(INVALID_TOKEN, reason="TOKEN_REVOKED")
+
+    async def _verify_signature_and_claims(self, token: str) -> Principal:
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -146,10 +173,6 @@ class TokenVerifier:
             raise errors.Unauthenticated(INVALID_TOKEN, reason="INVALID_TOKEN") from None
         if claims.get("typ") != ACCESS_TOKEN_TYPE:
             raise errors.Unauthenticated(INVALID_TOKEN, reason="WRONG_TOKEN_TYPE")
-        if self._revocation_check is not None:
-            revoked = await self._revocation_check(claims)
-            if revoked:
-                raise errors.Unauthenticated(INVALID_TOKEN, reason="TOKEN_REVOKED")
         roles = claims.get("roles", [])
         return Principal(
             user_id=str(claims["sub"]),

@@ -64,6 +64,8 @@ class AuthSettings:
     service_secret: str = ""
     # HMAC key for page tokens.
     page_token_secret: str = ""
+    # How long a verifier trusts a "not revoked" answer before asking Redis again.
+    revocation_cache_seconds: float = 1.0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -141,6 +143,7 @@ class Settings:
                 previous_signing_key_files=previous,
                 service_secret=env.get("AGENTMESH_SERVICE_SECRET", ""),
                 page_token_secret=env.get("AGENTMESH_PAGE_TOKEN_SECRET", ""),
+                revocation_cache_seconds=_float(env, "AGENTMESH_REVOCATION_CACHE_SECONDS", 1.0),
             ),
             peers=PeerSettings(
                 identity=env.get("AGENTMESH_IDENTITY_ADDR", ""),

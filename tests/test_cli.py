@@ -1,0 +1,162 @@
+"""The `agentmesh` command as a user runs it: `up` serves every service with health and reflection
+that third-party clients (buf curl, grpcurl) understand; `serve` refuses to start unconfigured."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+SERVICES = [
+    "agentmesh.agents.v1.AgentService",
+    "agentmesh.conversation.v1.ConversationService",
+    "agentmesh.identity.v1.IdentityService",
+    "agentmesh.orchestration.v1.OrchestrationService",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1alpha.ServerReflection",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def agentmesh_up(tmp_path) -> Iterator[int]:
+    grpc_port, http_port = free_port(), free_port()
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AGENTMESH_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    env["AGENTMESH_ECHO_DELAY_MS"] = "0"
+    proc = subprocess.Popen(
+        [
+            str(BIN / "agentmesh"),
+            "up",
+            "--grpc-port",
+            str(grpc_port),
+            "--http-port",
+            str(http_port),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        if "serving gRPC" in line:
+            break
+    if proc.poll() is not None or time.monotonic() >= deadline:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        pytest.fail("agentmesh up did not start")
+    try:
+        yield grpc_port
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        proc.stdout.close()
+    assert code == 0
+
+
+def test_buf_curl_lists_the_six_services(agentmesh_up):
+    out = subprocess.run(
+        [
+            str(BIN / "buf"),
+            "curl",
+            "--protocol",
+            "grpc",
+            "--http2-prior-knowledge",
+            "--list-services",
+            f"http://127.0.0.1:{agentmesh_up}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert sorted(out) == SERVICES
+
+
+def test_grpcurl_lists_describes_and_checks_health(agentmesh_up):
+    target = f"127.0.0.1:{agentmesh_up}"
+    listed = subprocess.run(
+        [str(BIN / "grpcurl"), "-plaintext", target, "list"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
+    assert sorted(listed) == SERVICES
+    described = subprocess.run(
+        [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            target,
+            "describe",
+            "agentmesh.agents.v1.AgentService",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert "rpc CreateAgent ( .agentmesh.agents.v1.CreateAgentRequest )" in described
+    assert 'post:"/v1/agents"' in described
+    health = subprocess.run(
+        [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            "-d",
+            '{"service": "agentmesh.identity.v1.IdentityService"}',
+            target,
+            "grpc.health.v1.Health/Check",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert json.loads(health) == {"status": "SERVING"}
+
+
+def test_serve_refuses_to_start_without_secrets(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_")}
+    env["AGENTMESH_GRPC_PORT"] = str(free_port())
+    done = subprocess.run(
+        [str(BIN / "agentmesh"), "serve", "agents"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 2
+    assert "AGENTMESH_PAGE_TOKEN_SECRET" in done.stderr
+
+
+def test_serve_rejects_unknown_service(tmp_path):
+    done = subprocess.run(
+        [str(BIN / "agentmesh"), "serve", "billing"], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 2
+    assert "unknown service billing" in done.stderr
