@@ -59,7 +59,7 @@ def pki(tmp_path):
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca = _cert("agentmesh-test-ca", ca_key, None, ca_key, ca=True)
     ca_path, _ = _write(tmp_path / "ca", ca, ca_key)
-    out = {"ca": ca_path}
+    out = {"ca": ca_path, "ca_pem": Path(ca_path).read_bytes()}
     for name in ("server", "client"):
         key = ec.generate_private_key(ec.SECP256R1())
         out[name] = _write(tmp_path / name, _cert(name, ca_key, ca.subject, key, ca=False), key)
@@ -83,7 +83,7 @@ async def test_mutual_tls_between_services(settings, pki):
         assert ok.status == health_pb2.HealthCheckResponse.SERVING
 
         # TLS that trusts the CA but shows no client certificate is turned away.
-        creds = grpc.ssl_channel_credentials(root_certificates=Path(pki["ca"]).read_bytes())
+        creds = grpc.ssl_channel_credentials(root_certificates=pki["ca_pem"])
         async with grpc.aio.secure_channel(f"localhost:{port}", creds) as anonymous:
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await health_pb2_grpc.HealthStub(anonymous).Check(health_pb2.HealthCheckRequest(), timeout=5)
