@@ -31,7 +31,8 @@ test: $(STAMP) check-generated lint
 
 lint: $(STAMP) third_party/google/api/annotations.proto
 	$(BIN)/buf lint
-	$(BIN)/ruff check services gateway tests bench scripts
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Fails when protos/ and generated/ disagree.
 check-generated: $(STAMP)

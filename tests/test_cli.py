@@ -160,3 +160,43 @@ def test_serve_rejects_unknown_service(tmp_path):
     )
     assert done.returncode == 2
     assert "unknown service billing" in done.stderr
+
+
+def test_serve_with_workers_shares_the_port_and_stops_on_sigterm(settings, tmp_path):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_")}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        AGENTMESH_GRPC_PORT=str(port),
+        AGENTMESH_PAGE_TOKEN_SECRET="workers-test",
+        AGENTMESH_SERVICE_SECRET="workers-test",
+    )
+    proc = subprocess.Popen(
+        [str(BIN / "agentmesh"), "serve", "agents", "--workers", "2"],
+        env=env,
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        started = [proc.stdout.readline() for _ in range(2)]
+        assert all(f"serving gRPC on 127.0.0.1:{port}" in line for line in started), started
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2
+        health = subprocess.run(
+            [str(BIN / "grpcurl"), "-plaintext", f"127.0.0.1:{port}", "grpc.health.v1.Health/Check"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        ).stdout
+        assert json.loads(health) == {"status": "SERVING"}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        proc.stdout.close()
+    assert code == 0
+    for child in children:
+        assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
