@@ -19,10 +19,10 @@ import uuid
 
 import grpc
 import jwt
-from agentmesh.identity.v1 import identity_service_pb2 as pb
-from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agentmesh.identity.v1 import identity_service_pb2 as pb
+from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from bench.harness import empty_handler, machine, measure, report
 from services.platform.middleware import principal
 from services.platform.runtime import Runtime

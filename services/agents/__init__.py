@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from agentmesh.agents.v1 import agents_service_pb2, agents_service_pb2_grpc
-
 from services.platform.runtime import Runtime
 from services.platform.server import ServiceRegistration
 

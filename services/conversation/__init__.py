@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from agentmesh.conversation.v1 import conversation_service_pb2, conversation_service_pb2_grpc
-
 from services.platform.runtime import Runtime
 from services.platform.server import ServiceRegistration
 

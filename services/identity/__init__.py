@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from agentmesh.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
-
 from services.platform.runtime import Runtime
 from services.platform.server import ServiceRegistration
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2, orchestration_service_pb2_grpc
-
 from services.platform.runtime import Runtime
 from services.platform.server import ServiceRegistration
 

@@ -7,11 +7,11 @@ import time
 import grpc
 import jwt
 import pytest
-from agentmesh.identity.v1 import identity_service_pb2 as pb
-from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agentmesh.identity.v1 import identity_service_pb2 as pb
+from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.platform import errors
 from services.platform.auth import TokenVerifier
 from tests.conftest import bearer

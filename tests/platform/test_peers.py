@@ -3,10 +3,10 @@ the caller's remaining time, capped."""
 
 import dataclasses
 
-from agentmesh.identity.v1 import identity_service_pb2 as pb
-from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from agentmesh.identity.v1 import identity_service_pb2 as pb
+from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
 from tests.conftest import bearer

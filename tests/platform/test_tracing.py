@@ -1,11 +1,11 @@
 """One server span per RPC reaches the exporter, joined to the caller's trace when one was sent."""
 
 import grpc
-from agentmesh.identity.v1 import identity_service_pb2 as pb
-from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from agentmesh.identity.v1 import identity_service_pb2 as pb
+from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.platform.runtime import Runtime
 from services.platform.server import Server
 from tests.conftest import bearer
