@@ -7,7 +7,7 @@ from agentmesh.agents.v1 import agents_service_pb2_grpc as pb_grpc
 from tests.conftest import bearer
 
 
-async def test_unauthenticated_without_token_and_unimplemented_with_one(serve, keys):
+async def test_unauthenticated_without_token_and_not_found_with_one(serve, keys):
     running = await serve("agents")
     stub = pb_grpc.AgentServiceStub(running.channel)
     with pytest.raises(grpc.aio.AioRpcError) as err:
@@ -15,7 +15,7 @@ async def test_unauthenticated_without_token_and_unimplemented_with_one(serve, k
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await stub.GetAgent(pb.GetAgentRequest(agent_id="x"), metadata=bearer(keys.token()))
-    assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
     health = health_pb2_grpc.HealthStub(running.channel)
     reply = await health.Check(health_pb2.HealthCheckRequest(service="agentmesh.agents.v1.AgentService"))
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
