@@ -214,7 +214,9 @@ class AgentService:
             errors.Violation(v.field, v.description)
             for v in validation.check_names(display_name, "") + validation.check_config(config)
         ]
-        out += validation.check_tier(config, limits)
+        # A field already wrong in format is not reported again as over a tier limit.
+        flagged = {v.subject for v in out}
+        out += [v for v in validation.check_tier(config, limits) if v.subject not in flagged]
         if await self._store.count_agents(p.tenant_id) >= limits.max_agents:
             out.append(
                 errors.Violation(
