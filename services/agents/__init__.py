@@ -1,4 +1,4 @@
-"""agentmesh.agents.v1.AgentService."""
+"""agentmesh.agents.v1.AgentService: versioned agent configs, templates, tier validation, change stream."""
 
 from __future__ import annotations
 
@@ -10,10 +10,24 @@ SERVICE_NAME = agents_service_pb2.DESCRIPTOR.services_by_name["AgentService"].fu
 
 
 async def register(runtime: Runtime) -> ServiceRegistration:
-    servicer = agents_service_pb2_grpc.AgentServiceServicer()
+    from services.agents.events import EventBus
+    from services.agents.service import AgentService
+    from services.agents.servicer import AgentServicer
+    from services.agents.store import AgentStore
+
+    events = EventBus(redis=runtime.redis)
+    service = AgentService(
+        store=AgentStore(engine=runtime.engine),
+        events=events,
+        page_tokens=runtime.page_tokens,
+        clock=runtime.clock,
+    )
+    servicer = AgentServicer(service=service)
     return ServiceRegistration(
         name=SERVICE_NAME,
         add_to_server=lambda server: agents_service_pb2_grpc.add_AgentServiceServicer_to_server(
             servicer, server
         ),
+        # WatchAgents streams never end by themselves: end them as soon as draining starts.
+        on_drain=[events.close],
     )

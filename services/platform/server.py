@@ -35,6 +35,8 @@ class ServiceRegistration:
     # Started once the server listens (background jobs); cancelled before the runtime closes.
     background: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+    # Run when stopping begins, before in-flight calls drain: end endless streams (watches) here.
+    on_drain: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
 
 
 def _read(path: str) -> bytes:
@@ -134,6 +136,9 @@ class Server:
     async def stop(self, grace: float | None = None) -> None:
         grace = self.runtime.settings.shutdown_grace_seconds if grace is None else grace
         await self.health.shutdown()
+        for registration in self.registrations:
+            for hook in registration.on_drain:
+                await hook()
         # New calls are refused from here; in-flight calls and streams get `grace` seconds.
         await self._server.stop(grace)
         for task in self._tasks:

@@ -46,7 +46,11 @@ async def test_sigterm_drains_streams_and_refuses_new_calls(settings):
                 refused = err.code()
                 break
             await asyncio.sleep(0.1)
-        assert refused in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.DEADLINE_EXCEEDED)
+        assert refused in (
+            grpc.StatusCode.UNAVAILABLE,
+            grpc.StatusCode.CANCELLED,
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+        )
         await fresh.close()
 
         versions = [first.event.version]

@@ -1,0 +1,117 @@
+"""Proto <-> domain conversions of the agents service (the servicer's only helpers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from agentmesh.agents.v1 import agents_service_pb2 as pb
+from services.agents.models import Agent, AgentEvent, AgentVersion, FieldDiff, Template
+from services.platform import errors
+
+
+def config_to_dict(config: pb.AgentConfig) -> dict[str, Any]:
+    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+
+
+def config_from_dict(data: dict[str, Any]) -> pb.AgentConfig:
+    return json_format.ParseDict(data, pb.AgentConfig(), ignore_unknown_fields=True)
+
+
+def state_name(state: int) -> str | None:
+    """ "ACTIVE" / "INACTIVE" for the enum value, None for UNSPECIFIED; INVALID_ARGUMENT otherwise."""
+    if state == pb.AGENT_STATE_UNSPECIFIED:
+        return None
+    try:
+        return pb.AgentState.Name(state).removeprefix("AGENT_STATE_")
+    except ValueError:
+        raise errors.InvalidArgument.field("state", f"unknown state {state}") from None
+
+
+def _state_value(name: str) -> int:
+    return pb.AgentState.Value(f"AGENT_STATE_{name}")
+
+
+def timestamp(us: int) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromMicroseconds(us)
+    return ts
+
+
+def agent_to_proto(agent: Agent) -> pb.Agent:
+    return pb.Agent(
+        id=agent.id,
+        display_name=agent.display_name,
+        description=agent.description,
+        state=_state_value(agent.state),
+        config=config_from_dict(agent.config),
+        version=agent.version,
+        etag=agent.etag,
+        create_time=timestamp(agent.create_time_us),
+        update_time=timestamp(agent.update_time_us),
+        creator=agent.creator,
+        template_id=agent.template_id,
+    )
+
+
+def content_of(agent: pb.Agent) -> dict[str, Any]:
+    """The content form of a request's agent (every key present; unset fields at their default)."""
+    return {
+        "display_name": agent.display_name,
+        "description": agent.description,
+        "state": state_name(agent.state) or "",
+        "config": config_to_dict(agent.config),
+    }
+
+
+def version_to_proto(v: AgentVersion) -> pb.AgentVersion:
+    content = v.content
+    return pb.AgentVersion(
+        agent_id=v.agent_id,
+        version=v.version,
+        display_name=content["display_name"],
+        description=content["description"],
+        state=_state_value(content["state"]),
+        config=config_from_dict(content["config"]),
+        change_type=pb.ChangeType.Value(f"CHANGE_TYPE_{v.change_type.value}"),
+        changed_fields=v.changed_fields,
+        author=v.author,
+        create_time=timestamp(v.create_time_us),
+        source_version=v.source_version,
+    )
+
+
+def template_to_proto(t: Template) -> pb.Template:
+    return pb.Template(
+        id=t.id,
+        display_name=t.display_name,
+        description=t.description,
+        config=config_from_dict(t.config),
+        builtin=t.builtin,
+        create_time=timestamp(t.create_time_us) if t.create_time_us else None,
+    )
+
+
+def _value(data: Any) -> struct_pb2.Value:
+    value = struct_pb2.Value()
+    if data is None:
+        value.null_value = struct_pb2.NULL_VALUE
+    else:
+        json_format.ParseDict(data, value)
+    return value
+
+
+def diff_to_proto(d: FieldDiff) -> pb.FieldDiff:
+    return pb.FieldDiff(path=d.path, old_value=_value(d.old), new_value=_value(d.new))
+
+
+def event_to_proto(e: AgentEvent) -> pb.AgentEvent:
+    return pb.AgentEvent(
+        change_type=pb.ChangeType.Value(f"CHANGE_TYPE_{e.change_type.value}"),
+        tenant_id=e.tenant_id,
+        agent_id=e.agent_id,
+        version=e.version,
+        agent=agent_to_proto(e.agent) if e.agent else None,
+        event_time=timestamp(e.event_time_us),
+    )

@@ -1,0 +1,71 @@
+"""Agent change events over Redis pub/sub: channel `agents:events:<tenant_id>`, JSON payloads.
+
+Pub/sub (not a stream) because watchers only want changes from now on; a watcher that reconnects
+re-reads what it caches (orchestration re-fetches on reconnect). Publishing happens after the
+commit, so an event never announces a change that was rolled back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+
+import redis.asyncio as aioredis
+
+from services.agents.models import AgentEvent
+
+log = logging.getLogger("agentmesh.agents.events")
+
+CHANNEL = "agents:events:{tenant_id}"
+ALL_CHANNELS = "agents:events:*"
+
+
+class EventBus:
+    """Publishes change events and serves subscriptions that end when `close()` is called."""
+
+    def __init__(self, *, redis: aioredis.Redis, poll_seconds: float = 0.5):
+        self._redis = redis
+        self._poll = poll_seconds
+        self._closing = asyncio.Event()
+
+    async def publish(self, event: AgentEvent) -> None:
+        """Best effort: the change is committed already, so a Redis failure is logged, not raised."""
+        try:
+            await self._redis.publish(
+                CHANNEL.format(tenant_id=event.tenant_id), json.dumps(event.to_json(), separators=(",", ":"))
+            )
+        except Exception:
+            log.warning(
+                "could not publish agent event", exc_info=True, extra={"fields": {"agent": event.agent_id}}
+            )
+
+    async def subscribe(self, tenant_id: str | None) -> AsyncIterator[AgentEvent]:
+        """Events of one tenant (None: every tenant) until `close()`; the caller cancels to stop early."""
+        if self._closing.is_set():
+            return
+        pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        try:
+            if tenant_id is None:
+                await pubsub.psubscribe(ALL_CHANNELS)
+            else:
+                await pubsub.subscribe(CHANNEL.format(tenant_id=tenant_id))
+            while not self._closing.is_set():
+                message = await pubsub.get_message(timeout=self._poll)
+                if message is None or message.get("type") not in ("message", "pmessage"):
+                    continue
+                try:
+                    event = AgentEvent.from_json(json.loads(message["data"]))
+                except (ValueError, KeyError, TypeError):
+                    log.warning("ignoring a malformed agent event")
+                    continue
+                yield event
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+    async def close(self) -> None:
+        """Ends every subscription (within one poll interval): called when the server starts draining."""
+        self._closing.set()
