@@ -23,12 +23,25 @@ from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any, Protocol
 
 import grpc
+import redis.exceptions
+import sqlalchemy.exc
 from grpc.aio import ServicerContext
 
 from services.platform import errors
 from services.platform.auth import Principal, TokenVerifier, bearer_token
 
 log = logging.getLogger("agentmesh.rpc")
+
+# Errors that mean "PostgreSQL or Redis is unreachable right now", as opposed to a bug.
+DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
 
 
 @dataclasses.dataclass
@@ -73,6 +86,15 @@ class ErrorMapping:
             await call.context.abort_with_status(errors.to_status(exc))
         except (grpc.aio.AbortError, GeneratorExit):
             raise
+        except DEPENDENCY_ERRORS as exc:
+            # A database or Redis that cannot be reached is retryable, never INTERNAL.
+            log.warning(
+                "dependency unavailable",
+                extra={"fields": {"method": call.method, "error": f"{type(exc).__name__}: {exc}"}},
+            )
+            await call.context.abort_with_status(
+                errors.to_status(errors.Unavailable("a dependency is unavailable; retry shortly"))
+            )
         except NotImplementedError:
             await call.context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{call.method} is not implemented")
         except Exception:
