@@ -20,7 +20,8 @@ from gateway.routes import Route, TemplateError, resolve_field
 
 _FD = descriptor.FieldDescriptor
 _FLOATS = (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE)
-_PARSE_FIELD = re.compile(r'(?:no field named "([^"]+)" at "([^"]*)")|(?:Failed to parse (\S+) field)')
+_UNKNOWN_FIELD = re.compile(r'no field named "([^"]+)" at "([^"]*)"')
+_FAILED_FIELD = re.compile(r"Failed to parse (\S+) field")
 
 
 def _scalar(field: descriptor.FieldDescriptor, raw: str) -> Any:
@@ -136,13 +137,11 @@ def _first_line(text: str) -> str:
 
 def _field_of(message: str, route: Route) -> str:
     """The field a json_format error names, as a dotted path without the request type."""
-    m = _PARSE_FIELD.search(message)
-    if m is None:
-        return "body"
-    if m.group(1):
-        where = m.group(2).split(".")[1:]
-        return ".".join([*where, m.group(1)])
-    return m.group(3)
+    unknown = _UNKNOWN_FIELD.search(message)
+    if unknown is not None:
+        return ".".join([*unknown.group(2).split(".")[1:], unknown.group(1)])
+    nested = _FAILED_FIELD.findall(message)
+    return ".".join(nested) if nested else "body"
 
 
 def to_json(message: Message, response_body: str = "") -> Any:
