@@ -49,7 +49,9 @@ class BadInput(Exception):
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(field=self.field, description=self.description)
+                    error_details_pb2.BadRequest.FieldViolation(
+                        field=self.field, description=self.description
+                    )
                 ]
             )
         )

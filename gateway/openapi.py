@@ -107,7 +107,12 @@ def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
                 if sub.message_type is None or sub.message_type.full_name.startswith("google.protobuf.")
             ]
         for name, leaf in leaves:
-            param: dict[str, Any] = {"name": name, "in": "query", "required": False, "schema": schemas.field(leaf)}
+            param: dict[str, Any] = {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schemas.field(leaf),
+            }
             if leaf.is_repeated:
                 param.update(style="form", explode=True)
             params.append(param)
@@ -151,7 +156,10 @@ def operation(route: Route, schemas: _Schemas, op_id: str) -> dict[str, Any]:
         }
     else:
         content = {"application/json": {"schema": result}}
-    error = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    error = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     op["responses"] = {"200": {"description": "OK", "content": content}, "default": error}
     return op
 
@@ -164,11 +172,17 @@ def document(routes: list[Route], *, title: str = "agentmesh", version: str = "v
         base = f"{route.method.containing_service.name}_{route.method.name}"
         seen[base] = seen.get(base, 0) + 1
         op_id = base if seen[base] == 1 else f"{base}_{seen[base]}"
-        paths.setdefault(_openapi_path(route), {})[route.http_method.lower()] = operation(route, schemas, op_id)
+        paths.setdefault(_openapi_path(route), {})[route.http_method.lower()] = operation(
+            route, schemas, op_id
+        )
     schemas.components["Error"] = ERROR_SCHEMA
     return {
         "openapi": "3.1.0",
-        "info": {"title": title, "version": version, "description": "Generated from the protos' google.api.http rules."},
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Generated from the protos' google.api.http rules.",
+        },
         "paths": paths,
         "components": {
             "schemas": dict(sorted(schemas.components.items())),

@@ -32,7 +32,6 @@ class HttpServer:
         self.port = port
 
     async def start(self) -> int:
-        self.server.config.setup_event_loop = lambda: None  # type: ignore[method-assign]
         self._task = asyncio.get_running_loop().create_task(self.server.serve())
         while not self.server.started:
             if self._task.done():

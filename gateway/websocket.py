@@ -118,7 +118,9 @@ class _Window:
 class ChatSocket:
     """Accepts sockets and enforces the connection limits; one `_Connection` per socket."""
 
-    def __init__(self, *, upstreams: Any, limits: Limits, tracing: Any, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self, *, upstreams: Any, limits: Limits, tracing: Any, clock: Callable[[], float] = time.monotonic
+    ):
         self._upstreams = upstreams
         self.limits = limits
         self._tracing = tracing
@@ -130,7 +132,9 @@ class ChatSocket:
         offered = list(ws.scope.get("subprotocols") or [])
         token = next((p[len("bearer.") :] for p in offered if p.startswith("bearer.")), None)
         # Echo our protocol name rather than the token when the client offered both.
-        chosen = PROTOCOL if PROTOCOL in offered else next((p for p in offered if p.startswith("bearer.")), None)
+        chosen = (
+            PROTOCOL if PROTOCOL in offered else next((p for p in offered if p.startswith("bearer.")), None)
+        )
         if self.total >= self.limits.max_connections:
             await ws.close(CLOSE_FULL, "too many connections")
             return
@@ -153,7 +157,11 @@ class ChatSocket:
             self.per_user[user] += 1
             await ws.send_json({"type": "system_event", "event": "connected", "user_id": user})
             connection = _Connection(
-                ws, token=token, upstreams=self._upstreams, limits=self.limits, tracing=self._tracing,
+                ws,
+                token=token,
+                upstreams=self._upstreams,
+                limits=self.limits,
+                tracing=self._tracing,
                 clock=self._clock,
             )
             await connection.run()
@@ -174,7 +182,7 @@ class ChatSocket:
             frame = None
         if isinstance(frame, dict) and frame.get("type") == "auth" and isinstance(frame.get("token"), str):
             return frame["token"]
-        await _reject(ws, "the first message must be {\"type\": \"auth\", \"token\": ...}")
+        await _reject(ws, 'the first message must be {"type": "auth", "token": ...}')
         return None
 
     async def _verify(self, ws: WebSocket, token: str) -> str:
@@ -207,7 +215,13 @@ async def _reject(ws: WebSocket, message: str) -> None:
 
 class _Connection:
     def __init__(
-        self, ws: WebSocket, *, token: str, upstreams: Any, limits: Limits, tracing: Any,
+        self,
+        ws: WebSocket,
+        *,
+        token: str,
+        upstreams: Any,
+        limits: Limits,
+        tracing: Any,
         clock: Callable[[], float],
     ):
         self._ws = ws
@@ -285,7 +299,9 @@ class _Connection:
         session = _string(frame, "session_id") or self._run_sessions.get(run_id, "") or self._last_session
         if not session:
             raise _Invalid("cancel needs a session_id or the run_id of a run of this socket")
-        await self._write(session, orch_pb.ChatRequest(session_id=session, cancel=orch_pb.ChatCancel(run_id=run_id)))
+        await self._write(
+            session, orch_pb.ChatRequest(session_id=session, cancel=orch_pb.ChatCancel(run_id=run_id))
+        )
 
     async def _resume(self, frame: dict[str, Any]) -> None:
         run_id = _string(frame, "run_id", required=True)

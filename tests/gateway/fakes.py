@@ -90,7 +90,9 @@ class FakeIdentity(identity_grpc.IdentityServiceServicer):
 
     async def GetJwks(self, request, context):  # type: ignore[no-untyped-def]
         jwk = self.keys.jwks()["keys"][0]
-        return identity_pb.GetJwksResponse(keys=[identity_pb.JsonWebKey(kty=jwk["kty"], crv=jwk["crv"], x=jwk["x"], kid=jwk["kid"])])
+        return identity_pb.GetJwksResponse(
+            keys=[identity_pb.JsonWebKey(kty=jwk["kty"], crv=jwk["crv"], x=jwk["x"], kid=jwk["kid"])]
+        )
 
 
 class FakeAgents(agents_grpc.AgentServiceServicer, Recorder):
@@ -174,7 +176,11 @@ class FakeConversation(conv_grpc.ConversationServiceServicer, Recorder):
         items = self.messages.setdefault(conversation_id, [])
         items.append(
             conv_pb.Message(
-                id=f"m{len(items) + 1}", conversation_id=conversation_id, sequence=len(items) + 1, role=role, content=content
+                id=f"m{len(items) + 1}",
+                conversation_id=conversation_id,
+                sequence=len(items) + 1,
+                role=role,
+                content=content,
             )
         )
 
@@ -216,9 +222,13 @@ class FakeRun:
             await self._emit(T.RUN_EVENT_TYPE_MESSAGE_DELTA, text_delta=delta)
         await self._emit(T.RUN_EVENT_TYPE_MESSAGE_COMPLETED, final_message=sent)
         if self.cancelled:
-            await self._emit(T.RUN_EVENT_TYPE_RUN_CANCELLED, error=orch_pb.RunError(code="CANCELLED", message="cancelled"))
+            await self._emit(
+                T.RUN_EVENT_TYPE_RUN_CANCELLED, error=orch_pb.RunError(code="CANCELLED", message="cancelled")
+            )
         else:
-            await self._emit(T.RUN_EVENT_TYPE_RUN_COMPLETED, usage=orch_pb.Usage(prompt_tokens=3, completion_tokens=4))
+            await self._emit(
+                T.RUN_EVENT_TYPE_RUN_COMPLETED, usage=orch_pb.Usage(prompt_tokens=3, completion_tokens=4)
+            )
         self.done = True
         on_done(sent)
         async with self.changed:
@@ -228,7 +238,7 @@ class FakeRun:
         index = after
         while True:
             async with self.changed:
-                await self.changed.wait_for(lambda: len(self.events) > index or self.done)
+                await self.changed.wait_for(lambda i=index: len(self.events) > i or self.done)
                 batch = self.events[index:]
             for event in batch:
                 yield event
@@ -251,7 +261,11 @@ class FakeOrchestration(orch_grpc.OrchestrationServiceServicer, Recorder):
         self.record("StartSession", request, context)
         n = next(self._ids)
         session = orch_pb.Session(
-            id=f"session-{n}", agent_id=request.agent_id, conversation_id=f"conv-{n}", user_id=principal().user_id, state=1
+            id=f"session-{n}",
+            agent_id=request.agent_id,
+            conversation_id=f"conv-{n}",
+            user_id=principal().user_id,
+            state=1,
         )
         self.sessions[session.id] = session
         return orch_pb.StartSessionResponse(session=session)
@@ -271,9 +285,9 @@ class FakeOrchestration(orch_grpc.OrchestrationServiceServicer, Recorder):
         session = self.sessions[session_id]
         run = FakeRun(f"run-{next(self._ids)}", session_id, f"echo: {text}", self.delay)
         self.runs[run.id] = run
-        self.conversation.append(session.conversation_id, 1, text)
+        self.conversation.append(session.conversation_id, 2, text)
         task = asyncio.get_running_loop().create_task(
-            run.produce(lambda answer: self.conversation.append(session.conversation_id, 2, answer))
+            run.produce(lambda answer: self.conversation.append(session.conversation_id, 3, answer))
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -324,11 +338,15 @@ class FakeOrchestration(orch_grpc.OrchestrationServiceServicer, Recorder):
                         run = self.runs.get(req.resume.run_id)
                         if run is None:
                             raise errors.NotFound("no such run")
-                        followers.append(asyncio.get_running_loop().create_task(forward(run, req.resume.after_event_id)))
+                        followers.append(
+                            asyncio.get_running_loop().create_task(forward(run, req.resume.after_event_id))
+                        )
                     elif kind == "cancel":
-                        targets = [self.runs[req.cancel.run_id]] if req.cancel.run_id in self.runs else [
-                            r for r in self.runs.values() if not r.done
-                        ]
+                        targets = (
+                            [self.runs[req.cancel.run_id]]
+                            if req.cancel.run_id in self.runs
+                            else [r for r in self.runs.values() if not r.done]
+                        )
                         for run in targets:
                             run.cancelled = True
             except errors.AgentmeshError as exc:
@@ -357,13 +375,19 @@ class Fakes:
     @classmethod
     def create(cls, keys: Any, *, delay: float = 0.0) -> Fakes:
         conversation = FakeConversation()
-        return cls(FakeIdentity(keys), FakeAgents(), conversation, FakeOrchestration(conversation, delay=delay))
+        return cls(
+            FakeIdentity(keys), FakeAgents(), conversation, FakeOrchestration(conversation, delay=delay)
+        )
 
     def registrations(self) -> list[ServiceRegistration]:
-        def reg(module: Any, grpc_module: Any, service: str, servicer: Any, public: frozenset[str] = frozenset()):  # type: ignore[no-untyped-def]
+        def reg(
+            module: Any, grpc_module: Any, service: str, servicer: Any, public: frozenset[str] = frozenset()
+        ):  # type: ignore[no-untyped-def]
             name = module.DESCRIPTOR.services_by_name[service].full_name
             add = getattr(grpc_module, f"add_{service}Servicer_to_server")
-            return ServiceRegistration(name=name, add_to_server=lambda s: add(servicer, s), public_methods=public)
+            return ServiceRegistration(
+                name=name, add_to_server=lambda s: add(servicer, s), public_methods=public
+            )
 
         identity_public = frozenset(
             f"/agentmesh.identity.v1.IdentityService/{m}" for m in ("Login", "GetJwks")

@@ -28,7 +28,9 @@ CODES = [
 
 
 @pytest.mark.parametrize(("code", "http"), CODES)
-async def test_each_code_maps_to_its_http_status(client: httpx.AsyncClient, auth: dict[str, str], code: str, http: int) -> None:
+async def test_each_code_maps_to_its_http_status(
+    client: httpx.AsyncClient, auth: dict[str, str], code: str, http: int
+) -> None:
     r = await client.get(f"/v1/agents/err-{code}", headers=auth)
     assert r.status_code == http, r.text
     body = r.json()
@@ -104,7 +106,9 @@ async def test_bad_bodies_are_400_naming_the_field(
     "query",
     ["page_size=abc", "page_size=1.5", "page_size=99999999999999", "nope=1", "state=WRONG", "page_size"],
 )
-async def test_bad_query_parameters_are_400(client: httpx.AsyncClient, auth: dict[str, str], query: str) -> None:
+async def test_bad_query_parameters_are_400(
+    client: httpx.AsyncClient, auth: dict[str, str], query: str
+) -> None:
     r = await client.get(f"/v1/agents?{query}", headers=auth)
     assert r.status_code == 400, r.text
     assert r.json()["details"][0]["fieldViolations"]

@@ -27,8 +27,15 @@ async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:
     documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
     assert len(table) == len(discover()) and len(documented) == len(table)
     update = doc["paths"]["/v1/agents/{agent.id}"]["patch"]
-    assert update["parameters"][0] == {"name": "agent.id", "in": "path", "required": True, "schema": {"type": "string"}}
-    assert update["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("agentmesh.agents.v1.Agent")
+    assert update["parameters"][0] == {
+        "name": "agent.id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    assert update["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "agentmesh.agents.v1.Agent"
+    )
     listing = {p["name"]: p for p in doc["paths"]["/v1/agents"]["get"]["parameters"]}
     assert listing["state"]["schema"]["enum"][0] == "AGENT_STATE_UNSPECIFIED"
     stream = doc["paths"]["/v1/runs/{run_id}:join"]["get"]["responses"]["200"]["content"]
@@ -41,7 +48,9 @@ async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:
 def _extra_service() -> Any:
     """A service the gateway has never seen, with a rule: it must get a route and an OpenAPI entry."""
     pool = descriptor_pool.Default()
-    f = descriptor_pb2.FileDescriptorProto(name="gateway_test/extra/v1/extra.proto", package="gateway_test.extra.v1", syntax="proto3")
+    f = descriptor_pb2.FileDescriptorProto(
+        name="gateway_test/extra/v1/extra.proto", package="gateway_test.extra.v1", syntax="proto3"
+    )
     f.dependency.append("google/api/annotations.proto")
     req = f.message_type.add(name="PingRequest")
     req.field.add(name="name", number=1, type=9, label=1)
@@ -49,7 +58,11 @@ def _extra_service() -> Any:
     res = f.message_type.add(name="PingResponse")
     res.field.add(name="echo", number=1, type=9, label=1)
     svc = f.service.add(name="ExtraService")
-    method = svc.method.add(name="Ping", input_type=".gateway_test.extra.v1.PingRequest", output_type=".gateway_test.extra.v1.PingResponse")
+    method = svc.method.add(
+        name="Ping",
+        input_type=".gateway_test.extra.v1.PingRequest",
+        output_type=".gateway_test.extra.v1.PingResponse",
+    )
     method.options.Extensions[annotations_pb2.http].get = "/v1/pings/{name}"
     pool.AddSerializedFile(f.SerializeToString())
     return pool.FindFileByName("gateway_test/extra/v1/extra.proto")
@@ -58,7 +71,9 @@ def _extra_service() -> Any:
 def test_a_new_rpc_gets_a_route_and_an_openapi_entry() -> None:
     file = _extra_service()
     routes = routes_from_files([file])
-    assert [(r.http_method, r.template.text, r.name) for r in routes] == [("GET", "/v1/pings/{name}", "ExtraService.Ping")]
+    assert [(r.http_method, r.template.text, r.name) for r in routes] == [
+        ("GET", "/v1/pings/{name}", "ExtraService.Ping")
+    ]
     doc = openapi.document(routes)
     validate(doc)
     params = doc["paths"]["/v1/pings/{name}"]["get"]["parameters"]

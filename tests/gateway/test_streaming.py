@@ -28,7 +28,9 @@ async def start_session(client: httpx.AsyncClient, auth: dict[str, str]) -> str:
 
 async def test_send_message_as_ndjson_by_default(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
     session = await start_session(client, auth)
-    r = await client.post(f"/v1/sessions/{session}:sendMessage", json={"text": "hello big world"}, headers=auth)
+    r = await client.post(
+        f"/v1/sessions/{session}:sendMessage", json={"text": "hello big world"}, headers=auth
+    )
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-ndjson")
     events = [json.loads(line)["result"] for line in r.text.splitlines()]
     assert [e["eventId"] for e in events] == [str(i) for i in range(1, len(events) + 1)]
@@ -50,8 +52,12 @@ async def test_send_message_as_sse_with_event_ids(client: httpx.AsyncClient, aut
     assert events[0]["data"]["type"] == "RUN_EVENT_TYPE_RUN_CREATED"
 
 
-async def test_stream_error_before_first_message_is_plain_http(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
-    r = await client.post("/v1/sessions/nope:sendMessage", json={"text": "x"}, headers={**auth, "Accept": "text/event-stream"})
+async def test_stream_error_before_first_message_is_plain_http(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    r = await client.post(
+        "/v1/sessions/nope:sendMessage", json={"text": "x"}, headers={**auth, "Accept": "text/event-stream"}
+    )
     assert r.status_code == 404 and r.json()["status"] == "NOT_FOUND"
     session = await start_session(client, auth)
     r = await client.post(f"/v1/sessions/{session}:sendMessage", json={"text": "flood"}, headers=auth)
@@ -81,7 +87,9 @@ async def test_sse_resume_with_last_event_id_has_no_gap_and_no_duplicate(
         assert [e["data"] for e in seen + resumed] == [e["data"] for e in all_events]
 
 
-async def test_join_after_query_parameter_and_bad_last_event_id(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+async def test_join_after_query_parameter_and_bad_last_event_id(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
     session = await start_session(client, auth)
     r = await client.post(f"/v1/sessions/{session}:sendMessage", json={"text": "a b"}, headers=auth)
     run_id = json.loads(r.text.splitlines()[0])["result"]["runId"]

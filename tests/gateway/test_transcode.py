@@ -11,8 +11,12 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from services.platform.telemetry import create_tracer_provider
 
 
-async def test_body_star_creates_and_returns_proto3_json(client: httpx.AsyncClient, auth: dict[str, str], fakes: Any) -> None:
-    r = await client.post("/v1/agents", json={"agent": {"displayName": "Helper"}, "requestId": "r1"}, headers=auth)
+async def test_body_star_creates_and_returns_proto3_json(
+    client: httpx.AsyncClient, auth: dict[str, str], fakes: Any
+) -> None:
+    r = await client.post(
+        "/v1/agents", json={"agent": {"displayName": "Helper"}, "requestId": "r1"}, headers=auth
+    )
     assert r.status_code == 200, r.text
     agent = r.json()["agent"]
     assert agent["displayName"] == "Helper" and agent["state"] == "AGENT_STATE_ACTIVE"
@@ -25,8 +29,12 @@ async def test_proto_field_names_are_accepted_too(client: httpx.AsyncClient, aut
     assert r.status_code == 200 and r.json()["agent"]["displayName"] == "Snake"
 
 
-async def test_path_variable_and_custom_verb(client: httpx.AsyncClient, auth: dict[str, str], fakes: Any) -> None:
-    created = (await client.post("/v1/agents", json={"agent": {"displayName": "A"}}, headers=auth)).json()["agent"]
+async def test_path_variable_and_custom_verb(
+    client: httpx.AsyncClient, auth: dict[str, str], fakes: Any
+) -> None:
+    created = (await client.post("/v1/agents", json={"agent": {"displayName": "A"}}, headers=auth)).json()[
+        "agent"
+    ]
     r = await client.get(f"/v1/agents/{created['id']}", headers=auth)
     assert r.json()["agent"]["id"] == created["id"]
     r = await client.post(f"/v1/agents/{created['id']}:activate", json={}, headers=auth)
@@ -37,7 +45,9 @@ async def test_path_variable_and_custom_verb(client: httpx.AsyncClient, auth: di
 async def test_nested_path_variable_with_field_body_and_query_mask(
     client: httpx.AsyncClient, auth: dict[str, str], fakes: Any
 ) -> None:
-    created = (await client.post("/v1/agents", json={"agent": {"displayName": "A"}}, headers=auth)).json()["agent"]
+    created = (await client.post("/v1/agents", json={"agent": {"displayName": "A"}}, headers=auth)).json()[
+        "agent"
+    ]
     r = await client.patch(
         f"/v1/agents/{created['id']}?updateMask=displayName",
         json={"displayName": "Renamed", "description": "ignored by the mask"},
@@ -55,7 +65,9 @@ async def test_field_body_for_templates(client: httpx.AsyncClient, auth: dict[st
     assert fakes.agents.last("CreateTemplate").request.template.id == "t1"
 
 
-async def test_query_parameters_scalar_enum_and_integer(client: httpx.AsyncClient, auth: dict[str, str], fakes: Any) -> None:
+async def test_query_parameters_scalar_enum_and_integer(
+    client: httpx.AsyncClient, auth: dict[str, str], fakes: Any
+) -> None:
     r = await client.get("/v1/agents?page_size=5&pageToken=abc&state=AGENT_STATE_ACTIVE", headers=auth)
     assert r.status_code == 200, r.text
     req = fakes.agents.last("ListAgents").request
@@ -83,7 +95,9 @@ async def test_response_body_on_a_stream(client: httpx.AsyncClient, auth: dict[s
     assert [line["result"]["agentId"] for line in lines] == ["agent-1", "agent-2", "agent-3"]
 
 
-async def test_bool_query_parameter_and_error_after_stream_started(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
+async def test_bool_query_parameter_and_error_after_stream_started(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
     r = await client.get("/v1/agents:watch?all_tenants=true", headers=auth)
     lines = [httpx.Response(200, content=line).json() for line in r.content.splitlines()]
     assert len(lines) == 4 and lines[-1]["error"]["status"] == "PERMISSION_DENIED"
@@ -94,7 +108,13 @@ async def test_headers_forwarded_allowlist_and_request_id(
 ) -> None:
     r = await client.get(
         "/v1/agents",
-        headers={**auth, "X-Request-Id": "req-123", "Cookie": "secret=1", "Connection": "keep-alive", "X-Other": "no"},
+        headers={
+            **auth,
+            "X-Request-Id": "req-123",
+            "Cookie": "secret=1",
+            "Connection": "keep-alive",
+            "X-Other": "no",
+        },
     )
     assert r.headers["x-request-id"] == "req-123"
     md = fakes.agents.last("ListAgents").metadata
@@ -102,15 +122,21 @@ async def test_headers_forwarded_allowlist_and_request_id(
     assert "cookie" not in md and "x-other" not in md and "connection" not in md
 
 
-async def test_request_id_generated_when_absent_or_insane(client: httpx.AsyncClient, auth: dict[str, str], fakes: Any) -> None:
+async def test_request_id_generated_when_absent_or_insane(
+    client: httpx.AsyncClient, auth: dict[str, str], fakes: Any
+) -> None:
     r = await client.get("/v1/agents", headers={**auth, "X-Request-Id": "bad id\twith spaces"})
     generated = r.headers["x-request-id"]
     assert generated and generated != "bad id\twith spaces"
     assert fakes.agents.last("ListAgents").metadata["x-request-id"] == generated
 
 
-@pytest.mark.parametrize(("header", "ok"), [("5S", True), ("200m", True), ("1H", True), ("5 seconds", False), ("-1S", False)])
-async def test_grpc_timeout_header(client: httpx.AsyncClient, auth: dict[str, str], header: str, ok: bool) -> None:
+@pytest.mark.parametrize(
+    ("header", "ok"), [("5S", True), ("200m", True), ("1H", True), ("5 seconds", False), ("-1S", False)]
+)
+async def test_grpc_timeout_header(
+    client: httpx.AsyncClient, auth: dict[str, str], header: str, ok: bool
+) -> None:
     r = await client.get("/v1/agents", headers={**auth, "Grpc-Timeout": header})
     assert r.status_code == (200 if ok else 400)
     if not ok:
