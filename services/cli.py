@@ -29,7 +29,9 @@ async def start_services(settings: Settings, names: list[str], *, reuse_port: bo
     return server
 
 
-async def _run(settings: Settings, names: list[str], *, reuse_port: bool, migrate: bool) -> None:
+async def _run(
+    settings: Settings, names: list[str], *, reuse_port: bool, migrate: bool, http: bool = False
+) -> None:
     if migrate:
         runtime = await Runtime.create(settings)
         try:
@@ -43,10 +45,34 @@ async def _run(settings: Settings, names: list[str], *, reuse_port: bool, migrat
         if settings.metrics_port:
             server.metrics.serve(settings.metrics_port)
 
+        gateway = None
+        if http:
+            # The gateway reaches the services through settings.peers (this process in embedded mode).
+            from gateway import create_app
+            from gateway.server import HttpServer
+
+            app = create_app(settings, tracer_provider=runtime.tracer_provider)
+            gateway = HttpServer(
+                app,
+                host=settings.http_host,
+                port=settings.http_port,
+                heartbeat_seconds=settings.gateway.ws_heartbeat_seconds,
+            )
+            await gateway.start()
+
         def started(port: int) -> None:
             print(f"agentmesh: {', '.join(names)} serving gRPC on {settings.grpc_host}:{port}", flush=True)
+            if gateway is not None:
+                print(
+                    f"agentmesh: chat page and HTTP API on http://{settings.http_host}:{gateway.port}/",
+                    flush=True,
+                )
 
-        await server.run_until_signal(on_started=started)
+        try:
+            await server.run_until_signal(on_started=started)
+        finally:
+            if gateway is not None:
+                await gateway.stop()
     finally:
         await runtime.close()
 
@@ -91,7 +117,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     }
     settings = with_embedded_secrets(Settings.from_env(**overrides).embedded_defaults())
     configure_logging(settings.log_level)
-    asyncio.run(_run(settings, list(SERVICES), reuse_port=False, migrate=True))
+    asyncio.run(_run(settings, list(SERVICES), reuse_port=False, migrate=True, http=True))
     return 0
 
 

@@ -79,6 +79,20 @@ class PeerSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class GatewaySettings:
+    # Origins allowed by CORS; empty: none (the embedded mode adds its own origin).
+    cors_origins: tuple[str, ...] = ()
+    max_body_bytes: int = 1024 * 1024
+    # Deadline of a unary call when the request has no Grpc-Timeout header.
+    default_timeout_seconds: float = 30.0
+    ws_max_frame_bytes: int = 64 * 1024
+    ws_messages_per_minute: int = 60
+    ws_connections_per_user: int = 10
+    ws_max_connections: int = 10_000
+    ws_heartbeat_seconds: float = 20.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     embedded: bool = False
     grpc_host: str = "127.0.0.1"
@@ -96,6 +110,7 @@ class Settings:
     tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     peers: PeerSettings = dataclasses.field(default_factory=PeerSettings)
+    gateway: GatewaySettings = dataclasses.field(default_factory=GatewaySettings)
 
     @property
     def grpc_address(self) -> str:
@@ -152,6 +167,16 @@ class Settings:
                 orchestration=env.get("AGENTMESH_ORCHESTRATION_ADDR", ""),
                 deadline_seconds=_float(env, "AGENTMESH_PEER_DEADLINE_SECONDS", 10.0),
             ),
+            gateway=GatewaySettings(
+                cors_origins=tuple(o for o in env.get("AGENTMESH_CORS_ORIGINS", "").split(",") if o),
+                max_body_bytes=_int(env, "AGENTMESH_GATEWAY_MAX_BODY_BYTES", 1024 * 1024),
+                default_timeout_seconds=_float(env, "AGENTMESH_GATEWAY_DEFAULT_TIMEOUT_SECONDS", 30.0),
+                ws_max_frame_bytes=_int(env, "AGENTMESH_WS_MAX_FRAME_BYTES", 64 * 1024),
+                ws_messages_per_minute=_int(env, "AGENTMESH_WS_MESSAGES_PER_MINUTE", 60),
+                ws_connections_per_user=_int(env, "AGENTMESH_WS_CONNECTIONS_PER_USER", 10),
+                ws_max_connections=_int(env, "AGENTMESH_WS_MAX_CONNECTIONS", 10_000),
+                ws_heartbeat_seconds=_float(env, "AGENTMESH_WS_HEARTBEAT_SECONDS", 20.0),
+            ),
         )
         values.update(overrides)
         return cls(**values)  # type: ignore[arg-type]
@@ -166,4 +191,9 @@ class Settings:
             conversation=self.peers.conversation or own,
             orchestration=self.peers.orchestration or own,
         )
-        return dataclasses.replace(self, embedded=True, peers=peers)
+        origins = self.gateway.cors_origins or (
+            f"http://{self.http_host}:{self.http_port}",
+            f"http://localhost:{self.http_port}",
+        )
+        gateway = dataclasses.replace(self.gateway, cors_origins=origins)
+        return dataclasses.replace(self, embedded=True, peers=peers, gateway=gateway)

@@ -1,0 +1,221 @@
+"""Gateway benchmark: the same unary RPC through the gateway (HTTP/JSON on a uvicorn port, httpx
+client) and directly over gRPC, in one run; WebSocket time to first delta and events per second
+with a zero-delay stream; RSS of the serving process idle and with N open WebSockets.
+
+The servers (bare fake upstreams + the gateway) run in a child process so the client's work and
+memory are not counted against them.
+
+    python -m bench.gateway [--seconds 2] [--concurrency 8] [--sockets 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import grpc
+import httpx
+
+from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
+from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
+from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
+from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
+from bench.harness import machine, measure
+
+DELTAS = 2000
+
+
+class _Identity(identity_grpc.IdentityServiceServicer):
+    async def GetJwks(self, request, context):  # type: ignore[no-untyped-def]
+        return identity_pb.GetJwksResponse(
+            keys=[identity_pb.JsonWebKey(kty="OKP", crv="Ed25519", x="abc", kid="k1")]
+        )
+
+    async def WhoAmI(self, request, context):  # type: ignore[no-untyped-def]
+        return identity_pb.WhoAmIResponse(user=identity_pb.User(id="bench"))
+
+
+class _Orchestration(orch_grpc.OrchestrationServiceServicer):
+    """Chat at zero delay: each message is a run of RUN_STARTED, n deltas, completion."""
+
+    async def Chat(self, request_iterator, context):  # type: ignore[no-untyped-def]
+        T = orch_pb.RunEventType
+        async for req in request_iterator:
+            n = int(req.message.text or "1")
+            run = f"run-{time.monotonic_ns()}"
+            yield orch_pb.ChatResponse(
+                event=orch_pb.RunEvent(event_id=1, run_id=run, type=T.RUN_EVENT_TYPE_RUN_STARTED)
+            )
+            for i in range(n):
+                ev = orch_pb.RunEvent(
+                    event_id=i + 2, run_id=run, type=T.RUN_EVENT_TYPE_MESSAGE_DELTA, text_delta="tok "
+                )
+                yield orch_pb.ChatResponse(event=ev)
+            done = orch_pb.RunEvent(event_id=n + 2, run_id=run, type=T.RUN_EVENT_TYPE_RUN_COMPLETED)
+            yield orch_pb.ChatResponse(event=done)
+
+
+def _raise_fd_limit() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def _serve() -> None:
+    """Child process: fake upstreams on a gRPC port and the gateway on an HTTP port."""
+    from gateway import create_app
+    from gateway.server import HttpServer
+    from gateway.websocket import Limits
+    from services.platform.settings import Settings
+
+    _raise_fd_limit()
+    server = grpc.aio.server()
+    identity_grpc.add_IdentityServiceServicer_to_server(_Identity(), server)
+    orch_grpc.add_OrchestrationServiceServicer_to_server(_Orchestration(), server)
+    grpc_port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    settings = Settings.from_env({}).embedded_defaults()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+    limits = Limits(connections_per_user=100_000, max_connections=100_000, messages_per_minute=100_000)
+    app = create_app(settings, channels={"*": channel}, limits=limits)
+    http = HttpServer(app, host="127.0.0.1", port=0)
+    http_port = await http.start()
+    print(f"PORTS {grpc_port} {http_port}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # until the parent closes it
+    await http.stop()
+    await server.stop(0)
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def _ws_first_delta_and_rate(port: int, runs: int) -> tuple[list[float], float]:
+    from websockets.asyncio.client import connect
+
+    async with connect(f"ws://127.0.0.1:{port}/v1/ws", subprotocols=["agentmesh.v1", "bearer.x"]) as ws:
+        await ws.recv()  # connected
+        firsts = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            await ws.send(json.dumps({"type": "chat_message", "session_id": "s", "content": "5"}))
+            first = None
+            while True:
+                m = json.loads(await ws.recv())
+                if first is None and "delta" in m:
+                    first = time.perf_counter() - start
+                if m.get("event") == "run_completed":
+                    break
+            firsts.append(first or 0.0)
+        start = time.perf_counter()
+        await ws.send(json.dumps({"type": "chat_message", "session_id": "s", "content": str(DELTAS)}))
+        count = 0
+        while True:
+            m = json.loads(await ws.recv())
+            count += 1
+            if m.get("event") == "run_completed":
+                break
+        rate = count / (time.perf_counter() - start)
+    return firsts, rate
+
+
+async def _open_sockets(port: int, n: int) -> list[object]:
+    from websockets.asyncio.client import connect
+
+    sockets: list[object] = []
+    sem = asyncio.Semaphore(50)
+
+    async def one() -> None:
+        async with sem:
+            ws = await connect(f"ws://127.0.0.1:{port}/v1/ws", subprotocols=["agentmesh.v1", "bearer.x"])
+            await ws.recv()
+            sockets.append(ws)
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return sockets
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.gateway")
+    parser.add_argument("--seconds", type=float, default=2.0)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--sockets", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.serve:
+        await _serve()
+        return
+    _raise_fd_limit()
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.gateway", "--serve", stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    try:
+        assert child.stdout is not None
+        line = (await child.stdout.readline()).decode()
+        grpc_port, http_port = (int(x) for x in line.split()[1:3])
+        print(f"gateway benchmark on {machine()}")
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
+        stub = identity_grpc.IdentityServiceStub(channel)
+        request = identity_pb.GetJwksRequest()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
+
+            async def via_gateway() -> object:
+                r = await http.get("/v1/identity/jwks")
+                r.raise_for_status()
+                return r
+
+            async def floor() -> object:
+                return await http.get("/healthz")
+
+            for concurrency in (1, args.concurrency):
+                empty = await measure(floor, concurrency=concurrency, seconds=args.seconds)
+                direct = await measure(
+                    lambda: stub.GetJwks(request), concurrency=concurrency, seconds=args.seconds
+                )
+                gw = await measure(via_gateway, concurrency=concurrency, seconds=args.seconds)
+                print(
+                    f"GetJwks concurrency {concurrency:>2}: direct gRPC {direct.throughput:8.0f}/s p50 {direct.p50_ms:6.3f} ms"
+                    f" | gateway {gw.throughput:8.0f}/s p50 {gw.p50_ms:6.3f} ms"
+                    f" | p50 ratio {gw.p50_ms / direct.p50_ms:5.2f}x (target <= 1.5x)"
+                    f" | throughput ratio {gw.throughput / direct.throughput:5.2f}"
+                    f" | HTTP floor (/healthz, no gRPC) p50 {empty.p50_ms:6.3f} ms"
+                )
+        await channel.close()
+        firsts, rate = await _ws_first_delta_and_rate(http_port, args.runs)
+        ordered = sorted(firsts)
+        print(
+            f"WebSocket time to first delta: p50 {statistics.median(ordered) * 1000:.3f} ms,"
+            f" p99 {ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000:.3f} ms ({len(ordered)} runs)"
+        )
+        print(f"WebSocket events per second, one stream of {DELTAS + 2} events: {rate:,.0f}")
+        idle = _rss_mb(child.pid)
+        sockets = await _open_sockets(http_port, args.sockets)
+        await asyncio.sleep(0.5)
+        busy = _rss_mb(child.pid)
+        print(
+            f"RSS of the gateway process: idle {idle:.1f} MB, with {len(sockets)} open WebSockets {busy:.1f} MB"
+            f" ({(busy - idle) * 1024 / max(1, len(sockets)):.1f} KB per socket)"
+        )
+        for ws in sockets:
+            await ws.close()  # type: ignore[attr-defined]
+    finally:
+        if child.stdin:
+            child.stdin.close()
+        try:
+            await asyncio.wait_for(child.wait(), 10)
+        except TimeoutError:
+            child.kill()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

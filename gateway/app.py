@@ -1,0 +1,282 @@
+"""The Starlette application: the transcoding endpoint, health, OpenAPI, the route table, the
+WebSocket and the chat page, behind CORS, security headers and a body size limit."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import pathlib
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+from google.rpc import code_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import errors, openapi, routes, streaming
+from gateway.transcode import build_request, to_json
+from gateway.upstream import Tracing, Upstreams, metadata_for, parse_timeout, request_id_of
+from gateway.websocket import ChatSocket, Limits
+from services.platform.settings import Settings
+
+log = logging.getLogger("agentmesh.gateway")
+STATIC = pathlib.Path(__file__).parent / "static"
+# 'unsafe-inline' is not needed: the page has no inline script or style.
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+class TooLarge(Exception):
+    pass
+
+
+def error_response(status: Any, request_id: str = "") -> JSONResponse:
+    headers = errors.headers_of(status)
+    if request_id:
+        headers["X-Request-Id"] = request_id
+    return JSONResponse(errors.body_of(status), status_code=errors.http_status(status), headers=headers)
+
+
+class SecurityHeaders:
+    """Adds the security headers to every HTTP response."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                headers += [
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", CSP.encode()),
+                ]
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+class Gateway:
+    """The state behind the endpoints; built by `create_app`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        upstreams: Upstreams,
+        route_list: list[routes.Route],
+        tracing: Tracing,
+        limits: Limits,
+    ):
+        self.settings = settings
+        self.upstreams = upstreams
+        self.routes = route_list
+        self.router = routes.Router(list(route_list))
+        self.tracing = tracing
+        self.limits = limits
+        self.chat = ChatSocket(upstreams=upstreams, limits=limits, tracing=tracing)
+        self._openapi: dict[str, Any] | None = None
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.gateway.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise TooLarge()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise TooLarge()
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def transcode(self, request: Request) -> Response:
+        request_id = request_id_of(request.headers)
+        method = "GET" if request.method == "HEAD" else request.method
+        route, params, allowed = self.router.match(method, request.url.path)
+        if route is None:
+            if allowed:
+                status = errors.simple_status(
+                    code_pb2.UNIMPLEMENTED, f"method {request.method} not allowed on {request.url.path}"
+                )
+                response = error_response(status, request_id)
+                response.status_code = 405
+                response.headers["Allow"] = ", ".join(allowed)
+                return response
+            status = errors.simple_status(code_pb2.NOT_FOUND, f"no route for {request.url.path}")
+            return error_response(status, request_id)
+        try:
+            body = await self.read_body(request)
+            message = build_request(route, params, request.query_params.multi_items(), body)
+            stream = route.server_streaming
+            default = None if stream else self.settings.gateway.default_timeout_seconds
+            timeout = parse_timeout(request.headers.get("grpc-timeout"), default)
+            if stream:
+                _apply_last_event_id(message, request.headers.get("last-event-id"))
+        except TooLarge:
+            status = errors.simple_status(code_pb2.OUT_OF_RANGE, "request body too large")
+            response = error_response(status, request_id)
+            response.status_code = 413
+            return response
+        except errors.BadInput as exc:
+            return error_response(exc.status(), request_id)
+        except ClientDisconnect:
+            return Response(status_code=499)
+        span, trace_md = self.tracing.start(f"{route.http_method} {route.template.text}", request.headers)
+        metadata = metadata_for(request.headers, request_id, trace_md)
+        headers = {"X-Request-Id": request_id}
+        try:
+            call = self.upstreams.callable(route)(message, metadata=metadata, timeout=timeout)
+            if not route.server_streaming:
+                reply = await call
+                return JSONResponse(to_json(reply, route.response_body), headers=headers)
+            sse = streaming.wants_sse(request.headers.get("accept", ""))
+            first = await call.read()
+            if first is grpc.aio.EOF:
+                return streaming.empty_stream(sse=sse, headers=headers)
+            on_end, span = (span.end if span else (lambda: None)), None
+            return streaming.stream_response(
+                call, first, response_body=route.response_body, sse=sse, headers=headers, on_end=on_end
+            )
+        except grpc.aio.AioRpcError as exc:
+            return error_response(errors.status_of_rpc_error(exc), request_id)
+        except LookupError as exc:
+            return error_response(errors.simple_status(code_pb2.UNAVAILABLE, str(exc)), request_id)
+        finally:
+            if span is not None:
+                span.end()
+
+    async def ready(self) -> tuple[bool, dict[str, str]]:
+        """SERVING of every upstream service (gRPC health), checked now."""
+        states: dict[str, str] = {}
+        for service in sorted({r.service for r in self.routes}):
+            peer = service.split(".")[1]
+            try:
+                stub = health_pb2_grpc.HealthStub(self.upstreams.channel(peer))
+                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+                states[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except (grpc.aio.AioRpcError, LookupError) as exc:
+                states[service] = getattr(exc, "code", lambda: "UNAVAILABLE")().__str__()
+        return all(v == "SERVING" for v in states.values()), states
+
+    def openapi(self) -> dict[str, Any]:
+        if self._openapi is None:
+            self._openapi = openapi.document(self.routes)
+        return self._openapi
+
+
+def _apply_last_event_id(message: Any, raw: str | None) -> None:
+    """Last-Event-ID resumes a stream whose request takes `after_event_id` (JoinRun)."""
+    if raw is None or "after_event_id" not in message.DESCRIPTOR.fields_by_name:
+        return
+    if not raw.strip().isdigit():
+        raise errors.BadInput("last-event-id", f"expected an event id, got {raw!r}")
+    if not message.after_event_id:
+        message.after_event_id = int(raw.strip())
+
+
+def create_app(
+    settings: Settings,
+    *,
+    channels: Mapping[str, grpc.aio.Channel] | None = None,
+    tracer_provider: Any | None = None,
+    route_list: list[routes.Route] | None = None,
+    limits: Limits | None = None,
+) -> Starlette:
+    """The gateway for `settings`. `channels` maps peer names ("agents", ..., or "*" for all) to
+    ready channels (tests, embedded); otherwise channels to settings.peers open on first use."""
+    upstreams = Upstreams(settings, channels=channels)
+    gateway = Gateway(
+        settings,
+        upstreams=upstreams,
+        route_list=routes.discover() if route_list is None else route_list,
+        tracing=Tracing(tracer_provider),
+        limits=limits or Limits.from_settings(settings.gateway),
+    )
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        ok, states = await gateway.ready()
+        return JSONResponse({"ready": ok, "services": states}, status_code=200 if ok else 503)
+
+    async def openapi_json(_: Request) -> Response:
+        return JSONResponse(gateway.openapi())
+
+    async def route_table(_: Request) -> Response:
+        return JSONResponse({"routes": [routes.describe(r) for r in gateway.routes]})
+
+    async def index(_: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = code_pb2.NOT_FOUND if exc.status_code == 404 else code_pb2.INVALID_ARGUMENT
+        response = error_response(errors.simple_status(code, str(exc.detail)))
+        response.status_code = exc.status_code
+        return response
+
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("gateway error", exc_info=exc)
+        return error_response(errors.simple_status(code_pb2.INTERNAL, "internal gateway error"))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await upstreams.close()
+
+    verbs = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    app = Starlette(
+        routes=[
+            Route("/", index, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/openapi.json", openapi_json, methods=["GET"]),
+            Route("/v1/_routes", route_table, methods=["GET"]),
+            WebSocketRoute("/v1/ws", gateway.chat.endpoint),
+            Mount("/static", StaticFiles(directory=STATIC), name="static"),
+            Route("/{path:path}", gateway.transcode, methods=verbs),
+        ],
+        middleware=[
+            Middleware(SecurityHeaders),
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.gateway.cors_origins),
+                allow_methods=verbs,
+                allow_headers=[
+                    "authorization",
+                    "content-type",
+                    "x-request-id",
+                    "grpc-timeout",
+                    "last-event-id",
+                    "traceparent",
+                    "tracestate",
+                ],
+                expose_headers=["x-request-id", "retry-after"],
+                max_age=600,
+            ),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: unexpected},
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app

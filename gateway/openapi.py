@@ -1,0 +1,192 @@
+"""The OpenAPI 3.1 document, generated from the same routes the gateway serves."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf import descriptor
+
+from gateway.routes import Route, resolve_field
+
+_FD = descriptor.FieldDescriptor
+_INT32 = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32}
+_INT64 = {_FD.TYPE_INT64, _FD.TYPE_SINT64, _FD.TYPE_SFIXED64, _FD.TYPE_UINT64, _FD.TYPE_FIXED64}
+_WELL_KNOWN: dict[str, dict[str, Any]] = {
+    "google.protobuf.Timestamp": {"type": "string", "format": "date-time"},
+    "google.protobuf.Duration": {"type": "string", "pattern": "^-?[0-9]+(\\.[0-9]+)?s$"},
+    "google.protobuf.FieldMask": {"type": "string", "description": "comma-separated lowerCamel paths"},
+    "google.protobuf.Struct": {"type": "object"},
+    "google.protobuf.Value": {},
+    "google.protobuf.ListValue": {"type": "array"},
+    "google.protobuf.Empty": {"type": "object"},
+    "google.protobuf.Any": {
+        "type": "object",
+        "properties": {"@type": {"type": "string"}},
+        "additionalProperties": True,
+    },
+    "google.protobuf.StringValue": {"type": ["string", "null"]},
+    "google.protobuf.BoolValue": {"type": ["boolean", "null"]},
+    "google.protobuf.Int32Value": {"type": ["integer", "null"]},
+    "google.protobuf.Int64Value": {"type": ["string", "integer", "null"]},
+    "google.protobuf.DoubleValue": {"type": ["number", "null"]},
+    "google.protobuf.FloatValue": {"type": ["number", "null"]},
+    "google.protobuf.BytesValue": {"type": ["string", "null"]},
+}
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["code", "status", "message", "details"],
+    "properties": {
+        "code": {"type": "integer", "description": "google.rpc.Code"},
+        "status": {"type": "string", "description": "the code's name, e.g. NOT_FOUND"},
+        "message": {"type": "string"},
+        "details": {"type": "array", "items": {"$ref": "#/components/schemas/google.protobuf.Any"}},
+    },
+}
+
+
+class _Schemas:
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {"google.protobuf.Any": _WELL_KNOWN["google.protobuf.Any"]}
+
+    def ref(self, message: descriptor.Descriptor) -> dict[str, Any]:
+        if message.full_name in _WELL_KNOWN:
+            return dict(_WELL_KNOWN[message.full_name])
+        name = message.full_name
+        if name not in self.components:
+            self.components[name] = {}  # placeholder first: messages may refer to themselves
+            props = {f.json_name: self.field(f) for f in message.fields}
+            self.components[name] = {"type": "object", "properties": props, "additionalProperties": False}
+        return {"$ref": f"#/components/schemas/{name}"}
+
+    def scalar(self, field: descriptor.FieldDescriptor) -> dict[str, Any]:
+        if field.type == _FD.TYPE_MESSAGE:
+            return self.ref(field.message_type)
+        if field.type == _FD.TYPE_ENUM:
+            return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
+        if field.type == _FD.TYPE_BOOL:
+            return {"type": "boolean"}
+        if field.type in _INT32:
+            return {"type": "integer", "format": "int32"}
+        if field.type in _INT64:
+            # proto3 JSON writes 64-bit integers as strings and reads either form.
+            return {"type": ["string", "integer"], "format": "int64"}
+        if field.type in (_FD.TYPE_FLOAT, _FD.TYPE_DOUBLE):
+            return {"type": "number"}
+        if field.type == _FD.TYPE_BYTES:
+            return {"type": "string", "contentEncoding": "base64"}
+        return {"type": "string"}
+
+    def field(self, field: descriptor.FieldDescriptor) -> dict[str, Any]:
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value = field.message_type.fields_by_name["value"]
+            return {"type": "object", "additionalProperties": self.scalar(value)}
+        if field.is_repeated:
+            return {"type": "array", "items": self.scalar(field)}
+        return self.scalar(field)
+
+
+def _openapi_path(route: Route) -> str:
+    text = route.template.text
+    for var in route.template.variables:
+        start = text.index("{" + var)
+        end = text.index("}", start)
+        text = text[:start] + "{" + var + "}" + text[end + 1 :]
+    return text
+
+
+def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
+    params = []
+    for field in route.query_fields():
+        leaves = [(field.name, field)]
+        if field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
+            if field.is_repeated:
+                continue
+            leaves = [
+                (f"{field.name}.{sub.name}", sub)
+                for sub in field.message_type.fields
+                if sub.message_type is None or sub.message_type.full_name.startswith("google.protobuf.")
+            ]
+        for name, leaf in leaves:
+            param: dict[str, Any] = {
+                "name": name,
+                "in": "query",
+                "required": False,
+                "schema": schemas.field(leaf),
+            }
+            if leaf.is_repeated:
+                param.update(style="form", explode=True)
+            params.append(param)
+    return params
+
+
+def _response_schema(route: Route, schemas: _Schemas) -> dict[str, Any]:
+    if route.response_body:
+        return schemas.field(route.response_class.DESCRIPTOR.fields_by_name[route.response_body])
+    return schemas.ref(route.response_class.DESCRIPTOR)
+
+
+def operation(route: Route, schemas: _Schemas, op_id: str) -> dict[str, Any]:
+    request = route.request_class.DESCRIPTOR
+    params: list[dict[str, Any]] = []
+    for var in route.template.variables:
+        leaf = resolve_field(request, var)[-1]
+        params.append({"name": var, "in": "path", "required": True, "schema": schemas.scalar(leaf)})
+    params += _query_parameters(route, schemas)
+    op: dict[str, Any] = {
+        "operationId": op_id,
+        "summary": f"{route.service}.{route.method.name}",
+        "tags": [route.method.containing_service.name],
+        "parameters": params,
+    }
+    if route.body:
+        body_schema = (
+            schemas.ref(request) if route.body == "*" else schemas.field(request.fields_by_name[route.body])
+        )
+        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body_schema}}}
+    result = _response_schema(route, schemas)
+    if route.server_streaming:
+        content = {
+            "application/x-ndjson": {
+                "schema": {
+                    "type": "object",
+                    "properties": {"result": result, "error": {"$ref": "#/components/schemas/Error"}},
+                },
+            },
+            "text/event-stream": {"schema": {"type": "string"}},
+        }
+    else:
+        content = {"application/json": {"schema": result}}
+    error = {
+        "description": "error",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    op["responses"] = {"200": {"description": "OK", "content": content}, "default": error}
+    return op
+
+
+def document(routes: list[Route], *, title: str = "agentmesh", version: str = "v1") -> dict[str, Any]:
+    schemas = _Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    seen: dict[str, int] = {}
+    for route in routes:
+        base = f"{route.method.containing_service.name}_{route.method.name}"
+        seen[base] = seen.get(base, 0) + 1
+        op_id = base if seen[base] == 1 else f"{base}_{seen[base]}"
+        paths.setdefault(_openapi_path(route), {})[route.http_method.lower()] = operation(
+            route, schemas, op_id
+        )
+    schemas.components["Error"] = ERROR_SCHEMA
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Generated from the protos' google.api.http rules.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(schemas.components.items())),
+            "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+        },
+        "security": [{"bearerAuth": []}, {}],
+    }

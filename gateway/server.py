@@ -1,0 +1,47 @@
+"""Serving the gateway with uvicorn inside an existing event loop (next to the gRPC server)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import uvicorn
+from starlette.applications import Starlette
+
+
+class HttpServer:
+    """`await start()` binds (port 0 picks one) and serves in the running loop; `await stop()`."""
+
+    def __init__(self, app: Starlette, *, host: str, port: int, heartbeat_seconds: float = 20.0):
+        limits = app.state.gateway.limits
+        self.config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            ws="websockets-sansio",
+            # The app closes oversized frames with 1009 itself; uvicorn's cap is a backstop.
+            ws_max_size=max(limits.max_frame_bytes * 4, 1 << 20),
+            ws_ping_interval=heartbeat_seconds,
+            ws_ping_timeout=heartbeat_seconds,
+            timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(self.config)
+        self._task: asyncio.Task[None] | None = None
+        self.port = port
+
+    async def start(self) -> int:
+        self._task = asyncio.get_running_loop().create_task(self.server.serve())
+        while not self.server.started:
+            if self._task.done():
+                self._task.result()
+                raise OSError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.01)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self.port
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        if self._task is not None:
+            await self._task

@@ -1,0 +1,369 @@
+"""The chat WebSocket at /v1/ws: a typed JSON protocol over OrchestrationService.Chat.
+
+Client -> server: auth {token} (unless the token came as the `bearer.<token>` subprotocol),
+chat_message {session_id, content, request_id?}, cancel {run_id?, session_id?},
+resume {session_id, run_id, after_event_id}, ping.
+Server -> client: system_event {event: connected | run_created | run_started | run_completed |
+run_failed | run_cancelled, run_id, event_id, ...}, agent_response {run_id, event_id, delta | final},
+error {error_code, error_message, details}, pong.
+
+One upstream Chat stream per session the socket talks to; closing the socket cancels those streams
+and nothing else (runs go on, and a new socket resumes them from the last event id it saw).
+Close codes: 4401 authentication, 4429 too many connections for the user, 1013 gateway full,
+1009 frame too large.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from google.rpc import code_pb2
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
+from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
+from gateway import errors
+
+CHAT = "/agentmesh.orchestration.v1.OrchestrationService/Chat"
+WHO_AM_I = "/agentmesh.identity.v1.IdentityService/WhoAmI"
+PROTOCOL = "agentmesh.v1"
+AUTH_TIMEOUT = 10.0
+
+CLOSE_AUTH = 4401
+CLOSE_RATE = 4429
+CLOSE_FULL = 1013
+CLOSE_TOO_BIG = 1009
+
+_T = orch_pb.RunEventType
+_SYSTEM_EVENTS = {
+    _T.RUN_EVENT_TYPE_RUN_CREATED: "run_created",
+    _T.RUN_EVENT_TYPE_RUN_STARTED: "run_started",
+    _T.RUN_EVENT_TYPE_RUN_COMPLETED: "run_completed",
+    _T.RUN_EVENT_TYPE_RUN_FAILED: "run_failed",
+    _T.RUN_EVENT_TYPE_RUN_CANCELLED: "run_cancelled",
+}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Limits:
+    max_frame_bytes: int = 64 * 1024
+    messages_per_minute: int = 60
+    connections_per_user: int = 10
+    max_connections: int = 10_000
+    heartbeat_seconds: float = 20.0
+
+    @classmethod
+    def from_settings(cls, gateway: Any) -> Limits:
+        return cls(
+            max_frame_bytes=gateway.ws_max_frame_bytes,
+            messages_per_minute=gateway.ws_messages_per_minute,
+            connections_per_user=gateway.ws_connections_per_user,
+            max_connections=gateway.ws_max_connections,
+            heartbeat_seconds=gateway.ws_heartbeat_seconds,
+        )
+
+
+def event_message(event: orch_pb.RunEvent) -> dict[str, Any]:
+    """The client message for one RunEvent."""
+    base = {"run_id": event.run_id, "event_id": event.event_id, "session_id": event.session_id}
+    if event.type == _T.RUN_EVENT_TYPE_MESSAGE_DELTA:
+        return {"type": "agent_response", **base, "delta": event.text_delta}
+    if event.type == _T.RUN_EVENT_TYPE_MESSAGE_COMPLETED:
+        return {"type": "agent_response", **base, "final": event.final_message}
+    out: dict[str, Any] = {"type": "system_event", "event": _SYSTEM_EVENTS.get(event.type, "unknown"), **base}
+    if event.HasField("usage"):
+        out["usage"] = json_format.MessageToDict(event.usage, preserving_proto_field_name=True)
+    if event.HasField("error"):
+        out["error"] = {"code": event.error.code, "message": event.error.message}
+    return out
+
+
+def error_message(code: str, message: str, **details: Any) -> dict[str, Any]:
+    return {"type": "error", "error_code": code, "error_message": message, "details": details}
+
+
+def error_of_status(status: Any) -> dict[str, Any]:
+    name = errors.code_name(status.code)
+    code = {"RESOURCE_EXHAUSTED": "RATE_LIMIT"}.get(name, name)
+    delay = errors.retry_after(status)
+    details = {"retry_after": delay} if delay is not None else {}
+    return error_message(code, status.message, **details)
+
+
+class _Window:
+    """At most `limit` frames in any 60 s; `retry_after()` is 0 when one more is allowed."""
+
+    def __init__(self, limit: int, clock: Callable[[], float]):
+        self._limit, self._clock, self._times = limit, clock, collections.deque[float]()
+
+    def retry_after(self) -> float:
+        now = self._clock()
+        while self._times and now - self._times[0] >= 60.0:
+            self._times.popleft()
+        if len(self._times) >= self._limit:
+            return 60.0 - (now - self._times[0])
+        self._times.append(now)
+        return 0.0
+
+
+class ChatSocket:
+    """Accepts sockets and enforces the connection limits; one `_Connection` per socket."""
+
+    def __init__(
+        self, *, upstreams: Any, limits: Limits, tracing: Any, clock: Callable[[], float] = time.monotonic
+    ):
+        self._upstreams = upstreams
+        self.limits = limits
+        self._tracing = tracing
+        self._clock = clock
+        self.per_user: collections.Counter[str] = collections.Counter()
+        self.total = 0
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        offered = list(ws.scope.get("subprotocols") or [])
+        token = next((p[len("bearer.") :] for p in offered if p.startswith("bearer.")), None)
+        # Echo our protocol name rather than the token when the client offered both.
+        chosen = (
+            PROTOCOL if PROTOCOL in offered else next((p for p in offered if p.startswith("bearer.")), None)
+        )
+        if self.total >= self.limits.max_connections:
+            await ws.close(CLOSE_FULL, "too many connections")
+            return
+        self.total += 1
+        user = ""
+        try:
+            await ws.accept(subprotocol=chosen)
+            if token is None:
+                token = await self._first_message_token(ws)
+                if token is None:
+                    return
+            user = await self._verify(ws, token)
+            if not user:
+                return
+            if self.per_user[user] >= self.limits.connections_per_user:
+                await ws.send_json(error_message("RATE_LIMIT", "too many connections for this user"))
+                await ws.close(CLOSE_RATE, "too many connections for this user")
+                user = ""
+                return
+            self.per_user[user] += 1
+            await ws.send_json({"type": "system_event", "event": "connected", "user_id": user})
+            connection = _Connection(
+                ws,
+                token=token,
+                upstreams=self._upstreams,
+                limits=self.limits,
+                tracing=self._tracing,
+                clock=self._clock,
+            )
+            await connection.run()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self.total -= 1
+            if user:
+                self.per_user[user] -= 1
+                if self.per_user[user] <= 0:
+                    del self.per_user[user]
+
+    async def _first_message_token(self, ws: WebSocket) -> str | None:
+        try:
+            raw = await asyncio.wait_for(ws.receive_text(), AUTH_TIMEOUT)
+            frame = json.loads(raw)
+        except (TimeoutError, json.JSONDecodeError, KeyError):
+            frame = None
+        if isinstance(frame, dict) and frame.get("type") == "auth" and isinstance(frame.get("token"), str):
+            return frame["token"]
+        await _reject(ws, 'the first message must be {"type": "auth", "token": ...}')
+        return None
+
+    async def _verify(self, ws: WebSocket, token: str) -> str:
+        """The user id of a valid token (checked by identity), or "" after closing with 4401."""
+        channel = self._upstreams.channel("identity")
+        call = channel.unary_unary(
+            WHO_AM_I,
+            request_serializer=identity_pb.WhoAmIRequest.SerializeToString,
+            response_deserializer=identity_pb.WhoAmIResponse.FromString,
+        )
+        try:
+            reply = await call(
+                identity_pb.WhoAmIRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=10.0
+            )
+        except grpc.aio.AioRpcError as exc:
+            status = errors.status_of_rpc_error(exc)
+            if status.code == code_pb2.UNAUTHENTICATED:
+                await _reject(ws, status.message or "invalid access token")
+            else:
+                await ws.send_json(error_of_status(status))
+                await ws.close(1011, "identity is unavailable")
+            return ""
+        return reply.user.id or "unknown"
+
+
+async def _reject(ws: WebSocket, message: str) -> None:
+    await ws.send_json(error_message("UNAUTHENTICATED", message))
+    await ws.close(CLOSE_AUTH, "authentication failed")
+
+
+class _Connection:
+    def __init__(
+        self,
+        ws: WebSocket,
+        *,
+        token: str,
+        upstreams: Any,
+        limits: Limits,
+        tracing: Any,
+        clock: Callable[[], float],
+    ):
+        self._ws = ws
+        self._token = token
+        self._upstreams = upstreams
+        self._limits = limits
+        self._tracing = tracing
+        self._window = _Window(limits.messages_per_minute, clock)
+        self._send_lock = asyncio.Lock()
+        self._streams: dict[str, Any] = {}
+        self._readers: dict[str, asyncio.Task[None]] = {}
+        self._run_sessions: dict[str, str] = {}
+        self._last_session = ""
+
+    async def send(self, message: dict[str, Any]) -> None:
+        async with self._send_lock:
+            if self._ws.application_state == WebSocketState.CONNECTED:
+                await self._ws.send_text(json.dumps(message, separators=(",", ":")))
+
+    async def run(self) -> None:
+        try:
+            while True:
+                frame = await self._ws.receive()
+                if frame["type"] == "websocket.disconnect":
+                    return
+                raw = frame.get("text")
+                if raw is None:
+                    raw = (frame.get("bytes") or b"").decode("utf-8", "replace")
+                if len(raw.encode()) > self._limits.max_frame_bytes:
+                    await self._ws.close(CLOSE_TOO_BIG, "frame too large")
+                    return
+                await self._handle(raw)
+        finally:
+            for task in self._readers.values():
+                task.cancel()
+            for call in self._streams.values():
+                call.cancel()
+            await asyncio.gather(*self._readers.values(), return_exceptions=True)
+
+    async def _handle(self, raw: str) -> None:
+        try:
+            frame = json.loads(raw)
+        except json.JSONDecodeError:
+            await self.send(error_message("INVALID_MESSAGE", "frames must be JSON objects"))
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            await self.send(error_message("INVALID_MESSAGE", "frames must be JSON objects with a type"))
+            return
+        kind = frame["type"]
+        if kind == "ping":
+            await self.send({"type": "pong"})
+            return
+        delay = self._window.retry_after()
+        if delay > 0:
+            await self.send(error_message("RATE_LIMIT", "too many messages", retry_after=round(delay, 3)))
+            return
+        handler = {"chat_message": self._chat, "cancel": self._cancel, "resume": self._resume}.get(kind)
+        if handler is None:
+            await self.send(error_message("INVALID_MESSAGE", f"unknown message type {kind!r}"))
+            return
+        try:
+            await handler(frame)
+        except _Invalid as exc:
+            await self.send(error_message("INVALID_MESSAGE", str(exc)))
+
+    async def _chat(self, frame: dict[str, Any]) -> None:
+        session = _string(frame, "session_id", required=True)
+        content = _string(frame, "content", required=True)
+        request_id = _string(frame, "request_id")
+        message = orch_pb.ChatMessage(text=content, request_id=request_id)
+        await self._write(session, orch_pb.ChatRequest(session_id=session, message=message))
+
+    async def _cancel(self, frame: dict[str, Any]) -> None:
+        run_id = _string(frame, "run_id")
+        session = _string(frame, "session_id") or self._run_sessions.get(run_id, "") or self._last_session
+        if not session:
+            raise _Invalid("cancel needs a session_id or the run_id of a run of this socket")
+        await self._write(
+            session, orch_pb.ChatRequest(session_id=session, cancel=orch_pb.ChatCancel(run_id=run_id))
+        )
+
+    async def _resume(self, frame: dict[str, Any]) -> None:
+        run_id = _string(frame, "run_id", required=True)
+        session = _string(frame, "session_id") or self._run_sessions.get(run_id, "")
+        if not session:
+            raise _Invalid("resume needs the session_id of the run")
+        after = frame.get("after_event_id", 0)
+        if not isinstance(after, int) or isinstance(after, bool) or after < 0:
+            raise _Invalid("after_event_id must be a non-negative integer")
+        self._run_sessions[run_id] = session
+        resume = orch_pb.ChatResume(run_id=run_id, after_event_id=after)
+        await self._write(session, orch_pb.ChatRequest(session_id=session, resume=resume))
+
+    async def _write(self, session: str, request: orch_pb.ChatRequest) -> None:
+        self._last_session = session
+        call = self._streams.get(session)
+        if call is None or call.done():
+            _, trace_md = self._tracing.start("WS Chat", {})
+            metadata = [("authorization", f"Bearer {self._token}"), *trace_md]
+            chat = self._upstreams.channel("orchestration").stream_stream(
+                CHAT,
+                request_serializer=orch_pb.ChatRequest.SerializeToString,
+                response_deserializer=orch_pb.ChatResponse.FromString,
+            )
+            call = chat(metadata=metadata)
+            self._streams[session] = call
+            self._readers[session] = asyncio.get_running_loop().create_task(self._read(session, call))
+        try:
+            await call.write(request)
+        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+            # The stream ended; its reader reports why. The next message opens a new one.
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(asyncio.shield(self._readers[session]), 5.0)
+
+    async def _read(self, session: str, call: Any) -> None:
+        try:
+            while True:
+                reply = await call.read()
+                if reply is grpc.aio.EOF:
+                    return
+                event = reply.event
+                if event.run_id:
+                    self._run_sessions[event.run_id] = session
+                await self.send(event_message(event))
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED or not call.cancelled():
+                await self.send(error_of_status(errors.status_of_rpc_error(exc)))
+        finally:
+            if self._streams.get(session) is call:
+                del self._streams[session]
+
+
+class _Invalid(Exception):
+    pass
+
+
+def _string(frame: dict[str, Any], key: str, *, required: bool = False) -> str:
+    value = frame.get(key, "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str):
+        raise _Invalid(f"{key} must be a string")
+    if required and not value.strip():
+        raise _Invalid(f"{key} is required")
+    return value

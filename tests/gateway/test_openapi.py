@@ -1,0 +1,81 @@
+"""/openapi.json and /v1/_routes come from the descriptors; a new RPC appears with no gateway code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from google.api import annotations_pb2
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from openapi_spec_validator import validate
+
+from gateway import openapi
+from gateway.routes import discover, routes_from_files
+
+
+async def test_document_is_valid_openapi_31(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    validate(doc)
+    assert doc["openapi"].startswith("3.1")
+    assert doc["components"]["securitySchemes"]["bearerAuth"]["scheme"] == "bearer"
+    assert "Error" in doc["components"]["schemas"]
+
+
+async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    table = (await client.get("/v1/_routes")).json()["routes"]
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    assert len(table) == len(discover()) and len(documented) == len(table)
+    update = doc["paths"]["/v1/agents/{agent.id}"]["patch"]
+    assert update["parameters"][0] == {
+        "name": "agent.id",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string"},
+    }
+    assert update["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "agentmesh.agents.v1.Agent"
+    )
+    listing = {p["name"]: p for p in doc["paths"]["/v1/agents"]["get"]["parameters"]}
+    assert listing["state"]["schema"]["enum"][0] == "AGENT_STATE_UNSPECIFIED"
+    stream = doc["paths"]["/v1/runs/{run_id}:join"]["get"]["responses"]["200"]["content"]
+    assert set(stream) == {"application/x-ndjson", "text/event-stream"}
+    agent = doc["components"]["schemas"]["agentmesh.agents.v1.Agent"]["properties"]
+    assert agent["createTime"] == {"type": "string", "format": "date-time"}
+    assert agent["version"]["format"] == "int64"
+
+
+def _extra_service() -> Any:
+    """A service the gateway has never seen, with a rule: it must get a route and an OpenAPI entry."""
+    pool = descriptor_pool.Default()
+    f = descriptor_pb2.FileDescriptorProto(
+        name="gateway_test/extra/v1/extra.proto", package="gateway_test.extra.v1", syntax="proto3"
+    )
+    f.dependency.append("google/api/annotations.proto")
+    req = f.message_type.add(name="PingRequest")
+    req.field.add(name="name", number=1, type=9, label=1)
+    req.field.add(name="count", number=2, type=5, label=1)
+    res = f.message_type.add(name="PingResponse")
+    res.field.add(name="echo", number=1, type=9, label=1)
+    svc = f.service.add(name="ExtraService")
+    method = svc.method.add(
+        name="Ping",
+        input_type=".gateway_test.extra.v1.PingRequest",
+        output_type=".gateway_test.extra.v1.PingResponse",
+    )
+    method.options.Extensions[annotations_pb2.http].get = "/v1/pings/{name}"
+    pool.AddSerializedFile(f.SerializeToString())
+    return pool.FindFileByName("gateway_test/extra/v1/extra.proto")
+
+
+def test_a_new_rpc_gets_a_route_and_an_openapi_entry() -> None:
+    file = _extra_service()
+    routes = routes_from_files([file])
+    assert [(r.http_method, r.template.text, r.name) for r in routes] == [
+        ("GET", "/v1/pings/{name}", "ExtraService.Ping")
+    ]
+    doc = openapi.document(routes)
+    validate(doc)
+    params = doc["paths"]["/v1/pings/{name}"]["get"]["parameters"]
+    assert [p["name"] for p in params] == ["name", "count"]
+    assert message_factory.GetMessageClass(file.message_types_by_name["PingRequest"])

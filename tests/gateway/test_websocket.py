@@ -1,0 +1,198 @@
+"""The chat WebSocket on a real uvicorn port: auth, protocol, bad frames, limits and resume."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect
+
+from gateway.websocket import Limits
+
+
+async def recv(ws: Any) -> dict[str, Any]:
+    return json.loads(await ws.recv())
+
+
+async def until(ws: Any, predicate: Any) -> list[dict[str, Any]]:
+    """Messages up to and including the first one `predicate` accepts."""
+    seen = []
+    while True:
+        message = await recv(ws)
+        seen.append(message)
+        if predicate(message):
+            return seen
+
+
+def finished(m: dict[str, Any]) -> bool:
+    return m.get("event") in ("run_completed", "run_failed", "run_cancelled")
+
+
+async def session_id(fakes: Any) -> str:
+    n = len(fakes.orchestration.sessions) + 1
+    from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
+
+    fakes.orchestration.sessions[f"s{n}"] = pb.Session(id=f"s{n}", conversation_id=f"c{n}")
+    return f"s{n}"
+
+
+async def open_socket(port: int, token: str) -> Any:
+    ws = await connect(f"ws://127.0.0.1:{port}/v1/ws")
+    await ws.send(json.dumps({"type": "auth", "token": token}))
+    assert (await recv(ws))["event"] == "connected"
+    return ws
+
+
+async def test_chat_streams_deltas_and_final(live: Any, token: str, fakes: Any) -> None:
+    port = await live()
+    session = await session_id(fakes)
+    async with await open_socket(port, token) as ws:
+        await ws.send(json.dumps({"type": "chat_message", "session_id": session, "content": "hello there"}))
+        messages = await until(ws, finished)
+    deltas = [m["delta"] for m in messages if m["type"] == "agent_response" and "delta" in m]
+    final = next(m["final"] for m in messages if "final" in m)
+    assert "".join(deltas) == final == "echo: hello there"
+    assert [m["event_id"] for m in messages] == list(range(1, len(messages) + 1))
+    assert messages[0] == {
+        "type": "system_event",
+        "event": "run_created",
+        "run_id": messages[0]["run_id"],
+        "event_id": 1,
+        "session_id": session,
+    }
+    assert messages[-1]["event"] == "run_completed" and messages[-1]["usage"]["completion_tokens"] == 4
+
+
+async def test_token_as_subprotocol_is_accepted_and_not_echoed(live: Any, token: str) -> None:
+    port = await live()
+    async with connect(
+        f"ws://127.0.0.1:{port}/v1/ws", subprotocols=["agentmesh.v1", f"bearer.{token}"]
+    ) as ws:
+        assert ws.subprotocol == "agentmesh.v1"
+        assert (await recv(ws))["event"] == "connected"
+        await ws.send(json.dumps({"type": "ping"}))
+        assert await recv(ws) == {"type": "pong"}
+
+
+@pytest.mark.parametrize("first", ['{"type": "auth", "token": "garbage"}', "not json", '{"type": "ping"}'])
+async def test_bad_auth_closes_4401(live: Any, first: str) -> None:
+    port = await live()
+    async with connect(f"ws://127.0.0.1:{port}/v1/ws") as ws:
+        await ws.send(first)
+        error = await recv(ws)
+        assert error["type"] == "error" and error["error_code"] == "UNAUTHENTICATED"
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd.code == 4401
+
+
+async def test_bad_frames_get_errors_and_the_socket_stays_usable(live: Any, token: str, fakes: Any) -> None:
+    port = await live()
+    session = await session_id(fakes)
+    async with await open_socket(port, token) as ws:
+        for frame in [
+            "{oops",
+            "[1]",
+            '{"type": "dance"}',
+            '{"type": "chat_message", "session_id": 5}',
+            '{"type": "chat_message", "session_id": "x", "content": ""}',
+            '{"type": "resume", "run_id": "r", "session_id": "s", "after_event_id": -1}',
+            '{"type": "cancel"}',
+        ]:
+            await ws.send(frame)
+            error = await recv(ws)
+            assert error["type"] == "error" and error["error_code"] == "INVALID_MESSAGE", (frame, error)
+        await ws.send(json.dumps({"type": "chat_message", "session_id": "missing", "content": "x"}))
+        assert (await recv(ws))["error_code"] == "NOT_FOUND"
+        await ws.send(json.dumps({"type": "chat_message", "session_id": session, "content": "still works"}))
+        messages = await until(ws, finished)
+        assert messages[-1]["event"] == "run_completed"
+
+
+async def test_upstream_rate_limit_becomes_rate_limit_error(live: Any, token: str, fakes: Any) -> None:
+    port = await live()
+    session = await session_id(fakes)
+    async with await open_socket(port, token) as ws:
+        await ws.send(json.dumps({"type": "chat_message", "session_id": session, "content": "flood"}))
+        error = await recv(ws)
+        assert error["error_code"] == "RATE_LIMIT" and error["details"] == {"retry_after": 2}
+
+
+async def test_message_flood_is_rate_limited_per_connection(live: Any, token: str) -> None:
+    port = await live(limits=Limits(messages_per_minute=3))
+    async with await open_socket(port, token) as ws:
+        for _ in range(3):
+            await ws.send(json.dumps({"type": "cancel", "session_id": "s"}))
+        await ws.send(json.dumps({"type": "cancel", "session_id": "s"}))
+        errors = [await recv(ws) for _ in range(1)]
+        flood = [e for e in errors if e.get("error_code") == "RATE_LIMIT"]
+        assert flood and 0 < flood[0]["details"]["retry_after"] <= 60
+        await ws.send(json.dumps({"type": "ping"}))  # heartbeats are never limited
+        assert await recv(ws) == {"type": "pong"}
+
+
+async def test_oversized_frame_closes_1009(live: Any, token: str) -> None:
+    port = await live(limits=Limits(max_frame_bytes=100))
+    async with await open_socket(port, token) as ws:
+        await ws.send(json.dumps({"type": "chat_message", "session_id": "s", "content": "x" * 500}))
+        with pytest.raises(websockets.ConnectionClosed) as closed:
+            await ws.recv()
+        assert closed.value.rcvd.code == 1009
+
+
+async def test_connections_per_user_and_total(live: Any, keys: Any) -> None:
+    port = await live(limits=Limits(connections_per_user=1, max_connections=2))
+    a = keys.token(tenant="demo", sub="user_1")
+    b = keys.token(tenant="demo", sub="user_2")
+    async with await open_socket(port, a):
+        async with connect(f"ws://127.0.0.1:{port}/v1/ws") as second:
+            await second.send(json.dumps({"type": "auth", "token": a}))
+            assert (await recv(second))["error_code"] == "RATE_LIMIT"
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                await second.recv()
+            assert closed.value.rcvd.code == 4429
+        async with await open_socket(port, b):
+            with pytest.raises(websockets.InvalidStatus):  # full: refused before the upgrade
+                async with connect(f"ws://127.0.0.1:{port}/v1/ws"):
+                    pass
+
+
+async def test_resume_after_dropped_socket_has_no_gap_and_no_duplicate(
+    live: Any, token: str, fakes: Any
+) -> None:
+    fakes.orchestration.delay = 0.01
+    port = await live()
+    session = await session_id(fakes)
+    words = " ".join(f"w{i}" for i in range(12))
+    async with await open_socket(port, token) as ws:
+        await ws.send(json.dumps({"type": "chat_message", "session_id": session, "content": words}))
+        before = await until(ws, lambda m: m.get("event_id") == 5)
+    # The socket is gone; the run goes on. A new socket resumes after the last event seen.
+    run_id = before[0]["run_id"]
+    async with await open_socket(port, token) as ws:
+        await ws.send(
+            json.dumps({"type": "resume", "session_id": session, "run_id": run_id, "after_event_id": 5})
+        )
+        after = await until(ws, finished)
+    ids = [m["event_id"] for m in before + after]
+    assert ids == list(range(1, len(ids) + 1))
+    text = "".join(m.get("delta", "") for m in before + after)
+    assert text == "echo: " + words
+    assert fakes.orchestration.runs[run_id].cancelled is False
+
+
+async def test_cancel_stops_the_run(live: Any, token: str, fakes: Any) -> None:
+    fakes.orchestration.delay = 0.02
+    port = await live()
+    session = await session_id(fakes)
+    async with await open_socket(port, token) as ws:
+        await ws.send(
+            json.dumps({"type": "chat_message", "session_id": session, "content": " ".join(["x"] * 200)})
+        )
+        first = await until(ws, lambda m: "delta" in m)
+        await ws.send(json.dumps({"type": "cancel", "run_id": first[-1]["run_id"]}))
+        rest = await until(ws, finished)
+    assert rest[-1]["event"] == "run_cancelled"
+    assert len([m for m in first + rest if "delta" in m]) < 200
