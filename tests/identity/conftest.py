@@ -82,9 +82,7 @@ class Identity:
         )
         return Account(reply.tenant, reply.user, reply.tokens, password)
 
-    async def add_user(
-        self, owner: Account, username: str, *roles: int, password: str = PASSWORD
-    ) -> Account:
+    async def add_user(self, owner: Account, username: str, *roles: int, password: str = PASSWORD) -> Account:
         await self.stub.CreateUser(
             pb.CreateUserRequest(username=username, password=password, roles=list(roles)), metadata=owner.md
         )

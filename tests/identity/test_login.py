@@ -24,7 +24,9 @@ from tests.identity.conftest import PASSWORD, Identity, field_violations, retry_
 
 async def stored_hash(runtime, user_id: str) -> str:
     async with runtime.engine.connect() as conn:
-        return (await conn.execute(sa.select(users.c.password_hash).where(users.c.id == user_id))).scalar_one()
+        return (
+            await conn.execute(sa.select(users.c.password_hash).where(users.c.id == user_id))
+        ).scalar_one()
 
 
 async def test_argon2id_parameters_are_in_the_stored_hash(identity, runtime):
@@ -52,7 +54,8 @@ async def test_failures_look_the_same(identity):
     disabled = await identity.add_user(account, "gone")
     await identity.stub.UpdateUser(
         pb.UpdateUserRequest(
-            user=pb.User(id=disabled.user.id, disabled=True), update_mask=field_mask_pb2.FieldMask(paths=["disabled"])
+            user=pb.User(id=disabled.user.id, disabled=True),
+            update_mask=field_mask_pb2.FieldMask(paths=["disabled"]),
         ),
         metadata=account.md,
     )
@@ -119,7 +122,10 @@ async def test_throttle_per_address(serve, runtime):
         (pb.LoginRequest(tenant="", username="owner", password="x"), ["tenant"]),
         (pb.LoginRequest(tenant="Demo", username="user_1", password="x"), ["tenant"]),
         (pb.LoginRequest(tenant="demo", username="User_1", password="x"), ["username"]),
-        (pb.LoginRequest(tenant="d" * 64, username="u" * 65, password=""), ["tenant", "username", "password"]),
+        (
+            pb.LoginRequest(tenant="d" * 64, username="u" * 65, password=""),
+            ["tenant", "username", "password"],
+        ),
         (pb.LoginRequest(tenant="demo", username="user_1", password="p" * 1025), ["password"]),
     ],
 )
@@ -158,10 +164,14 @@ async def test_login_over_grpcurl(identity):
 
 async def test_production_refuses_to_start_without_key_or_secret(runtime):
     auth = runtime.settings.auth
-    runtime.settings = dataclasses.replace(runtime.settings, auth=dataclasses.replace(auth, signing_key_file=""))
+    runtime.settings = dataclasses.replace(
+        runtime.settings, auth=dataclasses.replace(auth, signing_key_file="")
+    )
     with pytest.raises(SettingsError, match="AGENTMESH_SIGNING_KEY_FILE"):
         await identity_service.register(runtime)
-    runtime.settings = dataclasses.replace(runtime.settings, auth=dataclasses.replace(auth, service_secret=""))
+    runtime.settings = dataclasses.replace(
+        runtime.settings, auth=dataclasses.replace(auth, service_secret="")
+    )
     with pytest.raises(SettingsError, match="AGENTMESH_SERVICE_SECRET"):
         await identity_service.register(runtime)
 
@@ -174,7 +184,9 @@ async def test_demo_data_only_in_embedded_mode(serve, runtime, tmp_path):
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
     # Embedded: SQLite and in-process Redis in a data directory, key generated on first start.
-    settings = with_embedded_secrets(Settings.from_env({}, data_dir=str(tmp_path), grpc_port=0).embedded_defaults())
+    settings = with_embedded_secrets(
+        Settings.from_env({}, data_dir=str(tmp_path), grpc_port=0).embedded_defaults()
+    )
     embedded = await Runtime.create(settings)
     try:
         await migrations.upgrade(embedded.engine, ["identity"])

@@ -83,7 +83,9 @@ async def test_logout_revokes_refresh_family_and_denies_the_access_token(identit
     account = await identity.sign_up()
     rotated = await refresh(identity, account.tokens.refresh_token)
     other = await identity.login(account.tenant.name, "owner", PASSWORD)
-    await identity.stub.Logout(pb.LogoutRequest(refresh_token=rotated.refresh_token), metadata=bearer(rotated.access_token))
+    await identity.stub.Logout(
+        pb.LogoutRequest(refresh_token=rotated.refresh_token), metadata=bearer(rotated.access_token)
+    )
     await assert_dead_access(identity, rotated.access_token)
     await assert_dead_refresh(identity, rotated.refresh_token)
     # Logout ends this session only.
@@ -99,7 +101,8 @@ async def test_change_password_revokes_earlier_tokens_but_not_the_new_ones(ident
     account = await identity.sign_up()
     other = await identity.login(account.tenant.name, "owner", PASSWORD)
     reply = await identity.stub.ChangePassword(
-        pb.ChangePasswordRequest(old_password=PASSWORD, new_password="a brand new secret"), metadata=account.md
+        pb.ChangePasswordRequest(old_password=PASSWORD, new_password="a brand new secret"),
+        metadata=account.md,
     )
     # Issued in the same second as the revocation mark: still valid (millisecond iat).
     assert (await who(identity, reply.tokens.access_token)).user.id == account.user.id
@@ -139,7 +142,8 @@ async def test_disable_and_delete_end_sessions(identity):
     other = await identity.add_user(owner, "member2")
     await identity.stub.UpdateUser(
         pb.UpdateUserRequest(
-            user=pb.User(id=member.user.id, disabled=True), update_mask=field_mask_pb2.FieldMask(paths=["disabled"])
+            user=pb.User(id=member.user.id, disabled=True),
+            update_mask=field_mask_pb2.FieldMask(paths=["disabled"]),
         ),
         metadata=owner.md,
     )

@@ -1,9 +1,9 @@
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from agentmesh.agents.v1 import agents_service_pb2_grpc as pb_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tests.conftest import bearer
 
 
