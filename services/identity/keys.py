@@ -88,8 +88,9 @@ def _read(path: str) -> bytes:
 
 
 def _load_private(path: str) -> Ed25519PrivateKey:
+    data = _read(path)  # outside the try: SettingsError is itself a ValueError
     try:
-        key = serialization.load_pem_private_key(_read(path), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except ValueError:
         raise SettingsError(f"{path} is not a PEM private key") from None
     if not isinstance(key, Ed25519PrivateKey):
