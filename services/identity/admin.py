@@ -237,11 +237,10 @@ class TenantAdmin:
         _check_etag(etag, target.etag, "user")
         self._may_change(principal, target)
         await self._keeps_an_owner(target, loses_owner=True)
-        as_of = self._sessions.now()
-        # Tokens first: once the row is gone nothing else would stop a live access token.
-        await self._revocations.void_tokens_before(user_id, as_of)
         if not await self._store.delete_user(principal.tenant_id, user_id, expected_version=target.version):
             raise errors.Aborted("the user changed while it was being deleted; read it again")
+        # The row is gone, but its access tokens would verify until they expire: void them.
+        await self._revocations.void_tokens_before(user_id, self._sessions.now())
 
     # --- the tenant --------------------------------------------------------------------------
 

@@ -67,6 +67,10 @@ request_ids = sa.Table(
 )
 
 
+class _Stale(Exception):
+    """Rolls a transaction back when its guarded row moved on."""
+
+
 class Duplicate(Exception):
     """A unique constraint refused the write (taken name or username, or a racing request_id)."""
 
@@ -261,14 +265,22 @@ class IdentityStore:
         return result.rowcount == 1
 
     async def delete_user(self, tenant_id: str, user_id: str, *, expected_version: int) -> bool:
-        async with self._engine.begin() as conn:
-            await conn.execute(refresh_tokens.delete().where(refresh_tokens.c.user_id == user_id))
-            result = await conn.execute(
-                users.delete().where(
-                    users.c.id == user_id, users.c.tenant_id == tenant_id, users.c.version == expected_version
+        """Deletes the user and their refresh tokens if still at `expected_version`; else changes nothing."""
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(refresh_tokens.delete().where(refresh_tokens.c.user_id == user_id))
+                result = await conn.execute(
+                    users.delete().where(
+                        users.c.id == user_id,
+                        users.c.tenant_id == tenant_id,
+                        users.c.version == expected_version,
+                    )
                 )
-            )
-        return result.rowcount == 1
+                if result.rowcount != 1:
+                    raise _Stale()
+        except _Stale:
+            return False
+        return True
 
     async def update_tenant(
         self, tenant_id: str, *, expected_version: int, values: Mapping[str, Any], now
