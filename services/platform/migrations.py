@@ -18,7 +18,7 @@ def _config(service: str) -> Config | None:
         return None
     cfg = Config()
     cfg.set_main_option("script_location", str(pathlib.Path(__file__).parent / "alembic"))
-    # Without path_separator, Alembic warns (an error under pytest) about legacy splitting.
+    # Without path_separator Alembic warns (and splits paths on spaces); one directory, so "os".
     cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(versions))
     cfg.set_main_option("version_table", f"alembic_version_{service}")

@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -65,7 +66,10 @@ class Server:
         address: str | None = None,
         reuse_port: bool = False,
         metrics: Metrics | None = None,
+        authentication: Any | None = None,
     ):
+        """`authentication`: the middleware that puts the Principal on each call; None means the
+        standard JWT Authentication (the identity benchmark swaps in a fixed principal to measure it)."""
         self.runtime = runtime
         self.registrations = list(registrations)
         self._address = address or runtime.settings.grpc_address
@@ -79,7 +83,9 @@ class Server:
                         AccessLog(),
                         self.metrics,
                         ErrorMapping(),
-                        Authentication(runtime.verifier, public_methods=public),
+                        authentication
+                        if authentication is not None
+                        else Authentication(runtime.verifier, public_methods=public),
                     ]
                 ),
             ],

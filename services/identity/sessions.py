@@ -1,0 +1,63 @@
+"""Starting and ending sessions: an access token plus a refresh token in a family."""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from collections.abc import Callable
+
+from services.identity.models import RefreshRecord, Session, Tenant, User
+from services.identity.redis_state import Revocations
+from services.identity.store import IdentityStore
+from services.identity.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, token_time
+
+
+def at(seconds: float) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+
+
+class Sessions:
+    def __init__(
+        self,
+        *,
+        store: IdentityStore,
+        tokens: TokenIssuer,
+        revocations: Revocations,
+        clock: Callable[[], float],
+    ):
+        self._store = store
+        self.tokens = tokens
+        self._revocations = revocations
+        self._clock = clock
+
+    def now(self) -> float:
+        return token_time(self._clock())
+
+    async def start(
+        self, user: User, tenant: Tenant, *, family_id: str | None = None, issued_at: float | None = None
+    ) -> Session:
+        """A new access token and a refresh token (in `family_id`, or a new family)."""
+        now = self.now() if issued_at is None else issued_at
+        access = self.tokens.access_token(
+            subject=user.id, tenant=tenant.id, roles=user.roles, tier=tenant.tier, issued_at=now
+        )
+        refresh = new_refresh_token()
+        await self._store.add_refresh(
+            RefreshRecord(
+                token_hash=hash_refresh_token(refresh),
+                family_id=family_id or str(uuid.uuid4()),
+                user_id=user.id,
+                tenant_id=tenant.id,
+                issued_at=at(now),
+                expires_at=at(now + self.tokens.refresh_ttl),
+                spent_at=None,
+                revoked_at=None,
+            )
+        )
+        return Session(access.token, refresh, self.tokens.access_ttl, self.tokens.refresh_ttl)
+
+    async def end_all(self, user_id: str, *, as_of: float) -> None:
+        """Voids the user's access tokens issued before `as_of` and revokes every refresh family."""
+        # Redis first: the access tokens are what stay usable without asking identity.
+        await self._revocations.void_tokens_before(user_id, as_of)
+        await self._store.revoke_user_sessions(user_id, now=at(as_of))
