@@ -83,14 +83,15 @@ class MessageSearch:
                 return [], []
             scores = {row.id: float(row.score) for row in page}
             detail = sa.text(
-                f"""
+                """
                 SELECT m.id AS mid, ts_headline('simple', m.content, websearch_to_tsquery('simple', :q),
-                                                '{_HEADLINE}') AS snippet
+                                                :options) AS snippet
                 FROM messages m WHERE m.id = ANY(:ids)
                 """
             )
             snippets = {
-                r.mid: r.snippet for r in await conn.execute(detail, {"q": query, "ids": list(scores)})
+                r.mid: r.snippet
+                for r in await conn.execute(detail, {"q": query, "ids": list(scores), "options": _HEADLINE})
             }
             rows = await self._rows(conn, list(scores))
         hits = [

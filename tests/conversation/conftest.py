@@ -6,9 +6,9 @@ from typing import Any
 
 import grpc
 import pytest
-
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
+
 from tests.conftest import bearer
 
 
@@ -30,7 +30,12 @@ class Caller:
         return (await self.call("CreateConversation", agent_id=agent_id, **fields)).conversation
 
     async def append(
-        self, conversation_id: str, content: str, role: int = pb.MESSAGE_ROLE_USER, tool_call_id: str = "", **kw: Any
+        self,
+        conversation_id: str,
+        content: str,
+        role: int = pb.MESSAGE_ROLE_USER,
+        tool_call_id: str = "",
+        **kw: Any,
     ) -> pb.AppendMessageResponse:
         message = pb.Message(role=role, content=content, tool_call_id=tool_call_id)
         return await self.call("AppendMessage", conversation_id=conversation_id, message=message, **kw)
@@ -43,7 +48,9 @@ def tenant() -> str:
 
 @pytest.fixture
 def make_caller(keys):
-    def make(channel: grpc.aio.Channel, tenant: str, user: str, roles=("member",), tier: str = "pro") -> Caller:
+    def make(
+        channel: grpc.aio.Channel, tenant: str, user: str, roles=("member",), tier: str = "pro"
+    ) -> Caller:
         token = keys.token(tenant=tenant, sub=user, roles=tuple(roles), tier=tier)
         return Caller(pb_grpc.ConversationServiceStub(channel), token, tenant, user)
 

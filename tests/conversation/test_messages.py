@@ -8,8 +8,8 @@ import asyncio
 import grpc
 import redis as sync_redis
 import redis.asyncio as aioredis
-
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
+
 from services import conversation
 from services.conversation.hot_window import HotWindow
 from tests.conversation.conftest import expect_code
@@ -27,7 +27,9 @@ async def test_flushdb_loses_nothing_and_changes_no_answer(serve, make_caller, t
     await alice.append(conv.id, "the answer", role=A)
 
     async def answers():
-        ctx = await alice.call("GetContext", conversation_id=conv.id, token_budget=1000, system_prompt="be brief")
+        ctx = await alice.call(
+            "GetContext", conversation_id=conv.id, token_budget=1000, system_prompt="be brief"
+        )
         listed = await alice.call("ListMessages", conversation_id=conv.id)
         return ctx, listed
 
@@ -101,7 +103,11 @@ async def test_context_truncation_through_grpc(serve, make_caller, tenant):
     assert [m.sequence for m in ctx.messages] == [0, 2, 3, 4]
     assert ctx.total_tokens == 52 == ctx.token_budget
     ctx = await alice.call("GetContext", conversation_id=conv.id, token_budget=10, system_prompt=prompt * 10)
-    assert ctx.system_prompt_truncated and ctx.total_tokens <= 10 and ctx.messages[0].role == pb.MESSAGE_ROLE_SYSTEM
+    assert (
+        ctx.system_prompt_truncated
+        and ctx.total_tokens <= 10
+        and ctx.messages[0].role == pb.MESSAGE_ROLE_SYSTEM
+    )
     # The budget is capped at the tier's max_context_tokens.
     free = make_caller(running.channel, tenant, "alice", tier="free")
     ctx = await free.call("GetContext", conversation_id=conv.id, token_budget=1_000_000)
