@@ -266,3 +266,16 @@ async def test_bad_input_is_invalid_argument_and_changes_nothing(serve, make_cal
     ]
     assert len((await alice.call("ListConversations")).conversations) == 1
     assert (await owner.call("GetRetentionPolicy")).policy.closed_retention_days == 0
+
+
+async def test_agentmesh_retention_command(pg_url, redis_url, monkeypatch, capsys):
+    import asyncio
+
+    from services import cli
+
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("AGENTMESH_PAGE_TOKEN_SECRET", "x")
+    code = await asyncio.to_thread(cli.main, ["retention", "--tenant", "no-such-tenant"])
+    assert code == 0
+    assert "retention erased 0" in capsys.readouterr().out

@@ -35,7 +35,7 @@ async def test_flushdb_loses_nothing_and_changes_no_answer(serve, make_caller, t
 
     before_ctx, before_list = await answers()
     assert [m.sequence for m in before_ctx.messages] == [0, 1, 2, 3, 4]
-    assert [m.content for m in before_list.messages][0] == "hello there"
+    assert before_list.messages[0].content == "hello there"
     client = sync_redis.Redis.from_url(redis_url)
     try:
         # The read filled the hot window: Redis is really in use.
