@@ -6,6 +6,7 @@ No proto objects and no rules here: the service decides who may see what and pas
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -81,6 +82,8 @@ def scoped(scope: Scope) -> list[sa.ColumnElement[bool]]:
 class ConversationStore:
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
+        # Same pool; single-statement writes need no BEGIN/COMMIT round trips.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
     def dialect(self) -> str:
@@ -203,6 +206,13 @@ class ConversationStore:
         message, so sequence numbers have no gaps.
         """
         c = conversations.c
+        if self.dialect == "postgresql":
+            fast = await self._append_postgres(
+                scope, conversation_id, new, token_count=token_count, request_id=request_id, now=now
+            )
+            if fast is not None:
+                return fast
+            # No row: missing, closed or a replay; the general path below tells which.
         try:
             async with self.engine.begin() as conn:
                 row = (
@@ -265,6 +275,76 @@ class ConversationStore:
             if replay is None or conversation is None:
                 raise
             return replay, conversation, True
+
+    async def _append_postgres(
+        self,
+        scope: Scope,
+        conversation_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> tuple[Message, Conversation, bool] | None:
+        """The same append as one autocommit statement (one round trip): the UPDATE takes the row
+        lock and numbers the message, the INSERT uses that number; any failure undoes both. A
+        request_id already stored makes the UPDATE match nothing (None is returned); a twin that
+        commits while this one waits is caught by the unique index instead."""
+        params: dict[str, Any] = {
+            "cid": conversation_id,
+            "tenant": scope.tenant_id,
+            "user": scope.user_id or "",
+            "tokens": token_count,
+            "now": now,
+            "rid": request_id,
+            "mid": new_id(),
+            "role": new.role,
+            "content": new.content,
+            "metadata": json.dumps(new.metadata),
+            "tool": new.tool_call_id,
+        }
+        user_clause = "AND user_id = :user" if scope.user_id is not None else ""
+        statement = sa.text(
+            f"""
+            WITH c AS (
+                UPDATE conversations
+                SET message_count = message_count + 1, token_count = token_count + :tokens,
+                    update_time = :now, last_message_time = :now
+                WHERE id = :cid AND tenant_id = :tenant {user_clause} AND status = 'ACTIVE'
+                  AND NOT (:rid <> '' AND EXISTS (
+                      SELECT 1 FROM messages WHERE conversation_id = :cid AND request_id = :rid))
+                RETURNING *
+            ), m AS (
+                INSERT INTO messages (id, conversation_id, tenant_id, sequence, role, content, token_count,
+                                      metadata, tool_call_id, request_id, create_time)
+                SELECT :mid, c.id, c.tenant_id, c.message_count, :role, :content, :tokens,
+                       CAST(:metadata AS JSON), :tool, :rid, :now FROM c
+                RETURNING id
+            )
+            SELECT * FROM c
+            """
+        )
+        try:
+            async with self._autocommit.connect() as conn:
+                row = (await conn.execute(statement, params)).first()
+        except IntegrityError:
+            if not request_id:
+                raise
+            return None
+        if row is None:
+            return None
+        message = Message(
+            id=params["mid"],
+            conversation_id=conversation_id,
+            sequence=row.message_count,
+            role=new.role,
+            content=new.content,
+            token_count=token_count,
+            metadata=dict(new.metadata),
+            tool_call_id=new.tool_call_id,
+            create_time=now,
+        )
+        return message, _conversation(row), False
 
     async def _message_by_request_id(
         self, conn: AsyncConnection, conversation_id: str, request_id: str
