@@ -1,4 +1,4 @@
-"""The `agentmesh` command: `up` (everything, embedded), `serve` (production), `migrate`."""
+"""The `agentmesh` command: `up` (everything, embedded), `serve` (production), `migrate`, `retention`."""
 
 from __future__ import annotations
 
@@ -164,6 +164,30 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retention(args: argparse.Namespace) -> int:
+    """Applies the conversation retention policies once (the service also runs this periodically)."""
+    from services.conversation import build_service
+    from services.conversation.retention import RetentionJob
+
+    settings = Settings.from_env()
+    if args.data_dir:
+        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    if not settings.database_url:
+        settings = with_embedded_secrets(settings.embedded_defaults())
+
+    async def run() -> int:
+        runtime = await Runtime.create(settings)
+        try:
+            service = build_service(runtime)
+            return await RetentionJob(store=service.store, hot=service.hot).run_once(args.tenant)
+        finally:
+            await runtime.close()
+
+    erased = asyncio.run(run())
+    print(f"agentmesh: retention erased {erased} closed conversation(s)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agentmesh", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -184,6 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("services", nargs="*", metavar="SERVICE")
     migrate.add_argument("--data-dir")
     migrate.set_defaults(func=cmd_migrate)
+
+    retention = sub.add_parser("retention", help="erase closed conversations past their tenant's retention")
+    retention.add_argument("--tenant", help="only this tenant (default: every tenant with a policy)")
+    retention.add_argument("--data-dir")
+    retention.set_defaults(func=cmd_retention)
 
     args = parser.parse_args(argv)
     try:

@@ -1,0 +1,291 @@
+"""Conversation benchmarks, on a fresh PostgreSQL database and the local Redis:
+
+1. AppendMessage throughput through gRPC with 32 concurrent writers (32 conversations), beside the
+   empty-handler floor and the same appends called on the service layer directly (no gRPC, no auth),
+   which shows where the time goes.
+2. GetContext p50 for a conversation of 100 messages against one of 100,000 (bulk-inserted), as a ratio.
+3. SearchConversations latency over a corpus of --messages messages (one tenant, the worst case).
+
+    python -m bench.conversation [--seconds 3] [--messages 100000] [--history 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import itertools
+import os
+import random
+import time
+import uuid
+from typing import Any
+
+import jwt
+import psycopg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agentmesh.conversation.v1 import conversation_service_pb2 as pb
+from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
+from bench.harness import empty_handler, machine, measure, report
+from services import conversation
+from services.conversation.models import NewMessage
+from services.platform import migrations
+from services.platform.auth import Principal
+from services.platform.runtime import Runtime
+from services.platform.server import Server
+from services.platform.settings import Settings
+
+PG_SERVER = os.environ.get("AGENTMESH_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("AGENTMESH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+KID = "bench"
+
+
+def _token(key: Ed25519PrivateKey, tenant: str, user: str) -> str:
+    now = int(time.time())
+    claims = {
+        "iss": "agentmesh", "aud": "agentmesh", "sub": user, "tenant": tenant, "roles": ["owner"],
+        "tier": "enterprise", "typ": "access", "jti": uuid.uuid4().hex, "iat": now, "exp": now + 3600,
+    }  # fmt: skip
+    return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": KID})
+
+
+def _jwks(key: Ed25519PrivateKey) -> dict[str, Any]:
+    jwk = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
+    return {"keys": [{**jwk, "kid": KID, "alg": "EdDSA", "use": "sig"}]}
+
+
+def _copy_messages(dsn: str, rows: list[tuple[Any, ...]]) -> None:
+    """Bulk-inserts message rows with COPY (setup only; the service never writes this way)."""
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cols = "id, conversation_id, tenant_id, sequence, role, content, token_count, metadata, tool_call_id, request_id, create_time"
+        with cur.copy(f"COPY messages ({cols}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        conn.commit()
+
+
+def _history_rows(conversation_id: str, tenant: str, start: int, count: int, words: list[str]) -> list[tuple]:
+    rng = random.Random(f"{conversation_id}:{start}")
+    weights = _zipf(len(words))
+    now = int(time.time() * 1_000_000)
+    out = []
+    for seq in range(start, start + count):
+        content = " ".join(rng.choices(words, cum_weights=weights, k=rng.randint(8, 30)))
+        out.append(
+            (str(uuid.uuid4()), conversation_id, tenant, seq, "user" if seq % 2 else "assistant", content,
+             -(-len(content) // 4) + 4, "{}", "", "", now)
+        )  # fmt: skip
+    return out
+
+
+def _zipf(n: int) -> list[float]:
+    """Cumulative Zipf weights: word k is drawn with probability proportional to 1/k, like prose."""
+    total, out = 0.0, []
+    for k in range(1, n + 1):
+        total += 1.0 / k
+        out.append(total)
+    return out
+
+
+def _vocabulary(size: int = 20_000) -> list[str]:
+    rng = random.Random(7)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    return ["".join(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(size)]
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.conversation")
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--writers", type=int, default=32)
+    parser.add_argument("--history", type=int, default=100_000, help="messages in the long conversation")
+    parser.add_argument("--messages", type=int, default=100_000, help="size of the search corpus")
+    args = parser.parse_args(argv)
+
+    name = f"agentmesh_bench_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = f"{PG_SERVER.rsplit('/', 1)[0]}/{name}"
+    url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    base = Settings.from_env({}, database_url=url, redis_url=REDIS_URL, grpc_port=0, log_level="WARNING")
+    settings = dataclasses.replace(base, auth=dataclasses.replace(base.auth, page_token_secret="bench"))
+    key = Ed25519PrivateKey.generate()
+    runtime = await Runtime.create(settings)
+
+    async def jwks() -> dict[str, Any]:
+        return _jwks(key)
+
+    runtime.jwks_source = jwks
+    server = None
+    try:
+        await migrations.upgrade(runtime.engine, ["conversation"])
+        registration = await conversation.register(runtime)
+        server = Server(runtime, [registration], address="127.0.0.1:0")
+        port = await server.start()
+        import grpc
+
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stub = pb_grpc.ConversationServiceStub(channel)
+        tenant = "bench-tenant"
+        md = (("authorization", f"Bearer {_token(key, tenant, 'writer')}"),)
+        print(f"machine: {machine()}; PostgreSQL database {name}; Redis {REDIS_URL}")
+
+        # 1. AppendMessage throughput.
+        convs = [
+            (
+                await stub.CreateConversation(pb.CreateConversationRequest(agent_id="bench"), metadata=md)
+            ).conversation.id
+            for _ in range(args.writers)
+        ]
+        ring = itertools.cycle(convs)
+        message = pb.Message(
+            role=pb.MESSAGE_ROLE_USER, content="a benchmark message of a typical short length " * 3
+        )
+
+        def append() -> Any:
+            return stub.AppendMessage(
+                pb.AppendMessageRequest(conversation_id=next(ring), message=message), metadata=md
+            )
+
+        async with empty_handler() as empty:
+            floor = await measure(empty, concurrency=args.writers, seconds=args.seconds)
+        ours = await measure(append, concurrency=args.writers, seconds=args.seconds)
+        print(report(f"AppendMessage gRPC ({args.writers} writers)", ours, floor))
+        service = conversation.build_service(runtime)
+        who = Principal(user_id="writer", tenant_id=tenant, roles=frozenset({"owner"}), tier="enterprise")
+        new = NewMessage(role="user", content=message.content)
+
+        def direct() -> Any:
+            return service.append_message(who, next(ring), new)
+
+        layer = await measure(direct, concurrency=args.writers, seconds=args.seconds)
+        print(
+            f"AppendMessage service layer only      {layer.throughput:9.0f} msg/s    p50 {layer.p50_ms:7.3f} ms"
+            f"  (no gRPC, no token check; PostgreSQL commit + Redis write)"
+        )
+        one = convs[0]
+
+        def same_conversation() -> Any:
+            return stub.AppendMessage(
+                pb.AppendMessageRequest(conversation_id=one, message=message), metadata=md
+            )
+
+        hot = await measure(same_conversation, concurrency=args.writers, seconds=args.seconds)
+        print(
+            f"AppendMessage gRPC, all {args.writers} writers on ONE conversation {hot.throughput:7.0f} msg/s"
+            f"  p50 {hot.p50_ms:7.3f} ms  (serialised by the row lock)"
+        )
+
+        # 2. GetContext cost against history length.
+        words = _vocabulary()
+        lengths = {}
+        for size in (100, args.history):
+            cid = (
+                await stub.CreateConversation(pb.CreateConversationRequest(agent_id="ctx"), metadata=md)
+            ).conversation.id
+            for start in range(1, size + 1, 50_000):
+                rows = _history_rows(cid, tenant, start, min(50_000, size - start + 1), words)
+                await asyncio.to_thread(_copy_messages, dsn, rows)
+            async with runtime.engine.begin() as conn:
+                from sqlalchemy import text
+
+                await conn.execute(
+                    text("UPDATE conversations SET message_count = :n WHERE id = :id"), {"n": size, "id": cid}
+                )
+            lengths[size] = cid
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("ANALYZE messages")
+        # Alternating rounds, so load from elsewhere on the machine hits both sides alike.
+        requests = {
+            size: pb.GetContextRequest(
+                conversation_id=cid, token_budget=4000, system_prompt="You are a bench."
+            )
+            for size, cid in lengths.items()
+        }
+        rounds: dict[int, list[Any]] = {size: [] for size in lengths}
+        for request in requests.values():
+            await stub.GetContext(request, metadata=md)  # fills the hot window
+        for _ in range(3):
+            for size, request in requests.items():
+                rounds[size].append(
+                    await measure(
+                        lambda request=request: stub.GetContext(request, metadata=md),
+                        concurrency=1,
+                        seconds=args.seconds / 3,
+                    )
+                )
+        results = {size: sorted(r, key=lambda x: x.p50_ms)[1] for size, r in rounds.items()}
+        for size, request in requests.items():
+            kept = await stub.GetContext(request, metadata=md)
+            print(
+                f"GetContext {size:>7} messages: p50 {results[size].p50_ms:7.3f} ms (median of 3 alternating rounds)"
+                f"  ({len(kept.messages) - 1} messages, {kept.total_tokens} tokens kept of budget 4000)"
+            )
+        ratio = results[args.history].p50_ms / results[100].p50_ms
+        print(f"GetContext p50 ratio {args.history} / 100 messages: {ratio:.2f} (target <= 1.2)")
+        big = pb.GetContextRequest(conversation_id=lengths[args.history], token_budget=60_000)
+        deep = await measure(lambda: stub.GetContext(big, metadata=md), concurrency=1, seconds=args.seconds)
+        print(
+            f"GetContext {args.history} messages, budget 60000 (past the hot window): p50 {deep.p50_ms:7.3f} ms"
+        )
+
+        # 3. Search over a corpus.
+        search_tenant = "bench-search"
+        smd = (("authorization", f"Bearer {_token(key, search_tenant, 'reader')}"),)
+        per_conv = 1000
+        started = time.perf_counter()
+        n_convs = max(1, args.messages // per_conv)
+        for i in range(n_convs):
+            cid = (
+                await stub.CreateConversation(
+                    pb.CreateConversationRequest(agent_id=f"a{i % 5}"), metadata=smd
+                )
+            ).conversation.id
+            await asyncio.to_thread(
+                _copy_messages,
+                dsn,
+                _history_rows(cid, search_tenant, 1, min(per_conv, args.messages - i * per_conv), words),
+            )
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("ANALYZE messages")
+        corpus = n_convs * per_conv if args.messages >= per_conv else args.messages
+        print(
+            f"search corpus: {corpus} messages in {n_convs} conversations (setup {time.perf_counter() - started:.1f} s)"
+        )
+        counts = {}
+        rare, common = words[5000], words[0]
+        with psycopg.connect(dsn) as conn:
+            for w in (rare, common):
+                counts[w] = conn.execute(
+                    "SELECT count(*) FROM messages WHERE tenant_id = %s"
+                    " AND to_tsvector('simple', content) @@ to_tsquery('simple', %s)",
+                    (search_tenant, w),
+                ).fetchone()[0]
+        for label, q in (
+            ("a rare word", rare),
+            ("rare AND frequent", f"{rare} {common}"),
+            ("the most frequent word", common),
+        ):
+            request = pb.SearchConversationsRequest(query=q, page_size=10)
+            result = await measure(
+                lambda request=request: stub.SearchConversations(request, metadata=smd),
+                concurrency=1,
+                seconds=args.seconds,
+            )
+            hits = len((await stub.SearchConversations(request, metadata=smd)).results)
+            matching = counts.get(q, "?")
+            print(
+                f"Search {label:<22} p50 {result.p50_ms:8.3f} ms  p99 {result.p99_ms:8.3f} ms"
+                f"  ({matching} matching messages, page of {hits})"
+            )
+        await channel.close()
+    finally:
+        if server is not None:
+            await server.stop(0)
+        await runtime.close()
+        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,361 @@
+"""The conversation use cases: tenancy, validation, the context window, retention policy.
+
+Plain Python over a store, a hot window and a token counter; the caller's Principal is passed in, so
+this is testable without gRPC. Visibility: owners and admins see the tenant's conversations, members
+only their own; anything outside that is NOT_FOUND, exactly like a conversation that does not exist.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+
+from services.conversation import validation
+from services.conversation.context_window import WindowBuilder
+from services.conversation.hot_window import HotWindow
+from services.conversation.models import (
+    ACTIVE,
+    ContextWindow,
+    Conversation,
+    Message,
+    NewMessage,
+    SearchHit,
+    TenantStats,
+)
+from services.conversation.search import MessageSearch
+from services.conversation.store import (
+    ConversationClosed,
+    ConversationMissing,
+    ConversationStore,
+    Scope,
+    new_id,
+)
+from services.conversation.tokens import TokenCounter
+from services.conversation.validation import Violations
+from services.platform import errors, pagination, tiers
+from services.platform.auth import Principal
+from services.platform.errors import Violation
+from services.platform.pagination import PageTokens
+
+
+def _not_found(conversation_id: str) -> errors.NotFound:
+    return errors.NotFound(
+        f"conversation {conversation_id!r} not found",
+        reason="CONVERSATION_NOT_FOUND",
+        metadata={"conversation_id": conversation_id},
+    )
+
+
+class ConversationService:
+    def __init__(
+        self,
+        *,
+        store: ConversationStore,
+        search: MessageSearch,
+        hot: HotWindow,
+        counter: TokenCounter,
+        page_tokens: PageTokens,
+        clock: Callable[[], float] = time.time,
+        hot_page: int = 64,
+        db_page: int = 128,
+    ):
+        self.store = store
+        self.search_index = search
+        self.hot = hot
+        self.counter = counter
+        self.page_tokens = page_tokens
+        self.clock = clock
+        self.hot_page = hot_page
+        self.db_page = db_page
+
+    def _now(self) -> int:
+        return int(self.clock() * 1_000_000)
+
+    @staticmethod
+    def scope(principal: Principal) -> Scope:
+        return Scope(principal.tenant_id, None if principal.is_admin else principal.user_id)
+
+    async def _visible(self, principal: Principal, conversation_id: str) -> Conversation:
+        validation.require_id(conversation_id, "conversation_id")
+        conversation = await self.store.get_conversation(self.scope(principal), conversation_id)
+        if conversation is None:
+            raise _not_found(conversation_id)
+        return conversation
+
+    # -- conversations -------------------------------------------------------------------------
+
+    async def create_conversation(
+        self,
+        principal: Principal,
+        *,
+        agent_id: str,
+        agent_version: int,
+        title: str,
+        metadata: dict[str, str],
+        request_id: str,
+    ) -> Conversation:
+        v = Violations()
+        v.check(bool(agent_id), "agent_id", "is required")
+        v.check(len(agent_id) <= validation.MAX_ID_CHARS, "agent_id", "is too long")
+        v.check(agent_version >= 0, "agent_version", "must not be negative")
+        v.check(len(title) <= validation.MAX_TITLE_CHARS, "title", "is too long")
+        v.check(len(request_id) <= validation.MAX_ID_CHARS, "request_id", "is too long")
+        validation.metadata(v, "metadata", metadata)
+        v.raise_if_any()
+        now = self._now()
+        conversation = Conversation(
+            id=new_id(),
+            tenant_id=principal.tenant_id,
+            user_id=principal.user_id,
+            agent_id=agent_id,
+            agent_version=agent_version,
+            title=title,
+            status=ACTIVE,
+            metadata=dict(metadata),
+            message_count=0,
+            token_count=0,
+            create_time=now,
+            update_time=now,
+            last_message_time=0,
+            close_time=0,
+        )
+        return await self.store.create_conversation(conversation, request_id=request_id)
+
+    async def get_conversation(self, principal: Principal, conversation_id: str) -> Conversation:
+        return await self._visible(principal, conversation_id)
+
+    async def list_conversations(
+        self,
+        principal: Principal,
+        *,
+        page_size: int,
+        page_token: str,
+        agent_id: str = "",
+        user_id: str = "",
+        status: str = "",
+        start_time: int = 0,
+        end_time: int = 0,
+    ) -> tuple[list[Conversation], str]:
+        size = pagination.page_size(page_size)
+        if start_time and end_time and end_time <= start_time:
+            raise errors.InvalidArgument.field("end_time", "must be after start_time")
+        scope = self.scope(principal)
+        token_scope = "|".join(
+            [
+                "conv.list",
+                scope.tenant_id,
+                scope.user_id or "*",
+                agent_id,
+                user_id,
+                status,
+                str(start_time),
+                str(end_time),
+            ]
+        )
+        cursor = self.page_tokens.decode(token_scope, page_token)
+        after = (int(cursor[0]), str(cursor[1])) if cursor else None
+        # A member's user filter narrows their own scope: another user's id simply matches nothing.
+        rows = await self.store.list_conversations(
+            scope,
+            agent_id=agent_id,
+            user_id=user_id,
+            status=status,
+            start_time=start_time,
+            end_time=end_time,
+            after=after,
+            limit=size + 1,
+        )
+        if len(rows) <= size:
+            return rows, ""
+        last = rows[size - 1]
+        return rows[:size], self.page_tokens.encode(token_scope, [last.create_time, last.id])
+
+    async def close_conversation(self, principal: Principal, conversation_id: str) -> Conversation:
+        validation.require_id(conversation_id, "conversation_id")
+        conversation = await self.store.close_conversation(
+            self.scope(principal), conversation_id, now=self._now()
+        )
+        if conversation is None:
+            raise _not_found(conversation_id)
+        return conversation
+
+    async def delete_conversation(self, principal: Principal, conversation_id: str) -> None:
+        conversation = await self._visible(principal, conversation_id)
+        await self.store.delete_conversations([conversation.id])
+        await self.hot.drop(conversation.id)
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def append_message(
+        self, principal: Principal, conversation_id: str, new: NewMessage, *, request_id: str = ""
+    ) -> tuple[Message, Conversation]:
+        v = Violations()
+        v.check(bool(conversation_id), "conversation_id", "is required")
+        validation.message(
+            v, role=new.role, content=new.content, tool_call_id=new.tool_call_id, meta=new.metadata
+        )
+        v.check(len(request_id) <= validation.MAX_ID_CHARS, "request_id", "is too long")
+        v.raise_if_any()
+        try:
+            message, conversation, replayed = await self.store.append_message(
+                self.scope(principal),
+                conversation_id,
+                new,
+                token_count=self.counter.count(new.content),
+                request_id=request_id,
+                now=self._now(),
+            )
+        except ConversationMissing:
+            raise _not_found(conversation_id) from None
+        except ConversationClosed:
+            raise errors.FailedPrecondition(
+                f"conversation {conversation_id!r} is closed",
+                [Violation("conversation.status", "appending needs an ACTIVE conversation", "CLOSED")],
+                reason="CONVERSATION_CLOSED",
+            ) from None
+        if not replayed:
+            # After the commit, and never able to fail the append: Redis only makes reads fast.
+            await self.hot.append(message)
+        return message, conversation
+
+    async def list_messages(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        page_size: int,
+        page_token: str,
+        before_sequence: int = 0,
+        after_sequence: int = 0,
+        descending: bool = False,
+    ) -> tuple[list[Message], str]:
+        v = Violations()
+        v.check(before_sequence >= 0, "before_sequence", "must not be negative")
+        v.check(after_sequence >= 0, "after_sequence", "must not be negative")
+        v.raise_if_any()
+        size = pagination.page_size(page_size)
+        conversation = await self._visible(principal, conversation_id)
+        token_scope = f"msg.list|{conversation.id}|{before_sequence}|{after_sequence}|{int(descending)}"
+        cursor = self.page_tokens.decode(token_scope, page_token)
+        after, before = after_sequence, before_sequence
+        if cursor is not None:
+            if descending:
+                before = int(cursor)
+            else:
+                after = int(cursor)
+        rows = await self.store.list_messages(
+            conversation.id, after=after, before=before, descending=descending, limit=size + 1
+        )
+        if len(rows) <= size:
+            return rows, ""
+        return rows[:size], self.page_tokens.encode(token_scope, rows[size - 1].sequence)
+
+    # -- context -------------------------------------------------------------------------------
+
+    async def get_context(
+        self, principal: Principal, conversation_id: str, *, token_budget: int, system_prompt: str
+    ) -> ContextWindow:
+        v = Violations()
+        v.check(token_budget > 0, "token_budget", "must be positive")
+        v.check(
+            len(system_prompt.encode()) <= validation.MAX_SYSTEM_PROMPT_BYTES,
+            "system_prompt",
+            f"must be at most {validation.MAX_SYSTEM_PROMPT_BYTES} bytes",
+        )
+        v.raise_if_any()
+        budget = min(token_budget, tiers.limits_for(principal.tier).max_context_tokens)
+        conversation = await self._visible(principal, conversation_id)
+        builder = WindowBuilder(budget=budget, counter=self.counter, system_prompt=system_prompt)
+        history = self.history(conversation)
+        try:
+            async for message in history:
+                if not builder.feed(message):
+                    break
+        finally:
+            await history.aclose()
+        return builder.result(last_sequence=conversation.message_count, conversation_id=conversation.id)
+
+    async def history(self, conversation: Conversation) -> AsyncIterator[Message]:
+        """The conversation's messages newest first, read lazily: the hot window, then PostgreSQL in
+        bounded pages. The consumer stops when its budget is full, so the cost follows the budget,
+        not the length of the history."""
+        next_seq = conversation.message_count
+        from_hot = 0
+        window_broken = False
+        while next_seq >= 1 and from_hot < self.hot.size:
+            want = min(self.hot_page, self.hot.size - from_hot, next_seq)
+            page = await self.hot.read(conversation.id, max_sequence=next_seq, count=want)
+            if page is None:  # Redis is down: PostgreSQL alone
+                break
+            good = 0
+            for message in page:
+                if message.sequence != next_seq:
+                    break
+                good += 1
+                next_seq -= 1
+                yield message
+            from_hot += good
+            if good < want:
+                window_broken = True
+                break
+        if window_broken:
+            # Missing (new, flushed, evicted) or holed: rebuild from PostgreSQL and serve from that.
+            newest = await self.store.messages_before(
+                conversation.id, conversation.message_count + 1, limit=self.hot.size
+            )
+            await self.hot.fill(conversation.id, newest)
+            for message in newest:
+                if message.sequence <= next_seq:
+                    next_seq = message.sequence - 1
+                    yield message
+        while next_seq >= 1:
+            page = await self.store.messages_before(conversation.id, next_seq + 1, limit=self.db_page)
+            if not page:
+                return
+            for message in page:
+                next_seq = message.sequence - 1
+                yield message
+
+    # -- search and stats ----------------------------------------------------------------------
+
+    async def search(
+        self, principal: Principal, query: str, *, page_size: int, page_token: str, agent_id: str = ""
+    ) -> tuple[list[SearchHit], str]:
+        v = Violations()
+        v.check(bool(query.strip()), "query", "is required")
+        v.check(
+            len(query) <= validation.MAX_QUERY_CHARS,
+            "query",
+            f"must be at most {validation.MAX_QUERY_CHARS} characters",
+        )
+        v.raise_if_any()
+        size = pagination.page_size(page_size, maximum=100)
+        scope = self.scope(principal)
+        token_scope = f"conv.search|{scope.tenant_id}|{scope.user_id or '*'}|{agent_id}|{query}"
+        cursor = self.page_tokens.decode(token_scope, page_token)
+        if cursor is not None and not (isinstance(cursor, list) and len(cursor) == 2):
+            raise errors.InvalidArgument.field("page_token", "is not a valid page token")
+        hits, next_cursor = await self.search_index.search(
+            scope, query, agent_id=agent_id, after=cursor, limit=size
+        )
+        return hits, self.page_tokens.encode(token_scope, next_cursor) if next_cursor else ""
+
+    async def tenant_stats(self, principal: Principal, *, start_time: int, end_time: int) -> TenantStats:
+        if start_time and end_time and end_time <= start_time:
+            raise errors.InvalidArgument.field("end_time", "must be after start_time")
+        return await self.search_index.stats(self.scope(principal), start_time=start_time, end_time=end_time)
+
+    # -- retention policy ----------------------------------------------------------------------
+
+    async def get_retention_policy(self, principal: Principal) -> int:
+        principal.require_admin()
+        return await self.store.get_retention_days(principal.tenant_id)
+
+    async def update_retention_policy(self, principal: Principal, days: int) -> int:
+        principal.require_admin()
+        if not 0 <= days <= validation.MAX_RETENTION_DAYS:
+            raise errors.InvalidArgument.field(
+                "policy.closed_retention_days", f"must be 0 (keep forever) to {validation.MAX_RETENTION_DAYS}"
+            )
+        await self.store.set_retention_days(principal.tenant_id, days, now=self._now())
+        return days

@@ -1,0 +1,450 @@
+"""PostgreSQL (or SQLite) access for conversations, messages and retention policies.
+
+No proto objects and no rules here: the service decides who may see what and passes the scope in.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from services.conversation.models import ACTIVE, CLOSED, Conversation, Message, NewMessage
+from services.conversation.tables import conversations, messages, retention_policies
+
+
+class ConversationMissing(Exception):
+    """No such conversation in the caller's scope."""
+
+
+class ConversationClosed(Exception):
+    """The conversation exists but is closed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Scope:
+    """Whose conversations a caller sees: a tenant, and one user of it unless `user_id` is None."""
+
+    tenant_id: str
+    user_id: str | None
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _conversation(row: Any) -> Conversation:
+    return Conversation(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        user_id=row.user_id,
+        agent_id=row.agent_id,
+        agent_version=row.agent_version,
+        title=row.title,
+        status=row.status,
+        metadata=dict(row.metadata or {}),
+        message_count=row.message_count,
+        token_count=row.token_count,
+        create_time=row.create_time,
+        update_time=row.update_time,
+        last_message_time=row.last_message_time,
+        close_time=row.close_time,
+    )
+
+
+def _message(row: Any) -> Message:
+    return Message(
+        id=row.id,
+        conversation_id=row.conversation_id,
+        sequence=row.sequence,
+        role=row.role,
+        content=row.content,
+        token_count=row.token_count,
+        metadata=dict(row.metadata or {}),
+        tool_call_id=row.tool_call_id,
+        create_time=row.create_time,
+    )
+
+
+def scoped(scope: Scope) -> list[sa.ColumnElement[bool]]:
+    where = [conversations.c.tenant_id == scope.tenant_id]
+    if scope.user_id is not None:
+        where.append(conversations.c.user_id == scope.user_id)
+    return where
+
+
+class ConversationStore:
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+        # Same pool; single-statement writes need no BEGIN/COMMIT round trips.
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    # -- conversations -------------------------------------------------------------------------
+
+    async def create_conversation(self, conversation: Conversation, *, request_id: str) -> Conversation:
+        """Inserts; with a request_id already used by this user, returns that first conversation."""
+        scope = Scope(conversation.tenant_id, conversation.user_id)
+        if request_id:
+            existing = await self._by_request_id(scope, request_id)
+            if existing is not None:
+                return existing
+        values = dataclasses.asdict(conversation)
+        values["request_id"] = request_id
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(conversations.insert().values(**values))
+        except IntegrityError:
+            existing = await self._by_request_id(scope, request_id) if request_id else None
+            if existing is None:
+                raise
+            return existing
+        return conversation
+
+    async def _by_request_id(self, scope: Scope, request_id: str) -> Conversation | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(conversations).where(*scoped(scope), conversations.c.request_id == request_id)
+                )
+            ).first()
+        return _conversation(row) if row else None
+
+    async def get_conversation(self, scope: Scope, conversation_id: str) -> Conversation | None:
+        async with self.engine.connect() as conn:
+            return await self._get(conn, scope, conversation_id)
+
+    async def _get(self, conn: AsyncConnection, scope: Scope, conversation_id: str) -> Conversation | None:
+        row = (
+            await conn.execute(
+                sa.select(conversations).where(*scoped(scope), conversations.c.id == conversation_id)
+            )
+        ).first()
+        return _conversation(row) if row else None
+
+    async def list_conversations(
+        self,
+        scope: Scope,
+        *,
+        agent_id: str,
+        user_id: str,
+        status: str,
+        start_time: int,
+        end_time: int,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[Conversation]:
+        c = conversations.c
+        where = scoped(scope)
+        if agent_id:
+            where.append(c.agent_id == agent_id)
+        if user_id:
+            where.append(c.user_id == user_id)
+        if status:
+            where.append(c.status == status)
+        if start_time:
+            where.append(c.create_time >= start_time)
+        if end_time:
+            where.append(c.create_time < end_time)
+        if after is not None:
+            t, i = after
+            where.append(sa.or_(c.create_time < t, sa.and_(c.create_time == t, c.id < i)))
+        query = (
+            sa.select(conversations).where(*where).order_by(c.create_time.desc(), c.id.desc()).limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [_conversation(r) for r in await conn.execute(query)]
+
+    async def close_conversation(
+        self, scope: Scope, conversation_id: str, *, now: int
+    ) -> Conversation | None:
+        c = conversations.c
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                conversations.update()
+                .where(*scoped(scope), c.id == conversation_id, c.status == ACTIVE)
+                .values(status=CLOSED, close_time=now, update_time=now)
+            )
+            return await self._get(conn, scope, conversation_id)
+
+    async def delete_conversations(self, conversation_ids: Sequence[str]) -> int:
+        """Erases conversations and their messages; returns how many conversations went."""
+        if not conversation_ids:
+            return 0
+        async with self.engine.begin() as conn:
+            await conn.execute(messages.delete().where(messages.c.conversation_id.in_(conversation_ids)))
+            result = await conn.execute(
+                conversations.delete().where(conversations.c.id.in_(conversation_ids))
+            )
+        return result.rowcount or 0
+
+    # -- messages ------------------------------------------------------------------------------
+
+    async def append_message(
+        self,
+        scope: Scope,
+        conversation_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> tuple[Message, Conversation, bool]:
+        """Commits the next message; returns (message, conversation, replayed).
+
+        The UPDATE of the conversation row takes its row lock, so appends to one conversation are
+        serialised and each gets the next sequence number; a failure rolls the count back with the
+        message, so sequence numbers have no gaps.
+        """
+        c = conversations.c
+        if self.dialect == "postgresql":
+            fast = await self._append_postgres(
+                scope, conversation_id, new, token_count=token_count, request_id=request_id, now=now
+            )
+            if fast is not None:
+                return fast
+            # No row: missing, closed or a replay; the general path below tells which.
+        try:
+            async with self.engine.begin() as conn:
+                row = (
+                    await conn.execute(
+                        conversations.update()
+                        .where(*scoped(scope), c.id == conversation_id, c.status == ACTIVE)
+                        .values(
+                            message_count=c.message_count + 1,
+                            token_count=c.token_count + token_count,
+                            update_time=now,
+                            last_message_time=now,
+                        )
+                        .returning(*conversations.c)
+                    )
+                ).first()
+                if row is None:
+                    raise _NotAppendable
+                if request_id:
+                    # Under the row lock, so a concurrent twin has either committed (seen) or not begun.
+                    replay = await self._message_by_request_id(conn, conversation_id, request_id)
+                    if replay is not None:
+                        raise _Replayed(replay)
+                message = Message(
+                    id=new_id(),
+                    conversation_id=conversation_id,
+                    sequence=row.message_count,
+                    role=new.role,
+                    content=new.content,
+                    token_count=token_count,
+                    metadata=dict(new.metadata),
+                    tool_call_id=new.tool_call_id,
+                    create_time=now,
+                )
+                await conn.execute(
+                    messages.insert().values(
+                        **dataclasses.asdict(message), tenant_id=scope.tenant_id, request_id=request_id
+                    )
+                )
+            return message, _conversation(row), False
+        except _Replayed as replayed:
+            conversation = await self.get_conversation(scope, conversation_id)
+            assert conversation is not None
+            return replayed.message, conversation, True
+        except _NotAppendable:
+            async with self.engine.connect() as conn:
+                conversation = await self._get(conn, scope, conversation_id)
+                if conversation is None:
+                    raise ConversationMissing from None
+                if request_id:
+                    replay = await self._message_by_request_id(conn, conversation_id, request_id)
+                    if replay is not None:
+                        return replay, conversation, True
+            raise ConversationClosed from None
+        except IntegrityError:
+            if not request_id:
+                raise
+            async with self.engine.connect() as conn:
+                replay = await self._message_by_request_id(conn, conversation_id, request_id)
+                conversation = await self._get(conn, scope, conversation_id)
+            if replay is None or conversation is None:
+                raise
+            return replay, conversation, True
+
+    async def _append_postgres(
+        self,
+        scope: Scope,
+        conversation_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> tuple[Message, Conversation, bool] | None:
+        """The same append as one autocommit statement (one round trip): the UPDATE takes the row
+        lock and numbers the message, the INSERT uses that number; any failure undoes both. A
+        request_id already stored makes the UPDATE match nothing (None is returned); a twin that
+        commits while this one waits is caught by the unique index instead."""
+        params: dict[str, Any] = {
+            "cid": conversation_id,
+            "tenant": scope.tenant_id,
+            "user": scope.user_id or "",
+            "tokens": token_count,
+            "now": now,
+            "rid": request_id,
+            "mid": new_id(),
+            "role": new.role,
+            "content": new.content,
+            "metadata": json.dumps(new.metadata),
+            "tool": new.tool_call_id,
+        }
+        user_clause = "AND user_id = :user" if scope.user_id is not None else ""
+        statement = sa.text(
+            f"""
+            WITH c AS (
+                UPDATE conversations
+                SET message_count = message_count + 1, token_count = token_count + :tokens,
+                    update_time = :now, last_message_time = :now
+                WHERE id = :cid AND tenant_id = :tenant {user_clause} AND status = 'ACTIVE'
+                  AND NOT (:rid <> '' AND EXISTS (
+                      SELECT 1 FROM messages WHERE conversation_id = :cid AND request_id = :rid))
+                RETURNING *
+            ), m AS (
+                INSERT INTO messages (id, conversation_id, tenant_id, sequence, role, content, token_count,
+                                      metadata, tool_call_id, request_id, create_time)
+                SELECT :mid, c.id, c.tenant_id, c.message_count, :role, :content, :tokens,
+                       CAST(:metadata AS JSON), :tool, :rid, :now FROM c
+                RETURNING id
+            )
+            SELECT * FROM c
+            """
+        )
+        try:
+            async with self._autocommit.connect() as conn:
+                row = (await conn.execute(statement, params)).first()
+        except IntegrityError:
+            if not request_id:
+                raise
+            return None
+        if row is None:
+            return None
+        message = Message(
+            id=params["mid"],
+            conversation_id=conversation_id,
+            sequence=row.message_count,
+            role=new.role,
+            content=new.content,
+            token_count=token_count,
+            metadata=dict(new.metadata),
+            tool_call_id=new.tool_call_id,
+            create_time=now,
+        )
+        return message, _conversation(row), False
+
+    async def _message_by_request_id(
+        self, conn: AsyncConnection, conversation_id: str, request_id: str
+    ) -> Message | None:
+        row = (
+            await conn.execute(
+                sa.select(messages).where(
+                    messages.c.conversation_id == conversation_id, messages.c.request_id == request_id
+                )
+            )
+        ).first()
+        return _message(row) if row else None
+
+    async def messages_before(self, conversation_id: str, before: int, *, limit: int) -> list[Message]:
+        """The `limit` messages just below sequence `before`, newest first (one bounded index read)."""
+        m = messages.c
+        query = (
+            sa.select(messages)
+            .where(m.conversation_id == conversation_id, m.sequence < before)
+            .order_by(m.sequence.desc())
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [_message(r) for r in await conn.execute(query)]
+
+    async def list_messages(
+        self, conversation_id: str, *, after: int, before: int, descending: bool, limit: int
+    ) -> list[Message]:
+        """Messages with after < sequence < before (0: no bound) in sequence order."""
+        m = messages.c
+        where = [m.conversation_id == conversation_id]
+        if after:
+            where.append(m.sequence > after)
+        if before:
+            where.append(m.sequence < before)
+        order = m.sequence.desc() if descending else m.sequence.asc()
+        query = sa.select(messages).where(*where).order_by(order).limit(limit)
+        async with self.engine.connect() as conn:
+            return [_message(r) for r in await conn.execute(query)]
+
+    # -- retention -----------------------------------------------------------------------------
+
+    async def get_retention_days(self, tenant_id: str) -> int:
+        async with self.engine.connect() as conn:
+            value = (
+                await conn.execute(
+                    sa.select(retention_policies.c.closed_retention_days).where(
+                        retention_policies.c.tenant_id == tenant_id
+                    )
+                )
+            ).scalar()
+        return int(value or 0)
+
+    async def set_retention_days(self, tenant_id: str, days: int, *, now: int) -> None:
+        async with self.engine.begin() as conn:
+            updated = await conn.execute(
+                retention_policies.update()
+                .where(retention_policies.c.tenant_id == tenant_id)
+                .values(closed_retention_days=days, update_time=now)
+            )
+            if not updated.rowcount:
+                try:
+                    async with conn.begin_nested():
+                        await conn.execute(
+                            retention_policies.insert().values(
+                                tenant_id=tenant_id, closed_retention_days=days, update_time=now
+                            )
+                        )
+                except IntegrityError:
+                    await conn.execute(
+                        retention_policies.update()
+                        .where(retention_policies.c.tenant_id == tenant_id)
+                        .values(closed_retention_days=days, update_time=now)
+                    )
+
+    async def retention_policies(self, tenant_id: str | None = None) -> list[tuple[str, int]]:
+        """(tenant, days) for every tenant that erases closed conversations (days > 0)."""
+        r = retention_policies.c
+        query = sa.select(r.tenant_id, r.closed_retention_days).where(r.closed_retention_days > 0)
+        if tenant_id is not None:
+            query = query.where(r.tenant_id == tenant_id)
+        async with self.engine.connect() as conn:
+            return [(row[0], int(row[1])) for row in await conn.execute(query)]
+
+    async def expired_conversations(self, tenant_id: str, *, closed_before: int, limit: int) -> list[str]:
+        c = conversations.c
+        query = (
+            sa.select(c.id)
+            .where(c.tenant_id == tenant_id, c.status == CLOSED, c.close_time < closed_before)
+            .limit(limit)
+        )
+        async with self.engine.connect() as conn:
+            return [row[0] for row in await conn.execute(query)]
+
+
+class _NotAppendable(Exception):
+    pass
+
+
+class _Replayed(Exception):
+    def __init__(self, message: Message):
+        super().__init__()
+        self.message = message

@@ -1,0 +1,56 @@
+"""The tables the conversation service owns (SQLAlchemy Core). The migrations in migrations/ create
+them; this module only describes them for queries.
+
+Times are BIGINT microseconds since the Unix epoch (UTC): the same integer arithmetic gives keyset
+cursors and UTC day buckets on PostgreSQL and SQLite alike.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+conversations = sa.Table(
+    "conversations",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("user_id", sa.String(128), nullable=False),
+    sa.Column("agent_id", sa.String(128), nullable=False),
+    sa.Column("agent_version", sa.BigInteger, nullable=False),
+    sa.Column("title", sa.String(512), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("message_count", sa.BigInteger, nullable=False),
+    sa.Column("token_count", sa.BigInteger, nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+    sa.Column("last_message_time", sa.BigInteger, nullable=False),
+    sa.Column("close_time", sa.BigInteger, nullable=False),
+)
+
+messages = sa.Table(
+    "messages",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("conversation_id", sa.String(36), nullable=False),
+    sa.Column("tenant_id", sa.String(128), nullable=False),
+    sa.Column("sequence", sa.BigInteger, nullable=False),
+    sa.Column("role", sa.String(16), nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
+    sa.Column("token_count", sa.Integer, nullable=False),
+    sa.Column("metadata", sa.JSON, nullable=False),
+    sa.Column("tool_call_id", sa.String(128), nullable=False),
+    sa.Column("request_id", sa.String(128), nullable=False),
+    sa.Column("create_time", sa.BigInteger, nullable=False),
+)
+
+retention_policies = sa.Table(
+    "retention_policies",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("closed_retention_days", sa.Integer, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+)

@@ -1,0 +1,72 @@
+"""Input checks. Each collects every problem and raises one INVALID_ARGUMENT with all violations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from services.conversation.models import ROLES
+from services.platform import errors
+from services.platform.errors import FieldViolation
+
+MAX_CONTENT_BYTES = 64 * 1024
+MAX_SYSTEM_PROMPT_BYTES = 256 * 1024
+MAX_TITLE_CHARS = 512
+MAX_ID_CHARS = 128
+MAX_METADATA_ENTRIES = 64
+MAX_METADATA_KEY_CHARS = 128
+MAX_METADATA_VALUE_CHARS = 4096
+MAX_QUERY_CHARS = 256
+MAX_RETENTION_DAYS = 36_500
+
+
+class Violations:
+    def __init__(self) -> None:
+        self.items: list[FieldViolation] = []
+
+    def add(self, field: str, description: str) -> None:
+        self.items.append(FieldViolation(field, description))
+
+    def check(self, ok: bool, field: str, description: str) -> None:
+        if not ok:
+            self.add(field, description)
+
+    def raise_if_any(self) -> None:
+        if self.items:
+            summary = "; ".join(f"{v.field}: {v.description}" for v in self.items)
+            raise errors.InvalidArgument(f"invalid request: {summary}", self.items)
+
+
+def require_id(value: str, field: str) -> None:
+    v = Violations()
+    v.check(bool(value), field, "is required")
+    v.check(len(value) <= MAX_ID_CHARS, field, f"must be at most {MAX_ID_CHARS} characters")
+    v.raise_if_any()
+
+
+def metadata(v: Violations, field: str, values: Mapping[str, str]) -> None:
+    if len(values) > MAX_METADATA_ENTRIES:
+        v.add(field, f"must have at most {MAX_METADATA_ENTRIES} entries")
+        return
+    for key, value in values.items():
+        if not key or len(key) > MAX_METADATA_KEY_CHARS:
+            v.add(f"{field}[{key[:32]}]", f"keys must be 1 to {MAX_METADATA_KEY_CHARS} characters")
+        if len(value) > MAX_METADATA_VALUE_CHARS:
+            v.add(f"{field}[{key[:32]}]", f"values must be at most {MAX_METADATA_VALUE_CHARS} characters")
+
+
+def message(v: Violations, *, role: str, content: str, tool_call_id: str, meta: Mapping[str, str]) -> None:
+    v.check(role in ROLES, "message.role", "must be one of system, user, assistant, tool")
+    if not content:
+        v.add("message.content", "is required")
+    elif len(content.encode()) > MAX_CONTENT_BYTES:
+        v.add("message.content", f"must be at most {MAX_CONTENT_BYTES} bytes (UTF-8)")
+    v.check(
+        len(tool_call_id) <= MAX_ID_CHARS,
+        "message.tool_call_id",
+        f"must be at most {MAX_ID_CHARS} characters",
+    )
+    if role == "tool":
+        v.check(bool(tool_call_id), "message.tool_call_id", "is required on a tool message")
+    elif role in ("system", "user"):
+        v.check(not tool_call_id, "message.tool_call_id", "is only for assistant and tool messages")
+    metadata(v, "message.metadata", meta)

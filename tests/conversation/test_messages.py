@@ -1,0 +1,178 @@
+"""Durability, the hot window, replay, concurrency and the context window through real gRPC, on real
+PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import redis as sync_redis
+import redis.asyncio as aioredis
+
+from agentmesh.conversation.v1 import conversation_service_pb2 as pb
+from services import conversation
+from services.conversation.hot_window import HotWindow
+from tests.conversation.conftest import expect_code
+
+A, T = pb.MESSAGE_ROLE_ASSISTANT, pb.MESSAGE_ROLE_TOOL
+
+
+async def test_flushdb_loses_nothing_and_changes_no_answer(serve, make_caller, tenant, redis_url):
+    running = await serve("conversation")
+    alice = make_caller(running.channel, tenant, "alice")
+    conv = await alice.create()
+    await alice.append(conv.id, "hello there")
+    await alice.append(conv.id, "calling a tool", role=A, tool_call_id="call-1")
+    await alice.append(conv.id, "tool output", role=T, tool_call_id="call-1")
+    await alice.append(conv.id, "the answer", role=A)
+
+    async def answers():
+        ctx = await alice.call(
+            "GetContext", conversation_id=conv.id, token_budget=1000, system_prompt="be brief"
+        )
+        listed = await alice.call("ListMessages", conversation_id=conv.id)
+        return ctx, listed
+
+    before_ctx, before_list = await answers()
+    assert [m.sequence for m in before_ctx.messages] == [0, 1, 2, 3, 4]
+    assert before_list.messages[0].content == "hello there"
+    client = sync_redis.Redis.from_url(redis_url)
+    try:
+        # The read filled the hot window: Redis is really in use.
+        assert client.zcard(HotWindow.key(conv.id)) == 4
+        client.flushdb()
+        after_ctx, after_list = await answers()
+        assert after_ctx == before_ctx
+        assert after_list == before_list
+        assert client.zcard(HotWindow.key(conv.id)) == 4  # refilled from PostgreSQL
+        # A hole (a write lost while Redis was away) is noticed, not served.
+        await alice.append(conv.id, "fifth")
+        client.zremrangebyscore(HotWindow.key(conv.id), 3, 3)
+        ctx = await alice.call("GetContext", conversation_id=conv.id, token_budget=1000)
+        assert [m.sequence for m in ctx.messages] == [1, 2, 3, 4, 5]
+    finally:
+        client.close()
+
+
+async def test_request_id_replay_gives_one_message(serve, make_caller, tenant):
+    running = await serve("conversation")
+    alice = make_caller(running.channel, tenant, "alice")
+    conv = await alice.create()
+    first = await alice.append(conv.id, "once", request_id="req-1")
+    again = await alice.append(conv.id, "once", request_id="req-1")
+    both = await asyncio.gather(*(alice.append(conv.id, "twice", request_id="req-2") for _ in range(5)))
+    assert again.message == first.message
+    assert len({r.message.id for r in both}) == 1
+    listed = await alice.call("ListMessages", conversation_id=conv.id)
+    assert [m.sequence for m in listed.messages] == [1, 2]
+    assert (await alice.call("GetConversation", conversation_id=conv.id)).conversation.message_count == 2
+
+
+async def test_concurrent_appends_get_distinct_gap_free_sequences(serve, make_caller, tenant):
+    running = await serve("conversation")
+    alice = make_caller(running.channel, tenant, "alice")
+    conv = await alice.create()
+    replies = await asyncio.gather(*(alice.append(conv.id, f"m{i}") for i in range(50)))
+    assert sorted(r.message.sequence for r in replies) == list(range(1, 51))
+    got = await alice.call("GetConversation", conversation_id=conv.id)
+    assert got.conversation.message_count == 50
+    assert got.conversation.token_count == sum(r.message.token_count for r in replies)
+    listed = await alice.call("ListMessages", conversation_id=conv.id, page_size=100)
+    assert [m.sequence for m in listed.messages] == list(range(1, 51))
+
+
+async def test_context_truncation_through_grpc(serve, make_caller, tenant):
+    running = await serve("conversation")
+    alice = make_caller(running.channel, tenant, "alice")
+    conv = await alice.create()
+    for content, role, tool in [
+        ("a" * 36, pb.MESSAGE_ROLE_USER, ""),  # 13 tokens each: 9 + 4 overhead
+        ("b" * 36, A, "call-9"),
+        ("c" * 36, T, "call-9"),
+        ("d" * 36, A, ""),
+    ]:
+        await alice.append(conv.id, content, role=role, tool_call_id=tool)
+    prompt = "s" * 36  # 13 tokens
+    # 13 (prompt) + 13 (d) + 26 (the b/c unit) = 52: a budget of 51 must drop the whole unit.
+    ctx = await alice.call("GetContext", conversation_id=conv.id, token_budget=51, system_prompt=prompt)
+    assert [m.sequence for m in ctx.messages] == [0, 4]
+    assert ctx.total_tokens == 26 and ctx.system_prompt_tokens == 13
+    assert [(r.first, r.last) for r in ctx.kept] == [(4, 4)]
+    assert [(r.first, r.last) for r in ctx.dropped] == [(1, 3)]
+    ctx = await alice.call("GetContext", conversation_id=conv.id, token_budget=52, system_prompt=prompt)
+    assert [m.sequence for m in ctx.messages] == [0, 2, 3, 4]
+    assert ctx.total_tokens == 52 == ctx.token_budget
+    ctx = await alice.call("GetContext", conversation_id=conv.id, token_budget=10, system_prompt=prompt * 10)
+    assert (
+        ctx.system_prompt_truncated
+        and ctx.total_tokens <= 10
+        and ctx.messages[0].role == pb.MESSAGE_ROLE_SYSTEM
+    )
+    # The budget is capped at the tier's max_context_tokens.
+    free = make_caller(running.channel, tenant, "alice", tier="free")
+    ctx = await free.call("GetContext", conversation_id=conv.id, token_budget=1_000_000)
+    assert ctx.token_budget == 8_000
+
+
+async def test_redis_down_append_still_succeeds(serve, runtime, make_caller, tenant):
+    # The hot window points at a port nothing listens on; the verifier keeps the working Redis.
+    dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1, socket_timeout=1)
+    try:
+        running = await serve(await conversation.register(runtime, redis=dead))
+        alice = make_caller(running.channel, tenant, "alice")
+        conv = await alice.create()
+        reply = await alice.append(conv.id, "stored anyway")
+        assert reply.message.sequence == 1
+        ctx = await alice.call("GetContext", conversation_id=conv.id, token_budget=100)
+        assert [m.content for m in ctx.messages] == ["stored anyway"]
+    finally:
+        await dead.aclose()
+
+
+async def test_closed_conversation_refuses_appends(serve, make_caller, tenant):
+    running = await serve("conversation")
+    alice = make_caller(running.channel, tenant, "alice")
+    conv = await alice.create()
+    await alice.append(conv.id, "before", request_id="r1")
+    closed = await alice.call("CloseConversation", conversation_id=conv.id)
+    assert closed.conversation.status == pb.CONVERSATION_STATUS_CLOSED
+    await expect_code(alice.append(conv.id, "after"), grpc.StatusCode.FAILED_PRECONDITION)
+    # A retry of an append that did happen still returns it.
+    assert (await alice.append(conv.id, "before", request_id="r1")).message.sequence == 1
+    got = await alice.call("GetConversation", conversation_id=conv.id)
+    assert got.conversation.message_count == 1
+
+
+async def test_list_messages_pages_and_bounds(serve, make_caller, tenant):
+    running = await serve("conversation")
+    alice = make_caller(running.channel, tenant, "alice")
+    conv = await alice.create()
+    for i in range(7):
+        await alice.append(conv.id, f"m{i + 1}")
+    seen, token = [], ""
+    while True:
+        page = await alice.call("ListMessages", conversation_id=conv.id, page_size=3, page_token=token)
+        seen += [m.sequence for m in page.messages]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == [1, 2, 3, 4, 5, 6, 7]
+    desc = await alice.call(
+        "ListMessages",
+        conversation_id=conv.id,
+        before_sequence=6,
+        after_sequence=1,
+        order=pb.SORT_ORDER_DESCENDING,
+        page_size=2,
+    )
+    assert [m.sequence for m in desc.messages] == [5, 4]
+    rest = await alice.call(
+        "ListMessages",
+        conversation_id=conv.id,
+        before_sequence=6,
+        after_sequence=1,
+        order=pb.SORT_ORDER_DESCENDING,
+        page_size=2,
+        page_token=desc.next_page_token,
+    )
+    assert [m.sequence for m in rest.messages] == [3, 2] and rest.next_page_token == ""
