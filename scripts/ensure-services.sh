@@ -33,3 +33,13 @@ if [ -z "${AGENTMESH_TEST_REDIS_URL:-}" ] && ! redis_up; then
   redis_up || fail "Redis is not running on 127.0.0.1:6379 and could not be started (install: apt-get install redis-server)"
 fi
 echo "ensure-services: PostgreSQL and Redis are up"
+
+# The browser test drives Debian's Chromium through Playwright (never a downloaded browser).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "ensure-services: installing Debian's chromium for the browser test"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || true
+  fi
+  command -v chromium >/dev/null 2>&1 || fail "chromium is not installed (apt-get install chromium); the browser test needs it"
+fi
+echo "ensure-services: chromium is $(command -v chromium)"
