@@ -12,6 +12,8 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 git archive "$ref" protos buf.yaml | tar -x -C "$tmp"
 cp -r third_party "$tmp/third_party"
+# Both sides as single images (a workspace input would count as one image per module).
 .venv/bin/buf build "$tmp" -o "$tmp/against.binpb"
-.venv/bin/buf breaking --against "$tmp/against.binpb"
+.venv/bin/buf build . -o "$tmp/current.binpb"
+.venv/bin/buf breaking "$tmp/current.binpb" --against "$tmp/against.binpb" --config buf.yaml
 echo "buf breaking: no breaking change against $ref"
