@@ -20,15 +20,6 @@ from services.registry import SERVICES
 log = logging.getLogger("agentmesh.cli")
 
 
-async def start_services(settings: Settings, names: list[str], *, reuse_port: bool = False) -> Server:
-    """Builds the runtime and a started server for `names` (used by the CLI and the tests)."""
-    runtime = await Runtime.create(settings, service_name="agentmesh-" + "+".join(names))
-    registrations = [await SERVICES[name](runtime) for name in names]
-    server = Server(runtime, registrations, reuse_port=reuse_port)
-    await server.start()
-    return server
-
-
 async def _run(
     settings: Settings, names: list[str], *, reuse_port: bool, migrate: bool, http: bool = False
 ) -> None:
@@ -60,8 +51,16 @@ async def _run(
             )
             await gateway.start()
 
+        seeding: list[asyncio.Task[str]] = []
+
         def started(port: int) -> None:
             print(f"agentmesh: {', '.join(names)} serving gRPC on {settings.grpc_host}:{port}", flush=True)
+            if settings.embedded:
+                from services.demo import seed_demo_agent
+
+                seeding.append(
+                    asyncio.get_running_loop().create_task(seed_demo_agent(f"{settings.grpc_host}:{port}"))
+                )
             if gateway is not None:
                 print(
                     f"agentmesh: chat page and HTTP API on http://{settings.http_host}:{gateway.port}/",

@@ -200,3 +200,47 @@ def test_serve_with_workers_shares_the_port_and_stops_on_sigterm(settings, tmp_p
     assert code == 0
     for child in children:
         assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
+
+
+def test_up_has_the_demo_data(agentmesh_up):
+    """user_1/1234 signs in to tenant demo, and the demo agent is there (created once)."""
+    target = f"127.0.0.1:{agentmesh_up}"
+    login = subprocess.run(
+        [
+            str(BIN / "grpcurl"),
+            "-plaintext",
+            "-d",
+            '{"tenant": "demo", "username": "user_1", "password": "1234"}',
+            target,
+            "agentmesh.identity.v1.IdentityService/Login",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    token = json.loads(login)["tokens"]["access_token"]
+    for _ in range(50):
+        listed = json.loads(
+            subprocess.run(
+                [
+                    str(BIN / "grpcurl"),
+                    "-plaintext",
+                    "-H",
+                    f"authorization: Bearer {token}",
+                    "-d",
+                    "{}",
+                    target,
+                    "agentmesh.agents.v1.AgentService/ListAgents",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                check=True,
+            ).stdout
+        )
+        if listed.get("agents"):
+            break
+        time.sleep(0.2)
+    assert [a["display_name"] for a in listed["agents"]] == ["Echo assistant"]
+    assert listed["agents"][0]["state"] == "AGENT_STATE_ACTIVE"
