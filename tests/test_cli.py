@@ -172,19 +172,21 @@ def test_serve_with_workers_shares_the_port_and_stops_on_sigterm(settings, tmp_p
         AGENTMESH_PAGE_TOKEN_SECRET="workers-test",
         AGENTMESH_SERVICE_SECRET="workers-test",
     )
+    err_file = (tmp_path / "stderr").open("w")
     proc = subprocess.Popen(
         [str(BIN / "agentmesh"), "serve", "agents", "--workers", "2"],
         env=env,
         cwd=tmp_path,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=err_file,
         text=True,
     )
+    logs = lambda: (tmp_path / "stderr").read_text()[-3000:]  # noqa: E731
     try:
         started = [proc.stdout.readline() for _ in range(2)]
-        assert all(f"serving gRPC on 127.0.0.1:{port}" in line for line in started), started
+        assert all(f"serving gRPC on 127.0.0.1:{port}" in line for line in started), (started, logs())
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
-        assert len(children) == 2
+        assert len(children) == 2, logs()
         health = subprocess.run(
             [str(BIN / "grpcurl"), "-plaintext", f"127.0.0.1:{port}", "grpc.health.v1.Health/Check"],
             capture_output=True,
@@ -197,7 +199,8 @@ def test_serve_with_workers_shares_the_port_and_stops_on_sigterm(settings, tmp_p
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
         proc.stdout.close()
-    assert code == 0
+        err_file.close()
+    assert code == 0, logs()
     for child in children:
         assert not Path(f"/proc/{child}").exists() or "zombie" in Path(f"/proc/{child}/status").read_text()
 
