@@ -120,11 +120,38 @@ def cmd_up(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_gateway(settings: Settings) -> None:
+    """The gateway alone (production): no database, no Redis; upstreams from AGENTMESH_*_ADDR."""
+    from gateway import create_app
+    from gateway.server import HttpServer
+    from services.platform.telemetry import create_tracer_provider
+
+    provider = create_tracer_provider("agentmesh-gateway", settings.otel_exporter)
+    app = create_app(settings, tracer_provider=provider)
+    http = HttpServer(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        heartbeat_seconds=settings.gateway.ws_heartbeat_seconds,
+    )
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    port = await http.start()
+    print(f"agentmesh: gateway serving HTTP on http://{settings.http_host}:{port}/", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await http.stop()
+        provider.shutdown()
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    unknown = [n for n in args.services if n not in SERVICES]
+    choices = [*SERVICES, "gateway"]
+    unknown = [n for n in args.services if n not in choices]
     if unknown:
         print(
-            f"agentmesh: unknown service {', '.join(unknown)}; choose from {', '.join(SERVICES)}",
+            f"agentmesh: unknown service {', '.join(unknown)}; choose from {', '.join(choices)}",
             file=sys.stderr,
         )
         return 2
@@ -132,10 +159,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.grpc_port is not None:
         settings = dataclasses.replace(settings, grpc_port=args.grpc_port)
     configure_logging(settings.log_level)
-    names = list(dict.fromkeys(args.services))
+    names = [n for n in dict.fromkeys(args.services) if n != "gateway"]
+    with_gateway = "gateway" in args.services
 
     def run() -> None:
-        asyncio.run(_run(settings, names, reuse_port=args.workers > 1, migrate=False))
+        if not names:
+            asyncio.run(_run_gateway(settings))
+        else:
+            asyncio.run(_run(settings, names, reuse_port=args.workers > 1, migrate=False, http=with_gateway))
 
     if args.workers > 1:
         return _fork_workers(args.workers, run)
@@ -198,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run the named services (production; configured by environment)")
-    serve.add_argument("services", nargs="+", metavar="SERVICE", help=", ".join(SERVICES))
+    serve.add_argument("services", nargs="+", metavar="SERVICE", help=", ".join([*SERVICES, "gateway"]))
     serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
     serve.add_argument("--grpc-port", type=int)
     serve.set_defaults(func=cmd_serve)
