@@ -18,6 +18,7 @@ def _config(service: str) -> Config | None:
         return None
     cfg = Config()
     cfg.set_main_option("script_location", str(pathlib.Path(__file__).parent / "alembic"))
+    cfg.set_main_option("path_separator", "os")
     cfg.set_main_option("version_locations", str(versions))
     cfg.set_main_option("version_table", f"alembic_version_{service}")
     return cfg
