@@ -42,6 +42,7 @@ class AgentCache:
         # Set while a watch stream is open: only then may entries be served from the cache.
         self.watching = asyncio.Event()
         self.updates = 0
+        self._updated = asyncio.Event()
 
     def peek(self, agent_id: str) -> AgentSnapshot | None:
         return self._entries.get(agent_id)
@@ -65,8 +66,15 @@ class AgentCache:
         while len(self._entries) > self._max:
             self._entries.popitem(last=False)
 
+    async def wait_for_update(self, seen: int) -> None:
+        """Returns once more than `seen` watch events have been applied."""
+        while self.updates <= seen:
+            self._updated.clear()
+            await self._updated.wait()
+
     def apply(self, event: agents_pb.AgentEvent) -> None:
         self.updates += 1
+        self._updated.set()
         if event.change_type == agents_pb.CHANGE_TYPE_DELETED or not event.HasField("agent"):
             self._entries.pop(event.agent_id, None)
             return

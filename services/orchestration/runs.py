@@ -6,6 +6,7 @@ on every instance fails runs whose lease lapsed, so no run stays live forever.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import logging
@@ -82,6 +83,7 @@ class RunManager:
         self._clock = clock
         self.instance_id = uuid.uuid4().hex
         self._handles: dict[str, _Handle] = {}
+        self._abandoned: list[asyncio.Task[None]] = []
 
     # Starting and cancelling ------------------------------------------------------------------------
 
@@ -122,11 +124,25 @@ class RunManager:
             event_time=self._clock(),
             **fields,  # type: ignore[arg-type]
         )
+        # A cancel must not cut a write in half: event ids and the stored partial answer have to
+        # match exactly what the stream holds, so the write completes before the cancel proceeds.
+        write = asyncio.ensure_future(self._events.append(event))
         try:
-            await self._events.append(event)
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await write
+                self._written(h, event)
+            raise
         except StaleWriter:
             raise _Lost() from None
-        h.next_event_id += 1
+        self._written(h, event)
+
+    @staticmethod
+    def _written(h: _Handle, event: RunEvent) -> None:
+        h.next_event_id = event.event_id + 1
+        if event.text_delta:
+            h.text.append(event.text_delta)
 
     async def _work(self, h: _Handle) -> None:
         keeper = asyncio.get_running_loop().create_task(self._keep(h))
@@ -195,7 +211,6 @@ class RunManager:
             if delta.usage is not None:
                 usage = delta.usage
             if delta.text:
-                h.text.append(delta.text)
                 await self._emit(h, EventType.MESSAGE_DELTA, text_delta=delta.text)
         h.finishing = True
         answer = "".join(h.text)
@@ -351,6 +366,7 @@ class RunManager:
                 handle.stopping = True
                 handle.task.cancel()
                 tasks.append(handle.task)
+        tasks += self._abandoned
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         await self._providers.close()
@@ -361,4 +377,5 @@ class RunManager:
             handle.abandoned = True
             if handle.task is not None:
                 handle.task.cancel()
+                self._abandoned.append(handle.task)
         self._handles.clear()

@@ -126,4 +126,9 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
     for mesh in reversed(cleanups):
         await mesh.channel.close()
         await mesh.server.stop(0)
+    # Handlers cancelled by the stop finish their clean-up before the pools close under them.
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=0.3)
+    for mesh in reversed(cleanups):
         await mesh.runtime.close()

@@ -130,7 +130,9 @@ async def test_instance_killed_mid_run_is_failed_after_its_lease(make_mesh):
     assert ids == list(range(1, len(ids) + 1))
     run = (await second.stub.GetRun(pb.GetRunRequest(run_id=seen[0].run_id), metadata=first.md())).run
     assert run.state == pb.RUN_STATE_FAILED
-    got = (await second.stub.GetSession(pb.GetSessionRequest(session_id=session.id), metadata=first.md())).session
+    got = (
+        await second.stub.GetSession(pb.GetSessionRequest(session_id=session.id), metadata=first.md())
+    ).session
     assert got.active_run_id == ""
 
 
@@ -144,8 +146,7 @@ async def test_config_update_between_messages_is_picked_up_via_watch(make_mesh):
     gets = sum(1 for m, _ in mesh.agents.calls if m == "GetAgent")
     updates = mesh.orch.agents.updates
     version = mesh.agents.update(agent_id, max_output_tokens=3)
-    while mesh.orch.agents.updates == updates:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(mesh.orch.agents.wait_for_update(updates), 5)
     second = await mesh.send(session.id, "one two three four")
     assert "".join(e.text_delta for e in second) == "Echo: one two "
     assert {e.agent_version for e in second if e.type != T.RUN_EVENT_TYPE_RUN_CREATED} == {version}
@@ -163,7 +164,9 @@ async def test_inactive_agent_and_ended_session_are_failed_precondition(make_mes
         await mesh.stub.StartSession(pb.StartSessionRequest(agent_id=inactive), metadata=mesh.md())
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     session = await mesh.session()
-    ended = (await mesh.stub.EndSession(pb.EndSessionRequest(session_id=session.id), metadata=mesh.md())).session
+    ended = (
+        await mesh.stub.EndSession(pb.EndSessionRequest(session_id=session.id), metadata=mesh.md())
+    ).session
     assert ended.state == pb.SESSION_STATE_ENDED
     assert all(c.closed for c in mesh.conversation.conversations.values())
     with pytest.raises(grpc.aio.AioRpcError) as err:
