@@ -6,12 +6,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 from collections.abc import AsyncIterator
 
 from services.orchestration.events import RunEvents
 from services.orchestration.models import Caller, RunEvent
 from services.orchestration.service import OrchestrationService
 from services.platform import errors
+
+log = logging.getLogger("agentmesh.orchestration.chat")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,9 +75,13 @@ class ChatSession:
         async for run_id in self._events.follow_session(self._session_id, position):
             self._tail(run_id, self._service.events(run_id, 0))
 
-    def _tail(self, run_id: str, stream: AsyncIterator[RunEvent]) -> None:
-        if run_id in self._tailers:
+    def _tail(self, run_id: str, stream: AsyncIterator[RunEvent], *, replace: bool = False) -> None:
+        current = self._tailers.get(run_id)
+        if current is not None and not replace:
             return
+        if current is not None:
+            # An explicit resume wins: the client says which events it still needs.
+            current.cancel()
 
         async def pump() -> None:
             async for event in stream:
@@ -89,6 +96,10 @@ class ChatSession:
             except errors.AgentmeshError as exc:
                 key = action.request_id if isinstance(action, SendAction) else action.run_id
                 await self._out.put(ChatFailure(exc.code.name, exc.message, key))
+            except Exception:
+                log.exception("chat action failed")
+                key = action.request_id if isinstance(action, SendAction) else action.run_id
+                await self._out.put(ChatFailure("INTERNAL", "internal error", key))
         # The client closed its side: finish the runs being followed, then end the stream.
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tailers.values(), return_exceptions=True)
@@ -110,4 +121,4 @@ class ChatSession:
             await self._service.cancel_run(self._caller, run_id)
         else:
             stream = await self._service.join_run(self._caller, action.run_id, action.after_event_id)
-            self._tail(action.run_id, stream)
+            self._tail(action.run_id, stream, replace=True)
