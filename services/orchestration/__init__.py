@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Awaitable, Callable
 
+import redis.asyncio as aioredis
 from agentmesh.orchestration.v1 import orchestration_service_pb2, orchestration_service_pb2_grpc
 
 from services.orchestration import providers as providers_module
@@ -33,6 +34,7 @@ class Orchestration:
     runs: RunManager
     agents: AgentCache
     registration: ServiceRegistration
+    close: Callable[[], Awaitable[None]]
 
 
 def build(
@@ -42,7 +44,10 @@ def build(
     providers: Providers | None = None,
     service_token: Callable[[], Awaitable[str]] | None = None,
     clock: Callable[[], float] = time.time,
+    close_on_stop: bool = True,
 ) -> Orchestration:
+    """Wires the service. With close_on_stop=False the caller calls `close()` itself (tests: after
+    the stopped server's cancelled handlers have released their Redis connections)."""
     options = options or OrchestrationOptions()
     settings = runtime.settings
     providers = providers or providers_module.from_settings(settings)
@@ -54,10 +59,22 @@ def build(
             timeout=options.peer_timeout_seconds,
         )
     store = OrchestrationStore(runtime.engine)
+    reader = None
+    if settings.redis_url:
+        reader = aioredis.from_url(
+            settings.redis_url,
+            decode_responses=False,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            max_connections=options.max_stream_readers,
+        )
     events = RunEvents(
-        runtime.redis, block_ms=options.read_block_ms, retention_seconds=options.event_retention_seconds
+        reader or runtime.redis,
+        block_ms=options.read_block_ms,
+        retention_seconds=options.event_retention_seconds,
+        reader=reader,
     )
-    limits = RunLimits(runtime.redis, slot_ttl_seconds=options.lease_ttl_seconds, clock=clock)
+    limits = RunLimits(reader or runtime.redis, slot_ttl_seconds=options.lease_ttl_seconds, clock=clock)
     agents = AgentCache(
         AgentsClient(runtime.peers.channel(settings.peers.agents), timeout=options.peer_timeout_seconds),
         service_token=service_token,
@@ -100,7 +117,14 @@ def build(
         background=[agents.run_watch, runs.run_sweeper],
         on_stop=[runs.shutdown],
     )
-    return Orchestration(service=service, runs=runs, agents=agents, registration=registration)
+
+    async def close() -> None:
+        if reader is not None:
+            await reader.aclose()
+
+    if close_on_stop:
+        registration.on_stop.append(close)
+    return Orchestration(service=service, runs=runs, agents=agents, registration=registration, close=close)
 
 
 async def register(runtime: Runtime) -> ServiceRegistration:

@@ -17,7 +17,7 @@ class OrchestrationOptions:
     # XREAD BLOCK time; well under the Redis client's 5 s socket timeout.
     read_block_ms: int = 1000
     # How often a worker checks for a cancel requested on another instance.
-    cancel_poll_seconds: float = 0.2
+    cancel_poll_seconds: float = 0.5
     # Timeout of each unary call to agents and conversation.
     peer_timeout_seconds: float = 10.0
     max_message_bytes: int = 32 * 1024
@@ -27,5 +27,8 @@ class OrchestrationOptions:
     # A WatchAgents stream is re-opened after this long (the peer channel needs a finite timeout).
     watch_stream_seconds: float = 3600.0
     agent_cache_size: int = 10_000
+    # Orchestration's own Redis pool (events, leases, limits): every live stream being read holds a
+    # connection during its blocking XREAD, so it needs far more than the shared client's 100.
+    max_stream_readers: int = 4000
     # How long CancelRun waits for the run to reach its end before answering.
     cancel_wait_seconds: float = 2.0

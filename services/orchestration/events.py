@@ -64,8 +64,17 @@ def decode(entry_id: bytes, raw: bytes) -> RunEvent:
 class RunEvents:
     """Appends and reads run event streams; also holds a run's lease and cancel flag."""
 
-    def __init__(self, redis: aioredis.Redis, *, block_ms: int, retention_seconds: int):
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        block_ms: int,
+        retention_seconds: int,
+        reader: aioredis.Redis | None = None,
+    ):
         self._redis = redis
+        # Blocking reads hold a connection each for up to block_ms; `reader` may be a separate pool.
+        self._reader = reader or redis
         self._block_ms = block_ms
         self._retention = retention_seconds
 
@@ -97,7 +106,7 @@ class RunEvents:
         key = EVENTS_KEY.format(run_id=run_id)
         last = f"0-{after_event_id}"
         while True:
-            reply = await self._redis.xread({key: last}, count=256, block=self._block_ms)
+            reply = await self._reader.xread({key: last}, count=256, block=self._block_ms)
             for _key, entries in reply or ():
                 for entry_id, fields in entries:
                     last = entry_id
@@ -122,7 +131,7 @@ class RunEvents:
     async def follow_session(self, session_id: str, position: bytes) -> AsyncIterator[str]:
         key = SESSION_RUNS_KEY.format(session_id=session_id)
         while True:
-            reply = await self._redis.xread({key: position}, count=64, block=self._block_ms)
+            reply = await self._reader.xread({key: position}, count=64, block=self._block_ms)
             for _key, entries in reply or ():
                 for entry_id, fields in entries:
                     position = entry_id

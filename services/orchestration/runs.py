@@ -233,8 +233,9 @@ class RunManager:
             assistant_message_id=assistant_id,
         ):
             raise _Lost()
-        await self._emit(h, EventType.RUN_COMPLETED, usage=usage)
+        # The session is free before the terminal event, so whoever sees the event finds it free.
         await self._after(h)
+        await self._emit(h, EventType.RUN_COMPLETED, usage=usage)
 
     async def _end(self, h: _Handle, state: RunState, error: RunError) -> None:
         """Ends a run that did not complete: stores its partial answer (unless discarded) and says why."""
@@ -264,6 +265,7 @@ class RunManager:
             assistant_message_id=assistant_id,
         )
         if ended:
+            await self._after(h)
             try:
                 await self._emit(
                     h,
@@ -273,7 +275,6 @@ class RunManager:
                 )
             except _Lost:
                 pass
-            await self._after(h)
 
     async def _after(self, h: _Handle) -> None:
         await self._store.set_active_run(h.session.id, None, self._clock(), only_if=h.run.id)
@@ -325,6 +326,8 @@ class RunManager:
             run.id, state=RunState.FAILED, now=self._clock(), last_event_id=last + 1, error=error
         ):
             return False
+        await self._store.set_active_run(run.session_id, None, self._clock(), only_if=run.id)
+        await self._limits.release(run.tenant_id, run.id)
         for attempt in range(5):
             event = RunEvent(
                 event_id=last + 1 + attempt,
@@ -340,8 +343,6 @@ class RunManager:
                 break
             except StaleWriter:
                 continue
-        await self._store.set_active_run(run.session_id, None, self._clock(), only_if=run.id)
-        await self._limits.release(run.tenant_id, run.id)
         log.warning("run failed: lease expired", extra={"fields": {"run_id": run.id}})
         return True
 

@@ -103,6 +103,7 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
             options=options,
             providers=providers or Providers({"echo": EchoProvider(delay_seconds=echo_delay)}),
             service_token=service_token,
+            close_on_stop=False,
         )
         server = Server(runtime, [orch.registration], address="127.0.0.1:0")
         port = await server.start()
@@ -129,6 +130,7 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
     # Handlers cancelled by the stop finish their clean-up before the pools close under them.
     others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
     if others:
-        await asyncio.wait(others, timeout=0.3)
+        await asyncio.wait(others, timeout=0.5)
     for mesh in reversed(cleanups):
+        await mesh.orch.close()
         await mesh.runtime.close()
