@@ -93,6 +93,20 @@ class GatewaySettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class ProviderSettings:
+    """Model providers (orchestration)."""
+
+    # Delay between echo tokens; None: 30 ms in the embedded mode (a person sees it stream), else 0.
+    echo_delay_ms: int | None = None
+    # An OpenAI-compatible API root, for example https://api.openai.com/v1 or http://localhost:11434/v1.
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str = ""
+    openai_connect_timeout_seconds: float = 5.0
+    # The longest silence allowed between two chunks of a streamed answer.
+    openai_read_timeout_seconds: float = 60.0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     embedded: bool = False
     grpc_host: str = "127.0.0.1"
@@ -111,6 +125,7 @@ class Settings:
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     peers: PeerSettings = dataclasses.field(default_factory=PeerSettings)
     gateway: GatewaySettings = dataclasses.field(default_factory=GatewaySettings)
+    providers: ProviderSettings = dataclasses.field(default_factory=ProviderSettings)
 
     @property
     def grpc_address(self) -> str:
@@ -176,6 +191,15 @@ class Settings:
                 ws_connections_per_user=_int(env, "AGENTMESH_WS_CONNECTIONS_PER_USER", 10),
                 ws_max_connections=_int(env, "AGENTMESH_WS_MAX_CONNECTIONS", 10_000),
                 ws_heartbeat_seconds=_float(env, "AGENTMESH_WS_HEARTBEAT_SECONDS", 20.0),
+            ),
+            providers=ProviderSettings(
+                echo_delay_ms=_int(env, "AGENTMESH_ECHO_DELAY_MS", -1)
+                if env.get("AGENTMESH_ECHO_DELAY_MS")
+                else None,
+                openai_base_url=env.get("AGENTMESH_OPENAI_BASE_URL", "https://api.openai.com/v1"),
+                openai_api_key=env.get("AGENTMESH_OPENAI_API_KEY", ""),
+                openai_connect_timeout_seconds=_float(env, "AGENTMESH_OPENAI_CONNECT_TIMEOUT_SECONDS", 5.0),
+                openai_read_timeout_seconds=_float(env, "AGENTMESH_OPENAI_READ_TIMEOUT_SECONDS", 60.0),
             ),
         )
         values.update(overrides)

@@ -626,16 +626,28 @@ class ChatResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The ChatMessage.request_id (or ChatCancel.run_id) the error answers."""
     @_builtins.property
     def event(self) -> Global___RunEvent: ...
+    @_builtins.property
+    def error(self) -> Global___RunError:
+        """A rejected ChatMessage or ChatCancel (for example FAILED_PRECONDITION under BUSY_POLICY_REJECT);
+        the stream stays open. code is a gRPC status code name.
+        """
+
     def __init__(
         self,
         *,
         event: Global___RunEvent | None = ...,
+        error: Global___RunError | None = ...,
+        request_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

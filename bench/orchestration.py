@@ -1,0 +1,186 @@
+"""Orchestration benchmark: echo provider at zero delay, through the whole service.
+
+Agents and conversation are the in-memory FAKES from tests/orchestration/fakes.py (served by a real
+grpc.aio server on a port), so the figures measure orchestration itself: its gRPC stream, PostgreSQL
+or SQLite for runs, Redis streams for events, and its calls to the (fake) peers.
+
+    python -m bench.orchestration [--runs 200] [--concurrency 200] [--words 50]
+
+Needs REDIS_URL and DATABASE_URL (defaults: 127.0.0.1 Redis db 14 and a local SQLite file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
+from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from services.orchestration import build
+from services.orchestration.config import OrchestrationOptions
+from services.orchestration.providers import ChatMessage, EchoProvider, ModelConfig, Providers
+from services.platform import migrations
+from services.platform.runtime import Runtime
+from services.platform.server import Server
+from services.platform.settings import Settings
+from tests.conftest import TestKeys, bearer
+from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
+
+
+async def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=200, help="sequential runs for time to first delta")
+    parser.add_argument("--concurrency", type=int, default=200)
+    parser.add_argument(
+        "--words", type=int, default=50, help="words per message (deltas per run ~ words + 1)"
+    )
+    args = parser.parse_args(argv)
+
+    tmp = tempfile.mkdtemp()
+    settings = Settings.from_env(
+        {},
+        database_url=os.environ.get("DATABASE_URL", f"sqlite+aiosqlite:///{tmp}/bench.db"),
+        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
+        grpc_port=0,
+    )
+    settings = dataclasses.replace(
+        settings, auth=dataclasses.replace(settings.auth, page_token_secret="bench", service_secret="bench")
+    )
+    keys = TestKeys(Ed25519PrivateKey.generate(), kid="bench")
+
+    async def jwks() -> dict[str, Any]:
+        return keys.jwks()
+
+    base = await Runtime.create(settings)
+    base.jwks_source = jwks
+    await migrations.upgrade(base.engine, ["orchestration"])
+    agents, conversation = FakeAgents(), FakeConversation()
+    fakes = Server(base, registrations(agents, conversation), address="127.0.0.1:0")
+    fake_addr = f"127.0.0.1:{await fakes.start()}"
+    runtime = await Runtime.create(
+        dataclasses.replace(
+            settings, peers=dataclasses.replace(settings.peers, agents=fake_addr, conversation=fake_addr)
+        )
+    )
+    runtime.jwks_source = jwks
+
+    async def service_token() -> str:
+        return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
+
+    echo = EchoProvider(delay_seconds=0)
+    orch = build(
+        runtime,
+        options=OrchestrationOptions(),
+        providers=Providers({"echo": echo}),
+        service_token=service_token,
+    )
+    server = Server(runtime, [orch.registration], address="127.0.0.1:0")
+    port = await server.start()
+    await asyncio.wait_for(orch.agents.watching.wait(), 5)
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    stub = pb_grpc.OrchestrationServiceStub(channel)
+    # Enterprise allows 100 concurrent runs per tenant: the concurrent streams are spread over tenants.
+    tenants = []
+    for i in range(max(1, -(-args.concurrency // 50))):
+        tenant = f"bench-{time.time_ns()}-{i}"
+        md_i = bearer(keys.token(tenant=tenant, sub="bench-user", tier="enterprise", ttl=3600))
+        tenants.append((md_i, agents.add(tenant)))
+    text = " ".join(f"w{i}" for i in range(args.words))
+
+    async def session(i: int = 0) -> tuple[str, Any]:
+        md, agent_id = tenants[i % len(tenants)]
+        reply = await stub.StartSession(pb.StartSessionRequest(agent_id=agent_id), metadata=md)
+        return reply.session.id, md
+
+    async def one_run(target: tuple[str, Any]) -> tuple[float, float, int]:
+        """(time to first delta, total time, events) of one SendMessage."""
+        start = time.perf_counter()
+        first = 0.0
+        count = 0
+        session_id, md = target
+        async for reply in stub.SendMessage(
+            pb.SendMessageRequest(session_id=session_id, text=text), metadata=md
+        ):
+            count += 1
+            if not first and reply.event.type == pb.RUN_EVENT_TYPE_MESSAGE_DELTA:
+                first = time.perf_counter() - start
+        return first, time.perf_counter() - start, count
+
+    try:
+        # Provider alone: the floor.
+        messages = [ChatMessage("user", text)]
+        direct_first, direct_total = [], []
+        for _ in range(args.runs):
+            start = time.perf_counter()
+            got_first = 0.0
+            async for _delta in echo.stream(ModelConfig(model="default"), messages):
+                got_first = got_first or time.perf_counter() - start
+            direct_first.append(got_first)
+            direct_total.append(time.perf_counter() - start)
+
+        sid = await session()
+        await one_run(sid)  # warm up
+        firsts, totals, events = [], [], 0
+        for _ in range(args.runs):
+            f, t, n = await one_run(sid)
+            firsts.append(f)
+            totals.append(t)
+            events += n
+        one_stream_eps = events / sum(totals)
+
+        sessions = [await session(i) for i in range(args.concurrency)]
+        start = time.perf_counter()
+        results = await asyncio.gather(*(one_run(s) for s in sessions))
+        elapsed = time.perf_counter() - start
+        many_eps = sum(n for _, _, n in results) / elapsed
+        many_first = [f for f, _, _ in results]
+
+        direct_eps = (args.words + 1) / statistics.mean(direct_total)
+        print("orchestration benchmark (echo, zero delay; agents and conversation are in-memory fakes)")
+        print(
+            f"  database {runtime.settings.effective_database_url.split('://')[0]}, {args.words + 1} deltas per run"
+        )
+        print(
+            f"  time to first delta, one stream:  p50 {pct(firsts, 0.5) * 1000:.2f} ms  p99 {pct(firsts, 0.99) * 1000:.2f} ms"
+        )
+        print(
+            f"  time to first delta, {args.concurrency} streams: p50 {pct(many_first, 0.5) * 1000:.2f} ms  "
+            f"p99 {pct(many_first, 0.99) * 1000:.2f} ms"
+        )
+        print(f"  events/s, one stream:       {one_stream_eps:,.0f}")
+        print(
+            f"  events/s, {args.concurrency} concurrent streams: {many_eps:,.0f}  ({many_eps / one_stream_eps:.1f}x one stream)"
+        )
+        print(
+            f"  provider called directly:   {direct_eps:,.0f} deltas/s, first delta p50 {pct(direct_first, 0.5) * 1e6:.1f} us"
+        )
+        print(
+            f"  overhead: a full run takes {statistics.median(totals) / statistics.median(direct_total):,.0f}x "
+            f"the direct provider call ({statistics.median(totals) * 1000:.2f} ms vs "
+            f"{statistics.median(direct_total) * 1000:.3f} ms); first delta "
+            f"{pct(firsts, 0.5) / max(pct(direct_first, 0.5), 1e-9):,.0f}x"
+        )
+    finally:
+        await channel.close()
+        await server.stop(0)
+        await fakes.stop(0)
+        await runtime.close()
+        await base.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,124 @@
+"""One Chat stream: actions in (message, cancel, resume), the events of every run of the session
+out, interleaved. A rejected action is answered with a ChatFailure; the stream stays open."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator
+
+from services.orchestration.events import RunEvents
+from services.orchestration.models import Caller, RunEvent
+from services.orchestration.service import OrchestrationService
+from services.platform import errors
+
+log = logging.getLogger("agentmesh.orchestration.chat")
+
+
+@dataclasses.dataclass(frozen=True)
+class SendAction:
+    text: str
+    request_id: str
+    busy_policy: int
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelAction:
+    run_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeAction:
+    run_id: str
+    after_event_id: int
+
+
+Action = SendAction | CancelAction | ResumeAction
+
+
+@dataclasses.dataclass(frozen=True)
+class ChatFailure:
+    code: str
+    message: str
+    request_id: str
+
+
+class ChatSession:
+    def __init__(self, service: OrchestrationService, events: RunEvents, caller: Caller, session_id: str):
+        self._service = service
+        self._events = events
+        self._caller = caller
+        self._session_id = session_id
+        self._out: asyncio.Queue[RunEvent | ChatFailure | None] = asyncio.Queue()
+        self._tailers: dict[str, asyncio.Task[None]] = {}
+
+    async def run(self, actions: AsyncIterator[Action]) -> AsyncIterator[RunEvent | ChatFailure]:
+        await self._service.get_session(self._caller, self._session_id)
+        # Taken before any action, so every run created from here on (by us or another client) is seen.
+        position = await self._events.session_position(self._session_id)
+        follower = asyncio.create_task(self._follow(position))
+        reader = asyncio.create_task(self._read(actions))
+        try:
+            while True:
+                item = await self._out.get()
+                if item is None:
+                    break
+                yield item
+        finally:
+            for task in (follower, reader, *self._tailers.values()):
+                task.cancel()
+            await asyncio.gather(follower, reader, *self._tailers.values(), return_exceptions=True)
+
+    async def _follow(self, position: bytes) -> None:
+        async for run_id in self._events.follow_session(self._session_id, position):
+            self._tail(run_id, self._service.events(run_id, 0))
+
+    def _tail(self, run_id: str, stream: AsyncIterator[RunEvent], *, replace: bool = False) -> None:
+        current = self._tailers.get(run_id)
+        if current is not None and not replace:
+            return
+        if current is not None:
+            # An explicit resume wins: the client says which events it still needs.
+            current.cancel()
+
+        async def pump() -> None:
+            async for event in stream:
+                await self._out.put(event)
+
+        self._tailers[run_id] = asyncio.create_task(pump())
+
+    async def _read(self, actions: AsyncIterator[Action]) -> None:
+        async for action in actions:
+            try:
+                await self._apply(action)
+            except errors.AgentmeshError as exc:
+                key = action.request_id if isinstance(action, SendAction) else action.run_id
+                await self._out.put(ChatFailure(exc.code.name, exc.message, key))
+            except Exception:
+                log.exception("chat action failed")
+                key = action.request_id if isinstance(action, SendAction) else action.run_id
+                await self._out.put(ChatFailure("INTERNAL", "internal error", key))
+        # The client closed its side: finish the runs being followed, then end the stream.
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self._tailers.values(), return_exceptions=True)
+        await self._out.put(None)
+
+    async def _apply(self, action: Action) -> None:
+        if isinstance(action, SendAction):
+            run = await self._service.send_message(
+                self._caller,
+                session_id=self._session_id,
+                text=action.text,
+                request_id=action.request_id,
+                busy_policy=action.busy_policy,
+            )
+            # Normally announced through the session's stream; a replayed request_id is not.
+            self._tail(run.id, self._service.events(run.id, 0))
+        elif isinstance(action, CancelAction):
+            run_id = action.run_id or await self._service.active_run_id(self._caller, self._session_id)
+            await self._service.cancel_run(self._caller, run_id)
+        else:
+            stream = await self._service.join_run(self._caller, action.run_id, action.after_event_id)
+            self._tail(action.run_id, stream, replace=True)

@@ -1,0 +1,190 @@
+"""Calls orchestration makes to its peers (agents, conversation, identity), through the generated
+stubs over the runtime's peer channels.
+
+Every call passes the acting user's token explicitly and an explicit timeout: runs execute in
+background tasks, outside the call that started them, where the channel has no call to forward.
+Failures come back as the platform's typed exceptions (`from_rpc_error`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+
+from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
+from agentmesh.agents.v1 import agents_service_pb2_grpc as agents_grpc
+from agentmesh.conversation.v1 import conversation_service_pb2 as conv_pb
+from agentmesh.conversation.v1 import conversation_service_pb2_grpc as conv_grpc
+from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
+from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
+from services.orchestration.models import AgentSnapshot, BusyPolicy
+from services.orchestration.providers import ChatMessage
+from services.platform import errors
+
+_ROLES = {
+    conv_pb.MESSAGE_ROLE_SYSTEM: "system",
+    conv_pb.MESSAGE_ROLE_USER: "user",
+    conv_pb.MESSAGE_ROLE_ASSISTANT: "assistant",
+    conv_pb.MESSAGE_ROLE_TOOL: "tool",
+}
+ROLE_USER = conv_pb.MESSAGE_ROLE_USER
+ROLE_ASSISTANT = conv_pb.MESSAGE_ROLE_ASSISTANT
+
+
+def auth(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+def snapshot(agent: agents_pb.Agent, tenant_id: str) -> AgentSnapshot:
+    config = agent.config
+    return AgentSnapshot(
+        id=agent.id,
+        tenant_id=tenant_id,
+        version=agent.version,
+        active=agent.state == agents_pb.AGENT_STATE_ACTIVE,
+        model=config.model or "echo:default",
+        system_prompt=config.system_prompt,
+        temperature=config.temperature if config.HasField("temperature") else None,
+        max_output_tokens=config.max_output_tokens,
+        max_context_tokens=config.context_policy.max_context_tokens,
+        busy_policy=BusyPolicy(config.busy_policy)
+        if config.busy_policy in BusyPolicy._value2member_map_
+        else BusyPolicy.UNSPECIFIED,
+    )
+
+
+class AgentsClient:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float):
+        self._stub = agents_grpc.AgentServiceStub(channel)
+        self._timeout = timeout
+
+    async def get_agent(self, agent_id: str, *, token: str, tenant_id: str) -> AgentSnapshot:
+        try:
+            reply = await self._stub.GetAgent(
+                agents_pb.GetAgentRequest(agent_id=agent_id), metadata=auth(token), timeout=self._timeout
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+        return snapshot(reply.agent, tenant_id)
+
+    def watch(self, *, token: str, timeout: float) -> AsyncIterator[agents_pb.AgentEvent | None]:
+        """WatchAgents(all_tenants=true) with a service token; ends (or raises) when the stream does.
+
+        Yields None first, once the server has sent its headers (the subscription is live).
+        """
+
+        async def events() -> AsyncIterator[agents_pb.AgentEvent | None]:
+            call = self._stub.WatchAgents(
+                agents_pb.WatchAgentsRequest(all_tenants=True), metadata=auth(token), timeout=timeout
+            )
+            try:
+                await call.initial_metadata()
+                yield None
+                async for reply in call:
+                    yield reply.event
+            finally:
+                call.cancel()
+
+        return events()
+
+
+class ConversationClient:
+    def __init__(self, channel: grpc.aio.Channel, *, timeout: float):
+        self._stub = conv_grpc.ConversationServiceStub(channel)
+        self._timeout = timeout
+
+    async def _call(self, method: Callable[..., Any], request: Any, token: str) -> Any:
+        try:
+            return await method(request, metadata=auth(token), timeout=self._timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+
+    async def create(
+        self, *, agent_id: str, agent_version: int, title: str, request_id: str, token: str
+    ) -> str:
+        reply = await self._call(
+            self._stub.CreateConversation,
+            conv_pb.CreateConversationRequest(
+                agent_id=agent_id, agent_version=agent_version, title=title, request_id=request_id
+            ),
+            token,
+        )
+        return reply.conversation.id
+
+    async def close(self, conversation_id: str, *, token: str) -> None:
+        try:
+            await self._call(
+                self._stub.CloseConversation,
+                conv_pb.CloseConversationRequest(conversation_id=conversation_id),
+                token,
+            )
+        except errors.FailedPrecondition:
+            pass  # already closed
+
+    async def append(
+        self,
+        conversation_id: str,
+        *,
+        role: int,
+        content: str,
+        metadata: dict[str, str],
+        request_id: str,
+        token: str,
+    ) -> str:
+        reply = await self._call(
+            self._stub.AppendMessage,
+            conv_pb.AppendMessageRequest(
+                conversation_id=conversation_id,
+                message=conv_pb.Message(role=role, content=content, metadata=metadata),
+                request_id=request_id,
+            ),
+            token,
+        )
+        return reply.message.id
+
+    async def context(
+        self, conversation_id: str, *, token_budget: int, system_prompt: str, token: str
+    ) -> list[ChatMessage]:
+        reply = await self._call(
+            self._stub.GetContext,
+            conv_pb.GetContextRequest(
+                conversation_id=conversation_id, token_budget=token_budget, system_prompt=system_prompt
+            ),
+            token,
+        )
+        return [
+            ChatMessage(_ROLES.get(m.role, "user"), m.content)
+            for m in reply.messages
+            if m.content or m.role != conv_pb.MESSAGE_ROLE_SYSTEM
+        ]
+
+
+class ServiceTokens:
+    """A service token (role "service", tenant "*") from identity's IssueServiceToken, cached until
+    shortly before it expires."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, service_name: str, secret: str, timeout: float):
+        self._stub = identity_grpc.IdentityServiceStub(channel)
+        self._name = service_name
+        self._secret = secret
+        self._timeout = timeout
+        self._token = ""
+        self._valid_until = 0.0
+
+    async def __call__(self) -> str:
+        if self._token and time.monotonic() < self._valid_until:
+            return self._token
+        try:
+            reply = await self._stub.IssueServiceToken(
+                identity_pb.IssueServiceTokenRequest(service_name=self._name, secret=self._secret),
+                timeout=self._timeout,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+        lifetime = reply.tokens.access_token_lifetime.ToTimedelta().total_seconds() or 300
+        self._token = reply.tokens.access_token
+        self._valid_until = time.monotonic() + lifetime * 0.8
+        return self._token

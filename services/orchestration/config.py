@@ -1,0 +1,34 @@
+"""Tunables of the orchestration service (defaults suit production; tests shorten the timings)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class OrchestrationOptions:
+    # A running or queued run holds a Redis lease renewed by its worker; when it lapses the run is failed.
+    lease_ttl_seconds: float = 10.0
+    lease_renew_seconds: float = 2.0
+    # How often every instance looks for runs whose lease lapsed (also once at start-up).
+    sweep_interval_seconds: float = 5.0
+    # How long a finished run's events stay readable by JoinRun.
+    event_retention_seconds: int = 3600
+    # XREAD BLOCK time; well under the Redis client's 5 s socket timeout.
+    read_block_ms: int = 1000
+    # How often a worker checks for a cancel requested on another instance.
+    cancel_poll_seconds: float = 0.5
+    # Timeout of each unary call to agents and conversation.
+    peer_timeout_seconds: float = 10.0
+    max_message_bytes: int = 32 * 1024
+    # Reconnect backoff of the WatchAgents subscriber.
+    watch_backoff_initial_seconds: float = 0.5
+    watch_backoff_max_seconds: float = 30.0
+    # A WatchAgents stream is re-opened after this long (the peer channel needs a finite timeout).
+    watch_stream_seconds: float = 3600.0
+    agent_cache_size: int = 10_000
+    # Orchestration's own Redis pool (events, leases, limits): every live stream being read holds a
+    # connection during its blocking XREAD, so it needs far more than the shared client's 100.
+    max_stream_readers: int = 4000
+    # How long CancelRun waits for the run to reach its end before answering.
+    cancel_wait_seconds: float = 2.0

@@ -1,0 +1,166 @@
+"""Run events in Redis: one stream per run (`runs:<run_id>:events`) with explicit entry ids
+"0-<event_id>", so "after event N" is simply XREAD from "0-N" on any instance.
+
+Also: each session's stream of run ids (`sessions:<id>:runs`, for Chat), the run lease and the
+cancel flag. Entries are compact JSON of the domain RunEvent.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from services.orchestration.models import CancelMode, EventType, RunError, RunEvent, Usage
+
+EVENTS_KEY = "runs:{run_id}:events"
+LEASE_KEY = "runs:{run_id}:lease"
+CANCEL_KEY = "runs:{run_id}:cancel"
+SESSION_RUNS_KEY = "sessions:{session_id}:runs"
+
+
+class StaleWriter(Exception):
+    """An event id was already taken: another party (the lease sweeper) wrote this run's end."""
+
+
+def encode(event: RunEvent) -> bytes:
+    data: dict[str, Any] = {
+        "r": event.run_id,
+        "s": event.session_id,
+        "t": int(event.type),
+        "v": event.agent_version,
+    }
+    data["at"] = event.event_time
+    if event.text_delta:
+        data["d"] = event.text_delta
+    if event.final_message:
+        data["f"] = event.final_message
+    if event.usage is not None:
+        data["u"] = [event.usage.prompt_tokens, event.usage.completion_tokens]
+    if event.error is not None:
+        data["e"] = [event.error.code, event.error.message]
+    return json.dumps(data, separators=(",", ":")).encode()
+
+
+def decode(entry_id: bytes, raw: bytes) -> RunEvent:
+    data = json.loads(raw)
+    return RunEvent(
+        event_id=int(entry_id.split(b"-", 1)[1]),
+        run_id=data["r"],
+        session_id=data["s"],
+        type=EventType(data["t"]),
+        text_delta=data.get("d", ""),
+        final_message=data.get("f", ""),
+        usage=Usage(*data["u"]) if "u" in data else None,
+        error=RunError(*data["e"]) if "e" in data else None,
+        agent_version=data.get("v", 0),
+        event_time=data.get("at", 0.0),
+    )
+
+
+class RunEvents:
+    """Appends and reads run event streams; also holds a run's lease and cancel flag."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        block_ms: int,
+        retention_seconds: int,
+        reader: aioredis.Redis | None = None,
+    ):
+        self._redis = redis
+        # Blocking reads hold a connection each for up to block_ms; `reader` may be a separate pool.
+        self._reader = reader or redis
+        self._block_ms = block_ms
+        self._retention = retention_seconds
+
+    async def append(self, event: RunEvent) -> None:
+        key = EVENTS_KEY.format(run_id=event.run_id)
+        try:
+            if event.type.terminal:
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.xadd(key, {"e": encode(event)}, id=f"0-{event.event_id}")
+                    pipe.expire(key, self._retention)
+                    pipe.delete(LEASE_KEY.format(run_id=event.run_id), CANCEL_KEY.format(run_id=event.run_id))
+                    await pipe.execute()
+            else:
+                await self._redis.xadd(key, {"e": encode(event)}, id=f"0-{event.event_id}")
+        except ResponseError as exc:
+            if "equal or smaller" in str(exc):
+                raise StaleWriter(event.run_id) from None
+            raise
+
+    async def last_event_id(self, run_id: str) -> int:
+        entries = await self._redis.xrevrange(EVENTS_KEY.format(run_id=run_id), count=1)
+        return int(entries[0][0].split(b"-", 1)[1]) if entries else 0
+
+    async def exists(self, run_id: str) -> bool:
+        return bool(await self._redis.exists(EVENTS_KEY.format(run_id=run_id)))
+
+    async def tail(self, run_id: str, after_event_id: int) -> AsyncIterator[RunEvent]:
+        """Every event after `after_event_id`, live, until (and including) the run's terminal event."""
+        key = EVENTS_KEY.format(run_id=run_id)
+        last = f"0-{after_event_id}"
+        while True:
+            reply = await self._reader.xread({key: last}, count=256, block=self._block_ms)
+            for _key, entries in reply or ():
+                for entry_id, fields in entries:
+                    last = entry_id
+                    event = decode(entry_id, fields[b"e"])
+                    yield event
+                    if event.type.terminal:
+                        return
+
+    # Sessions' run announcements (Chat follows every run of its session) ------------------------
+
+    async def announce(self, session_id: str, run_id: str) -> None:
+        key = SESSION_RUNS_KEY.format(session_id=session_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(key, {"run": run_id.encode()}, maxlen=1000, approximate=True)
+            pipe.expire(key, self._retention)
+            await pipe.execute()
+
+    async def session_position(self, session_id: str) -> bytes:
+        entries = await self._redis.xrevrange(SESSION_RUNS_KEY.format(session_id=session_id), count=1)
+        return entries[0][0] if entries else b"0-0"
+
+    async def follow_session(self, session_id: str, position: bytes) -> AsyncIterator[str]:
+        key = SESSION_RUNS_KEY.format(session_id=session_id)
+        while True:
+            reply = await self._reader.xread({key: position}, count=64, block=self._block_ms)
+            for _key, entries in reply or ():
+                for entry_id, fields in entries:
+                    position = entry_id
+                    yield fields[b"run"].decode()
+
+    # Lease and cancel flag ------------------------------------------------------------------------
+
+    async def take_lease(self, run_id: str, owner: str, ttl_seconds: float) -> None:
+        await self._redis.set(LEASE_KEY.format(run_id=run_id), owner.encode(), px=int(ttl_seconds * 1000))
+
+    async def renew_lease(
+        self, run_id: str, owner: str, ttl_seconds: float
+    ) -> tuple[bool, CancelMode | None]:
+        """Extends the lease if we still hold it; also returns a cancel requested from anywhere."""
+        lease, cancel = LEASE_KEY.format(run_id=run_id), CANCEL_KEY.format(run_id=run_id)
+        holder, mode = await self._redis.mget(lease, cancel)
+        if holder != owner.encode():
+            return False, None
+        await self._redis.pexpire(lease, int(ttl_seconds * 1000))
+        return True, CancelMode(mode.decode()) if mode else None
+
+    async def cancel_requested(self, run_id: str) -> CancelMode | None:
+        mode = await self._redis.get(CANCEL_KEY.format(run_id=run_id))
+        return CancelMode(mode.decode()) if mode else None
+
+    async def lease_holders(self, run_ids: list[str]) -> list[bytes | None]:
+        if not run_ids:
+            return []
+        return await self._redis.mget([LEASE_KEY.format(run_id=r) for r in run_ids])
+
+    async def request_cancel(self, run_id: str, mode: CancelMode) -> None:
+        await self._redis.set(CANCEL_KEY.format(run_id=run_id), mode.value.encode(), ex=self._retention)

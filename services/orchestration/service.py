@@ -1,0 +1,360 @@
+"""The orchestration domain: sessions, runs, busy policies, limits, cancel and resume.
+
+Plain Python over the store, the event streams, the run manager and the peer clients; raises the
+platform's errors. The tenant and user always come from the Caller (built from the verified token).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+
+import redis.asyncio as aioredis
+
+from services.orchestration.agent_cache import AgentCache
+from services.orchestration.clients import ConversationClient
+from services.orchestration.config import OrchestrationOptions
+from services.orchestration.events import RunEvents
+from services.orchestration.limits import RunLimits
+from services.orchestration.models import (
+    BusyPolicy,
+    Caller,
+    CancelMode,
+    EventType,
+    Run,
+    RunEvent,
+    RunState,
+    Session,
+    SessionState,
+)
+from services.orchestration.runs import RunManager
+from services.orchestration.store import OrchestrationStore
+from services.platform import errors
+from services.platform.errors import FieldViolation, Violation
+from services.platform.pagination import PageTokens, page_size
+from services.platform.tiers import limits_for
+
+MAX_TITLE = 256
+MAX_REQUEST_ID = 128
+SESSION_LOCK_KEY = "sessions:{session_id}:lock"
+
+
+def _require_id(field: str, value: str) -> None:
+    if not value:
+        raise errors.InvalidArgument.field(field, "is required")
+    if len(value) > 64:
+        raise errors.InvalidArgument.field(field, "is too long")
+
+
+def _check_request_id(value: str) -> None:
+    if len(value) > MAX_REQUEST_ID:
+        raise errors.InvalidArgument.field("request_id", f"must be at most {MAX_REQUEST_ID} characters")
+
+
+class OrchestrationService:
+    def __init__(
+        self,
+        *,
+        store: OrchestrationStore,
+        events: RunEvents,
+        limits: RunLimits,
+        runs: RunManager,
+        agents: AgentCache,
+        conversation: ConversationClient,
+        redis: aioredis.Redis,
+        page_tokens: PageTokens,
+        options: OrchestrationOptions,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._store = store
+        self._events = events
+        self._limits = limits
+        self.runs = runs
+        self.agents = agents
+        self._conversation = conversation
+        self._redis = redis
+        self._page_tokens = page_tokens
+        self._options = options
+        self._clock = clock
+
+    # Sessions ---------------------------------------------------------------------------------------
+
+    async def start_session(self, caller: Caller, *, agent_id: str, title: str, request_id: str) -> Session:
+        _require_id("agent_id", agent_id)
+        if len(title) > MAX_TITLE:
+            raise errors.InvalidArgument.field("title", f"must be at most {MAX_TITLE} characters")
+        _check_request_id(request_id)
+        if request_id:
+            existing = await self._store.session_by_request(caller.tenant_id, caller.user_id, request_id)
+            if existing is not None:
+                return existing
+        agent = await self.agents.get(agent_id, tenant_id=caller.tenant_id, token=caller.token)
+        if not agent.active:
+            raise errors.FailedPrecondition(
+                f"agent {agent_id} is not active",
+                [Violation("agent.state", "the agent must be ACTIVE to start a session", "AGENT_INACTIVE")],
+                reason="AGENT_INACTIVE",
+            )
+        session_id = str(uuid.uuid4())
+        conversation_id = await self._conversation.create(
+            agent_id=agent_id,
+            agent_version=agent.version,
+            title=title,
+            request_id=f"session:{session_id}",
+            token=caller.token,
+        )
+        now = self._clock()
+        session = Session(
+            id=session_id,
+            tenant_id=caller.tenant_id,
+            user_id=caller.user_id,
+            agent_id=agent_id,
+            agent_version=agent.version,
+            conversation_id=conversation_id,
+            title=title,
+            state=SessionState.ACTIVE,
+            active_run_id="",
+            create_time=now,
+            update_time=now,
+        )
+        await self._store.insert_session(session, request_id=request_id)
+        return session
+
+    async def _visible_session(self, caller: Caller, session_id: str) -> Session:
+        _require_id("session_id", session_id)
+        session = await self._store.get_session(caller.tenant_id, session_id)
+        # Another tenant's session, or (for a member) another user's, does not exist for this caller.
+        if session is None or (session.user_id != caller.user_id and not caller.is_admin):
+            raise errors.NotFound(f"session {session_id} not found", reason="SESSION_NOT_FOUND")
+        return session
+
+    async def get_session(self, caller: Caller, session_id: str) -> Session:
+        return await self._visible_session(caller, session_id)
+
+    async def list_sessions(
+        self, caller: Caller, *, page_size_: int, page_token: str, agent_id: str
+    ) -> tuple[list[Session], str]:
+        size = page_size(page_size_)
+        scope = f"sessions:{caller.tenant_id}:{caller.user_id}:{agent_id}"
+        cursor = self._page_tokens.decode(scope, page_token)
+        after = (float(cursor[0]), str(cursor[1])) if cursor else None
+        rows = await self._store.list_sessions(
+            caller.tenant_id,
+            user_id=None if caller.is_admin else caller.user_id,
+            agent_id=agent_id or None,
+            after=after,
+            limit=size + 1,
+        )
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._page_tokens.encode(scope, [rows[-1].create_time, rows[-1].id])
+        return rows, token
+
+    async def end_session(self, caller: Caller, session_id: str) -> Session:
+        session = await self._visible_session(caller, session_id)
+        if session.state is SessionState.ENDED:
+            return session
+        await self._store.end_session(caller.tenant_id, session.id, self._clock())
+        live = await self._store.live_runs(session.id)
+        for run in live:
+            await self.runs.request_cancel(run.id, CancelMode.KEEP)
+        for run in live:
+            await self._wait_for_end(run.id)
+        await self._conversation.close(session.conversation_id, token=caller.token)
+        return await self._visible_session(caller, session_id)
+
+    # Runs -------------------------------------------------------------------------------------------
+
+    async def send_message(
+        self, caller: Caller, *, session_id: str, text: str, request_id: str, busy_policy: int
+    ) -> Run:
+        """Starts (or queues) the run for a message; a repeated request_id returns the first run."""
+        violations = []
+        if not text.strip():
+            violations.append(FieldViolation("text", "must not be empty"))
+        elif len(text.encode()) > self._options.max_message_bytes:
+            violations.append(
+                FieldViolation("text", f"must be at most {self._options.max_message_bytes} bytes")
+            )
+        if busy_policy not in BusyPolicy._value2member_map_:
+            violations.append(FieldViolation("busy_policy", f"unknown busy policy {busy_policy}"))
+        if violations:
+            raise errors.InvalidArgument(
+                "; ".join(f"{v.field}: {v.description}" for v in violations), violations
+            )
+        _check_request_id(request_id)
+        session = await self._visible_session(caller, session_id)
+        if request_id:
+            existing = await self._store.run_by_request(session.id, request_id)
+            if existing is not None:
+                return existing
+        if session.state is not SessionState.ACTIVE:
+            raise errors.FailedPrecondition(
+                f"session {session_id} has ended",
+                [Violation("session.state", "messages need an ACTIVE session", "SESSION_ENDED")],
+                reason="SESSION_ENDED",
+            )
+        agent = await self.agents.get(session.agent_id, tenant_id=caller.tenant_id, token=caller.token)
+        if not agent.active:
+            raise errors.FailedPrecondition(
+                f"agent {session.agent_id} is not active",
+                [Violation("agent.state", "the agent must be ACTIVE", "AGENT_INACTIVE")],
+                reason="AGENT_INACTIVE",
+            )
+        policy = BusyPolicy(busy_policy) or agent.busy_policy or BusyPolicy.REJECT
+        tier = limits_for(caller.tier)
+        await self._limits.check_rate(caller.tenant_id, tier)
+        async with self._session_lock(session.id):
+            if request_id:
+                existing = await self._store.run_by_request(session.id, request_id)
+                if existing is not None:
+                    return existing
+            live = await self._store.live_runs(session.id)
+            if live and policy is BusyPolicy.REJECT:
+                raise errors.FailedPrecondition(
+                    "the session already has a run in progress",
+                    [Violation("session.active_run_id", f"run {live[-1].id} is in progress", "SESSION_BUSY")],
+                    reason="SESSION_BUSY",
+                )
+            run = Run(
+                id=str(uuid.uuid4()),
+                tenant_id=caller.tenant_id,
+                session_id=session.id,
+                user_id=caller.user_id,
+                state=RunState.QUEUED,
+                agent_version=agent.version,
+                input_text=text,
+                last_event_id=1,
+                create_time=self._clock(),
+            )
+            await self._limits.reserve(caller.tenant_id, run.id, tier)
+            try:
+                await self._events.take_lease(run.id, self.runs.instance_id, self._options.lease_ttl_seconds)
+                await self._store.insert_run(run, request_id=request_id)
+            except BaseException:
+                await self._limits.release(caller.tenant_id, run.id)
+                raise
+            await self._events.append(
+                RunEvent(
+                    event_id=1,
+                    run_id=run.id,
+                    session_id=session.id,
+                    type=EventType.RUN_CREATED,
+                    agent_version=agent.version,
+                    event_time=run.create_time,
+                )
+            )
+            await self._events.announce(session.id, run.id)
+            if live and policy in (BusyPolicy.INTERRUPT, BusyPolicy.ROLLBACK):
+                mode = CancelMode.KEEP if policy is BusyPolicy.INTERRUPT else CancelMode.DISCARD
+                for previous in live:
+                    await self.runs.request_cancel(previous.id, mode)
+            self.runs.launch(run, session, caller, wait_for=[r.id for r in live], next_event_id=2)
+        return run
+
+    @contextlib.asynccontextmanager
+    async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
+        """Serialises the busy-policy decision of one session across instances."""
+        key, token = SESSION_LOCK_KEY.format(session_id=session_id), uuid.uuid4().hex.encode()
+        deadline = time.monotonic() + 5
+        while not await self._redis.set(key, token, nx=True, px=5000):
+            if time.monotonic() > deadline:
+                raise errors.Unavailable("the session is busy; try again", reason="SESSION_LOCKED")
+            await asyncio.sleep(0.005)
+        try:
+            yield
+        finally:
+            if await self._redis.get(key) == token:
+                await self._redis.delete(key)
+
+    async def _visible_run(self, caller: Caller, run_id: str) -> Run:
+        _require_id("run_id", run_id)
+        run = await self._store.get_run(caller.tenant_id, run_id)
+        if run is None or (run.user_id != caller.user_id and not caller.is_admin):
+            raise errors.NotFound(f"run {run_id} not found", reason="RUN_NOT_FOUND")
+        return run
+
+    async def _live_view(self, run: Run) -> Run:
+        if run.state.terminal:
+            return run
+        return dataclasses.replace(run, last_event_id=await self._events.last_event_id(run.id))
+
+    async def get_run(self, caller: Caller, run_id: str) -> Run:
+        return await self._live_view(await self._visible_run(caller, run_id))
+
+    async def list_runs(
+        self, caller: Caller, *, session_id: str, page_size_: int, page_token: str
+    ) -> tuple[list[Run], str]:
+        session = await self._visible_session(caller, session_id)
+        size = page_size(page_size_)
+        scope = f"runs:{session.id}"
+        cursor = self._page_tokens.decode(scope, page_token)
+        after = (float(cursor[0]), str(cursor[1])) if cursor else None
+        rows = await self._store.list_runs(caller.tenant_id, session.id, after=after, limit=size + 1)
+        token = ""
+        if len(rows) > size:
+            rows = rows[:size]
+            token = self._page_tokens.encode(scope, [rows[-1].create_time, rows[-1].id])
+        return [await self._live_view(r) for r in rows], token
+
+    async def cancel_run(self, caller: Caller, run_id: str) -> Run:
+        run = await self._visible_run(caller, run_id)
+        if run.state.terminal:
+            raise errors.FailedPrecondition(
+                f"run {run_id} has already ended ({run.state.name})",
+                [Violation("run.state", "only a QUEUED or RUNNING run can be cancelled", "RUN_ENDED")],
+                reason="RUN_ENDED",
+            )
+        await self.runs.request_cancel(run.id, CancelMode.KEEP)
+        await self._wait_for_end(run.id)
+        return await self.get_run(caller, run_id)
+
+    async def active_run_id(self, caller: Caller, session_id: str) -> str:
+        session = await self._visible_session(caller, session_id)
+        live = await self._store.live_runs(session.id)
+        if not live:
+            raise errors.FailedPrecondition("the session has no run in progress", reason="NO_ACTIVE_RUN")
+        return live[0].id
+
+    async def _wait_for_end(self, run_id: str) -> None:
+        last = await self._events.last_event_id(run_id)
+
+        async def consume() -> None:
+            async for _ in self._events.tail(run_id, max(0, last - 1)):
+                pass
+
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(consume(), self._options.cancel_wait_seconds)
+
+    def events(self, run_id: str, after_event_id: int = 0) -> AsyncIterator[RunEvent]:
+        """The run's events after `after_event_id`, live until its end (for a run just created)."""
+        return self._events.tail(run_id, after_event_id)
+
+    async def join_run(self, caller: Caller, run_id: str, after_event_id: int) -> AsyncIterator[RunEvent]:
+        """Checks the request, then returns the stream of the run's events after `after_event_id`."""
+        if after_event_id < 0:
+            raise errors.InvalidArgument.field("after_event_id", "must not be negative")
+        run = await self._visible_run(caller, run_id)
+        last = await self._events.last_event_id(run.id)
+        if last == 0:
+            raise errors.FailedPrecondition(
+                f"the events of run {run_id} are no longer retained",
+                [
+                    Violation(
+                        "run.events",
+                        "a finished run's events are kept for a retention period",
+                        "EVENTS_EXPIRED",
+                    )
+                ],
+                reason="EVENTS_EXPIRED",
+            )
+        if after_event_id > last:
+            raise errors.InvalidArgument.field(
+                "after_event_id", f"run {run_id} has no event {after_event_id}; its last event is {last}"
+            )
+        return self._events.tail(run.id, after_event_id)

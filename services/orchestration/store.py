@@ -1,0 +1,279 @@
+"""SQL for the tables orchestration owns: sessions and runs (SQLAlchemy 2 async Core)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services.orchestration.models import Run, RunError, RunState, Session, SessionState, Usage
+
+metadata = sa.MetaData()
+
+sessions = sa.Table(
+    "sessions",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant_id", sa.String(64)),
+    sa.Column("user_id", sa.String(64)),
+    sa.Column("agent_id", sa.String(64)),
+    sa.Column("agent_version", sa.BigInteger),
+    sa.Column("conversation_id", sa.String(64)),
+    sa.Column("title", sa.String(256)),
+    sa.Column("state", sa.SmallInteger),
+    sa.Column("active_run_id", sa.String(36)),
+    sa.Column("request_id", sa.String(128)),
+    sa.Column("create_time", sa.Float(precision=53)),
+    sa.Column("update_time", sa.Float(precision=53)),
+    sa.Column("end_time", sa.Float(precision=53)),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(36), primary_key=True),
+    sa.Column("tenant_id", sa.String(64)),
+    sa.Column("session_id", sa.String(36)),
+    sa.Column("user_id", sa.String(64)),
+    sa.Column("state", sa.SmallInteger),
+    sa.Column("agent_version", sa.BigInteger),
+    sa.Column("input_text", sa.Text),
+    sa.Column("request_id", sa.String(128)),
+    sa.Column("user_message_id", sa.String(64)),
+    sa.Column("assistant_message_id", sa.String(64)),
+    sa.Column("prompt_tokens", sa.Integer),
+    sa.Column("completion_tokens", sa.Integer),
+    sa.Column("error_code", sa.String(64)),
+    sa.Column("error_message", sa.Text),
+    sa.Column("last_event_id", sa.BigInteger),
+    sa.Column("create_time", sa.Float(precision=53)),
+    sa.Column("start_time", sa.Float(precision=53)),
+    sa.Column("end_time", sa.Float(precision=53)),
+)
+
+LIVE_STATES = (int(RunState.QUEUED), int(RunState.RUNNING))
+
+
+def _session(row: Any) -> Session:
+    return Session(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        user_id=row.user_id,
+        agent_id=row.agent_id,
+        agent_version=row.agent_version,
+        conversation_id=row.conversation_id,
+        title=row.title or "",
+        state=SessionState(row.state),
+        active_run_id=row.active_run_id or "",
+        create_time=row.create_time,
+        update_time=row.update_time,
+        end_time=row.end_time,
+    )
+
+
+def _run(row: Any) -> Run:
+    return Run(
+        id=row.id,
+        tenant_id=row.tenant_id,
+        session_id=row.session_id,
+        user_id=row.user_id,
+        state=RunState(row.state),
+        agent_version=row.agent_version or 0,
+        input_text=row.input_text,
+        user_message_id=row.user_message_id or "",
+        assistant_message_id=row.assistant_message_id or "",
+        usage=Usage(row.prompt_tokens or 0, row.completion_tokens or 0),
+        error=RunError(row.error_code, row.error_message or "") if row.error_code else None,
+        last_event_id=row.last_event_id or 0,
+        create_time=row.create_time,
+        start_time=row.start_time,
+        end_time=row.end_time,
+    )
+
+
+class OrchestrationStore:
+    """Sessions and runs. Every read is scoped by tenant; the sweeper's scan is the one exception."""
+
+    def __init__(self, engine: AsyncEngine):
+        self._engine = engine
+
+    # Sessions -------------------------------------------------------------------------------------
+
+    async def insert_session(self, session: Session, *, request_id: str | None) -> None:
+        values = {
+            "id": session.id,
+            "tenant_id": session.tenant_id,
+            "user_id": session.user_id,
+            "agent_id": session.agent_id,
+            "agent_version": session.agent_version,
+            "conversation_id": session.conversation_id,
+            "title": session.title,
+            "state": int(session.state),
+            "active_run_id": None,
+            "request_id": request_id or None,
+            "create_time": session.create_time,
+            "update_time": session.update_time,
+            "end_time": None,
+        }
+        async with self._engine.begin() as conn:
+            await conn.execute(sessions.insert().values(**values))
+
+    async def session_by_request(self, tenant_id: str, user_id: str, request_id: str) -> Session | None:
+        query = sessions.select().where(
+            sessions.c.tenant_id == tenant_id,
+            sessions.c.user_id == user_id,
+            sessions.c.request_id == request_id,
+        )
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _session(row) if row else None
+
+    async def get_session(self, tenant_id: str, session_id: str) -> Session | None:
+        query = sessions.select().where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _session(row) if row else None
+
+    async def list_sessions(
+        self,
+        tenant_id: str,
+        *,
+        user_id: str | None,
+        agent_id: str | None,
+        after: tuple[float, str] | None,
+        limit: int,
+    ) -> list[Session]:
+        """Newest first; `after` is the (create_time, id) of the last session of the previous page."""
+        query = sessions.select().where(sessions.c.tenant_id == tenant_id)
+        if user_id is not None:
+            query = query.where(sessions.c.user_id == user_id)
+        if agent_id:
+            query = query.where(sessions.c.agent_id == agent_id)
+        if after is not None:
+            query = query.where(sa.tuple_(sessions.c.create_time, sessions.c.id) < sa.tuple_(*after))
+        query = query.order_by(sessions.c.create_time.desc(), sessions.c.id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            return [_session(r) for r in await conn.execute(query)]
+
+    async def end_session(self, tenant_id: str, session_id: str, now: float) -> bool:
+        stmt = (
+            sessions.update()
+            .where(
+                sessions.c.id == session_id,
+                sessions.c.tenant_id == tenant_id,
+                sessions.c.state == int(SessionState.ACTIVE),
+            )
+            .values(state=int(SessionState.ENDED), end_time=now, update_time=now)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1
+
+    async def set_active_run(
+        self, session_id: str, run_id: str | None, now: float, *, only_if: str | None = None
+    ) -> None:
+        stmt = sessions.update().where(sessions.c.id == session_id)
+        if only_if is not None:
+            stmt = stmt.where(sessions.c.active_run_id == only_if)
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt.values(active_run_id=run_id, update_time=now))
+
+    # Runs -----------------------------------------------------------------------------------------
+
+    async def insert_run(self, run: Run, *, request_id: str | None) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                runs.insert().values(
+                    id=run.id,
+                    tenant_id=run.tenant_id,
+                    session_id=run.session_id,
+                    user_id=run.user_id,
+                    state=int(run.state),
+                    agent_version=run.agent_version,
+                    input_text=run.input_text,
+                    request_id=request_id or None,
+                    user_message_id="",
+                    assistant_message_id="",
+                    prompt_tokens=0,
+                    completion_tokens=0,
+                    last_event_id=run.last_event_id,
+                    create_time=run.create_time,
+                )
+            )
+
+    async def get_run(self, tenant_id: str, run_id: str) -> Run | None:
+        query = runs.select().where(runs.c.id == run_id, runs.c.tenant_id == tenant_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _run(row) if row else None
+
+    async def run_by_request(self, session_id: str, request_id: str) -> Run | None:
+        query = runs.select().where(runs.c.session_id == session_id, runs.c.request_id == request_id)
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        return _run(row) if row else None
+
+    async def live_runs(self, session_id: str) -> list[Run]:
+        """The session's queued and running runs, oldest first."""
+        query = (
+            runs.select()
+            .where(runs.c.session_id == session_id, runs.c.state.in_(LIVE_STATES))
+            .order_by(runs.c.create_time, runs.c.id)
+        )
+        async with self._engine.connect() as conn:
+            return [_run(r) for r in await conn.execute(query)]
+
+    async def all_live_runs(self) -> list[Run]:
+        """Every queued or running run of every tenant (the lease sweeper's scan)."""
+        query = runs.select().where(runs.c.state.in_(LIVE_STATES))
+        async with self._engine.connect() as conn:
+            return [_run(r) for r in await conn.execute(query)]
+
+    async def list_runs(
+        self, tenant_id: str, session_id: str, *, after: tuple[float, str] | None, limit: int
+    ) -> list[Run]:
+        query = runs.select().where(runs.c.tenant_id == tenant_id, runs.c.session_id == session_id)
+        if after is not None:
+            query = query.where(sa.tuple_(runs.c.create_time, runs.c.id) < sa.tuple_(*after))
+        query = query.order_by(runs.c.create_time.desc(), runs.c.id.desc()).limit(limit)
+        async with self._engine.connect() as conn:
+            return [_run(r) for r in await conn.execute(query)]
+
+    async def start_run(self, run_id: str, *, agent_version: int, now: float) -> bool:
+        """QUEUED -> RUNNING; False when the run is no longer queued (cancelled or swept)."""
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.state == int(RunState.QUEUED))
+            .values(state=int(RunState.RUNNING), agent_version=agent_version, start_time=now)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1
+
+    async def update_run(self, run_id: str, **values: Any) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+
+    async def finish_run(
+        self,
+        run_id: str,
+        *,
+        state: RunState,
+        now: float,
+        last_event_id: int,
+        usage: Usage | None = None,
+        error: RunError | None = None,
+        assistant_message_id: str = "",
+        from_states: Iterable[int] = LIVE_STATES,
+    ) -> bool:
+        """Moves a live run to its end state; False when another party (the sweeper) got there first."""
+        values: dict[str, Any] = {"state": int(state), "end_time": now, "last_event_id": last_event_id}
+        if usage is not None:
+            values.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+        if error is not None:
+            values.update(error_code=error.code, error_message=error.message)
+        if assistant_message_id:
+            values["assistant_message_id"] = assistant_message_id
+        stmt = runs.update().where(runs.c.id == run_id, runs.c.state.in_(list(from_states))).values(**values)
+        async with self._engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1

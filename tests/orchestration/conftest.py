@@ -1,0 +1,136 @@
+"""`make_mesh()`: fake agents + conversation on one real server, orchestration (built with short
+timings) on another real server whose peers point at the fakes, and helpers to call it."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import grpc
+import pytest
+
+from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
+from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from services.orchestration import Orchestration, build
+from services.orchestration.config import OrchestrationOptions
+from services.orchestration.providers import EchoProvider, Providers
+from services.platform.runtime import Runtime
+from services.platform.server import Server
+from tests.conftest import bearer
+from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
+
+FAST = OrchestrationOptions(
+    lease_ttl_seconds=1.0,
+    lease_renew_seconds=0.25,
+    sweep_interval_seconds=0.2,
+    read_block_ms=200,
+    cancel_poll_seconds=0.05,
+    peer_timeout_seconds=5.0,
+    watch_backoff_initial_seconds=0.05,
+    watch_backoff_max_seconds=0.2,
+    event_retention_seconds=600,
+)
+
+
+@dataclasses.dataclass
+class Mesh:
+    stub: pb_grpc.OrchestrationServiceStub
+    agents: FakeAgents
+    conversation: FakeConversation
+    orch: Orchestration
+    runtime: Runtime
+    server: Server
+    channel: grpc.aio.Channel
+    keys: Any
+    tenant: str
+
+    def md(
+        self,
+        *,
+        tenant: str | None = None,
+        sub: str = "user-1",
+        roles: tuple[str, ...] = ("member",),
+        tier: str = "pro",
+    ) -> Any:
+        return bearer(self.keys.token(tenant=tenant or self.tenant, sub=sub, roles=roles, tier=tier))
+
+    async def session(self, agent_id: str | None = None, **agent_config: Any) -> pb.Session:
+        agent_id = agent_id or self.agents.add(self.tenant, **agent_config)
+        reply = await self.stub.StartSession(pb.StartSessionRequest(agent_id=agent_id), metadata=self.md())
+        return reply.session
+
+    async def send(self, session_id: str, text: str, **kw: Any) -> list[pb.RunEvent]:
+        md = kw.pop("metadata", None) or self.md()
+        call = self.stub.SendMessage(
+            pb.SendMessageRequest(session_id=session_id, text=text, **kw), metadata=md
+        )
+        return [r.event async for r in call]
+
+
+@pytest.fixture
+async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
+    cleanups: list[Any] = []
+
+    async def make(
+        *,
+        options: OrchestrationOptions = FAST,
+        echo_delay: float = 0.0,
+        providers: Providers | None = None,
+        share: Mesh | None = None,
+    ) -> Mesh:
+        if share is None:
+            agents, conversation = FakeAgents(), FakeConversation()
+            fakes = await serve(*registrations(agents, conversation))
+            address, tenant = fakes.address, f"tenant-{uuid.uuid4().hex[:8]}"
+        else:
+            agents, conversation, tenant = share.agents, share.conversation, share.tenant
+            address = share.runtime.settings.peers.agents
+        peers = dataclasses.replace(settings.peers, agents=address, conversation=address)
+        runtime = await Runtime.create(dataclasses.replace(settings, peers=peers))
+
+        async def jwks() -> dict[str, Any]:
+            return keys.jwks()
+
+        async def service_token() -> str:
+            return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
+
+        runtime.jwks_source = jwks
+        orch = build(
+            runtime,
+            options=options,
+            providers=providers or Providers({"echo": EchoProvider(delay_seconds=echo_delay)}),
+            service_token=service_token,
+            close_on_stop=False,
+        )
+        server = Server(runtime, [orch.registration], address="127.0.0.1:0")
+        port = await server.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        mesh = Mesh(
+            pb_grpc.OrchestrationServiceStub(channel),
+            agents,
+            conversation,
+            orch,
+            runtime,
+            server,
+            channel,
+            keys,
+            tenant,
+        )
+        cleanups.append(mesh)
+        await asyncio.wait_for(orch.agents.watching.wait(), 5)
+        return mesh
+
+    yield make
+    for mesh in reversed(cleanups):
+        await mesh.channel.close()
+        await mesh.server.stop(0)
+    # Handlers cancelled by the stop finish their clean-up before the pools close under them.
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=0.5)
+    for mesh in reversed(cleanups):
+        await mesh.orch.close()
+        await mesh.runtime.close()

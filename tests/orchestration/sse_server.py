@@ -1,0 +1,78 @@
+"""A tiny OpenAI-compatible /v1/chat/completions server (asyncio, port 0) speaking the real SSE
+chunk format. The request's model picks the behaviour: "ok", "fail-mid" (connection dropped after
+two chunks), "stall" (silence after two chunks), "flaky" (HTTP 503 once, then ok), "unauthorized"."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+
+
+class SseServer:
+    def __init__(self) -> None:
+        self.requests: list[dict] = []
+        self.headers: list[dict[str, str]] = []
+        self._server: asyncio.Server | None = None
+        self._flaky_failed = False
+        self.port = 0
+
+    async def start(self) -> str:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            headers = {
+                k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)
+            }
+            body = json.loads(await reader.readexactly(int(headers["content-length"])))
+            self.requests.append(body)
+            self.headers.append(headers)
+            await self._respond(body, writer)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _respond(self, body: dict, writer: asyncio.StreamWriter) -> None:
+        model = body["model"]
+        if model == "unauthorized" or (model == "flaky" and not self._flaky_failed):
+            self._flaky_failed = self._flaky_failed or model == "flaky"
+            status = "401 Unauthorized" if model == "unauthorized" else "503 Service Unavailable"
+            payload = b'{"error":{"message":"nope"}}'
+            writer.write(
+                f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
+                + payload
+            )
+            await writer.drain()
+            return
+        writer.write(
+            b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
+        )
+
+        async def send(data: str) -> None:
+            chunk = f"data: {data}\n\n".encode()
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            await writer.drain()
+
+        words = ["Hello", " from", " the", " model", "."]
+        for i, word in enumerate(words):
+            if i == 2 and model == "fail-mid":
+                return  # drop the connection without the terminating chunk
+            if i == 2 and model == "stall":
+                await asyncio.sleep(30)
+            await send(json.dumps({"choices": [{"index": 0, "delta": {"content": word}}]}))
+        await send(json.dumps({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}}))
+        await send("[DONE]")
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
