@@ -6,16 +6,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-BIN = Path(sys.executable).parent
+from tests.embedded import BIN, free_port, run_embedded
+
 SERVICES = [
     "agentmesh.agents.v1.AgentService",
     "agentmesh.conversation.v1.ConversationService",
@@ -26,56 +25,10 @@ SERVICES = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def agentmesh_up(tmp_path) -> Iterator[int]:
-    grpc_port, http_port = free_port(), free_port()
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("AGENTMESH_") and k not in ("DATABASE_URL", "REDIS_URL")
-    }
-    env["AGENTMESH_ECHO_DELAY_MS"] = "0"
-    proc = subprocess.Popen(
-        [
-            str(BIN / "agentmesh"),
-            "up",
-            "--grpc-port",
-            str(grpc_port),
-            "--http-port",
-            str(http_port),
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if "serving gRPC" in line:
-            break
-    if proc.poll() is not None or time.monotonic() >= deadline:
-        proc.kill()
-        proc.wait()
-        proc.stdout.close()
-        pytest.fail("agentmesh up did not start")
-    try:
-        yield grpc_port
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(30)
-        proc.stdout.close()
-    assert code == 0
+    with run_embedded(tmp_path / "data") as running:
+        yield running.grpc_port
 
 
 def test_buf_curl_lists_the_six_services(agentmesh_up):

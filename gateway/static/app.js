@@ -269,7 +269,12 @@ document.addEventListener("DOMContentLoaded", async () => {
     e.preventDefault();
     const input = e.target.displayName;
     try {
-      await api.call("AgentService.CreateAgent", { agent: { displayName: input.value }, requestId: crypto.randomUUID() });
+      // A new agent starts from the built-in assistant template (echo model), ready to chat.
+      await api.call("AgentService.CreateAgent", {
+        agent: { displayName: input.value },
+        templateId: "builtin-assistant",
+        requestId: crypto.randomUUID(),
+      });
       input.value = "";
       await loadAgents();
     } catch (err) {

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
 
@@ -42,8 +42,14 @@ class EventBus:
                 "could not publish agent event", exc_info=True, extra={"fields": {"agent": event.agent_id}}
             )
 
-    async def subscribe(self, tenant_id: str | None) -> AsyncIterator[AgentEvent]:
-        """Events of one tenant (None: every tenant) until `close()`; the caller cancels to stop early."""
+    async def subscribe(
+        self, tenant_id: str | None, *, on_ready: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[AgentEvent]:
+        """Events of one tenant (None: every tenant) until `close()`; the caller cancels to stop early.
+
+        `on_ready` runs once the subscription is in place: from then on no event is missed, which a
+        watcher that keeps a cache needs to know.
+        """
         if self._closing.is_set():
             return
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
@@ -52,6 +58,8 @@ class EventBus:
                 await pubsub.psubscribe(ALL_CHANNELS)
             else:
                 await pubsub.subscribe(CHANNEL.format(tenant_id=tenant_id))
+            if on_ready is not None:
+                await on_ready()
             while not self._closing.is_set():
                 message = await pubsub.get_message(timeout=self._poll)
                 if message is None or message.get("type") not in ("message", "pmessage"):

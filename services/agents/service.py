@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Protocol
 
 from services.agents import validation
@@ -574,13 +574,15 @@ class AgentService:
 
     # -- watch --------------------------------------------------------------------------------
 
-    def watch(self, p: Principal, *, all_tenants: bool) -> AsyncIterator[AgentEvent]:
+    def watch(
+        self, p: Principal, *, all_tenants: bool, on_ready: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[AgentEvent]:
         _require_reader(p)
         if all_tenants and not p.is_service:
             raise errors.PermissionDenied(
                 "only a service identity may watch every tenant", reason="SERVICE_ONLY"
             )
-        return self._events.subscribe(None if all_tenants else p.tenant_id)
+        return self._events.subscribe(None if all_tenants else p.tenant_id, on_ready=on_ready)
 
 
 def _normalize_paths(paths: list[str]) -> list[str]:

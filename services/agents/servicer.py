@@ -163,5 +163,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     async def WatchAgents(
         self, request: pb.WatchAgentsRequest, context: ServicerContext
     ) -> AsyncIterator[pb.WatchAgentsResponse]:
-        async for event in self._service.watch(principal(), all_tenants=request.all_tenants):
+        async def subscribed() -> None:
+            # Headers go out once the subscription holds, so a watcher knows it misses nothing after.
+            await context.send_initial_metadata(())
+
+        async for event in self._service.watch(
+            principal(), all_tenants=request.all_tenants, on_ready=subscribed
+        ):
             yield pb.WatchAgentsResponse(event=convert.event_to_proto(event))

@@ -259,7 +259,10 @@ class Pipeline(grpc.aio.ServerInterceptor):
                     async for response in behavior(request, context):
                         yield response
             finally:
-                current_call.reset(token)
+                # A stream closed by the client is finalised from another task, whose context
+                # never saw the set: there is nothing to undo then.
+                with contextlib.suppress(ValueError):
+                    current_call.reset(token)
 
         return handle
 
