@@ -10,14 +10,16 @@ SERVICE_NAME = agents_service_pb2.DESCRIPTOR.services_by_name["AgentService"].fu
 
 
 async def register(runtime: Runtime) -> ServiceRegistration:
+    from services.agents.cache import CachedStore
     from services.agents.events import EventBus
     from services.agents.service import AgentService
     from services.agents.servicer import AgentServicer
     from services.agents.store import AgentStore
 
     events = EventBus(redis=runtime.redis)
+    store = CachedStore(AgentStore(engine=runtime.engine), events)
     service = AgentService(
-        store=AgentStore(engine=runtime.engine),
+        store=store,
         events=events,
         page_tokens=runtime.page_tokens,
         clock=runtime.clock,
@@ -30,4 +32,5 @@ async def register(runtime: Runtime) -> ServiceRegistration:
         ),
         # WatchAgents streams never end by themselves: end them as soon as draining starts.
         on_drain=[events.close],
+        background=[store.follow_events],
     )
