@@ -11,7 +11,9 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
 import sqlalchemy as sa
+from psycopg.rows import namedtuple_row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -37,6 +39,30 @@ class Scope:
 
 def new_id() -> str:
     return str(uuid.uuid4())
+
+
+# One statement, one round trip (PostgreSQL): the UPDATE takes the conversation's row lock and numbers
+# the message, the INSERT uses that number; a stored request_id makes the UPDATE match nothing.
+_APPEND_SQL_TEMPLATE = """
+    WITH c AS (
+        UPDATE conversations
+        SET message_count = message_count + 1, token_count = token_count + %(tokens)s,
+            update_time = %(now)s, last_message_time = %(now)s
+        WHERE id = %(cid)s AND tenant_id = %(tenant)s {user_clause} AND status = 'ACTIVE'
+          AND NOT (%(rid)s <> '' AND EXISTS (
+              SELECT 1 FROM messages WHERE conversation_id = %(cid)s AND request_id = %(rid)s))
+        RETURNING *
+    ), m AS (
+        INSERT INTO messages (id, conversation_id, tenant_id, sequence, role, content, token_count,
+                              metadata, tool_call_id, request_id, create_time)
+        SELECT %(mid)s, c.id, c.tenant_id, c.message_count, %(role)s, %(content)s, %(tokens)s,
+               CAST(%(metadata)s AS JSON), %(tool)s, %(rid)s, %(now)s FROM c
+        RETURNING id
+    )
+    SELECT * FROM c
+"""
+_APPEND_SQL = _APPEND_SQL_TEMPLATE.format(user_clause="")
+_APPEND_SQL_USER = _APPEND_SQL_TEMPLATE.format(user_clause="AND user_id = %(user)s")
 
 
 def _conversation(row: Any) -> Conversation:
@@ -303,31 +329,16 @@ class ConversationStore:
             "metadata": json.dumps(new.metadata),
             "tool": new.tool_call_id,
         }
-        user_clause = "AND user_id = :user" if scope.user_id is not None else ""
-        statement = sa.text(
-            f"""
-            WITH c AS (
-                UPDATE conversations
-                SET message_count = message_count + 1, token_count = token_count + :tokens,
-                    update_time = :now, last_message_time = :now
-                WHERE id = :cid AND tenant_id = :tenant {user_clause} AND status = 'ACTIVE'
-                  AND NOT (:rid <> '' AND EXISTS (
-                      SELECT 1 FROM messages WHERE conversation_id = :cid AND request_id = :rid))
-                RETURNING *
-            ), m AS (
-                INSERT INTO messages (id, conversation_id, tenant_id, sequence, role, content, token_count,
-                                      metadata, tool_call_id, request_id, create_time)
-                SELECT :mid, c.id, c.tenant_id, c.message_count, :role, :content, :tokens,
-                       CAST(:metadata AS JSON), :tool, :rid, :now FROM c
-                RETURNING id
-            )
-            SELECT * FROM c
-            """
-        )
+        statement = _APPEND_SQL_USER if scope.user_id is not None else _APPEND_SQL
         try:
             async with self._autocommit.connect() as conn:
-                row = (await conn.execute(statement, params)).first()
-        except IntegrityError:
+                # The hottest write of the mesh runs on the pooled connection's psycopg driver
+                # directly: SQLAlchemy's statement and result layers cost more than the round trip.
+                raw = (await conn.get_raw_connection()).driver_connection
+                async with raw.cursor(row_factory=namedtuple_row) as cursor:
+                    await cursor.execute(statement, params)
+                    row = await cursor.fetchone()
+        except (IntegrityError, psycopg.IntegrityError):
             if not request_id:
                 raise
             return None

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Callable, Collection
 from typing import Any, Protocol
 
 import grpc
+import psycopg
 import redis.exceptions
 import sqlalchemy.exc
 from grpc.aio import ServicerContext
@@ -37,6 +38,9 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.TimeoutError,
+    # psycopg's own, for the few hot paths that use the pooled driver connection directly.
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
     ConnectionError,
