@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pathlib
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -41,3 +41,8 @@ def create_engine(url: str, *, pool_size: int = 16) -> AsyncEngine:
         pool_timeout=10,
         connect_args={"connect_timeout": 3},
     )
+
+
+async def ping(engine: AsyncEngine) -> None:
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
