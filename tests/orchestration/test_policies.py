@@ -113,3 +113,42 @@ async def test_request_id_replay_joins_the_first_run(make_mesh):
     assert [e.event_id for e in again] == [e.event_id for e in first]
     assert {e.run_id for e in again} == {first[0].run_id}
     assert len(assistant_messages(mesh.conversation)) == 1
+
+
+async def test_end_session_cancels_the_running_run_and_keeps_its_partial_answer(make_mesh):
+    mesh = await make_mesh(echo_delay=0.02)
+    session = await mesh.session()
+    call = mesh.stub.SendMessage(pb.SendMessageRequest(session_id=session.id, text=LONG), metadata=mesh.md())
+    stream = aiter(call)
+    first = await anext(stream)
+    seen = [first.event]
+    while seen[-1].type != pb.RUN_EVENT_TYPE_MESSAGE_DELTA:  # the answer has begun
+        seen.append((await anext(stream)).event)
+    ended = await mesh.stub.EndSession(pb.EndSessionRequest(session_id=session.id), metadata=mesh.md())
+    assert ended.session.state == pb.SESSION_STATE_ENDED
+    run = (await mesh.stub.GetRun(pb.GetRunRequest(run_id=first.event.run_id), metadata=mesh.md())).run
+    assert run.state == pb.RUN_STATE_CANCELLED
+    events = seen + [r.event async for r in stream]
+    assert events[-1].type == pb.RUN_EVENT_TYPE_RUN_CANCELLED
+    stored = assistant_messages(mesh.conversation)
+    assert len(stored) == 1 and stored[0].metadata["partial"] == "true"
+    assert LONG.startswith(stored[0].content.removeprefix("Echo: ")) and stored[0].content != f"Echo: {LONG}"
+
+
+async def test_requests_per_minute_is_resource_exhausted_until_the_next_window(runtime):
+    from services.orchestration.limits import RunLimits
+    from services.platform import errors
+    from services.platform.tiers import TIERS
+
+    now = [600.0 * 1000 + 10]  # 10 s into a minute
+    limits = RunLimits(runtime.redis, slot_ttl_seconds=10, clock=lambda: now[0])
+    free = TIERS["free"]
+    tenant = f"rpm-{id(now)}"
+    for _ in range(free.requests_per_minute):
+        await limits.check_rate(tenant, free)
+    with pytest.raises(errors.ResourceExhausted) as caught:
+        await limits.check_rate(tenant, free)
+    assert caught.value.retry_after == pytest.approx(50.0)
+    assert caught.value.violations[0].subject == "requests_per_minute"
+    now[0] += 50  # the next minute
+    await limits.check_rate(tenant, free)
