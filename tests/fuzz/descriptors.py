@@ -106,7 +106,9 @@ def call(
     md = list(metadata)
     if not rpc.client_streaming and not rpc.server_streaming:
         try:
-            reply = channel.unary_unary(rpc.path, serialize, deserialize)(requests[0], metadata=md, timeout=timeout)
+            reply = channel.unary_unary(rpc.path, serialize, deserialize)(
+                requests[0], metadata=md, timeout=timeout
+            )
         except grpc.RpcError as e:
             return Outcome(e.code(), e.details() or "", [])
         return Outcome(grpc.StatusCode.OK, "", [reply])
@@ -139,7 +141,20 @@ INT32_EDGES = [0, 1, -1, 2, 49, 50, 51, 100, 999, 1000, 1001, 2**31 - 1, -(2**31
 INT64_EDGES = [*INT32_EDGES, 2**31, 2**53 + 1, 2**63 - 1, -(2**63)]
 UINT32_EDGES = [0, 1, 2**31, 2**32 - 1]
 UINT64_EDGES = [*UINT32_EDGES, 2**63, 2**64 - 1]
-FLOAT_EDGES = [0.0, -0.0, 0.5, 1.0, 2.0, 2.0000001, -0.1, 1e308, -1e308, float("inf"), float("-inf"), float("nan")]
+FLOAT_EDGES = [
+    0.0,
+    -0.0,
+    0.5,
+    1.0,
+    2.0,
+    2.0000001,
+    -0.1,
+    1e308,
+    -1e308,
+    float("inf"),
+    float("-inf"),
+    float("nan"),
+]
 STRING_EDGES = [
     "",
     " ",
@@ -269,7 +284,9 @@ def _well_known(desc: Descriptor, pools: Pools, paths: list[str]) -> st.SearchSt
     return None
 
 
-def message(desc: Descriptor, pools: Pools, depth: int = 0, paths: list[str] | None = None) -> st.SearchStrategy[Any]:
+def message(
+    desc: Descriptor, pools: Pools, depth: int = 0, paths: list[str] | None = None
+) -> st.SearchStrategy[Any]:
     """Messages of type `desc`, each field present or not, values from the field's type."""
     special = _well_known(desc, pools, paths or [])
     if special is not None:
@@ -302,7 +319,9 @@ def message(desc: Descriptor, pools: Pools, depth: int = 0, paths: list[str] | N
                     for k, v in entries.items():
                         getattr(msg, f.name)[k].CopyFrom(v)
                 else:
-                    getattr(msg, f.name).update(draw(st.dictionaries(keys, _scalar(value_f, pools), max_size=4)))
+                    getattr(msg, f.name).update(
+                        draw(st.dictionaries(keys, _scalar(value_f, pools), max_size=4))
+                    )
             elif sub is not None:
                 if depth >= MAX_DEPTH:
                     continue

@@ -56,14 +56,20 @@ def test_nul_in_a_string_is_invalid_argument_not_internal(
     [timestamp_pb2.Timestamp(nanos=1_000_000_000), timestamp_pb2.Timestamp(seconds=2**62)],
     ids=["nanos-past-a-second", "after-year-9999"],
 )
-def test_invalid_timestamps_are_invalid_argument(stack: Stack, world: World, bad: timestamp_pb2.Timestamp) -> None:
+def test_invalid_timestamps_are_invalid_argument(
+    stack: Stack, world: World, bad: timestamp_pb2.Timestamp
+) -> None:
     # protobuf's ToMicroseconds raised ValueError on them: INTERNAL.
     s, auth = stack.stubs(), md(world.owner.access)
     with pytest.raises(grpc.RpcError) as caught:
-        s.conversation.ListConversations(conv_pb.ListConversationsRequest(end_time=bad), metadata=auth, timeout=10)
+        s.conversation.ListConversations(
+            conv_pb.ListConversationsRequest(end_time=bad), metadata=auth, timeout=10
+        )
     assert _violations(caught.value) == ["end_time"]
     with pytest.raises(grpc.RpcError) as caught:
-        s.conversation.GetTenantStats(conv_pb.GetTenantStatsRequest(start_time=bad), metadata=auth, timeout=10)
+        s.conversation.GetTenantStats(
+            conv_pb.GetTenantStatsRequest(start_time=bad), metadata=auth, timeout=10
+        )
     assert _violations(caught.value) == ["start_time"]
 
 

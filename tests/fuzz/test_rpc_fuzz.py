@@ -45,20 +45,6 @@ def world(stack: Stack) -> World:
     return make_world(stack, "fuzz")
 
 
-@pytest.fixture(autouse=True)
-def _clear_login_failures(stack: Stack) -> Any:
-    # Generated Login calls fail from 127.0.0.1; the per-address throttle must not lock out the
-    # logins the other tests (and the next examples) make.
-    yield
-    import redis
-
-    client = redis.Redis.from_url(stack.settings.redis_url)
-    keys = list(client.scan_iter("identity:login-fail:*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
-
-
 def test_descriptors_find_every_service() -> None:
     services = {r.service for r in RPCS}
     assert services == {

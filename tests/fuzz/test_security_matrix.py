@@ -1,4 +1,4 @@
-"""Every RPC (found through the descriptors) × {no token, an expired token, another tenant's token,
+"""Every RPC (found through the descriptors) x {no token, an expired token, another tenant's token,
 a member's token}, each with its expected code, on the in-process mesh.
 
 Requests are filled from the descriptors with the ids of tenant A's real resources (an agent, a
@@ -114,7 +114,9 @@ def _wkt(desc: Descriptor) -> bool:
     return desc.full_name.startswith("google.")
 
 
-def fill(desc: Descriptor, ids: dict[str, str], resource: str = "", depth: int = 0, update: bool = False) -> Any:
+def fill(
+    desc: Descriptor, ids: dict[str, str], resource: str = "", depth: int = 0, update: bool = False
+) -> Any:
     """A request of type `desc` naming A's resources, otherwise well-formed enough to reach the
     lookup: ids by field name (a nested resource's own id only in an Update*), 1 for integers
     (versions, budgets, page sizes), a little text, the first value of each enum, one member of
@@ -186,7 +188,9 @@ def worlds(stack: Stack) -> tuple[World, World]:
 def test_every_rpc_is_classified() -> None:
     names = {r.short for r in RPCS}
     assert not ADMIN_ONLY & MEMBER_ALLOWED
-    assert names - (ADMIN_ONLY | MEMBER_ALLOWED) == set(), "classify the new RPCs in ADMIN_ONLY or MEMBER_ALLOWED"
+    assert names - (ADMIN_ONLY | MEMBER_ALLOWED) == set(), (
+        "classify the new RPCs in ADMIN_ONLY or MEMBER_ALLOWED"
+    )
     assert (ADMIN_ONLY | MEMBER_ALLOWED) - names == set(), "the role tables name RPCs that no longer exist"
     assert CROSS_TENANT_FILTERS <= names
 
