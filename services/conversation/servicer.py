@@ -30,12 +30,18 @@ def _ts(micros: int) -> timestamp_pb2.Timestamp | None:
     return ts
 
 
+_MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the largest valid Timestamp
+
+
 def _micros(message: object, field: str) -> int:
     if not message.HasField(field):  # type: ignore[attr-defined]
         return 0
     value = getattr(message, field)
     if value.seconds < 0 or value.nanos < 0:
         raise errors.InvalidArgument.field(field, "must not be before 1970")
+    if value.seconds > _MAX_TIMESTAMP_SECONDS or value.nanos > 999_999_999:
+        # Beyond 9999-12-31 or nanos past a second: not a valid Timestamp (protobuf raises ValueError).
+        raise errors.InvalidArgument.field(field, "is not a valid timestamp")
     return value.ToMicroseconds()
 
 

@@ -51,7 +51,7 @@ class ChatSession:
         self._events = events
         self._caller = caller
         self._session_id = session_id
-        self._out: asyncio.Queue[RunEvent | ChatFailure | None] = asyncio.Queue()
+        self._out: asyncio.Queue[RunEvent | ChatFailure | errors.AgentmeshError | None] = asyncio.Queue()
         self._tailers: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, actions: AsyncIterator[Action]) -> AsyncIterator[RunEvent | ChatFailure]:
@@ -65,6 +65,8 @@ class ChatSession:
                 item = await self._out.get()
                 if item is None:
                     break
+                if isinstance(item, errors.AgentmeshError):
+                    raise item
                 yield item
         finally:
             for task in (follower, reader, *self._tailers.values()):
@@ -90,16 +92,22 @@ class ChatSession:
         self._tailers[run_id] = asyncio.create_task(pump())
 
     async def _read(self, actions: AsyncIterator[Action]) -> None:
-        async for action in actions:
-            try:
-                await self._apply(action)
-            except errors.AgentmeshError as exc:
-                key = action.request_id if isinstance(action, SendAction) else action.run_id
-                await self._out.put(ChatFailure(exc.code.name, exc.message, key))
-            except Exception:
-                log.exception("chat action failed")
-                key = action.request_id if isinstance(action, SendAction) else action.run_id
-                await self._out.put(ChatFailure("INTERNAL", "internal error", key))
+        try:
+            async for action in actions:
+                try:
+                    await self._apply(action)
+                except errors.AgentmeshError as exc:
+                    key = action.request_id if isinstance(action, SendAction) else action.run_id
+                    await self._out.put(ChatFailure(exc.code.name, exc.message, key))
+                except Exception:
+                    log.exception("chat action failed")
+                    key = action.request_id if isinstance(action, SendAction) else action.run_id
+                    await self._out.put(ChatFailure("INTERNAL", "internal error", key))
+        except errors.AgentmeshError as exc:
+            # A request that could not be read (bad input): the call ends with its status instead
+            # of waiting for actions that will never come.
+            await self._out.put(exc)
+            return
         # The client closed its side: finish the runs being followed, then end the stream.
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.gather(*self._tailers.values(), return_exceptions=True)

@@ -165,7 +165,9 @@ class OrchestrationService:
             await self.runs.request_cancel(run.id, CancelMode.KEEP)
         for run in live:
             await self._wait_for_end(run.id)
-        await self._conversation.close(session.conversation_id, token=caller.token)
+        with contextlib.suppress(errors.NotFound):
+            # Its conversation may have been deleted on its own: the session has ended all the same.
+            await self._conversation.close(session.conversation_id, token=caller.token)
         return await self._visible_session(caller, session_id)
 
     # Runs -------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from grpc.aio import ServicerContext
 
 from services.platform import errors
 from services.platform.auth import Principal, TokenVerifier, bearer_token
+from services.platform.requests import check_request, checked_stream
 
 log = logging.getLogger("agentmesh.rpc")
 
@@ -248,6 +249,7 @@ class Pipeline(grpc.aio.ServerInterceptor):
             call, token = self._start(method, context)
             try:
                 async with self._chain(call):
+                    request = _checked(request)
                     result = behavior(request, context)
                     return await result if inspect.isawaitable(result) else result
             finally:
@@ -260,6 +262,7 @@ class Pipeline(grpc.aio.ServerInterceptor):
             call, token = self._start(method, context)
             try:
                 async with self._chain(call):
+                    request = _checked(request)
                     async for response in behavior(request, context):
                         yield response
             finally:
@@ -269,6 +272,14 @@ class Pipeline(grpc.aio.ServerInterceptor):
                     current_call.reset(token)
 
         return handle
+
+
+def _checked(request: Any) -> Any:
+    """The request, checked (a message) or checked as it is read (a client stream)."""
+    if hasattr(request, "ListFields"):
+        check_request(request)
+        return request
+    return checked_stream(request)
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,0 +1,266 @@
+"""Every RPC (found through the descriptors) x {no token, an expired token, another tenant's token,
+a member's token}, each with its expected code, on the in-process mesh.
+
+Requests are filled from the descriptors with the ids of tenant A's real resources (an agent, a
+template, a session, a conversation with messages, a run, a user): a field `<resource>_id`, or the
+`id` of a nested `<resource>` message, gets A's id. Expectations:
+- no token: UNAUTHENTICATED, except the public methods (read from the services' registrations);
+- an expired token (signed by identity's own key): UNAUTHENTICATED, public methods included;
+- tenant B's owner with A's ids: NOT_FOUND (never PERMISSION_DENIED); where an id is only a filter
+  or a reference (CROSS_TENANT_FILTERS), success is allowed but must carry none of A's data;
+- A's member: PERMISSION_DENIED on the admin/owner-only RPCs (ADMIN_ONLY), anything but
+  PERMISSION_DENIED on the others.
+Never INTERNAL or UNKNOWN; a rejected call changes nothing stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+from google.protobuf import message_factory
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from tests.fuzz.descriptors import Outcome, Rpc, all_rpcs, call
+from tests.fuzz.stack import Snapshots, Stack, World, changed, make_world, md
+
+RPCS = all_rpcs()
+
+# Roles cannot be read from the descriptors: each RPC is classified here, and
+# test_every_rpc_is_classified fails until a new RPC is added to one of the two sets.
+ADMIN_ONLY = {
+    # identity: tenant administration (owner/admin)
+    "IdentityService.CreateUser",
+    "IdentityService.GetUser",
+    "IdentityService.ListUsers",
+    "IdentityService.UpdateUser",
+    "IdentityService.DeleteUser",
+    "IdentityService.GetTenant",
+    "IdentityService.UpdateTenant",
+    # agents: every write (owner/admin)
+    "AgentService.CreateAgent",
+    "AgentService.UpdateAgent",
+    "AgentService.DeleteAgent",
+    "AgentService.ActivateAgent",
+    "AgentService.DeactivateAgent",
+    "AgentService.RollbackAgent",
+    "AgentService.CreateTemplate",
+    "AgentService.DeleteTemplate",
+    # conversation: the tenant's retention policy (owner/admin)
+    "ConversationService.GetRetentionPolicy",
+    "ConversationService.UpdateRetentionPolicy",
+}
+MEMBER_ALLOWED = {
+    "IdentityService.SignUp",
+    "IdentityService.Login",
+    "IdentityService.RefreshToken",
+    "IdentityService.Logout",
+    "IdentityService.GetJwks",
+    "IdentityService.WhoAmI",
+    "IdentityService.ChangePassword",
+    "IdentityService.IssueServiceToken",
+    "AgentService.GetAgent",
+    "AgentService.ListAgents",
+    "AgentService.ListAgentVersions",
+    "AgentService.GetAgentVersion",
+    "AgentService.DiffAgentVersions",
+    "AgentService.ValidateAgentConfig",
+    "AgentService.ListTemplates",
+    "AgentService.GetTemplate",
+    "AgentService.WatchAgents",
+    # conversation and orchestration: members work on their own conversations, sessions and runs
+    # (another user's are NOT_FOUND to them, like another tenant's).
+    "ConversationService.CreateConversation",
+    "ConversationService.GetConversation",
+    "ConversationService.ListConversations",
+    "ConversationService.CloseConversation",
+    "ConversationService.DeleteConversation",
+    "ConversationService.AppendMessage",
+    "ConversationService.ListMessages",
+    "ConversationService.GetContext",
+    "ConversationService.SearchConversations",
+    "ConversationService.GetTenantStats",
+    "OrchestrationService.StartSession",
+    "OrchestrationService.EndSession",
+    "OrchestrationService.GetSession",
+    "OrchestrationService.ListSessions",
+    "OrchestrationService.SendMessage",
+    "OrchestrationService.Chat",
+    "OrchestrationService.GetRun",
+    "OrchestrationService.ListRuns",
+    "OrchestrationService.CancelRun",
+    "OrchestrationService.JoinRun",
+}
+# RPCs where A's id is only a filter (List*/Search*) or a reference the service does not own
+# (conversation records an agent id without owning agents): B may succeed, seeing nothing of A.
+CROSS_TENANT_FILTERS = {
+    "ConversationService.CreateConversation",
+    "ConversationService.ListConversations",
+    "ConversationService.SearchConversations",
+    "OrchestrationService.ListSessions",
+}
+
+ROWS = ("no_token", "expired", "other_tenant", "member")
+FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED}
+# Nested resource messages whose `id` names the resource (UpdateAgent's agent, UpdateUser's user).
+INT_TYPES = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64}
+TEXT_FIELDS = {"text", "content", "query", "title", "display_name"}
+
+
+def _wkt(desc: Descriptor) -> bool:
+    return desc.full_name.startswith("google.")
+
+
+def fill(
+    desc: Descriptor, ids: dict[str, str], resource: str = "", depth: int = 0, update: bool = False
+) -> Any:
+    """A request of type `desc` naming A's resources, otherwise well-formed enough to reach the
+    lookup: ids by field name (a nested resource's own id only in an Update*), 1 for integers
+    (versions, budgets, page sizes), a little text, the first value of each enum, one member of
+    each oneof, and an update_mask of display_name for Update* requests."""
+    msg = message_factory.GetMessageClass(desc)()
+    oneofs: set[str] = set()
+    for f in desc.fields:
+        if f.containing_oneof is not None:
+            if f.containing_oneof.name in oneofs:
+                continue
+        if f.is_repeated:
+            continue
+        if f.message_type is not None:
+            if _wkt(f.message_type) or depth >= 2:
+                continue
+            update = "update_mask" in desc.fields_by_name
+            getattr(msg, f.name).CopyFrom(fill(f.message_type, ids, f.name, depth + 1, update))
+        elif f.type == FieldDescriptor.TYPE_STRING:
+            if f.name.endswith("_id") and f.name[:-3] in ids:
+                setattr(msg, f.name, ids[f.name[:-3]])
+            elif f.name == "id" and update and resource in ids:
+                setattr(msg, f.name, ids[resource])
+            elif f.name in TEXT_FIELDS:
+                setattr(msg, f.name, "renamed")
+            else:
+                continue
+        elif f.type == FieldDescriptor.TYPE_ENUM:
+            setattr(msg, f.name, 1)
+        elif f.type in INT_TYPES:
+            setattr(msg, f.name, 1)
+        else:
+            continue
+        if f.containing_oneof is not None:
+            oneofs.add(f.containing_oneof.name)
+    if "update_mask" in desc.fields_by_name:
+        msg.update_mask.paths.append("display_name")
+    return msg
+
+
+def a_ids(request: Any, ids: dict[str, str]) -> set[str]:
+    text = str(request)
+    return {v for v in ids.values() if v in text}
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    rpc: Rpc
+    row: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.rpc.short}-{self.row}"
+
+
+def cases(public: frozenset[str]) -> Iterator[Case]:
+    for rpc in RPCS:
+        for row in ROWS:
+            yield Case(rpc, row)
+
+
+CASES = list(cases(frozenset()))
+
+
+@pytest.fixture(scope="module")
+def worlds(stack: Stack) -> tuple[World, World]:
+    return make_world(stack, "tenant-a"), make_world(stack, "tenant-b")
+
+
+def test_every_rpc_is_classified() -> None:
+    names = {r.short for r in RPCS}
+    assert not ADMIN_ONLY & MEMBER_ALLOWED
+    assert names - (ADMIN_ONLY | MEMBER_ALLOWED) == set(), (
+        "classify the new RPCs in ADMIN_ONLY or MEMBER_ALLOWED"
+    )
+    assert (ADMIN_ONLY | MEMBER_ALLOWED) - names == set(), "the role tables name RPCs that no longer exist"
+    assert CROSS_TENANT_FILTERS <= names
+
+
+def test_public_methods_come_from_the_registrations(stack: Stack) -> None:
+    public = stack.public_methods
+    assert "/agentmesh.identity.v1.IdentityService/SignUp" in public
+    assert "/agentmesh.identity.v1.IdentityService/WhoAmI" not in public
+    assert public <= {r.path for r in RPCS}
+
+
+def _token(case: Case, stack: Stack, a: World, b: World) -> str | None:
+    if case.row == "no_token":
+        return None
+    if case.row == "expired":
+        return stack.expired_token(subject=a.owner.user_id, tenant=a.tenant_id, roles=["owner"])
+    # Fresh tokens each case: an earlier case (Logout) may have denied the previous one.
+    if case.row == "other_tenant":
+        return b.refreshed(b.owner)
+    return a.refreshed(a.member)
+
+
+def _leaks(outcome: Outcome, a: World) -> bool:
+    """Every text tenant A stored (names, titles, prompts, message contents, run inputs) carries its
+    marker; ids alone prove nothing, since B may have recorded A's ids itself (a filter, a reference)."""
+    return any(a.marker in str(r) for r in outcome.responses)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_matrix(case: Case, stack: Stack, worlds: tuple[World, World], snapshots: Snapshots) -> None:
+    a, b = worlds
+    rpc = case.rpc
+    if case.row == "no_token" and rpc.path in stack.public_methods:
+        pytest.skip("public method: callable without a token")
+    request = fill(rpc.descriptor.input_type, a.ids)
+    token = _token(case, stack, a, b)
+    metadata = md(token) if token else ()
+
+    snapshots.settle()
+    before = snapshots.take()
+    outcome = call(stack.channel, rpc, [request], metadata=metadata, stream_timeout=0.5, max_messages=5)
+    code = _effective_code(outcome)
+    where = f"{case.id} answered {code}: {outcome.details}"
+
+    assert code not in FORBIDDEN, where
+    if case.row in ("no_token", "expired"):
+        assert code == grpc.StatusCode.UNAUTHENTICATED, where
+    elif case.row == "other_tenant":
+        assert code != grpc.StatusCode.PERMISSION_DENIED, where
+        carried = a_ids(request, a.ids)
+        if carried and rpc.short not in CROSS_TENANT_FILTERS:
+            assert code == grpc.StatusCode.NOT_FOUND, where
+        assert not _leaks(outcome, a), f"{case.id} showed tenant A's data: {outcome.responses}"
+    elif rpc.short in ADMIN_ONLY:
+        assert code == grpc.StatusCode.PERMISSION_DENIED, where
+    else:
+        assert code != grpc.StatusCode.PERMISSION_DENIED, where
+
+    if code not in (grpc.StatusCode.OK, None) and not outcome.responses:
+        after = snapshots.take()
+        assert not changed(before, after), f"{where}; yet it changed {changed(before, after)}"
+
+
+def _effective_code(outcome: Outcome) -> grpc.StatusCode | None:
+    """The call's status, or the first error a stream carried in a message (Chat keeps its stream
+    open and answers a rejected request with `error`)."""
+    for reply in outcome.responses:
+        if "error" in reply.DESCRIPTOR.fields_by_name and reply.HasField("error"):
+            name = getattr(reply.error, "code", "")
+            for code in grpc.StatusCode:
+                if code.name == name:
+                    return code
+    return outcome.code
