@@ -5,7 +5,8 @@
     python -m bench --only agents gateway --output /tmp/b.md
 
 Each benchmark gets a fresh PostgreSQL database (created on --pg-server, dropped after) and a Redis
-database of its own (taken like the tests take theirs, flushed before and after). The report holds,
+database of its own (one of 1-15, taken like the tests take theirs, flushed before and after; taken
+per benchmark, so a test session elsewhere that takes the same index overlaps for minutes at most). The report holds,
 per figure, the ratio measured in the same run against its reference, the issue's target beside it,
 the machine and this exact command. It is only ever written by this command.
 """
@@ -157,7 +158,7 @@ class _Tee(io.TextIOBase):
         self.target.flush()
 
 
-async def run_one(bench: Benchmark, *, smoke: bool, pg_server: str, redis_url: str) -> Outcome:
+async def run_one(bench: Benchmark, *, smoke: bool, pg_server: str, redis_url: str | None) -> Outcome:
     argv = list(bench.smoke if smoke else bench.full)
     tee = _Tee(sys.stdout)
     started = time.perf_counter()
@@ -168,6 +169,7 @@ async def run_one(bench: Benchmark, *, smoke: bool, pg_server: str, redis_url: s
         with contextlib.ExitStack() as stack:
             if bench.storage:
                 url = stack.enter_context(fresh_database(pg_server))
+                redis_url = redis_url or take_redis_database(REDIS_SERVER)
                 flush(redis_url)
                 stack.callback(flush, redis_url)
                 run_argv = [*argv, "--database-url", url, "--redis-url", redis_url]
@@ -297,7 +299,7 @@ async def run_all(args: argparse.Namespace) -> list[Outcome]:
     outcomes = []
     for bench in chosen:
         outcomes.append(
-            await run_one(bench, smoke=args.smoke, pg_server=args.pg_server, redis_url=args.redis_url)
+            await run_one(bench, smoke=args.smoke, pg_server=args.pg_server, redis_url=args.redis_url or None)
         )
     return outcomes
 
@@ -309,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=pathlib.Path, default=OUTPUT, help=f"default {OUTPUT}")
     parser.add_argument("--only", nargs="+", choices=[b.name for b in BENCHMARKS], metavar="NAME")
     parser.add_argument("--pg-server", default=PG_SERVER, help="PostgreSQL server to create databases on")
-    parser.add_argument("--redis-url", default="", help="a Redis database to use and flush (default: 1-15)")
+    parser.add_argument(
+        "--redis-url",
+        default="",
+        help="a Redis database to use and flush (default: one of 1-15 per benchmark)",
+    )
     args = parser.parse_args(argv)
-    if not args.redis_url:
-        args.redis_url = take_redis_database(REDIS_SERVER)
     command = shlex.join(["python", "-m", "bench", *argv])
 
     from google import protobuf
@@ -322,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     begin = time.perf_counter()
     outcomes = asyncio.run(run_all(args))
     total = time.perf_counter() - begin
-    postgres, redis_version = _versions(args.pg_server, args.redis_url)
+    postgres, redis_version = _versions(args.pg_server, args.redis_url or REDIS_SERVER)
     report = render(
         outcomes,
         command=command,

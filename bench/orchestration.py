@@ -110,8 +110,10 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         reply = await stub.StartSession(pb.StartSessionRequest(agent_id=agent_id), metadata=md)
         return reply.session.id, md
 
-    async def one_run(target: tuple[str, Any]) -> tuple[float, float, int]:
-        """(time to first delta, total time, events) of one SendMessage."""
+    completed = {"warm-up": 0, "sequential": 0, "concurrent": 0}
+
+    async def one_run(target: tuple[str, Any], phase: str = "sequential") -> tuple[float, float, int]:
+        """(time to first delta, total time, events) of one SendMessage; counts completed runs."""
         start = time.perf_counter()
         first = 0.0
         count = 0
@@ -122,6 +124,8 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             count += 1
             if not first and reply.event.type == pb.RUN_EVENT_TYPE_MESSAGE_DELTA:
                 first = time.perf_counter() - start
+            if reply.event.type == pb.RUN_EVENT_TYPE_RUN_COMPLETED:
+                completed[phase] += 1
         return first, time.perf_counter() - start, count
 
     try:
@@ -137,7 +141,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             direct_total.append(time.perf_counter() - start)
 
         sid = await session()
-        await one_run(sid)  # warm up
+        await one_run(sid, "warm-up")  # warm up
         firsts, totals, events = [], [], 0
         for _ in range(args.runs):
             f, t, n = await one_run(sid)
@@ -148,7 +152,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
 
         sessions = [await session(i) for i in range(args.concurrency)]
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_run(s) for s in sessions))
+        results = await asyncio.gather(*(one_run(s, "concurrent") for s in sessions))
         elapsed = time.perf_counter() - start
         many_eps = sum(n for _, _, n in results) / elapsed
         many_first = [f for f, _, _ in results]
@@ -166,6 +170,10 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             f"p99 {pct(many_first, 0.99) * 1000:.2f} ms"
         )
         print(f"  events/s, one stream:       {one_stream_eps:,.0f}")
+        print(
+            f"  runs completed: {completed['sequential']} of {args.runs} sequential, "
+            f"{completed['concurrent']} of {args.concurrency} concurrent (the others failed)"
+        )
         print(
             f"  events/s, {args.concurrency} concurrent streams: {many_eps:,.0f}  ({many_eps / one_stream_eps:.1f}x one stream)"
         )
@@ -198,7 +206,9 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             ),
             figure(
                 f"events per second, {args.concurrency} concurrent streams against one",
-                f"one stream {one_stream_eps:,.0f} events/s; {args.concurrency} streams {many_eps:,.0f} events/s",
+                f"one stream {one_stream_eps:,.0f} events/s; {args.concurrency} streams {many_eps:,.0f} events/s; "
+                f"runs completed {completed['sequential']}/{args.runs} sequential, "
+                f"{completed['concurrent']}/{args.concurrency} concurrent",
                 many_eps / one_stream_eps,
                 f"{args.concurrency} streams / one stream (events/s)",
             ),

@@ -5,14 +5,20 @@ README documents, and SIGTERM has time to drain before the kubelet kills the con
 from __future__ import annotations
 
 import importlib
+import os
 import pathlib
 import re
+import signal
+import subprocess
 from typing import Any
 
+import httpx
 import pytest
 import yaml
 
+from services.platform.settings import Settings
 from services.registry import SERVICES
+from tests.embedded import BIN, free_port
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -217,3 +223,40 @@ def test_dockerfile_runs_agentmesh_as_the_manifests_user(docs: list[dict[str, An
         if doc["kind"] in ("Deployment", "Job"):
             context = doc["spec"]["template"]["spec"]["securityContext"]
             assert (str(context["runAsUser"]), str(context["runAsGroup"])) == user
+
+
+def test_metrics_listen_where_grpc_does(settings: Settings, tmp_path: pathlib.Path) -> None:
+    """In a pod AGENTMESH_GRPC_HOST is 0.0.0.0 and Prometheus scrapes from another pod: the metrics
+    port must not stay on 127.0.0.1. 127.0.0.2 (loopback, but not 127.0.0.1) tells the two apart."""
+    grpc_port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_")}
+    env.update(
+        DATABASE_URL=settings.database_url,
+        REDIS_URL=settings.redis_url,
+        AGENTMESH_GRPC_HOST="0.0.0.0",
+        AGENTMESH_GRPC_PORT=str(grpc_port),
+        AGENTMESH_METRICS_PORT=str(metrics_port),
+        AGENTMESH_PAGE_TOKEN_SECRET="deploy-test",
+        AGENTMESH_SERVICE_SECRET="deploy-test",
+    )
+    with (tmp_path / "stderr").open("w") as err:
+        proc = subprocess.Popen(
+            [str(BIN / "agentmesh"), "serve", "agents"],
+            env=env,
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert f"serving gRPC on 0.0.0.0:{grpc_port}" in line, (tmp_path / "stderr").read_text()[-3000:]
+            reply = httpx.get(f"http://127.0.0.2:{metrics_port}/metrics", timeout=10)
+            assert reply.status_code == 200
+            assert "agentmesh_rpc_active" in reply.text
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+            if proc.stdout is not None:
+                proc.stdout.close()
