@@ -260,7 +260,9 @@ def render(
         if outcome.error:
             lines.append(f"| {name} | FAILED: {_cell(outcome.error)} | | | | no |")
         for fig in outcome.figures:
-            ratio = "" if fig.ratio is None else f"{fig.ratio:,.2f}"
+            ratio = (
+                "" if fig.ratio is None else f"{fig.ratio:,.2f}" if fig.ratio >= 0.1 else f"{fig.ratio:.4f}"
+            )
             met = {True: "yes", False: "**no**", None: "n/a"}[fig.met]
             lines.append(
                 f"| {name} | {_cell(fig.name)} | {ratio} | {_cell(fig.ratio_of)} | {_cell(fig.target) or 'none set'} | {met} |"
