@@ -2,10 +2,10 @@
 in a tenant with many agents (first page against page 100).
 
     python -m bench.agents                      # a fresh PostgreSQL database on 127.0.0.1, dropped after
-    DATABASE_URL=postgresql+psycopg://... REDIS_URL=redis://... python -m bench.agents --agents 10000
+    python -m bench.agents --database-url postgresql+psycopg://... --redis-url redis://... --agents 10000
 
-Without DATABASE_URL it creates (and drops) a database on the local server (postgres@127.0.0.1:5432).
-Redis: REDIS_URL, default redis://127.0.0.1:6379 (only read: the token revocation check).
+Without --database-url (or DATABASE_URL) it creates (and drops) a database on the local server (postgres@127.0.0.1:5432).
+Redis: --redis-url or REDIS_URL, default redis://127.0.0.1:6379 (only read: the token revocation check).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from agentmesh.agents.v1 import agents_service_pb2_grpc as pb_grpc
-from bench.harness import Result, empty_handler, machine, measure, report
+from bench.harness import Figure, Result, empty_handler, figure, machine, measure, report, throughput_figure
 from services.agents.models import Agent, AgentVersion, ChangeType
 from services.agents.store import AgentStore
 from services.platform import migrations
@@ -41,8 +41,7 @@ PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
 @contextlib.asynccontextmanager
-async def database() -> AsyncIterator[str]:
-    url = os.environ.get("DATABASE_URL", "")
+async def database(url: str) -> AsyncIterator[str]:
     if url:
         yield url
         return
@@ -113,13 +112,15 @@ def _combine(results: list[Result]) -> Result:
     )
 
 
-async def main(argv: list[str] | None = None) -> None:
+async def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(prog="python -m bench.agents")
     parser.add_argument("--agents", type=int, default=10_000, help="agents in the ListAgents tenant")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--page", type=int, default=100, help="the deep page to compare with the first")
     parser.add_argument("--page-size", type=int, default=50)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"))
     args = parser.parse_args(argv)
     logging.disable(logging.INFO)  # one access-log line per call would measure the terminal
 
@@ -127,10 +128,9 @@ async def main(argv: list[str] | None = None) -> None:
     jwk = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
     jwks = {"keys": [{**jwk, "kid": kid, "alg": "EdDSA", "use": "sig"}]}
 
-    async with database() as url:
-        base = Settings.from_env(
-            {}, database_url=url, redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379"), grpc_port=0
-        )
+    figures: list[Figure] = []
+    async with database(args.database_url) as url:
+        base = Settings.from_env({}, database_url=url, redis_url=args.redis_url, grpc_port=0)
         settings = dataclasses.replace(base, auth=dataclasses.replace(base.auth, page_token_secret="bench"))
         runtime = await Runtime.create(settings)
 
@@ -167,6 +167,11 @@ async def main(argv: list[str] | None = None) -> None:
                 seconds=args.seconds,
             )
             print(report("GetAgent (auth + PostgreSQL)", ours, floor))
+            figures.append(
+                throughput_figure(
+                    f"GetAgent (auth + PostgreSQL, c={args.concurrency})", ours, floor, at_least=0.6
+                )
+            )
 
             store = AgentStore(engine=runtime.engine)
             start_us = int(time.time() * 1e6)
@@ -222,10 +227,21 @@ async def main(argv: list[str] | None = None) -> None:
                 f"page {args.page} / page 1 p50 latency ratio: {deep.p50_ms / first.p50_ms:5.2f}"
                 f"  (throughput ratio {deep.throughput / first.throughput:5.2f})"
             )
+            figures.append(
+                figure(
+                    f"ListAgents page {args.page} against page 1 ({args.agents:,} agents, {args.page_size}/page)",
+                    f"page 1 p50 {first.p50_ms:.2f} ms, page {args.page} p50 {deep.p50_ms:.2f} ms",
+                    deep.p50_ms / first.p50_ms,
+                    f"p50 page {args.page} / page 1",
+                    at_most=1.2,
+                    target="close to 1 (<= 1.2)",
+                )
+            )
         finally:
             await channel.close()
             await server.stop(0)
             await runtime.close()
+    return figures
 
 
 if __name__ == "__main__":

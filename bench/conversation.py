@@ -7,6 +7,7 @@
 3. SearchConversations latency over a corpus of --messages messages (one tenant, the worst case).
 
     python -m bench.conversation [--seconds 3] [--messages 100000] [--history 100000]
+        [--database-url URL (used as is; else a fresh database, dropped after)] [--redis-url URL]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
-from bench.harness import empty_handler, machine, measure, report
+from bench.harness import Figure, empty_handler, figure, machine, measure, report
 from services import conversation
 from services.conversation.models import NewMessage
 from services.platform import migrations
@@ -94,20 +95,29 @@ def _vocabulary(size: int = 20_000) -> list[str]:
     return ["".join(rng.choice(letters) for _ in range(rng.randint(3, 9))) for _ in range(size)]
 
 
-async def main(argv: list[str] | None = None) -> None:
+async def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(prog="python -m bench.conversation")
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--writers", type=int, default=32)
     parser.add_argument("--history", type=int, default=100_000, help="messages in the long conversation")
     parser.add_argument("--messages", type=int, default=100_000, help="size of the search corpus")
+    parser.add_argument("--database-url", default="", help="an empty PostgreSQL database to use as is")
+    parser.add_argument("--redis-url", default=REDIS_URL)
     args = parser.parse_args(argv)
 
-    name = f"agentmesh_bench_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = f"{PG_SERVER.rsplit('/', 1)[0]}/{name}"
-    url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
-    base = Settings.from_env({}, database_url=url, redis_url=REDIS_URL, grpc_port=0, log_level="WARNING")
+    figures: list[Figure] = []
+    own_database = not args.database_url
+    if own_database:
+        name = f"agentmesh_bench_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        dsn = f"{PG_SERVER.rsplit('/', 1)[0]}/{name}"
+        url = dsn.replace("postgresql://", "postgresql+psycopg://", 1)
+    else:
+        url = args.database_url
+        dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
+        name = dsn.rsplit("/", 1)[1]
+    base = Settings.from_env({}, database_url=url, redis_url=args.redis_url, grpc_port=0, log_level="WARNING")
     settings = dataclasses.replace(base, auth=dataclasses.replace(base.auth, page_token_secret="bench"))
     key = Ed25519PrivateKey.generate()
     runtime = await Runtime.create(settings)
@@ -128,7 +138,7 @@ async def main(argv: list[str] | None = None) -> None:
         stub = pb_grpc.ConversationServiceStub(channel)
         tenant = "bench-tenant"
         md = (("authorization", f"Bearer {_token(key, tenant, 'writer')}"),)
-        print(f"machine: {machine()}; PostgreSQL database {name}; Redis {REDIS_URL}")
+        print(f"machine: {machine()}; PostgreSQL database {name}; Redis {args.redis_url}")
 
         # 1. AppendMessage throughput.
         convs = [
@@ -174,6 +184,27 @@ async def main(argv: list[str] | None = None) -> None:
         print(
             f"AppendMessage gRPC, all {args.writers} writers on ONE conversation {hot.throughput:7.0f} msg/s"
             f"  p50 {hot.p50_ms:7.3f} ms  (serialised by the row lock)"
+        )
+        figures.append(
+            figure(
+                f"AppendMessage on PostgreSQL, {args.writers} concurrent writers",
+                f"{ours.throughput:,.0f} msg/s, p50 {ours.p50_ms:.2f} ms, p99 {ours.p99_ms:.2f} ms "
+                f"(empty handler {floor.throughput:,.0f} calls/s; all writers on one conversation "
+                f"{hot.throughput:,.0f} msg/s)",
+                ours.throughput / floor.throughput,
+                "throughput / empty handler",
+                at_least=1000,
+                value=ours.throughput,
+                target=">= 1,000 msg/s",
+            )
+        )
+        figures.append(
+            figure(
+                "AppendMessage through gRPC against the service layer called directly",
+                f"service layer {layer.throughput:,.0f} msg/s, p50 {layer.p50_ms:.2f} ms (no gRPC, no token check)",
+                ours.throughput / layer.throughput,
+                "gRPC / service layer (throughput)",
+            )
         )
 
         # 2. GetContext cost against history length.
@@ -223,6 +254,16 @@ async def main(argv: list[str] | None = None) -> None:
             )
         ratio = results[args.history].p50_ms / results[100].p50_ms
         print(f"GetContext p50 ratio {args.history} / 100 messages: {ratio:.2f} (target <= 1.2)")
+        figures.append(
+            figure(
+                f"GetContext p50, {args.history:,} against 100 messages (budget 4,000 tokens)",
+                f"100 messages p50 {results[100].p50_ms:.2f} ms; {args.history:,} messages p50 "
+                f"{results[args.history].p50_ms:.2f} ms (median of 3 alternating rounds)",
+                ratio,
+                f"p50 {args.history:,} / 100 messages",
+                at_most=1.2,
+            )
+        )
         big = pb.GetContextRequest(conversation_id=lengths[args.history], token_budget=60_000)
         deep = await measure(lambda: stub.GetContext(big, metadata=md), concurrency=1, seconds=args.seconds)
         print(
@@ -261,6 +302,7 @@ async def main(argv: list[str] | None = None) -> None:
                     " AND to_tsvector('simple', content) @@ to_tsquery('simple', %s)",
                     (search_tenant, w),
                 ).fetchone()[0]
+        searched = {}
         for label, q in (
             ("a rare word", rare),
             ("rare AND frequent", f"{rare} {common}"),
@@ -278,13 +320,28 @@ async def main(argv: list[str] | None = None) -> None:
                 f"Search {label:<22} p50 {result.p50_ms:8.3f} ms  p99 {result.p99_ms:8.3f} ms"
                 f"  ({matching} matching messages, page of {hits})"
             )
+            searched[label] = (result, matching)
+        (rare_r, rare_n), (common_r, common_n) = searched["a rare word"], searched["the most frequent word"]
+        figures.append(
+            figure(
+                f"SearchConversations over {corpus:,} messages (one tenant, page of 10)",
+                f"a rare word ({rare_n} matches) p50 {rare_r.p50_ms:.2f} ms p99 {rare_r.p99_ms:.2f} ms; "
+                f"the most frequent word ({common_n} matches) p50 {common_r.p50_ms:.2f} ms "
+                f"p99 {common_r.p99_ms:.2f} ms; rare AND frequent p50 "
+                f"{searched['rare AND frequent'][0].p50_ms:.2f} ms",
+                common_r.p50_ms / rare_r.p50_ms,
+                "p50 most frequent word / rare word",
+            )
+        )
         await channel.close()
     finally:
         if server is not None:
             await server.stop(0)
         await runtime.close()
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if own_database:
+            with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return figures
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@ client) and directly over gRPC, in one run; WebSocket time to first delta and ev
 with a zero-delay stream; RSS of the serving process idle and with N open WebSockets.
 
 The servers (bare fake upstreams + the gateway) run in a child process so the client's work and
-memory are not counted against them.
+memory are not counted against them. The WebSocket figures stand next to the same Chat stream read
+over gRPC directly from the same fake upstream.
 
     python -m bench.gateway [--seconds 2] [--concurrency 8] [--sockets 1000]
 """
@@ -26,7 +27,7 @@ from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
-from bench.harness import machine, measure
+from bench.harness import Figure, figure, machine, measure
 
 DELTAS = 2000
 
@@ -128,6 +129,32 @@ async def _ws_first_delta_and_rate(port: int, runs: int) -> tuple[list[float], f
     return firsts, rate
 
 
+async def _grpc_first_delta_and_rate(
+    stub: orch_grpc.OrchestrationServiceStub, runs: int
+) -> tuple[list[float], float]:
+    """The same Chat runs as over the WebSocket, read from the fake upstream directly."""
+    T = orch_pb.RunEventType
+
+    async def one(n: int) -> tuple[float, int, float]:
+        start = time.perf_counter()
+        first, count = 0.0, 0
+        call = stub.Chat(
+            iter([orch_pb.ChatRequest(session_id="s", message=orch_pb.ChatMessage(text=str(n)))])
+        )
+        async for reply in call:
+            count += 1
+            if not first and reply.event.type == T.RUN_EVENT_TYPE_MESSAGE_DELTA:
+                first = time.perf_counter() - start
+            if reply.event.type == T.RUN_EVENT_TYPE_RUN_COMPLETED:
+                call.cancel()
+                break
+        return first, count, time.perf_counter() - start
+
+    firsts = [(await one(5))[0] for _ in range(runs)]
+    _, count, elapsed = await one(DELTAS)
+    return firsts, count / elapsed
+
+
 async def _open_sockets(port: int, n: int) -> list[object]:
     from websockets.asyncio.client import connect
 
@@ -144,7 +171,7 @@ async def _open_sockets(port: int, n: int) -> list[object]:
     return sockets
 
 
-async def main(argv: list[str] | None = None) -> None:
+async def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(prog="python -m bench.gateway")
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=8)
@@ -154,7 +181,8 @@ async def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.serve:
         await _serve()
-        return
+        return []
+    figures: list[Figure] = []
     _raise_fd_limit()
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.gateway", "--serve", stdin=subprocess.PIPE, stdout=subprocess.PIPE
@@ -190,6 +218,20 @@ async def main(argv: list[str] | None = None) -> None:
                     f" | throughput ratio {gw.throughput / direct.throughput:5.2f}"
                     f" | HTTP floor (/healthz, no gRPC) p50 {empty.p50_ms:6.3f} ms"
                 )
+                figures.append(
+                    figure(
+                        f"unary GetJwks through the gateway against direct gRPC (c={concurrency})",
+                        f"gateway p50 {gw.p50_ms:.2f} ms {gw.throughput:,.0f}/s; direct p50 {direct.p50_ms:.2f} ms "
+                        f"{direct.throughput:,.0f}/s (throughput ratio {gw.throughput / direct.throughput:.2f}); "
+                        f"HTTP floor /healthz p50 {empty.p50_ms:.2f} ms",
+                        gw.p50_ms / direct.p50_ms,
+                        "p50 gateway / direct",
+                        at_most=1.5,
+                    )
+                )
+        grpc_firsts, grpc_rate = await _grpc_first_delta_and_rate(
+            orch_grpc.OrchestrationServiceStub(channel), args.runs
+        )
         await channel.close()
         firsts, rate = await _ws_first_delta_and_rate(http_port, args.runs)
         ordered = sorted(firsts)
@@ -198,6 +240,25 @@ async def main(argv: list[str] | None = None) -> None:
             f" p99 {ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000:.3f} ms ({len(ordered)} runs)"
         )
         print(f"WebSocket events per second, one stream of {DELTAS + 2} events: {rate:,.0f}")
+        ws_p50, grpc_p50 = statistics.median(ordered), statistics.median(grpc_firsts)
+        figures.append(
+            figure(
+                "WebSocket time to first delta against the same Chat stream over gRPC directly",
+                f"WebSocket p50 {ws_p50 * 1000:.2f} ms, p99 "
+                f"{ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000:.2f} ms; "
+                f"gRPC directly p50 {grpc_p50 * 1000:.2f} ms ({len(ordered)} runs, zero-delay stream)",
+                ws_p50 / grpc_p50,
+                "p50 WebSocket / gRPC directly",
+            )
+        )
+        figures.append(
+            figure(
+                f"WebSocket events per second, one stream of {DELTAS + 2} events",
+                f"WebSocket {rate:,.0f} events/s; gRPC directly {grpc_rate:,.0f} events/s",
+                rate / grpc_rate,
+                "events/s WebSocket / gRPC directly",
+            )
+        )
         idle = _rss_mb(child.pid)
         sockets = await _open_sockets(http_port, args.sockets)
         await asyncio.sleep(0.5)
@@ -205,6 +266,15 @@ async def main(argv: list[str] | None = None) -> None:
         print(
             f"RSS of the gateway process: idle {idle:.1f} MB, with {len(sockets)} open WebSockets {busy:.1f} MB"
             f" ({(busy - idle) * 1024 / max(1, len(sockets)):.1f} KB per socket)"
+        )
+        figures.append(
+            figure(
+                f"RSS of the gateway process, idle against {len(sockets):,} open WebSockets",
+                f"idle {idle:.1f} MB; with {len(sockets):,} sockets {busy:.1f} MB "
+                f"({(busy - idle) * 1024 / max(1, len(sockets)):.1f} KB per socket)",
+                busy / idle,
+                "RSS with sockets / idle",
+            )
         )
         for ws in sockets:
             await ws.close()  # type: ignore[attr-defined]
@@ -215,6 +285,7 @@ async def main(argv: list[str] | None = None) -> None:
             await asyncio.wait_for(child.wait(), 10)
         except TimeoutError:
             child.kill()
+    return figures
 
 
 if __name__ == "__main__":

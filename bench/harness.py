@@ -92,3 +92,53 @@ def machine() -> str:
     import os
 
     return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, grpcio {grpc.__version__}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One line of docs/benchmarks.md: what was measured, the ratio against its reference measured in
+    the same run, and the target the issue set (empty when it set none)."""
+
+    name: str
+    measured: str
+    ratio: float | None = None
+    ratio_of: str = ""
+    target: str = ""
+    met: bool | None = None
+
+
+def figure(
+    name: str,
+    measured: str,
+    ratio: float | None = None,
+    ratio_of: str = "",
+    *,
+    at_least: float | None = None,
+    at_most: float | None = None,
+    value: float | None = None,
+    target: str = "",
+) -> Figure:
+    """A Figure whose target is checked here: `at_least` / `at_most` apply to `value` when given (an
+    absolute target such as messages per second), else to `ratio`."""
+    checked = ratio if value is None else value
+    met = None
+    if at_least is not None and checked is not None:
+        met = checked >= at_least
+        target = target or f">= {at_least:g}"
+    if at_most is not None and checked is not None:
+        met = checked <= at_most if met is None else met and checked <= at_most
+        target = target or f"<= {at_most:g}"
+    return Figure(name, measured, ratio, ratio_of, target, met)
+
+
+def throughput_figure(name: str, ours: Result, floor: Result, *, at_least: float | None = None) -> Figure:
+    """`ours` against the empty-handler floor: throughput ratio (p50s shown beside it)."""
+    ratio = ours.throughput / floor.throughput if floor.throughput else 0.0
+    return figure(
+        name,
+        f"{ours.throughput:,.0f} calls/s, p50 {ours.p50_ms:.2f} ms, p99 {ours.p99_ms:.2f} ms "
+        f"(empty handler {floor.throughput:,.0f} calls/s, p50 {floor.p50_ms:.2f} ms)",
+        ratio,
+        "throughput / empty handler",
+        at_least=at_least,
+    )

@@ -27,7 +27,7 @@ import jwt
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from bench.harness import Result, machine, measure
+from bench.harness import Figure, Result, figure, machine, measure
 from services import identity
 from services.identity.passwords import Passwords
 from services.platform import migrations
@@ -68,7 +68,7 @@ async def per_call_async_us(fn, n: int) -> float:  # type: ignore[no-untyped-def
     return (time.perf_counter() - start) / n * 1e6
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace) -> list[Figure]:
     data_dir = tempfile.mkdtemp(prefix="agentmesh-bench-")
     settings = with_embedded_secrets(
         Settings.from_env(
@@ -77,6 +77,7 @@ async def run(args: argparse.Namespace) -> None:
     )
     runtime = await Runtime.create(settings)
     servers: list[Server] = []
+    figures: list[Figure] = []
     try:
         await migrations.upgrade(runtime.engine, ["identity"])
         registration = await identity.register(runtime)  # embedded: demo tenant, user_1/1234
@@ -111,6 +112,15 @@ async def run(args: argparse.Namespace) -> None:
             f"token verification: signature + claims {decode_us:7.1f} µs/call; "
             f"full verifier (+ Redis revocation lookup) {full_us:7.1f} µs/call"
         )
+        figures.append(
+            figure(
+                "token verification per call",
+                f"signature + claims (PyJWT decode) {decode_us:.1f} µs; TokenVerifier.verify on the same "
+                f"token again (verified-token cache + Redis revocation check) {full_us:.1f} µs",
+                full_us / decode_us,
+                "verifier, token seen before / signature + claims alone",
+            )
+        )
 
         # 2. WhoAmI with and without the Authentication middleware, same process, same run.
         unauth = Server(
@@ -144,6 +154,16 @@ async def run(args: argparse.Namespace) -> None:
             f"  auth middleware: throughput ratio with/without {statistics.median(ratios):5.2f} "
             f"(median of {args.rounds} alternating rounds: {', '.join(f'{r:.2f}' for r in ratios)}; c={args.concurrency})"
         )
+        figures.append(
+            figure(
+                f"WhoAmI with the auth middleware against without (c={args.concurrency})",
+                f"with {with_auth.throughput:,.0f} calls/s p50 {with_auth.p50_ms:.2f} ms; "
+                f"without {without.throughput:,.0f} calls/s p50 {without.p50_ms:.2f} ms "
+                f"(median of {args.rounds} alternating rounds)",
+                statistics.median(ratios),
+                "throughput with / without auth",
+            )
+        )
 
         # 3. Login throughput and argon2's share.
         login_req = pb.LoginRequest(tenant="demo", username="user_1", password="1234")
@@ -167,15 +187,26 @@ async def run(args: argparse.Namespace) -> None:
             f"at c=1 argon2 is {single_argon.p50_ms / single_login.p50_ms:5.0%} of a Login's latency "
             f"({single_argon.p50_ms:.1f} of {single_login.p50_ms:.1f} ms)"
         )
+        figures.append(
+            figure(
+                f"Login throughput, bounded by argon2id (c={c})",
+                f"Login {logins.throughput:,.1f}/s p50 {logins.p50_ms:.1f} ms; argon2id verify alone "
+                f"{argon.throughput:,.1f}/s; at c=1 argon2 is {single_argon.p50_ms:.1f} of "
+                f"{single_login.p50_ms:.1f} ms of a Login",
+                logins.throughput / argon.throughput,
+                "Login / argon2id verify alone (throughput)",
+            )
+        )
         await channel.close()
         await channel2.close()
     finally:
         for server in servers:
             await server.stop(0)
         await runtime.close()
+    return figures
 
 
-async def main(argv: list[str] | None = None) -> None:
+async def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser(prog="python -m bench.identity", description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=16)
@@ -184,7 +215,7 @@ async def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--verify-calls", type=int, default=2000)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--redis-url", default="")
-    await run(parser.parse_args(argv))
+    return await run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ grpc.aio server on a port), so the figures measure orchestration itself: its gRP
 or SQLite for runs, Redis streams for events, and its calls to the (fake) peers.
 
     python -m bench.orchestration [--runs 200] [--concurrency 200] [--words 50]
+        [--database-url URL] [--redis-url URL]
 
-Needs REDIS_URL and DATABASE_URL (defaults: 127.0.0.1 Redis db 14 and a local SQLite file).
+Flags, else REDIS_URL and DATABASE_URL (defaults: 127.0.0.1 Redis db 14 and a local SQLite file).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from bench.harness import Figure, figure
 from services.orchestration import build
 from services.orchestration.config import OrchestrationOptions
 from services.orchestration.providers import ChatMessage, EchoProvider, ModelConfig, Providers
@@ -41,20 +43,22 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * q))]
 
 
-async def main(argv: list[str] | None = None) -> None:
+async def main(argv: list[str] | None = None) -> list[Figure]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=200, help="sequential runs for time to first delta")
     parser.add_argument("--concurrency", type=int, default=200)
     parser.add_argument(
         "--words", type=int, default=50, help="words per message (deltas per run ~ words + 1)"
     )
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"))
     args = parser.parse_args(argv)
 
     tmp = tempfile.mkdtemp()
     settings = Settings.from_env(
         {},
-        database_url=os.environ.get("DATABASE_URL", f"sqlite+aiosqlite:///{tmp}/bench.db"),
-        redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"),
+        database_url=args.database_url or f"sqlite+aiosqlite:///{tmp}/bench.db",
+        redis_url=args.redis_url,
         grpc_port=0,
     )
     settings = dataclasses.replace(
@@ -106,8 +110,10 @@ async def main(argv: list[str] | None = None) -> None:
         reply = await stub.StartSession(pb.StartSessionRequest(agent_id=agent_id), metadata=md)
         return reply.session.id, md
 
-    async def one_run(target: tuple[str, Any]) -> tuple[float, float, int]:
-        """(time to first delta, total time, events) of one SendMessage."""
+    completed = {"warm-up": 0, "sequential": 0, "concurrent": 0}
+
+    async def one_run(target: tuple[str, Any], phase: str = "sequential") -> tuple[float, float, int]:
+        """(time to first delta, total time, events) of one SendMessage; counts completed runs."""
         start = time.perf_counter()
         first = 0.0
         count = 0
@@ -118,6 +124,8 @@ async def main(argv: list[str] | None = None) -> None:
             count += 1
             if not first and reply.event.type == pb.RUN_EVENT_TYPE_MESSAGE_DELTA:
                 first = time.perf_counter() - start
+            if reply.event.type == pb.RUN_EVENT_TYPE_RUN_COMPLETED:
+                completed[phase] += 1
         return first, time.perf_counter() - start, count
 
     try:
@@ -133,7 +141,7 @@ async def main(argv: list[str] | None = None) -> None:
             direct_total.append(time.perf_counter() - start)
 
         sid = await session()
-        await one_run(sid)  # warm up
+        await one_run(sid, "warm-up")  # warm up
         firsts, totals, events = [], [], 0
         for _ in range(args.runs):
             f, t, n = await one_run(sid)
@@ -144,7 +152,7 @@ async def main(argv: list[str] | None = None) -> None:
 
         sessions = [await session(i) for i in range(args.concurrency)]
         start = time.perf_counter()
-        results = await asyncio.gather(*(one_run(s) for s in sessions))
+        results = await asyncio.gather(*(one_run(s, "concurrent") for s in sessions))
         elapsed = time.perf_counter() - start
         many_eps = sum(n for _, _, n in results) / elapsed
         many_first = [f for f, _, _ in results]
@@ -163,6 +171,10 @@ async def main(argv: list[str] | None = None) -> None:
         )
         print(f"  events/s, one stream:       {one_stream_eps:,.0f}")
         print(
+            f"  runs completed: {completed['sequential']} of {args.runs} sequential, "
+            f"{completed['concurrent']} of {args.concurrency} concurrent (the others failed)"
+        )
+        print(
             f"  events/s, {args.concurrency} concurrent streams: {many_eps:,.0f}  ({many_eps / one_stream_eps:.1f}x one stream)"
         )
         print(
@@ -174,6 +186,33 @@ async def main(argv: list[str] | None = None) -> None:
             f"{statistics.median(direct_total) * 1000:.3f} ms); first delta "
             f"{pct(firsts, 0.5) / max(pct(direct_first, 0.5), 1e-9):,.0f}x"
         )
+        deltas = f"echo at zero delay, {args.words + 1} deltas per run"
+        return [
+            figure(
+                f"time to first delta, one stream ({deltas})",
+                f"p50 {pct(firsts, 0.5) * 1000:.2f} ms, p99 {pct(firsts, 0.99) * 1000:.2f} ms; "
+                f"provider called directly p50 {pct(direct_first, 0.5) * 1e6:.1f} µs; "
+                f"{args.concurrency} concurrent streams p50 {pct(many_first, 0.5) * 1000:.2f} ms, "
+                f"p99 {pct(many_first, 0.99) * 1000:.2f} ms",
+                pct(firsts, 0.5) / max(pct(direct_first, 0.5), 1e-9),
+                "p50 through the service / provider called directly",
+            ),
+            figure(
+                f"a whole streamed run against the provider called directly ({deltas})",
+                f"run p50 {statistics.median(totals) * 1000:.2f} ms; provider alone "
+                f"{statistics.median(direct_total) * 1000:.3f} ms ({direct_eps:,.0f} deltas/s)",
+                statistics.median(totals) / statistics.median(direct_total),
+                "run duration through the service / provider directly (p50)",
+            ),
+            figure(
+                f"events per second, {args.concurrency} concurrent streams against one",
+                f"one stream {one_stream_eps:,.0f} events/s; {args.concurrency} streams {many_eps:,.0f} events/s; "
+                f"runs completed {completed['sequential']}/{args.runs} sequential, "
+                f"{completed['concurrent']}/{args.concurrency} concurrent",
+                many_eps / one_stream_eps,
+                f"{args.concurrency} streams / one stream (events/s)",
+            ),
+        ]
     finally:
         await channel.close()
         await server.stop(0)

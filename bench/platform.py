@@ -2,9 +2,10 @@
 access log, metrics, error mapping, token verification with the Redis revocation check) against an
 empty grpc.aio handler, in the same run.
 
-    python -m bench.platform [--concurrency 16] [--seconds 3]
+    python -m bench.platform [--concurrency 16] [--seconds 3] [--database-url URL] [--redis-url URL]
 
-Uses DATABASE_URL / REDIS_URL when set (for example a real Redis), else the embedded default.
+Uses the flags, else DATABASE_URL / REDIS_URL when set (for example a real Redis), else the embedded
+default.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from bench.harness import empty_handler, machine, measure, report
+from bench.harness import Figure, empty_handler, machine, measure, report, throughput_figure
 from services.platform.middleware import principal
 from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
@@ -53,11 +54,24 @@ def _token(key: Ed25519PrivateKey, kid: str) -> str:
     return jwt.encode(claims, key, algorithm="EdDSA", headers={"kid": kid})
 
 
-async def main(concurrency: int = 16, seconds: float = 3.0) -> list[str]:
+async def main(argv: list[str] | None = None) -> list[Figure]:
+    parser = argparse.ArgumentParser(prog="python -m bench.platform")
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", ""))
+    args = parser.parse_args(argv)
+    concurrency, seconds = args.concurrency, args.seconds
     key, kid = Ed25519PrivateKey.generate(), "bench"
     jwk = {**jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True), "kid": kid, "alg": "EdDSA"}
     with tempfile.TemporaryDirectory() as data_dir:
-        settings = Settings.from_env(os.environ, data_dir=data_dir, grpc_port=0)
+        settings = Settings.from_env(
+            os.environ,
+            data_dir=data_dir,
+            grpc_port=0,
+            database_url=args.database_url,
+            redis_url=args.redis_url,
+        )
         settings = dataclasses.replace(
             settings, auth=dataclasses.replace(settings.auth, page_token_secret="bench")
         )
@@ -89,18 +103,22 @@ async def main(concurrency: int = 16, seconds: float = 3.0) -> list[str]:
                     lambda: stub.WhoAmI(request, metadata=metadata), concurrency=concurrency, seconds=seconds
                 )
             lines.append(report("authenticated unary (full chain)", ours, floor))
+            figures = [
+                throughput_figure(
+                    f"authenticated unary RPC through the full middleware chain (c={concurrency})",
+                    ours,
+                    floor,
+                    at_least=0.6,
+                )
+            ]
         finally:
             await channel.close()
             await server.stop(0)
             await runtime.close()
     for line in lines:
         print(line)
-    return lines
+    return figures
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--seconds", type=float, default=3.0)
-    args = parser.parse_args()
-    asyncio.run(main(args.concurrency, args.seconds))
+    asyncio.run(main())

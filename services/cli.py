@@ -34,7 +34,8 @@ async def _run(
         registrations = [await SERVICES[name](runtime) for name in names]
         server = Server(runtime, registrations, reuse_port=reuse_port)
         if settings.metrics_port:
-            server.metrics.serve(settings.metrics_port)
+            # Same interface as gRPC: 0.0.0.0 in a pod, so Prometheus can scrape it from outside.
+            server.metrics.serve(settings.metrics_port, settings.grpc_host)
 
         gateway = None
         if http:
