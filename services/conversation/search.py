@@ -3,7 +3,8 @@
 PostgreSQL: `to_tsvector('simple', content) @@ websearch_to_tsquery('simple', query)`, served by the
 GIN expression index of the migration, ranked by ts_rank, snippets by ts_headline. The 'simple'
 configuration lowercases and splits on non-letters but does not stem, so it works for every language
-alike (and "running" does not match "run").
+alike (and "running" does not match "run"). Relevance ranks the newest RANK_WINDOW matches, so a
+common word costs the same in a small tenant and a huge one.
 
 SQLite (the embedded default) has no such index: the fallback is a case-insensitive (ASCII) substring
 match of the whole query (`LIKE '%query%'`), newest first, score 1.0, a snippet cut around the first
@@ -24,6 +25,8 @@ from services.conversation.tables import conversations, messages
 
 _HEADLINE = "StartSel=[[, StopSel=]], MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=' … '"
 DAY_US = 86_400 * 1_000_000
+# How many of the newest matching messages are ranked by relevance (see MessageSearch._postgres).
+RANK_WINDOW = 5_000
 
 
 def _scope_sql(scope: Scope, agent_id: str, params: dict[str, Any]) -> str:
@@ -67,13 +70,21 @@ class MessageSearch:
         if after is not None:
             keyset = "WHERE s.score < :score OR (s.score = :score AND s.id > :after_id)"
             params["score"], params["after_id"] = float(after[0]), str(after[1])
-        # Rank first, over ids only; the headline is computed for the page's rows alone.
+        # Rank the newest RANK_WINDOW matches only: ranking every match of a common word took
+        # seconds over a million messages, while the newest matches come straight off the
+        # (tenant_id, create_time) index. Rare words still use the GIN index. The headline is
+        # computed for the page's rows alone.
+        params["window"] = RANK_WINDOW
         ranked = f"""
             SELECT s.id, s.score FROM (
-                SELECT m.id, ts_rank(to_tsvector('simple', m.content), q.q)::float8 AS score
-                FROM messages m JOIN conversations c ON c.id = m.conversation_id,
-                     websearch_to_tsquery('simple', :q) AS q(q)
-                WHERE {where} AND to_tsvector('simple', m.content) @@ q.q
+                SELECT cand.id, ts_rank(to_tsvector('simple', cand.content), q.q)::float8 AS score
+                FROM (
+                    SELECT m.id, m.content
+                    FROM messages m JOIN conversations c ON c.id = m.conversation_id,
+                         websearch_to_tsquery('simple', :q) AS q(q)
+                    WHERE {where} AND to_tsvector('simple', m.content) @@ q.q
+                    ORDER BY m.create_time DESC LIMIT :window
+                ) cand, websearch_to_tsquery('simple', :q) AS q(q)
             ) s {keyset}
             ORDER BY s.score DESC, s.id ASC LIMIT :limit
         """
