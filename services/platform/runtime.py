@@ -130,7 +130,7 @@ class Runtime:
         engine = db.create_engine(settings.effective_database_url)
         redis = redis_client.create_redis(settings.redis_url)
         provider = telemetry.create_tracer_provider(
-            service_name, settings.otel_exporter, span_exporter=span_exporter
+            service_name, settings.otel_exporter, span_exporter=span_exporter, file_path=settings.otel_file
         )
         peers = PeerChannels(
             deadline_cap=settings.peers.deadline_seconds, tls=settings.tls, tracer_provider=provider
