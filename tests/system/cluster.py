@@ -30,6 +30,8 @@ from tests.embedded import free_port
 BIN = Path(sys.executable).parent
 PEERS = ("identity", "agents", "conversation", "orchestration")
 START_TIMEOUT = 60.0
+# Start-up order: who calls whom (orchestration calls agents, conversation and identity).
+STAGE = {"identity": 0, "agents": 1, "conversation": 1, "orchestration": 2, "gateway": 3}
 
 
 @dataclasses.dataclass
@@ -125,21 +127,25 @@ class Cluster:
     # Starting ---------------------------------------------------------------------------------------
 
     def start(self, *names: str) -> None:
-        """Starts the named processes (default: every one not running) and waits until each is ready."""
+        """Starts the named processes (default: every one not running), in dependency order, and waits
+        until each is ready. The order matters: a gRPC channel refused at start-up backs off (1 s,
+        growing), and calls through it fail fast until it reconnects, although the callee is up."""
         targets = [self.procs[n] for n in (names or self.procs) if not self.procs[n].alive]
-        for proc in targets:
-            log = proc.log.open("ab")
-            proc.popen = subprocess.Popen(
-                [str(BIN / "agentmesh"), "serve", proc.service],
-                env=proc.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-            log.close()
-        deadline = time.monotonic() + START_TIMEOUT
-        for proc in targets:
-            self._wait_ready(proc, deadline)
+        for stage in sorted({STAGE[p.service] for p in targets}):
+            batch = [p for p in targets if STAGE[p.service] == stage]
+            for proc in batch:
+                log = proc.log.open("ab")
+                proc.popen = subprocess.Popen(
+                    [str(BIN / "agentmesh"), "serve", proc.service],
+                    env=proc.env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+                log.close()
+            deadline = time.monotonic() + START_TIMEOUT
+            for proc in batch:
+                self._wait_ready(proc, deadline)
 
     def ensure_running(self) -> None:
         self.start()
