@@ -111,10 +111,27 @@ class Tracing:
         if self._tracer is None:
             return None, list(carrier.items())
         parent = _PROPAGATOR.extract(carrier)
-        span = self._tracer.start_span(name, context=parent, kind=trace.SpanKind.SERVER)
+        server = self._tracer.start_span(name, context=parent, kind=trace.SpanKind.SERVER)
+        # The upstream call is a CLIENT span under the request's SERVER span, as OpenTelemetry's gRPC
+        # client interceptor makes in the services: the upstream's server span has a client parent.
+        client = self._tracer.start_span(
+            name, context=trace.set_span_in_context(server), kind=trace.SpanKind.CLIENT
+        )
         out: dict[str, str] = {}
-        _PROPAGATOR.inject(out, context=trace.set_span_in_context(span))
-        return span, list(out.items())
+        _PROPAGATOR.inject(out, context=trace.set_span_in_context(client))
+        return _Spans(server, client), list(out.items())
+
+
+class _Spans:
+    """The gateway's server and client span of one request, ended together."""
+
+    def __init__(self, server: Any, client: Any):
+        self.server = server
+        self.client = client
+
+    def end(self) -> None:
+        self.client.end()
+        self.server.end()
 
 
 def metadata_for(

@@ -319,7 +319,7 @@ class _Connection:
         self._last_session = session
         call = self._streams.get(session)
         if call is None or call.done():
-            _, trace_md = self._tracing.start("WS Chat", {})
+            span, trace_md = self._tracing.start("WS Chat", {})
             metadata = [("authorization", f"Bearer {self._token}"), *trace_md]
             chat = self._upstreams.channel("orchestration").stream_stream(
                 CHAT,
@@ -328,7 +328,7 @@ class _Connection:
             )
             call = chat(metadata=metadata)
             self._streams[session] = call
-            self._readers[session] = asyncio.get_running_loop().create_task(self._read(session, call))
+            self._readers[session] = asyncio.get_running_loop().create_task(self._read(session, call, span))
         try:
             await call.write(request)
         except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
@@ -336,7 +336,7 @@ class _Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._readers[session]), 5.0)
 
-    async def _read(self, session: str, call: Any) -> None:
+    async def _read(self, session: str, call: Any, span: Any = None) -> None:
         try:
             while True:
                 reply = await call.read()
@@ -352,6 +352,9 @@ class _Connection:
         finally:
             if self._streams.get(session) is call:
                 del self._streams[session]
+            # The stream's spans end with it (unended spans are never exported).
+            if span is not None:
+                span.end()
 
 
 class _Invalid(Exception):

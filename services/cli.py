@@ -127,7 +127,9 @@ async def _run_gateway(settings: Settings) -> None:
     from gateway.server import HttpServer
     from services.platform.telemetry import create_tracer_provider
 
-    provider = create_tracer_provider("agentmesh-gateway", settings.otel_exporter)
+    provider = create_tracer_provider(
+        "agentmesh-gateway", settings.otel_exporter, file_path=settings.otel_file
+    )
     app = create_app(settings, tracer_provider=provider)
     http = HttpServer(
         app,

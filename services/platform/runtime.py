@@ -15,13 +15,14 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+import grpc
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.platform import db, redis_client, telemetry
+from services.platform import db, errors, redis_client, telemetry
 from services.platform.auth import JwksSource, TokenVerifier
 from services.platform.pagination import PageTokens
 from services.platform.peers import PeerChannels
@@ -130,7 +131,7 @@ class Runtime:
         engine = db.create_engine(settings.effective_database_url)
         redis = redis_client.create_redis(settings.redis_url)
         provider = telemetry.create_tracer_provider(
-            service_name, settings.otel_exporter, span_exporter=span_exporter
+            service_name, settings.otel_exporter, span_exporter=span_exporter, file_path=settings.otel_file
         )
         peers = PeerChannels(
             deadline_cap=settings.peers.deadline_seconds, tls=settings.tls, tracer_provider=provider
@@ -148,7 +149,15 @@ class Runtime:
         from agentmesh.identity.v1 import identity_service_pb2, identity_service_pb2_grpc
 
         stub = identity_service_pb2_grpc.IdentityServiceStub(self.peers.channel(self.settings.peers.identity))
-        response = await stub.GetJwks(identity_service_pb2.GetJwksRequest(), timeout=5)
+        try:
+            # wait_for_ready: right after start-up the channel may still be backing off from a
+            # refused connection (identity starting later); wait for it within the timeout.
+            response = await stub.GetJwks(
+                identity_service_pb2.GetJwksRequest(), timeout=5, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as exc:
+            # The caller's call fails UNAVAILABLE (retryable), not INTERNAL, while identity is away.
+            raise errors.Unavailable(f"identity's signing keys are unavailable: {exc.code().name}") from None
         return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
     async def close(self) -> None:

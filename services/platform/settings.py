@@ -118,6 +118,8 @@ class Settings:
     redis_url: str = ""
     log_level: str = "INFO"
     otel_exporter: str = "none"
+    # With otel_exporter "file": where finished spans are appended, one JSON object per line.
+    otel_file: str = ""
     metrics_port: int = 0
     shutdown_grace_seconds: float = 10.0
     health_interval_seconds: float = 1.0
@@ -143,8 +145,13 @@ class Settings:
         """Reads AGENTMESH_* (plus DATABASE_URL and REDIS_URL); keyword overrides win (CLI flags)."""
         env = os.environ if env is None else env
         exporter = env.get("AGENTMESH_OTEL_EXPORTER", "none")
-        if exporter not in ("none", "console", "otlp", "memory"):
-            raise SettingsError(f"AGENTMESH_OTEL_EXPORTER must be none, console or otlp, got {exporter!r}")
+        if exporter not in ("none", "console", "otlp", "file", "memory"):
+            raise SettingsError(
+                f"AGENTMESH_OTEL_EXPORTER must be none, console, otlp or file, got {exporter!r}"
+            )
+        otel_file = env.get("AGENTMESH_OTEL_FILE", "")
+        if exporter == "file" and not otel_file:
+            raise SettingsError("AGENTMESH_OTEL_EXPORTER=file needs AGENTMESH_OTEL_FILE (a file path)")
         previous = tuple(p for p in env.get("AGENTMESH_PREVIOUS_SIGNING_KEY_FILES", "").split(",") if p)
         values: dict[str, object] = dict(
             grpc_host=env.get("AGENTMESH_GRPC_HOST", "127.0.0.1"),
@@ -156,6 +163,7 @@ class Settings:
             redis_url=env.get("REDIS_URL", ""),
             log_level=env.get("AGENTMESH_LOG_LEVEL", "INFO").upper(),
             otel_exporter=exporter,
+            otel_file=otel_file,
             metrics_port=_int(env, "AGENTMESH_METRICS_PORT", 0),
             shutdown_grace_seconds=_float(env, "AGENTMESH_SHUTDOWN_GRACE_SECONDS", 10.0),
             health_interval_seconds=_float(env, "AGENTMESH_HEALTH_INTERVAL_SECONDS", 1.0),

@@ -161,6 +161,10 @@ async def test_traceparent_continued_and_started(make_app: Any, auth: dict[str, 
         await c.get("/v1/agents", headers=auth)
         started = fakes.agents.last("ListAgents").metadata["traceparent"]
     spans = exporter.get_finished_spans()
-    assert len(spans) == 2
-    assert started.split("-")[1] == format(spans[1].context.trace_id, "032x")
+    assert [s.kind.name for s in spans] == ["CLIENT", "SERVER", "CLIENT", "SERVER"]
+    client, server = spans[2], spans[3]
+    assert started.split("-")[1] == format(server.context.trace_id, "032x")
+    # Upstream's parent is the gateway's client span, whose parent is the gateway's server span.
+    assert started.split("-")[2] == format(client.context.span_id, "016x")
+    assert client.parent.span_id == server.context.span_id
     provider.shutdown()
