@@ -350,7 +350,10 @@ class RunManager:
         """The background job: a sweep at start-up, then every sweep interval."""
         while True:
             try:
-                await self.sweep()
+                # Bounded: a query on a connection that died silently must not stop sweeping forever.
+                await asyncio.wait_for(
+                    self.sweep(), timeout=max(10.0, 2 * self._options.sweep_interval_seconds)
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:
