@@ -9,11 +9,12 @@ session creates its own database there and drops it at the end. Redis: AGENTMESH
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
@@ -35,9 +36,10 @@ ISSUER = "agentmesh"
 AUDIENCE = "agentmesh"
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Any:
-    """A fresh PostgreSQL database (SQLAlchemy URL) with every service's migrations applied."""
+@contextlib.contextmanager
+def fresh_database() -> Iterator[str]:
+    """A PostgreSQL database of its own (SQLAlchemy URL) with every service's migrations applied,
+    dropped on exit."""
     name = f"agentmesh_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_SERVER, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -52,10 +54,19 @@ def pg_url() -> Any:
         finally:
             await engine.dispose()
 
-    asyncio.run(migrate())
-    yield url
-    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        asyncio.run(migrate())
+        yield url
+    finally:
+        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The session's PostgreSQL database."""
+    with fresh_database() as url:
+        yield url
 
 
 @pytest.fixture(scope="session")

@@ -64,8 +64,9 @@ class Faulty:
 
 
 @pytest.fixture(scope="module")
-def faulty(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
+def faulty(cluster_pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Faulty]:
     directory = tmp_path_factory.mktemp("faults")
+    pg_url = cluster_pg_url
     redis = RedisServer(directory, free_port())
     redis.start()
     redis_proxy = ThreadedProxy("127.0.0.1", redis.port)
