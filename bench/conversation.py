@@ -1,8 +1,9 @@
 """Conversation benchmarks, on a fresh PostgreSQL database and the local Redis:
 
-1. AppendMessage throughput through gRPC with 32 concurrent writers (32 conversations), beside the
-   empty-handler floor and the same appends called on the service layer directly (no gRPC, no auth),
-   which shows where the time goes.
+1. AppendMessage throughput through gRPC with 32 concurrent writers (32 conversations), the service
+   in --workers processes of its own sharing the port as `agentmesh serve conversation --workers N`
+   runs it (the writers are a client process), beside an empty handler served the same way and the same appends called on the service
+   layer directly (no gRPC, no auth), which shows where the time goes.
 2. GetContext p50 for a conversation of 100 messages against one of 100,000 (bulk-inserted), as a ratio.
 3. SearchConversations latency over a corpus of --messages messages (one tenant, the worst case).
 
@@ -17,18 +18,25 @@ import asyncio
 import dataclasses
 import itertools
 import os
+import pathlib
 import random
+import subprocess
+import sys
+import tempfile
 import time
 import uuid
 from typing import Any
 
+import grpc
 import jwt
 import psycopg
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
-from bench.harness import Figure, empty_handler, figure, machine, measure, report
+from bench.harness import Figure, empty_server, figure, free_port, machine, measure, report
 from services import conversation
 from services.conversation.models import NewMessage
 from services.platform import migrations
@@ -54,6 +62,78 @@ def _token(key: Ed25519PrivateKey, tenant: str, user: str) -> str:
 def _jwks(key: Ed25519PrivateKey) -> dict[str, Any]:
     jwk = jwt.algorithms.OKPAlgorithm.to_jwk(key.public_key(), as_dict=True)
     return {"keys": [{**jwk, "kid": KID, "alg": "EdDSA", "use": "sig"}]}
+
+
+async def _serve(url: str, redis_url: str, key_file: str, port: int, empty_port: int) -> None:
+    """Child process (one of --workers): the conversation service and an empty handler, each on a
+    port the workers share (SO_REUSEPORT, as `agentmesh serve --workers`), trusting the key in
+    `key_file`; says SERVING, and serves until stdin closes."""
+    key = _load_key(key_file)
+    runtime = await Runtime.create(_settings(url, redis_url))
+
+    async def jwks() -> dict[str, Any]:
+        return _jwks(key)
+
+    runtime.jwks_source = jwks
+    registrations = [await conversation.register(runtime)]
+    server = Server(runtime, registrations, address=f"127.0.0.1:{port}", reuse_port=True)
+    await server.start()
+    async with empty_server(empty_port, reuse_port=True):
+        print("SERVING", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await server.stop(0)
+    await runtime.close()
+
+
+def _load_key(path: str) -> Ed25519PrivateKey:
+    key = serialization.load_pem_private_key(pathlib.Path(path).read_bytes(), password=None)
+    assert isinstance(key, Ed25519PrivateKey)
+    return key
+
+
+def _connections(port: int, count: int) -> list[grpc.aio.Channel]:
+    """`count` channels, each its own TCP connection (grpc shares one between identical channels
+    otherwise): SO_REUSEPORT spreads connections, not calls, over the workers."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    return [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(count)]
+
+
+async def _start_workers(
+    args: argparse.Namespace, url: str, key: Ed25519PrivateKey, directory: str
+) -> tuple[list[asyncio.subprocess.Process], int, int]:
+    """--workers `_serve` children on two shared ports; returns them and the ports."""
+    key_file = pathlib.Path(directory) / "key.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    port, empty_port = free_port(), free_port()
+    children = []
+    for _ in range(args.workers):
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bench.conversation", "--serve", str(key_file), str(port),
+            str(empty_port), "--database-url", url, "--redis-url", args.redis_url,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        )  # fmt: skip
+        children.append(child)
+    for child in children:
+        assert child.stdout is not None
+        assert (await child.stdout.readline()).startswith(b"SERVING")
+    return children, port, empty_port
+
+
+async def _stop_workers(children: list[asyncio.subprocess.Process]) -> None:
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.close()
+    for child in children:
+        await child.wait()
+
+
+def _settings(url: str, redis_url: str) -> Settings:
+    base = Settings.from_env({}, database_url=url, redis_url=redis_url, grpc_port=0, log_level="WARNING")
+    return dataclasses.replace(base, auth=dataclasses.replace(base.auth, page_token_secret="bench"))
 
 
 def _copy_messages(dsn: str, rows: list[tuple[Any, ...]]) -> None:
@@ -103,7 +183,15 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     parser.add_argument("--messages", type=int, default=100_000, help="size of the search corpus")
     parser.add_argument("--database-url", default="", help="an empty PostgreSQL database to use as is")
     parser.add_argument("--redis-url", default=REDIS_URL)
+    parser.add_argument(
+        "--workers", type=int, default=2, help="service processes sharing the port for the append figure"
+    )
+    parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.serve:
+        key_file, port, empty_port = args.serve
+        await _serve(args.database_url, args.redis_url, key_file, int(port), int(empty_port))
+        return []
 
     figures: list[Figure] = []
     own_database = not args.database_url
@@ -117,8 +205,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         url = args.database_url
         dsn = url.replace("postgresql+psycopg://", "postgresql://", 1)
         name = dsn.rsplit("/", 1)[1]
-    base = Settings.from_env({}, database_url=url, redis_url=args.redis_url, grpc_port=0, log_level="WARNING")
-    settings = dataclasses.replace(base, auth=dataclasses.replace(base.auth, page_token_secret="bench"))
+    settings = _settings(url, args.redis_url)
     key = Ed25519PrivateKey.generate()
     runtime = await Runtime.create(settings)
 
@@ -126,24 +213,29 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         return _jwks(key)
 
     runtime.jwks_source = jwks
-    server = None
+    server = workdir = None
+    children: list[asyncio.subprocess.Process] = []
     try:
         await migrations.upgrade(runtime.engine, ["conversation"])
         registration = await conversation.register(runtime)
         server = Server(runtime, [registration], address="127.0.0.1:0")
         port = await server.start()
-        import grpc
-
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.ConversationServiceStub(channel)
         tenant = "bench-tenant"
         md = (("authorization", f"Bearer {_token(key, tenant, 'writer')}"),)
         print(f"machine: {machine()}; PostgreSQL database {name}; Redis {args.redis_url}")
 
-        # 1. AppendMessage throughput.
+        # 1. AppendMessage throughput, against the service in processes of its own.
+        workdir = tempfile.TemporaryDirectory(prefix="bench-conversation-")
+        children, served_port, empty_port = await _start_workers(args, url, key, workdir.name)
+        served = _connections(served_port, 4 * args.workers)
+        writer_stubs = itertools.cycle([pb_grpc.ConversationServiceStub(c) for c in served])
         convs = [
             (
-                await stub.CreateConversation(pb.CreateConversationRequest(agent_id="bench"), metadata=md)
+                await next(writer_stubs).CreateConversation(
+                    pb.CreateConversationRequest(agent_id="bench"), metadata=md
+                )
             ).conversation.id
             for _ in range(args.writers)
         ]
@@ -153,14 +245,35 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         )
 
         def append() -> Any:
-            return stub.AppendMessage(
+            return next(writer_stubs).AppendMessage(
                 pb.AppendMessageRequest(conversation_id=next(ring), message=message), metadata=md
             )
 
-        async with empty_handler() as empty:
-            floor = await measure(empty, concurrency=args.writers, seconds=args.seconds)
+        empty_channels = _connections(empty_port, 4 * args.workers)
+        empty_stubs = itertools.cycle([health_pb2_grpc.HealthStub(c) for c in empty_channels])
+        floor = await measure(
+            lambda: next(empty_stubs).Check(health_pb2.HealthCheckRequest()),
+            concurrency=args.writers,
+            seconds=args.seconds,
+        )
         ours = await measure(append, concurrency=args.writers, seconds=args.seconds)
-        print(report(f"AppendMessage gRPC ({args.writers} writers)", ours, floor))
+        print(report(f"AppendMessage gRPC ({args.writers} writers, {args.workers} workers)", ours, floor))
+        one = convs[0]
+
+        def same_conversation() -> Any:
+            return next(writer_stubs).AppendMessage(
+                pb.AppendMessageRequest(conversation_id=one, message=message), metadata=md
+            )
+
+        hot = await measure(same_conversation, concurrency=args.writers, seconds=args.seconds)
+        print(
+            f"AppendMessage gRPC, all {args.writers} writers on ONE conversation {hot.throughput:7.0f} msg/s"
+            f"  p50 {hot.p50_ms:7.3f} ms  (serialised by the row lock)"
+        )
+        for c in [*served, *empty_channels]:
+            await c.close()
+        await _stop_workers(children)
+        children = []
         service = conversation.build_service(runtime)
         who = Principal(user_id="writer", tenant_id=tenant, roles=frozenset({"owner"}), tier="enterprise")
         new = NewMessage(role="user", content=message.content)
@@ -173,23 +286,12 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             f"AppendMessage service layer only      {layer.throughput:9.0f} msg/s    p50 {layer.p50_ms:7.3f} ms"
             f"  (no gRPC, no token check; PostgreSQL commit + Redis write)"
         )
-        one = convs[0]
-
-        def same_conversation() -> Any:
-            return stub.AppendMessage(
-                pb.AppendMessageRequest(conversation_id=one, message=message), metadata=md
-            )
-
-        hot = await measure(same_conversation, concurrency=args.writers, seconds=args.seconds)
-        print(
-            f"AppendMessage gRPC, all {args.writers} writers on ONE conversation {hot.throughput:7.0f} msg/s"
-            f"  p50 {hot.p50_ms:7.3f} ms  (serialised by the row lock)"
-        )
         figures.append(
             figure(
-                f"AppendMessage on PostgreSQL, {args.writers} concurrent writers",
+                f"AppendMessage on PostgreSQL, {args.writers} concurrent writers, "
+                f"`agentmesh serve conversation --workers {args.workers}` as the service",
                 f"{ours.throughput:,.0f} msg/s, p50 {ours.p50_ms:.2f} ms, p99 {ours.p99_ms:.2f} ms "
-                f"(empty handler {floor.throughput:,.0f} calls/s; all writers on one conversation "
+                f"(empty handler, {args.workers} workers likewise: {floor.throughput:,.0f} calls/s; all writers on one conversation "
                 f"{hot.throughput:,.0f} msg/s)",
                 ours.throughput / floor.throughput,
                 "throughput / empty handler",
@@ -335,6 +437,9 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         )
         await channel.close()
     finally:
+        await _stop_workers(children)
+        if workdir is not None:
+            workdir.cleanup()
         if server is not None:
             await server.stop(0)
         await runtime.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import platform
+import socket
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,21 +63,37 @@ class _EmptyHealth(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@asynccontextmanager
+async def empty_server(port: int = 0, *, reuse_port: bool = False) -> AsyncIterator[int]:
+    """A bare grpc.aio server (no interceptors) with one empty unary handler (health Check); yields
+    its port. `reuse_port`: several processes serve the port, as `agentmesh serve --workers`."""
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 1 if reuse_port else 0)])
+    health_pb2_grpc.add_HealthServicer_to_server(_EmptyHealth(), server)
+    port = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    try:
+        yield port
+    finally:
+        await server.stop(0)
+
+
 @asynccontextmanager
 async def empty_handler() -> AsyncIterator[Callable[[], Awaitable[object]]]:
-    """A bare grpc.aio server (no interceptors) with one empty unary handler; yields a call to it."""
-    server = grpc.aio.server()
-    health_pb2_grpc.add_HealthServicer_to_server(_EmptyHealth(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    stub = health_pb2_grpc.HealthStub(channel)
-    request = health_pb2.HealthCheckRequest()
-    try:
-        yield lambda: stub.Check(request)
-    finally:
-        await channel.close()
-        await server.stop(0)
+    """`empty_server()` in this process; yields a call to its handler."""
+    async with empty_server() as port:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        stub = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest()
+        try:
+            yield lambda: stub.Check(request)
+        finally:
+            await channel.close()
 
 
 def report(name: str, ours: Result, floor: Result) -> str:

@@ -21,7 +21,7 @@ SERVICE_NAME = conversation_service_pb2.DESCRIPTOR.services_by_name["Conversatio
 
 def build_service(runtime: Runtime, *, redis: aioredis.Redis | None = None) -> ConversationService:
     """The service over the runtime's engine and Redis (or `redis`, for a separate hot-window server)."""
-    store = ConversationStore(runtime.engine)
+    store = ConversationStore(runtime.engine, autocommit=runtime.autocommit)
     return ConversationService(
         store=store,
         search=MessageSearch(runtime.engine),

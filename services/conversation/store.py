@@ -5,10 +5,11 @@ No proto objects and no rules here: the service decides who may see what and pas
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
@@ -19,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.conversation.models import ACTIVE, CLOSED, Conversation, Message, NewMessage
 from services.conversation.tables import conversations, messages, retention_policies
+from services.platform.db import AutocommitPool
 
 
 class ConversationMissing(Exception):
@@ -106,9 +108,11 @@ def scoped(scope: Scope) -> list[sa.ColumnElement[bool]]:
 
 
 class ConversationStore:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, *, autocommit: AutocommitPool | None = None):
         self.engine = engine
-        # Same pool; single-statement writes need no BEGIN/COMMIT round trips.
+        # Single-statement writes need no BEGIN/COMMIT round trips: the runtime's psycopg pool of
+        # autocommit connections, or else the engine's pool in autocommit mode.
+        self._autocommit_pool = autocommit
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
 
     @property
@@ -331,13 +335,11 @@ class ConversationStore:
         }
         statement = _APPEND_SQL_USER if scope.user_id is not None else _APPEND_SQL
         try:
-            async with self._autocommit.connect() as conn:
-                # The hottest write of the mesh runs on the pooled connection's psycopg driver
-                # directly: SQLAlchemy's statement and result layers cost more than the round trip.
-                raw = (await conn.get_raw_connection()).driver_connection
-                async with raw.cursor(row_factory=namedtuple_row) as cursor:
-                    await cursor.execute(statement, params)
-                    row = await cursor.fetchone()
+            # The hottest write of the mesh runs on psycopg directly: SQLAlchemy's statement and
+            # result layers cost more than the round trip.
+            async with self._raw_autocommit() as raw, raw.cursor(row_factory=namedtuple_row) as cursor:
+                await cursor.execute(statement, params)
+                row = await cursor.fetchone()
         except (IntegrityError, psycopg.IntegrityError):
             if not request_id:
                 raise
@@ -356,6 +358,15 @@ class ConversationStore:
             create_time=now,
         )
         return message, _conversation(row), False
+
+    @contextlib.asynccontextmanager
+    async def _raw_autocommit(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        if self._autocommit_pool is not None:
+            async with self._autocommit_pool.connection() as raw:
+                yield raw
+            return
+        async with self._autocommit.connect() as conn:
+            yield (await conn.get_raw_connection()).driver_connection
 
     async def _message_by_request_id(
         self, conn: AsyncConnection, conversation_id: str, request_id: str

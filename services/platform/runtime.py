@@ -92,7 +92,8 @@ def revocation_check(
 
 
 class Runtime:
-    """Settings, database engine, Redis, tracer provider, peer channels, token verifier, page tokens."""
+    """Settings, database engine (and its autocommit pool), Redis, tracer provider, peer channels,
+    token verifier, page tokens."""
 
     def __init__(
         self,
@@ -107,6 +108,8 @@ class Runtime:
     ):
         self.settings = settings
         self.engine = engine
+        # PostgreSQL only; None on SQLite, whose single writer gains nothing from a second pool.
+        self.autocommit = db.AutocommitPool(engine) if engine.dialect.name == "postgresql" else None
         self.redis = redis
         self.tracer_provider = tracer_provider
         self.peers = peers
@@ -163,5 +166,7 @@ class Runtime:
     async def close(self) -> None:
         await self.peers.close()
         await self.redis.aclose()
+        if self.autocommit is not None:
+            await self.autocommit.close()
         await self.engine.dispose()
         self.tracer_provider.shutdown()
