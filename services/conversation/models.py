@@ -43,7 +43,9 @@ class Message:
     create_time: int
 
     def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Shallow: dataclasses.asdict deep-copies, a cost on every append for a dict about to be
+        # serialised.
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Message:
