@@ -48,8 +48,8 @@ def build(
 ) -> Orchestration:
     """Wires the service. With close_on_stop=False the caller calls `close()` itself (tests: after
     the stopped server's cancelled handlers have released their Redis connections)."""
-    options = options or OrchestrationOptions()
     settings = runtime.settings
+    options = options or OrchestrationOptions.from_settings(settings.runs)
     providers = providers or providers_module.from_settings(settings)
     if service_token is None:
         service_token = ServiceTokens(

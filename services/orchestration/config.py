@@ -1,8 +1,11 @@
-"""Tunables of the orchestration service (defaults suit production; tests shorten the timings)."""
+"""Tunables of the orchestration service (defaults suit production; tests shorten the timings).
+The run lease, sweep and event retention come from the settings (AGENTMESH_RUN_*)."""
 
 from __future__ import annotations
 
 import dataclasses
+
+from services.platform.settings import RunSettings
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -32,3 +35,12 @@ class OrchestrationOptions:
     max_stream_readers: int = 4000
     # How long CancelRun waits for the run to reach its end before answering.
     cancel_wait_seconds: float = 2.0
+
+    @classmethod
+    def from_settings(cls, runs: RunSettings) -> OrchestrationOptions:
+        return cls(
+            lease_ttl_seconds=runs.lease_seconds,
+            lease_renew_seconds=runs.lease_seconds / 5,
+            sweep_interval_seconds=runs.sweep_interval_seconds,
+            event_retention_seconds=runs.event_retention_seconds,
+        )

@@ -9,10 +9,14 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Mapping
+from typing import TypeVar
 
 
 class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
+
+
+_Number = TypeVar("_Number", int, float)
 
 
 def _int(env: Mapping[str, str], name: str, default: int) -> int:
@@ -33,6 +37,12 @@ def _float(env: Mapping[str, str], name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+def _positive(value: _Number, name: str) -> _Number:
+    if value <= 0:
+        raise SettingsError(f"{name} must be positive, got {value}")
+    return value
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -107,6 +117,19 @@ class ProviderSettings:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Runs (orchestration)."""
+
+    # Every run holds a Redis lease its instance renews every fifth of this; when it lapses (the
+    # instance died), any instance fails the run. Longer: fewer renewals, a dead run ends later.
+    lease_seconds: float = 10.0
+    # How often every instance looks for runs whose lease lapsed (also once at start-up).
+    sweep_interval_seconds: float = 5.0
+    # How long a finished run's events stay readable by JoinRun.
+    event_retention_seconds: int = 3600
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
     embedded: bool = False
     grpc_host: str = "127.0.0.1"
@@ -128,6 +151,7 @@ class Settings:
     peers: PeerSettings = dataclasses.field(default_factory=PeerSettings)
     gateway: GatewaySettings = dataclasses.field(default_factory=GatewaySettings)
     providers: ProviderSettings = dataclasses.field(default_factory=ProviderSettings)
+    runs: RunSettings = dataclasses.field(default_factory=RunSettings)
 
     @property
     def grpc_address(self) -> str:
@@ -208,6 +232,18 @@ class Settings:
                 openai_api_key=env.get("AGENTMESH_OPENAI_API_KEY", ""),
                 openai_connect_timeout_seconds=_float(env, "AGENTMESH_OPENAI_CONNECT_TIMEOUT_SECONDS", 5.0),
                 openai_read_timeout_seconds=_float(env, "AGENTMESH_OPENAI_READ_TIMEOUT_SECONDS", 60.0),
+            ),
+            runs=RunSettings(
+                lease_seconds=_positive(
+                    _float(env, "AGENTMESH_RUN_LEASE_SECONDS", 10.0), "AGENTMESH_RUN_LEASE_SECONDS"
+                ),
+                sweep_interval_seconds=_positive(
+                    _float(env, "AGENTMESH_RUN_SWEEP_SECONDS", 5.0), "AGENTMESH_RUN_SWEEP_SECONDS"
+                ),
+                event_retention_seconds=_positive(
+                    _int(env, "AGENTMESH_RUN_EVENT_RETENTION_SECONDS", 3600),
+                    "AGENTMESH_RUN_EVENT_RETENTION_SECONDS",
+                ),
             ),
         )
         values.update(overrides)

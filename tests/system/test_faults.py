@@ -78,6 +78,9 @@ def faulty(cluster_pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         database_url=pg_url.replace(f"@{host_port}/", f"@127.0.0.1:{pg_proxy.port}/", 1),
         redis_url=f"redis://127.0.0.1:{redis_proxy.port}/0",
         AGENTMESH_ECHO_DELAY_MS="100",
+        # The orphaned run of the kill test is failed within about 6 s, not 15.
+        AGENTMESH_RUN_LEASE_SECONDS="5",
+        AGENTMESH_RUN_SWEEP_SECONDS="1",
     )
     for name in ("identity", "agents", "conversation", "orchestration", "gateway"):
         cluster.add(name)
