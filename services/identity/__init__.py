@@ -72,6 +72,7 @@ async def register(runtime: Runtime, **overrides: Any) -> ServiceRegistration:
         ),
         revocations=revocations,
         clock=runtime.clock,
+        max_session_seconds=settings.auth.session_max_seconds,
     )
     service = IdentityService(
         store=store,

@@ -187,7 +187,10 @@ class IdentityService:
         if user is None or tenant is None or user.disabled:
             await self._store.revoke_family(record.family_id, now=at(now))
             raise errors.Unauthenticated(INVALID_REFRESH, reason="INVALID_REFRESH_TOKEN")
-        return await self._sessions.start(user, tenant, family_id=record.family_id)
+        started = await self._store.family_started(record.family_id)
+        return await self._sessions.start(
+            user, tenant, family_id=record.family_id, family_started=started.timestamp()
+        )
 
     async def logout(self, *, refresh_token: str, principal: Principal | None) -> None:
         """Revokes the refresh token's family, and denies the caller's access token if one came."""

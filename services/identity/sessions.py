@@ -34,10 +34,20 @@ class Sessions:
         return token_time(self._clock())
 
     async def start(
-        self, user: User, tenant: Tenant, *, family_id: str | None = None, issued_at: float | None = None
+        self,
+        user: User,
+        tenant: Tenant,
+        *,
+        family_id: str | None = None,
+        family_started: float | None = None,
+        issued_at: float | None = None,
     ) -> Session:
-        """A new access token and a refresh token (in `family_id`, or a new family)."""
+        """A new access token and a refresh token (in `family_id`, begun at `family_started`, or in a
+        new family). No refresh token outlives its family's maximum session."""
         now = self.now() if issued_at is None else issued_at
+        expires = now + self.tokens.refresh_ttl
+        if family_started is not None:
+            expires = min(expires, family_started + self.max_session_seconds)
         access = self.tokens.access_token(
             subject=user.id, tenant=tenant.id, roles=user.roles, tier=tenant.tier, issued_at=now
         )
@@ -49,12 +59,12 @@ class Sessions:
                 user_id=user.id,
                 tenant_id=tenant.id,
                 issued_at=at(now),
-                expires_at=at(now + self.tokens.refresh_ttl),
+                expires_at=at(expires),
                 spent_at=None,
                 revoked_at=None,
             )
         )
-        return Session(access.token, refresh, self.tokens.access_ttl, self.tokens.refresh_ttl)
+        return Session(access.token, refresh, self.tokens.access_ttl, int(expires - now))
 
     async def end_all(self, user_id: str, *, as_of: float) -> None:
         """Voids the user's access tokens issued before `as_of` and revokes every refresh family."""

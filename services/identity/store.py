@@ -365,6 +365,14 @@ class IdentityStore:
             result = await conn.execute(statement)
         return result.rowcount == 1
 
+    async def family_started(self, family_id: str) -> datetime.datetime:
+        """When the family's first refresh token was issued (its login)."""
+        query = sa.select(sa.func.min(refresh_tokens.c.issued_at)).where(
+            refresh_tokens.c.family_id == family_id
+        )
+        async with self._engine.connect() as conn:
+            return utc((await conn.execute(query)).scalar_one())
+
     async def revoke_family(self, family_id: str, *, now) -> None:
         statement = (
             refresh_tokens.update()

@@ -67,6 +67,9 @@ class AuthSettings:
     audience: str = "agentmesh"
     access_token_ttl_seconds: int = 900
     refresh_token_ttl_seconds: int = 30 * 24 * 3600
+    # A session (a refresh token family) ends this long after its login, however often it is
+    # refreshed: a stolen refresh token kept alive by rotation dies with it.
+    session_max_seconds: int = 90 * 24 * 3600
     # PEM Ed25519 private key identity signs with; earlier keys stay published in the JWKS.
     signing_key_file: str = ""
     previous_signing_key_files: tuple[str, ...] = ()
@@ -201,6 +204,10 @@ class Settings:
                 audience=env.get("AGENTMESH_JWT_AUDIENCE", "agentmesh"),
                 access_token_ttl_seconds=_int(env, "AGENTMESH_ACCESS_TOKEN_TTL_SECONDS", 900),
                 refresh_token_ttl_seconds=_int(env, "AGENTMESH_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
+                session_max_seconds=_positive(
+                    _int(env, "AGENTMESH_SESSION_MAX_SECONDS", 90 * 24 * 3600),
+                    "AGENTMESH_SESSION_MAX_SECONDS",
+                ),
                 signing_key_file=env.get("AGENTMESH_SIGNING_KEY_FILE", ""),
                 previous_signing_key_files=previous,
                 service_secret=env.get("AGENTMESH_SERVICE_SECRET", ""),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+from typing import Any
 
 import fakeredis
 import pytest
@@ -108,6 +109,9 @@ class FakeStore:
         self.tokens[token_hash] = dataclasses.replace(record, spent_at=now)
         return True
 
+    async def family_started(self, family_id):
+        return min(r.issued_at for r in self.tokens.values() if r.family_id == family_id)
+
     async def revoke_family(self, family_id, *, now):
         for h, r in self.tokens.items():
             if r.family_id == family_id:
@@ -120,8 +124,8 @@ class FakeStore:
         return self.tenant_
 
 
-async def test_refresh_tokens_expire_by_the_clock():
-    now = [1_700_000_000.0]
+def _refreshing(now: list[float], *, max_session_seconds: int = 90 * 24 * 3600) -> tuple[Any, ...]:
+    """A user, a tenant, Sessions and the IdentityService over FakeStore and the clock `now[0]`."""
     when = datetime.datetime.fromtimestamp(now[0], datetime.UTC)
     tenant = Tenant(
         id="t", name="acme", display_name="", tier="pro", version=1, create_time=when, update_time=when
@@ -152,6 +156,7 @@ async def test_refresh_tokens_expire_by_the_clock():
         ),
         revocations=revocations,
         clock=clock,
+        max_session_seconds=max_session_seconds,
     )
     service = IdentityService(
         store=store,  # type: ignore[arg-type]
@@ -163,10 +168,39 @@ async def test_refresh_tokens_expire_by_the_clock():
         service_secret="s",
         clock=clock,
     )
+    return user, tenant, sessions, service, redis
+
+
+async def test_refresh_tokens_expire_by_the_clock():
+    now = [1_700_000_000.0]
+    user, tenant, sessions, service, redis = _refreshing(now)
     first = await sessions.start(user, tenant)
     now[0] += 3599
     second = await service.refresh(refresh_token=first.refresh_token)
     now[0] += 3600
     with pytest.raises(errors.Unauthenticated):
         await service.refresh(refresh_token=second.refresh_token)
+    await redis.aclose()
+
+
+async def test_rotation_never_outlives_the_maximum_session():
+    """Refreshing every 50 minutes (refresh tokens live an hour) keeps a session alive only until
+    its maximum, counted from the login; the last token's lifetime says how long is left."""
+    now = [1_700_000_000.0]
+    user, tenant, sessions, service, redis = _refreshing(now, max_session_seconds=3 * 3600)
+    login = now[0]
+    session = await sessions.start(user, tenant)
+    lifetimes = []
+    for _ in range(10):
+        now[0] += 3000
+        try:
+            session = await service.refresh(refresh_token=session.refresh_token)
+        except errors.Unauthenticated:
+            break
+        lifetimes.append(session.refresh_ttl)
+    else:
+        pytest.fail(f"the session outlived its maximum: {lifetimes}")
+    assert now[0] - login <= 3 * 3600 + 3000
+    assert lifetimes[0] == 3600 and 0 < lifetimes[-1] < 3600
+    assert lifetimes[-1] == int(login + 3 * 3600 - (now[0] - 3000))
     await redis.aclose()
