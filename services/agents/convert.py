@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -39,7 +40,24 @@ def timestamp(us: int) -> timestamp_pb2.Timestamp:
     return ts
 
 
+# Converted agents by (id, version, update time, state): parsing the config dict into the proto
+# (json_format) cost more than the rest of a cached GetAgent. Callers put the message into a
+# response, which copies it, so one instance is shared safely.
+_CONVERTED: OrderedDict[tuple[str, int, int, str], pb.Agent] = OrderedDict()
+_CONVERTED_MAX = 10_000
+
+
 def agent_to_proto(agent: Agent) -> pb.Agent:
+    key = (agent.id, agent.version, agent.update_time_us, agent.state)
+    found = _CONVERTED.get(key)
+    if found is None:
+        found = _CONVERTED[key] = _agent_to_proto(agent)
+        if len(_CONVERTED) > _CONVERTED_MAX:
+            _CONVERTED.popitem(last=False)
+    return found
+
+
+def _agent_to_proto(agent: Agent) -> pb.Agent:
     return pb.Agent(
         id=agent.id,
         display_name=agent.display_name,
