@@ -184,7 +184,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     parser.add_argument("--database-url", default="", help="an empty PostgreSQL database to use as is")
     parser.add_argument("--redis-url", default=REDIS_URL)
     parser.add_argument(
-        "--workers", type=int, default=2, help="service processes sharing the port for the append figure"
+        "--workers", type=int, default=1, help="service processes sharing the port for the append figure"
     )
     parser.add_argument("--serve", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
