@@ -24,9 +24,11 @@ class Sessions:
         tokens: TokenIssuer,
         revocations: Revocations,
         clock: Callable[[], float],
+        max_session_seconds: int = 90 * 24 * 3600,
     ):
         self._store = store
         self.tokens = tokens
+        self.max_session_seconds = max_session_seconds
         self._revocations = revocations
         self._clock = clock
 
