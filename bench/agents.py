@@ -28,7 +28,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from agentmesh.agents.v1 import agents_service_pb2_grpc as pb_grpc
-from bench.harness import Figure, Result, empty_handler, figure, machine, measure, report, throughput_figure
+from bench.harness import (
+    Figure,
+    Result,
+    empty_handler,
+    figure,
+    interleaved,
+    machine,
+    measure,
+    report,
+    throughput_figure,
+)
 from services.agents.models import Agent, AgentVersion, ChangeType
 from services.agents.store import AgentStore
 from services.platform import migrations
@@ -160,12 +170,12 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             get = pb.GetAgentRequest(agent_id=created.agent.id)
 
             async with empty_handler() as empty:
-                floor = await measure(empty, concurrency=args.concurrency, seconds=args.seconds)
-            ours = await measure(
-                lambda: stub.GetAgent(get, metadata=md_small),
-                concurrency=args.concurrency,
-                seconds=args.seconds,
-            )
+                measured = await interleaved(
+                    {"floor": empty, "ours": lambda: stub.GetAgent(get, metadata=md_small)},
+                    concurrency=args.concurrency,
+                    seconds=args.seconds,
+                )
+            floor, ours = measured["floor"], measured["ours"]
             print(report("GetAgent (auth + PostgreSQL)", ours, floor))
             figures.append(
                 throughput_figure(

@@ -36,7 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
-from bench.harness import Figure, empty_server, figure, free_port, machine, measure, report
+from bench.harness import Figure, empty_server, figure, free_port, interleaved, machine, measure, report
 from services import conversation
 from services.conversation.models import NewMessage
 from services.platform import migrations
@@ -251,12 +251,12 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
 
         empty_channels = _connections(empty_port, 4 * args.workers)
         empty_stubs = itertools.cycle([health_pb2_grpc.HealthStub(c) for c in empty_channels])
-        floor = await measure(
-            lambda: next(empty_stubs).Check(health_pb2.HealthCheckRequest()),
+        measured = await interleaved(
+            {"floor": lambda: next(empty_stubs).Check(health_pb2.HealthCheckRequest()), "ours": append},
             concurrency=args.writers,
             seconds=args.seconds,
         )
-        ours = await measure(append, concurrency=args.writers, seconds=args.seconds)
+        floor, ours = measured["floor"], measured["ours"]
         print(report(f"AppendMessage gRPC ({args.writers} writers, {args.workers} workers)", ours, floor))
         one = convs[0]
 

@@ -29,7 +29,7 @@ from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
-from bench.harness import Figure, figure, machine, measure
+from bench.harness import Figure, figure, interleaved, machine, measure
 
 DELTAS = 2000
 
@@ -258,15 +258,16 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                 return r
 
             for concurrency in (1, args.concurrency):
-                empty = await measure(
-                    lambda: client.get("/healthz"), concurrency=concurrency, seconds=args.seconds
+                measured = await interleaved(
+                    {
+                        "floor": lambda: client.get("/healthz"),
+                        "direct": lambda: stub.GetJwks(request),
+                        "gateway": lambda: client.get("/v1/identity/jwks"),
+                    },
+                    concurrency=concurrency,
+                    seconds=args.seconds,
                 )
-                direct = await measure(
-                    lambda: stub.GetJwks(request), concurrency=concurrency, seconds=args.seconds
-                )
-                gw = await measure(
-                    lambda: client.get("/v1/identity/jwks"), concurrency=concurrency, seconds=args.seconds
-                )
+                empty, direct, gw = measured["floor"], measured["direct"], measured["gateway"]
                 slow = await measure(via_httpx, concurrency=concurrency, seconds=args.seconds)
                 print(
                     f"GetJwks concurrency {concurrency:>2}: direct gRPC {direct.throughput:8.0f}/s p50 {direct.p50_ms:6.3f} ms"

@@ -4,6 +4,8 @@ to compare against: an empty grpc.aio handler on the same machine, in the same r
     floor = await measure(empty_call, concurrency=16, seconds=3)
     ours = await measure(lambda: stub.GetAgent(req, metadata=md), concurrency=16, seconds=3)
     print(report("GetAgent", ours, floor))
+
+`interleaved` measures several calls in turns, for ratios on a machine whose speed drifts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import platform
 import socket
 import statistics
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 
 import grpc
@@ -56,6 +58,23 @@ async def measure(
     ordered = sorted(latencies)
     p99 = ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] if ordered else 0.0
     return Result(len(ordered), elapsed, statistics.median(ordered) * 1000 if ordered else 0.0, p99 * 1000)
+
+
+async def interleaved(
+    calls: Mapping[str, Callable[[], Awaitable[object]]],
+    *,
+    concurrency: int = 16,
+    seconds: float = 3.0,
+    rounds: int = 3,
+) -> dict[str, Result]:
+    """Measures every call `rounds` times, taking turns, and keeps each one's median round (by
+    throughput). The speed of a shared VM drifts by tens of percent within a minute; taking turns
+    lets the drift move every side of a ratio alike."""
+    results: dict[str, list[Result]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            results[name].append(await measure(call, concurrency=concurrency, seconds=seconds))
+    return {name: sorted(rs, key=lambda r: r.throughput)[len(rs) // 2] for name, rs in results.items()}
 
 
 class _EmptyHealth(health_pb2_grpc.HealthServicer):

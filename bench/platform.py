@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from bench.harness import Figure, empty_handler, machine, measure, report, throughput_figure
+from bench.harness import Figure, empty_handler, interleaved, machine, report, throughput_figure
 from services.platform.middleware import principal
 from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
@@ -98,10 +98,12 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         ]
         try:
             async with empty_handler() as empty:
-                floor = await measure(empty, concurrency=concurrency, seconds=seconds)
-                ours = await measure(
-                    lambda: stub.WhoAmI(request, metadata=metadata), concurrency=concurrency, seconds=seconds
+                measured = await interleaved(
+                    {"floor": empty, "ours": lambda: stub.WhoAmI(request, metadata=metadata)},
+                    concurrency=concurrency,
+                    seconds=seconds,
                 )
+            floor, ours = measured["floor"], measured["ours"]
             lines.append(report("authenticated unary (full chain)", ours, floor))
             figures = [
                 throughput_figure(

@@ -5,11 +5,10 @@ No proto objects and no rules here: the service decides who may see what and pas
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
@@ -110,10 +109,9 @@ def scoped(scope: Scope) -> list[sa.ColumnElement[bool]]:
 class ConversationStore:
     def __init__(self, engine: AsyncEngine, *, autocommit: AutocommitPool | None = None):
         self.engine = engine
-        # Single-statement writes need no BEGIN/COMMIT round trips: the runtime's psycopg pool of
-        # autocommit connections, or else the engine's pool in autocommit mode.
-        self._autocommit_pool = autocommit
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        # PostgreSQL: the runtime's psycopg pool of autocommit connections, for the one-statement
+        # append (no BEGIN/COMMIT round trips). Without it appends take the transaction path.
+        self._autocommit = autocommit
 
     @property
     def dialect(self) -> str:
@@ -236,7 +234,7 @@ class ConversationStore:
         message, so sequence numbers have no gaps.
         """
         c = conversations.c
-        if self.dialect == "postgresql":
+        if self.dialect == "postgresql" and self._autocommit is not None:
             fast = await self._append_postgres(
                 scope, conversation_id, new, token_count=token_count, request_id=request_id, now=now
             )
@@ -337,7 +335,8 @@ class ConversationStore:
         try:
             # The hottest write of the mesh runs on psycopg directly: SQLAlchemy's statement and
             # result layers cost more than the round trip.
-            async with self._raw_autocommit() as raw, raw.cursor(row_factory=namedtuple_row) as cursor:
+            assert self._autocommit is not None
+            async with self._autocommit.connection() as raw, raw.cursor(row_factory=namedtuple_row) as cursor:
                 await cursor.execute(statement, params)
                 row = await cursor.fetchone()
         except (IntegrityError, psycopg.IntegrityError):
@@ -358,15 +357,6 @@ class ConversationStore:
             create_time=now,
         )
         return message, _conversation(row), False
-
-    @contextlib.asynccontextmanager
-    async def _raw_autocommit(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        if self._autocommit_pool is not None:
-            async with self._autocommit_pool.connection() as raw:
-                yield raw
-            return
-        async with self._autocommit.connect() as conn:
-            yield (await conn.get_raw_connection()).driver_connection
 
     async def _message_by_request_id(
         self, conn: AsyncConnection, conversation_id: str, request_id: str

@@ -303,6 +303,11 @@ class JsonFormatter(logging.Formatter):
         if span.is_valid:
             entry["trace_id"] = format(span.trace_id, "032x")
             entry["span_id"] = format(span.span_id, "016x")
+        elif call is not None:
+            # Not tracing here: the caller's trace id, from its traceparent ("00-<trace>-<span>-<flags>").
+            parts = (_metadata_value(call.metadata, "traceparent") or "").split("-")
+            if len(parts) == 4 and len(parts[1]) == 32:
+                entry["trace_id"] = parts[1]
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)

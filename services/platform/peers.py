@@ -20,6 +20,7 @@ from services.platform.middleware import current_call
 from services.platform.settings import TlsSettings
 
 FORWARDED = ("authorization", "x-request-id")
+TRACE_HEADERS = ("traceparent", "tracestate")
 
 
 class _Forwarding(
@@ -28,8 +29,11 @@ class _Forwarding(
     grpc.aio.StreamUnaryClientInterceptor,
     grpc.aio.StreamStreamClientInterceptor,
 ):
-    def __init__(self, deadline_cap: float):
+    def __init__(self, deadline_cap: float, *, pass_trace: bool = False):
         self._cap = deadline_cap
+        # Without OpenTelemetry's client interceptor (this process exports nothing), the caller's
+        # trace context is passed on as it came.
+        self._forwarded = FORWARDED + TRACE_HEADERS if pass_trace else FORWARDED
 
     def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
         metadata = grpc.aio.Metadata(*(details.metadata or ()))
@@ -37,7 +41,7 @@ class _Forwarding(
         call = current_call.get()
         if call is not None:
             for key, value in call.metadata:
-                if key in FORWARDED and key not in metadata:
+                if key in self._forwarded and key not in metadata:
                     metadata.add(key, value)
             if "x-request-id" not in metadata:
                 metadata.add("x-request-id", call.request_id)
@@ -101,7 +105,7 @@ class PeerChannels:
         existing = self._channels.get(address)
         if existing is not None:
             return existing
-        interceptors: list[Any] = [_Forwarding(self._cap)]
+        interceptors: list[Any] = [_Forwarding(self._cap, pass_trace=self._tracer_provider is None)]
         if self._tracer_provider is not None:
             interceptors += aio_client_interceptors(tracer_provider=self._tracer_provider)
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]

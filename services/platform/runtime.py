@@ -105,6 +105,7 @@ class Runtime:
         peers: PeerChannels,
         page_tokens: PageTokens,
         clock: Callable[[], float] = time.time,
+        tracing: bool = True,
     ):
         self.settings = settings
         self.engine = engine
@@ -112,6 +113,8 @@ class Runtime:
         self.autocommit = db.AutocommitPool(engine) if engine.dialect.name == "postgresql" else None
         self.redis = redis
         self.tracer_provider = tracer_provider
+        # Whether spans are exported; without, servers and peer channels skip OpenTelemetry.
+        self.tracing = tracing
         self.peers = peers
         self.page_tokens = page_tokens
         self.clock = clock
@@ -136,8 +139,11 @@ class Runtime:
         provider = telemetry.create_tracer_provider(
             service_name, settings.otel_exporter, span_exporter=span_exporter, file_path=settings.otel_file
         )
+        tracing = telemetry.exports(settings.otel_exporter, span_exporter)
         peers = PeerChannels(
-            deadline_cap=settings.peers.deadline_seconds, tls=settings.tls, tracer_provider=provider
+            deadline_cap=settings.peers.deadline_seconds,
+            tls=settings.tls,
+            tracer_provider=provider if tracing else None,
         )
         return cls(
             settings=settings,
@@ -146,6 +152,7 @@ class Runtime:
             tracer_provider=provider,
             peers=peers,
             page_tokens=PageTokens(settings.auth.page_token_secret.encode()),
+            tracing=tracing,
         )
 
     async def _jwks_from_identity(self) -> Mapping[str, Any]:

@@ -77,7 +77,11 @@ class Server:
         public = frozenset().union(*(r.public_methods for r in self.registrations))
         self._server = grpc.aio.server(
             interceptors=[
-                aio_server_interceptor(tracer_provider=runtime.tracer_provider),
+                *(
+                    [aio_server_interceptor(tracer_provider=runtime.tracer_provider)]
+                    if runtime.tracing
+                    else []
+                ),
                 Pipeline(
                     [
                         AccessLog(),

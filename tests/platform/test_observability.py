@@ -31,7 +31,8 @@ async def test_metrics_count_calls_by_method_tenant_and_code(serve, keys):
     assert "agentmesh_rpc_duration_seconds_bucket" in text
 
 
-async def test_access_log_is_json_with_request_id_and_tenant(serve, keys):
+async def test_access_log_is_json_with_request_id_tenant_and_the_callers_trace(serve, keys):
+    """The runtime here exports no spans, so the trace id comes from the caller's traceparent."""
     records: list[logging.LogRecord] = []
 
     class Keep(logging.Handler):
@@ -50,7 +51,12 @@ async def test_access_log_is_json_with_request_id_and_tenant(serve, keys):
         running = await serve(probe_identity())
         stub = pb_grpc.IdentityServiceStub(running.channel)
         await stub.WhoAmI(
-            pb.WhoAmIRequest(), metadata=(*bearer(keys.token(tenant="t-log")), ("x-request-id", "r-1"))
+            pb.WhoAmIRequest(),
+            metadata=(
+                *bearer(keys.token(tenant="t-log")),
+                ("x-request-id", "r-1"),
+                ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            ),
         )
     finally:
         logger.removeHandler(handler)
@@ -59,5 +65,6 @@ async def test_access_log_is_json_with_request_id_and_tenant(serve, keys):
     line = next(entry for entry in lines if entry.get("method", "").endswith("/WhoAmI"))
     assert line["request_id"] == "r-1"
     assert line["tenant"] == "t-log"
+    assert line["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert line["code"] == "OK"
     assert isinstance(line["duration_ms"], float)

@@ -3,6 +3,7 @@ the caller's remaining time, capped."""
 
 import dataclasses
 
+import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
@@ -40,9 +41,13 @@ def registration(servicer) -> ServiceRegistration:
     )
 
 
-async def test_peer_call_forwards_identity_request_id_trace_and_deadline(settings, keys):
+@pytest.mark.parametrize("exporting", [True, False], ids=["tracing", "not-tracing"])
+async def test_peer_call_forwards_identity_request_id_trace_and_deadline(settings, keys, exporting):
+    """Tracing: the peer call is a child span of the caller's trace. Not tracing (no exporter, so no
+    OpenTelemetry interceptors): the caller's traceparent is passed on unchanged."""
     settings = dataclasses.replace(settings, peers=dataclasses.replace(settings.peers, deadline_seconds=4.0))
-    runtime = await Runtime.create(settings, span_exporter=InMemorySpanExporter())
+    assert settings.otel_exporter == "none"
+    runtime = await Runtime.create(settings, span_exporter=InMemorySpanExporter() if exporting else None)
 
     async def jwks():
         return keys.jwks()
@@ -59,17 +64,15 @@ async def test_peer_call_forwards_identity_request_id_trace_and_deadline(setting
     stub = pb_grpc.IdentityServiceStub(channel)
     token = keys.token()
     try:
-        metadata = (
-            *bearer(token),
-            ("x-request-id", "req-42"),
-            ("traceparent", f"00-{TRACE_ID}-00f067aa0ba902b7-01"),
-        )
+        traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
+        metadata = (*bearer(token), ("x-request-id", "req-42"), ("traceparent", traceparent))
         reply = await stub.WhoAmI(pb.WhoAmIRequest(), metadata=metadata, timeout=30)
         assert reply.user.id == "through-peer"
         seen = downstream.seen
         assert seen["authorization"] == f"Bearer {token}"
         assert seen["x-request-id"] == "req-42"
         assert seen["traceparent"].split("-")[1] == TRACE_ID
+        assert (seen["traceparent"] == traceparent) is not exporting  # a child span, or as it came
         assert 0 < seen["time_remaining"] < 4.5  # capped below the caller's 30 s
 
         await stub.WhoAmI(pb.WhoAmIRequest(), metadata=bearer(token), timeout=1.5)
