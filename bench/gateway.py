@@ -1,6 +1,6 @@
 """Gateway benchmark: the same unary RPC through the gateway (HTTP/JSON on a uvicorn port) and
 directly over gRPC, in one run; WebSocket time to first delta and events per second with a
-zero-delay stream; RSS of the gateway process idle and with N open WebSockets.
+zero-delay stream; RSS of the gateway process, and of `agentmesh up`, idle and with N open WebSockets.
 
 As in production, the fake upstreams and the gateway are two processes, and the client a third, so
 neither the client's work nor its memory is counted against them. The HTTP client is a minimal
@@ -16,10 +16,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import pathlib
 import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import grpc
@@ -29,7 +32,7 @@ from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
-from bench.harness import Figure, figure, interleaved, machine, measure
+from bench.harness import Figure, figure, free_port, interleaved, machine, measure
 
 DELTAS = 2000
 
@@ -210,7 +213,7 @@ async def _grpc_first_delta_and_rate(
     return firsts, count / elapsed
 
 
-async def _open_sockets(port: int, n: int) -> list[object]:
+async def _open_sockets(port: int, n: int, token: str = "x") -> list[object]:
     from websockets.asyncio.client import connect
 
     sockets: list[object] = []
@@ -218,12 +221,64 @@ async def _open_sockets(port: int, n: int) -> list[object]:
 
     async def one() -> None:
         async with sem:
-            ws = await connect(f"ws://127.0.0.1:{port}/v1/ws", subprotocols=["agentmesh.v1", "bearer.x"])
-            await ws.recv()
+            ws = await connect(
+                f"ws://127.0.0.1:{port}/v1/ws", subprotocols=["agentmesh.v1", f"bearer.{token}"]
+            )
+            hello = json.loads(await ws.recv())
+            if hello.get("event") != "connected":
+                raise RuntimeError(f"WebSocket refused: {hello}")
             sockets.append(ws)
 
     await asyncio.gather(*(one() for _ in range(n)))
     return sockets
+
+
+async def _agentmesh_up_memory(sockets: int) -> Figure:
+    """`agentmesh up` (every service and the gateway in one process, on its embedded storage) idle,
+    then with `sockets` WebSockets open as the demo user_1."""
+    grpc_port, http_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update(AGENTMESH_WS_CONNECTIONS_PER_USER=str(sockets + 10), AGENTMESH_LOG_LEVEL="WARNING")
+    with tempfile.TemporaryDirectory(prefix="bench-up-") as data_dir:
+        up = await asyncio.create_subprocess_exec(
+            str(pathlib.Path(sys.executable).parent / "agentmesh"), "up", "--grpc-port", str(grpc_port),
+            "--http-port", str(http_port), "--data-dir", data_dir,
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}", timeout=30) as http:
+                for _ in range(600):
+                    try:
+                        if (await http.get("/readyz")).status_code == 200:
+                            break
+                    except httpx.TransportError:
+                        pass
+                    await asyncio.sleep(0.2)
+                login = await http.post(
+                    "/v1/identity:login", json={"tenant": "demo", "username": "user_1", "password": "1234"}
+                )
+                login.raise_for_status()
+                token = login.json()["accessToken"]
+            idle = _rss_mb(up.pid)
+            opened = await _open_sockets(http_port, sockets, token)
+            await asyncio.sleep(0.5)
+            busy = _rss_mb(up.pid)
+            for ws in opened:
+                await ws.close()  # type: ignore[attr-defined]
+        finally:
+            up.terminate()
+            await up.wait()
+    per_socket = (busy - idle) * 1024 / max(1, len(opened))
+    print(
+        f"RSS of agentmesh up: idle {idle:.1f} MB, with {len(opened)} open WebSockets {busy:.1f} MB"
+        f" ({per_socket:.1f} KB per socket)"
+    )
+    return figure(
+        f"RSS of `agentmesh up` (all services and the gateway), idle against {len(opened):,} open WebSockets",
+        f"idle {idle:.1f} MB; with {len(opened):,} sockets {busy:.1f} MB ({per_socket:.1f} KB per socket)",
+        busy / idle,
+        "RSS with sockets / idle",
+    )
 
 
 async def main(argv: list[str] | None = None) -> list[Figure]:
@@ -342,6 +397,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     finally:
         await _stop(gateway)
         await _stop(upstream)
+    figures.append(await _agentmesh_up_memory(args.sockets))
     return figures
 
 

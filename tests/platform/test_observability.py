@@ -1,6 +1,7 @@
 """Metrics count every call by method, tenant and code; logs are one JSON object per line with the
 request id, tenant and trace id of the call they belong to."""
 
+import asyncio
 import json
 import logging
 
@@ -23,7 +24,14 @@ async def test_metrics_count_calls_by_method_tenant_and_code(serve, keys):
     await stub.WhoAmI(pb.WhoAmIRequest(), metadata=bearer(token))
     with pytest.raises(grpc.aio.AioRpcError):
         await stub.GetUser(pb.GetUserRequest(user_id="x"), metadata=bearer(token))
-    text = generate_latest(running.server.metrics.registry).decode()
+    # An aborted call's status reaches the client before the server's middleware unwinds: wait
+    # (bounded) until no call is in flight before reading the counters.
+    idle = 'agentmesh_rpc_active{method="/agentmesh.identity.v1.IdentityService/GetUser"} 0.0'
+    for _ in range(100):
+        text = generate_latest(running.server.metrics.registry).decode()
+        if idle in text:
+            break
+        await asyncio.sleep(0.05)
     who = 'method="/agentmesh.identity.v1.IdentityService/WhoAmI",tenant="tenant-m"'
     assert f'agentmesh_rpc_calls_total{{code="OK",{who}}} 2.0' in text
     get = 'method="/agentmesh.identity.v1.IdentityService/GetUser",tenant="tenant-m"'
