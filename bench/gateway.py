@@ -258,7 +258,7 @@ async def _agentmesh_up_memory(sockets: int) -> Figure:
                     "/v1/identity:login", json={"tenant": "demo", "username": "user_1", "password": "1234"}
                 )
                 login.raise_for_status()
-                token = login.json()["accessToken"]
+                token = login.json()["tokens"]["accessToken"]
             idle = _rss_mb(up.pid)
             opened = await _open_sockets(http_port, sockets, token)
             await asyncio.sleep(0.5)
