@@ -107,4 +107,5 @@ async def register(runtime: Runtime, **overrides: Any) -> ServiceRegistration:
             servicer, server
         ),
         public_methods=PUBLIC_METHODS,
+        background=[sessions.prune_forever],
     )

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+import logging
 import uuid
 from collections.abc import Callable
 
@@ -10,6 +12,10 @@ from services.identity.models import RefreshRecord, Session, Tenant, User
 from services.identity.redis_state import Revocations
 from services.identity.store import IdentityStore
 from services.identity.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, token_time
+
+log = logging.getLogger("agentmesh.identity.sessions")
+
+PRUNE_INTERVAL_SECONDS = 3600.0
 
 
 def at(seconds: float) -> datetime.datetime:
@@ -67,6 +73,20 @@ class Sessions:
             )
         )
         return Session(access.token, refresh, self.tokens.access_ttl, int(expires - now))
+
+    async def prune_forever(self, interval: float = PRUNE_INTERVAL_SECONDS) -> None:
+        """Background job: deletes the refresh tokens of sessions that are over."""
+        while True:
+            try:
+                pruned = await self._store.prune_dead_families(now=at(self._clock()))
+                if pruned:
+                    log.info("pruned refresh tokens", extra={"fields": {"rows": pruned}})
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # A database outage must not end the job; the next round tries again.
+                log.exception("refresh token pruning failed")
+            await asyncio.sleep(interval)
 
     async def end_all(self, user_id: str, *, as_of: float) -> None:
         """Voids the user's access tokens issued before `as_of` and revokes every refresh family."""

@@ -373,6 +373,16 @@ class IdentityStore:
         async with self._engine.connect() as conn:
             return utc((await conn.execute(query)).scalar_one())
 
+    async def prune_dead_families(self, *, now: datetime.datetime) -> int:
+        """Deletes the refresh tokens of every family whose last token has expired (its session is
+        over: rotation never issues past the session maximum); returns how many rows went. A family
+        with any live token is kept whole, since its first token dates its session."""
+        rt = refresh_tokens.c
+        dead = sa.select(rt.family_id).group_by(rt.family_id).having(sa.func.max(rt.expires_at) < now)
+        async with self._engine.begin() as conn:
+            result = await conn.execute(refresh_tokens.delete().where(rt.family_id.in_(dead)))
+        return result.rowcount
+
     async def revoke_family(self, family_id: str, *, now) -> None:
         statement = (
             refresh_tokens.update()

@@ -4,14 +4,17 @@ disable and delete, key rotation."""
 from __future__ import annotations
 
 import dataclasses
+import datetime
 
 import grpc
 import jwt
+import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf import field_mask_pb2
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from services.identity.keys import KeySet, private_pem
+from services.identity.store import IdentityStore, refresh_tokens
 from tests.conftest import bearer
 from tests.identity.conftest import PASSWORD, field_violations, rpc_error
 from tests.identity.test_tokens import claims_for
@@ -181,3 +184,43 @@ async def test_key_rotation_overlap(serve, runtime, identity_key_file, tmp_path,
     # ...and one from a key outside the set does not.
     stranger = KeySet(Ed25519PrivateKey.generate())
     await assert_dead_access(identity, stranger.sign(claims_for(account)))
+
+
+async def test_sessions_that_are_over_are_pruned_whole(identity, runtime):
+    """A family whose every token expired is deleted; a family with a live token is kept whole (its
+    first token dates the session), and still refreshes."""
+    account = await identity.sign_up()
+    ended = account.tokens.refresh_token
+    ended = (await refresh(identity, ended)).refresh_token  # two rows in the ended family
+    kept = (await identity.login(account.tenant.name, "owner", PASSWORD)).tokens.refresh_token
+    kept = (await refresh(identity, kept)).refresh_token
+    rt = refresh_tokens.c
+    store = IdentityStore(runtime.engine)
+    now = datetime.datetime.now(datetime.UTC)
+    async with runtime.engine.begin() as conn:
+        users_rows = sa.select(rt.family_id).where(rt.user_id == account.user.id)
+        families = sorted({r.family_id for r in (await conn.execute(users_rows)).all()})
+        assert len(families) == 2
+        first_row = sa.select(rt.family_id).where(rt.user_id == account.user.id).order_by(rt.issued_at)
+        ended_family = (await conn.execute(first_row)).first().family_id
+        # The ended session: every token past its expiry. The kept one: only its first token.
+        past = now - datetime.timedelta(days=1)
+        await conn.execute(
+            refresh_tokens.update().where(rt.family_id == ended_family).values(expires_at=past)
+        )
+        kept_family = next(f for f in families if f != ended_family)
+        oldest_kept = sa.select(sa.func.min(rt.issued_at)).where(rt.family_id == kept_family)
+        await conn.execute(
+            refresh_tokens.update()
+            .where(
+                rt.family_id == kept_family, rt.issued_at == (await conn.execute(oldest_kept)).scalar_one()
+            )
+            .values(expires_at=past)
+        )
+
+    assert await store.prune_dead_families(now=now) == 2
+    async with runtime.engine.connect() as conn:
+        left = (await conn.execute(sa.select(rt.family_id).where(rt.user_id == account.user.id))).all()
+    assert {r.family_id for r in left} == {kept_family} and len(left) == 2
+    assert (await refresh(identity, kept)).access_token
+    await assert_dead_refresh(identity, ended)
