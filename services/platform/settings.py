@@ -9,40 +9,33 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Mapping
-from typing import TypeVar
+from typing import Any
 
 
 class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
 
 
-_Number = TypeVar("_Number", int, float)
-
-
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
+def _number(env: Mapping[str, str], name: str, default: Any, kind: type, positive: bool) -> Any:
     raw = env.get(name, "")
     if raw == "":
         return default
     try:
-        return int(raw)
+        value = kind(raw)
     except ValueError:
-        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        return float(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-
-
-def _positive(value: _Number, name: str) -> _Number:
-    if value <= 0:
-        raise SettingsError(f"{name} must be positive, got {value}")
+        what = "an integer" if kind is int else "a number"
+        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
+    if positive and value <= 0:
+        raise SettingsError(f"{name} must be positive, got {raw!r}")
     return value
+
+
+def _int(env: Mapping[str, str], name: str, default: int, *, positive: bool = False) -> int:
+    return int(_number(env, name, default, int, positive))
+
+
+def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
+    return float(_number(env, name, default, float, positive))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -204,10 +197,7 @@ class Settings:
                 audience=env.get("AGENTMESH_JWT_AUDIENCE", "agentmesh"),
                 access_token_ttl_seconds=_int(env, "AGENTMESH_ACCESS_TOKEN_TTL_SECONDS", 900),
                 refresh_token_ttl_seconds=_int(env, "AGENTMESH_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
-                session_max_seconds=_positive(
-                    _int(env, "AGENTMESH_SESSION_MAX_SECONDS", 90 * 24 * 3600),
-                    "AGENTMESH_SESSION_MAX_SECONDS",
-                ),
+                session_max_seconds=_int(env, "AGENTMESH_SESSION_MAX_SECONDS", 90 * 24 * 3600, positive=True),
                 signing_key_file=env.get("AGENTMESH_SIGNING_KEY_FILE", ""),
                 previous_signing_key_files=previous,
                 service_secret=env.get("AGENTMESH_SERVICE_SECRET", ""),
@@ -241,15 +231,10 @@ class Settings:
                 openai_read_timeout_seconds=_float(env, "AGENTMESH_OPENAI_READ_TIMEOUT_SECONDS", 60.0),
             ),
             runs=RunSettings(
-                lease_seconds=_positive(
-                    _float(env, "AGENTMESH_RUN_LEASE_SECONDS", 10.0), "AGENTMESH_RUN_LEASE_SECONDS"
-                ),
-                sweep_interval_seconds=_positive(
-                    _float(env, "AGENTMESH_RUN_SWEEP_SECONDS", 5.0), "AGENTMESH_RUN_SWEEP_SECONDS"
-                ),
-                event_retention_seconds=_positive(
-                    _int(env, "AGENTMESH_RUN_EVENT_RETENTION_SECONDS", 3600),
-                    "AGENTMESH_RUN_EVENT_RETENTION_SECONDS",
+                lease_seconds=_float(env, "AGENTMESH_RUN_LEASE_SECONDS", 10.0, positive=True),
+                sweep_interval_seconds=_float(env, "AGENTMESH_RUN_SWEEP_SECONDS", 5.0, positive=True),
+                event_retention_seconds=_int(
+                    env, "AGENTMESH_RUN_EVENT_RETENTION_SECONDS", 3600, positive=True
                 ),
             ),
         )
