@@ -20,7 +20,6 @@ import itertools
 import os
 import pathlib
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,7 +35,17 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
-from bench.harness import Figure, empty_server, figure, free_port, interleaved, machine, measure, report
+from bench.harness import (
+    Figure,
+    empty_server,
+    figure,
+    interleaved,
+    machine,
+    measure,
+    report,
+    start_child,
+    stop_children,
+)
 from services import conversation
 from services.conversation.models import NewMessage
 from services.platform import migrations
@@ -44,6 +53,7 @@ from services.platform.auth import Principal
 from services.platform.runtime import Runtime
 from services.platform.server import Server
 from services.platform.settings import Settings
+from tests.embedded import free_port
 
 PG_SERVER = os.environ.get("AGENTMESH_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AGENTMESH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -109,26 +119,13 @@ async def _start_workers(
         )
     )
     port, empty_port = free_port(), free_port()
+    serve = (str(key_file), str(port), str(empty_port), "--database-url", url, "--redis-url", args.redis_url)
     children = []
     for _ in range(args.workers):
-        child = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.conversation", "--serve", str(key_file), str(port),
-            str(empty_port), "--database-url", url, "--redis-url", args.redis_url,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        )  # fmt: skip
+        child, said = await start_child("bench.conversation", *serve)
         children.append(child)
-    for child in children:
-        assert child.stdout is not None
-        assert (await child.stdout.readline()).startswith(b"SERVING")
+        assert said == ["SERVING"], said
     return children, port, empty_port
-
-
-async def _stop_workers(children: list[asyncio.subprocess.Process]) -> None:
-    for child in children:
-        assert child.stdin is not None
-        child.stdin.close()
-    for child in children:
-        await child.wait()
 
 
 def _settings(url: str, redis_url: str) -> Settings:
@@ -272,7 +269,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         )
         for c in [*served, *empty_channels]:
             await c.close()
-        await _stop_workers(children)
+        await stop_children(*children)
         children = []
         service = conversation.build_service(runtime)
         who = Principal(user_id="writer", tenant_id=tenant, roles=frozenset({"owner"}), tier="enterprise")
@@ -437,7 +434,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         )
         await channel.close()
     finally:
-        await _stop_workers(children)
+        await stop_children(*children)
         if workdir is not None:
             workdir.cleanup()
         if server is not None:

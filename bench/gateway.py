@@ -32,7 +32,8 @@ from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
-from bench.harness import Figure, figure, free_port, interleaved, machine, measure
+from bench.harness import Figure, figure, interleaved, machine, measure, start_child, stop_children
+from tests.embedded import free_port
 
 DELTAS = 2000
 
@@ -100,24 +101,6 @@ async def _serve_gateway(upstream_port: int) -> None:
     print(f"PORT {await http.start()}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await http.stop()
-
-
-async def _child(*args: str) -> tuple[asyncio.subprocess.Process, int]:
-    """A `--serve` child and the port it printed; it stops when its stdin closes."""
-    child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.gateway", *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE
-    )
-    assert child.stdout is not None
-    return child, int((await child.stdout.readline()).split()[1])
-
-
-async def _stop(child: asyncio.subprocess.Process) -> None:
-    if child.stdin:
-        child.stdin.close()
-    try:
-        await asyncio.wait_for(child.wait(), 10)
-    except TimeoutError:
-        child.kill()
 
 
 class _KeepAlive:
@@ -297,8 +280,9 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         return []
     figures: list[Figure] = []
     _raise_fd_limit()
-    upstream, grpc_port = await _child("--serve", "upstream")
-    gateway, http_port = await _child("--serve", "gateway", str(grpc_port))
+    upstream, (_, grpc_address) = await start_child("bench.gateway", "upstream")
+    gateway, (_, http_address) = await start_child("bench.gateway", "gateway", grpc_address)
+    grpc_port, http_port = int(grpc_address), int(http_address)
     try:
         print(f"gateway benchmark on {machine()}")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
@@ -395,8 +379,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         for ws in sockets:
             await ws.close()  # type: ignore[attr-defined]
     finally:
-        await _stop(gateway)
-        await _stop(upstream)
+        await stop_children(gateway, upstream)
     figures.append(await _agentmesh_up_memory(args.sockets))
     return figures
 

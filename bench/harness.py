@@ -13,8 +13,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import platform
-import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -82,10 +83,27 @@ class _EmptyHealth(health_pb2_grpc.HealthServicer):
         return health_pb2.HealthCheckResponse()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+async def start_child(module: str, *args: str) -> tuple[asyncio.subprocess.Process, list[str]]:
+    """`python -m <module> --serve <args>`: a benchmark's server in a process of its own. Returns it
+    and the words of the first line it prints (once it serves); it stops when its stdin closes."""
+    child = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", module, "--serve", *args, stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    )
+    assert child.stdout is not None
+    return child, (await child.stdout.readline()).decode().split()
+
+
+async def stop_children(*children: asyncio.subprocess.Process) -> None:
+    """Closes each child's stdin and waits for it (10 s, then kills it)."""
+    for child in children:
+        if child.stdin:
+            child.stdin.close()
+    for child in children:
+        try:
+            await asyncio.wait_for(child.wait(), 10)
+        except TimeoutError:
+            child.kill()
+            await child.wait()
 
 
 @asynccontextmanager
