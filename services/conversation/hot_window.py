@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from services.conversation.models import Message
+from services.platform.batching import Batcher
 
 log = logging.getLogger("agentmesh.conversation.hot_window")
 
@@ -49,7 +50,8 @@ class HotWindow:
         self.redis = redis
         self.size = size
         self.ttl_seconds = ttl_seconds
-        self._append = redis.register_script(_APPEND_IF_PRESENT)
+        # The appends of concurrent calls go to Redis as one pipeline.
+        self._appends: Batcher[Message, None] = Batcher(self._append_many)
 
     @staticmethod
     def key(conversation_id: str) -> str:
@@ -57,13 +59,22 @@ class HotWindow:
 
     async def append(self, message: Message) -> None:
         """Adds a committed message to its conversation's window, if the window exists."""
+        await self._appends.submit(message)
+
+    async def _append_many(self, batch: list[Message]) -> list[None]:
         try:
-            await self._append(
-                keys=[self.key(message.conversation_id)],
-                args=[message.sequence, _encode(message), self.size, self.ttl_seconds],
-            )
+            # EVAL, not EVALSHA: Redis caches the script by its hash all the same, and a pipeline
+            # then needs no SCRIPT EXISTS round trip first.
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for m in batch:
+                    pipe.eval(
+                        _APPEND_IF_PRESENT, 1, self.key(m.conversation_id), m.sequence, _encode(m),
+                        self.size, self.ttl_seconds,
+                    )  # fmt: skip
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("hot window append failed", extra={"fields": {"error": repr(exc)}})
+        return [None] * len(batch)
 
     async def read(self, conversation_id: str, *, max_sequence: int, count: int) -> list[Message] | None:
         """Up to `count` messages with sequence <= max_sequence, newest first; None if Redis failed."""

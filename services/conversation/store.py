@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.conversation.models import ACTIVE, CLOSED, Conversation, Message, NewMessage
 from services.conversation.tables import conversations, messages, retention_policies
+from services.platform.batching import Batcher
 from services.platform.db import AutocommitPool
 
 
@@ -42,28 +43,38 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
-# One statement, one round trip (PostgreSQL): the UPDATE takes the conversation's row lock and numbers
-# the message, the INSERT uses that number; a stored request_id makes the UPDATE match nothing.
-_APPEND_SQL_TEMPLATE = """
-    WITH c AS (
-        UPDATE conversations
-        SET message_count = message_count + 1, token_count = token_count + %(tokens)s,
-            update_time = %(now)s, last_message_time = %(now)s
-        WHERE id = %(cid)s AND tenant_id = %(tenant)s {user_clause} AND status = 'ACTIVE'
-          AND NOT (%(rid)s <> '' AND EXISTS (
-              SELECT 1 FROM messages WHERE conversation_id = %(cid)s AND request_id = %(rid)s))
-        RETURNING *
+# Appends as one statement, one round trip (PostgreSQL), for any number of conversations (one message
+# each): the UPDATE takes each conversation's row lock and numbers its message, the INSERT uses that
+# number; a stored request_id, another tenant's or user's conversation or a closed one makes the UPDATE
+# match nothing for that row. The locks are taken in id order first, so two batches (from two
+# processes) that share conversations wait for each other instead of deadlocking.
+_APPEND_SQL = """
+    WITH i AS (
+        SELECT * FROM json_to_recordset(%(batch)s::json) AS i(
+            cid text, tenant text, usr text, tokens bigint, now bigint, rid text, mid text, role text,
+            content text, metadata json, tool text)
+    ), locked AS MATERIALIZED (
+        SELECT conv.id FROM conversations conv JOIN i ON conv.id = i.cid ORDER BY conv.id FOR UPDATE OF conv
+    ), c AS (
+        UPDATE conversations AS conv
+        SET message_count = conv.message_count + 1, token_count = conv.token_count + i.tokens,
+            update_time = i.now, last_message_time = i.now
+        FROM i JOIN locked ON locked.id = i.cid
+        WHERE conv.id = i.cid AND conv.tenant_id = i.tenant AND (i.usr IS NULL OR conv.user_id = i.usr)
+          AND conv.status = 'ACTIVE'
+          AND NOT (i.rid <> '' AND EXISTS (
+              SELECT 1 FROM messages WHERE conversation_id = i.cid AND request_id = i.rid))
+        RETURNING conv.*, i.mid
     ), m AS (
         INSERT INTO messages (id, conversation_id, tenant_id, sequence, role, content, token_count,
                               metadata, tool_call_id, request_id, create_time)
-        SELECT %(mid)s, c.id, c.tenant_id, c.message_count, %(role)s, %(content)s, %(tokens)s,
-               CAST(%(metadata)s AS JSON), %(tool)s, %(rid)s, %(now)s FROM c
+        SELECT c.mid, c.id, c.tenant_id, c.message_count, i.role, i.content, i.tokens,
+               i.metadata, i.tool, i.rid, i.now
+        FROM c JOIN i ON i.mid = c.mid
         RETURNING id
     )
     SELECT * FROM c
 """
-_APPEND_SQL = _APPEND_SQL_TEMPLATE.format(user_clause="")
-_APPEND_SQL_USER = _APPEND_SQL_TEMPLATE.format(user_clause="AND user_id = %(user)s")
 
 
 def _conversation(row: Any) -> Conversation:
@@ -112,6 +123,9 @@ class ConversationStore:
         # PostgreSQL: the runtime's psycopg pool of autocommit connections, for the one-statement
         # append (no BEGIN/COMMIT round trips). Without it appends take the transaction path.
         self._autocommit = autocommit
+        # Concurrent appends share statements; one conversation appears once per statement, since
+        # an UPDATE changes a row once however many input rows join it.
+        self._appends: Batcher[dict[str, Any], Any] = Batcher(self._append_rows, key=lambda item: item["cid"])
 
     @property
     def dialect(self) -> str:
@@ -314,35 +328,24 @@ class ConversationStore:
         request_id: str,
         now: int,
     ) -> tuple[Message, Conversation, bool] | None:
-        """The same append as one autocommit statement (one round trip): the UPDATE takes the row
-        lock and numbers the message, the INSERT uses that number; any failure undoes both. A
-        request_id already stored makes the UPDATE match nothing (None is returned); a twin that
-        commits while this one waits is caught by the unique index instead."""
-        params: dict[str, Any] = {
+        """The same append in one autocommit statement, shared with the appends to other
+        conversations that arrive meanwhile (`_appends`). None when the statement appended nothing:
+        a missing or closed conversation, or a request_id already stored (a twin that commits while
+        this one waits is caught by the unique index instead)."""
+        params = {
             "cid": conversation_id,
             "tenant": scope.tenant_id,
-            "user": scope.user_id or "",
+            "usr": scope.user_id,
             "tokens": token_count,
             "now": now,
             "rid": request_id,
             "mid": new_id(),
             "role": new.role,
             "content": new.content,
-            "metadata": json.dumps(new.metadata),
+            "metadata": new.metadata,
             "tool": new.tool_call_id,
         }
-        statement = _APPEND_SQL_USER if scope.user_id is not None else _APPEND_SQL
-        try:
-            # The hottest write of the mesh runs on psycopg directly: SQLAlchemy's statement and
-            # result layers cost more than the round trip.
-            assert self._autocommit is not None
-            async with self._autocommit.connection() as raw, raw.cursor(row_factory=namedtuple_row) as cursor:
-                await cursor.execute(statement, params)
-                row = await cursor.fetchone()
-        except (IntegrityError, psycopg.IntegrityError):
-            if not request_id:
-                raise
-            return None
+        row = await self._appends.submit(params)
         if row is None:
             return None
         message = Message(
@@ -357,6 +360,33 @@ class ConversationStore:
             create_time=now,
         )
         return message, _conversation(row), False
+
+    async def _append_rows(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """Runs `_APPEND_SQL` for a batch (one message per conversation); the conversation row of
+        each appended message, or None for each that was not. A unique-index violation undoes the
+        whole statement: the batch is then retried one by one, so only the twin fails."""
+        # One JSON parameter for the whole batch: json.dumps is far cheaper than psycopg's array dumpers.
+        params = {"batch": json.dumps(batch)}
+        try:
+            # The hottest write of the mesh runs on psycopg directly: SQLAlchemy's statement and
+            # result layers cost more than the round trip.
+            assert self._autocommit is not None
+            async with self._autocommit.connection() as raw, raw.cursor(row_factory=namedtuple_row) as cursor:
+                await cursor.execute(_APPEND_SQL, params)
+                rows = {row.mid: row for row in await cursor.fetchall()}
+        except psycopg.IntegrityError:
+            if len(batch) > 1:
+                return [await self._append_alone(item) for item in batch]
+            if not batch[0]["rid"]:
+                raise
+            return [None]
+        return [rows.get(item["mid"]) for item in batch]
+
+    async def _append_alone(self, item: dict[str, Any]) -> Any:
+        try:
+            return (await self._append_rows([item]))[0]
+        except Exception as exc:  # that item's failure, not its batch's
+            return exc
 
     async def _message_by_request_id(
         self, conn: AsyncConnection, conversation_id: str, request_id: str

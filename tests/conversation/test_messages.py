@@ -4,14 +4,20 @@ PostgreSQL and Redis."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
+import psycopg
 import redis as sync_redis
 import redis.asyncio as aioredis
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from services import conversation
 from services.conversation.hot_window import HotWindow
+from services.conversation.models import NewMessage
+from services.conversation.service import ConversationService
+from services.platform import errors
+from services.platform.auth import Principal
 from tests.conversation.conftest import expect_code
 
 A, T = pb.MESSAGE_ROLE_ASSISTANT, pb.MESSAGE_ROLE_TOOL
@@ -176,3 +182,139 @@ async def test_list_messages_pages_and_bounds(serve, make_caller, tenant):
         page_token=desc.next_page_token,
     )
     assert [m.sequence for m in rest.messages] == [3, 2] and rest.next_page_token == ""
+
+
+def _who(tenant: str, user: str, role: str = "member") -> Principal:
+    return Principal(user_id=user, tenant_id=tenant, roles=frozenset({role}), tier="pro")
+
+
+def _spy_batches(service: ConversationService) -> list[int]:
+    """The sizes of the append statements the store sends from now on."""
+    sizes: list[int] = []
+    batcher = service.store._appends
+    run = batcher._run
+
+    async def recorded(items: list[Any]) -> Any:
+        sizes.append(len(items))
+        return await run(items)
+
+    batcher._run = recorded
+    return sizes
+
+
+async def test_appends_sharing_a_statement_keep_every_rule(runtime, tenant):
+    service = conversation.build_service(runtime)
+    sizes = _spy_batches(service)
+    alice, bob, admin = _who(tenant, "alice"), _who(tenant, "bob"), _who(tenant, "root", "admin")
+    stranger = _who(f"{tenant}-other", "alice")
+
+    async def create(who: Principal) -> str:
+        made = await service.create_conversation(
+            who, agent_id="a", agent_version=1, title="", metadata={}, request_id=""
+        )
+        return made.id
+
+    mine = [await create(alice) for _ in range(6)]
+    bobs, closed, elsewhere = await create(bob), await create(alice), await create(stranger)
+    await service.close_conversation(alice, closed)
+
+    def append(who: Principal, cid: str, text: str, request_id: str = "") -> Any:
+        return service.append_message(who, cid, NewMessage(role="user", content=text), request_id=request_id)
+
+    calls = [append(alice, cid, f"{cid}-{n}") for n in range(2) for cid in mine]
+    calls += [
+        append(alice, bobs, "not hers"),
+        append(admin, bobs, "an admin may"),
+        append(alice, closed, "closed"),
+        append(stranger, mine[0], "another tenant's"),
+        *(append(alice, mine[1], "twin", request_id="r") for _ in range(3)),
+        append(alice, mine[2], "same request id, other conversation", request_id="r"),
+    ]
+    outcomes = await asyncio.gather(*calls, return_exceptions=True)
+    assert max(sizes) > 1, sizes  # the statements were shared
+
+    assert all(not isinstance(o, BaseException) for o in outcomes[:12]), outcomes[:12]
+    not_hers, admins, to_closed, foreign, *twins, other = outcomes[12:]
+    assert isinstance(not_hers, errors.NotFound) and isinstance(foreign, errors.NotFound)
+    assert isinstance(to_closed, errors.FailedPrecondition)
+    assert admins[0].sequence == 1 and admins[0].content == "an admin may"
+    assert len({t[0].id for t in twins}) == 1
+    assert other[0].conversation_id == mine[2]
+
+    expected = {cid: [f"{cid}-0", f"{cid}-1"] for cid in mine}
+    expected[mine[1]].append("twin")
+    expected[mine[2]].append("same request id, other conversation")
+    for cid, contents in expected.items():
+        rows = await service.store.list_messages(cid, after=0, before=0, descending=False, limit=10)
+        assert [m.sequence for m in rows] == list(range(1, len(contents) + 1))
+        assert sorted(m.content for m in rows) == sorted(contents)
+        assert (await service.get_conversation(alice, cid)).message_count == len(contents)
+    for cid, who, count in ((bobs, bob, 1), (closed, alice, 0), (elsewhere, stranger, 0)):
+        assert (await service.get_conversation(who, cid)).message_count == count
+        assert (
+            len(await service.store.list_messages(cid, after=0, before=0, descending=False, limit=10))
+            == count
+        )
+
+
+async def test_a_twin_committed_by_another_process_fails_only_itself(runtime, tenant, pg_url):
+    """Two stores (two processes' batchers) append the same request id while a third connection
+    holds the conversation's row lock: both statements pass the replay check, so the later one hits
+    the unique index and its whole statement is undone; its other message is appended alone."""
+    first, second = conversation.build_service(runtime), conversation.build_service(runtime)
+    alice = _who(tenant, "alice")
+    cids = []
+    for _ in range(3):
+        made = await first.create_conversation(
+            alice, agent_id="a", agent_version=1, title="", metadata={}, request_id=""
+        )
+        cids.append(made.id)
+    twin_cid, own_a, own_b = cids
+    retried: list[str] = []
+    for service in (first, second):
+        alone = service.store._append_alone
+
+        async def recorded(item: dict[str, Any], alone: Any = alone) -> Any:
+            retried.append(item["content"])
+            return await alone(item)
+
+        service.store._append_alone = recorded  # type: ignore[method-assign]
+
+    def append(service: ConversationService, cid: str, text: str, request_id: str = "") -> Any:
+        return service.append_message(
+            alice, cid, NewMessage(role="user", content=text), request_id=request_id
+        )
+
+    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    async with (
+        await psycopg.AsyncConnection.connect(dsn) as holder,
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as watcher,
+    ):
+        await holder.execute("SELECT 1 FROM conversations WHERE id = %s FOR UPDATE", (twin_cid,))
+        waiting = [
+            asyncio.gather(append(first, twin_cid, "twin", "r"), append(first, own_a, "a")),
+            asyncio.gather(append(second, twin_cid, "twin", "r"), append(second, own_b, "b")),
+        ]
+        tasks = [asyncio.ensure_future(w) for w in waiting]
+        for _ in range(100):
+            # From another connection: a transaction sees one snapshot of pg_stat_activity.
+            blocked = await (
+                await watcher.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).fetchone()
+            if blocked and blocked[0] >= 2:
+                break
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("the two statements never waited for the row lock")
+        await holder.commit()
+        (twin_1, a), (twin_2, b) = await asyncio.gather(*tasks)
+    assert sorted(retried) in (["a", "twin"], ["b", "twin"])  # the later statement, one by one
+    assert twin_1[0].id == twin_2[0].id and twin_1[0].sequence == 1
+    assert a[0].content == "a" and b[0].content == "b"
+    for cid, count in ((twin_cid, 1), (own_a, 1), (own_b, 1)):
+        assert (await first.get_conversation(alice, cid)).message_count == count
+        assert (
+            len(await first.store.list_messages(cid, after=0, before=0, descending=False, limit=10)) == count
+        )
