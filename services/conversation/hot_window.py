@@ -24,14 +24,17 @@ log = logging.getLogger("agentmesh.conversation.hot_window")
 
 KEY = "conversation:hot:{conversation_id}"
 
-# Adds to an existing window only: a missing window is rebuilt whole by the next reader, so an
-# append never creates a window that holds just its own message.
+# Adds each message to its conversation's window, if that window exists: a missing window is rebuilt
+# whole by the next reader, so an append never creates a window that holds just its own message.
+# KEYS: the windows; ARGV: size, ttl, then a (sequence, message) pair per key.
 _APPEND_IF_PRESENT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
-  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-  return 1
+local size, ttl = tonumber(ARGV[1]), ARGV[2]
+for i, key in ipairs(KEYS) do
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('ZADD', key, ARGV[2 * i + 1], ARGV[2 * i + 2])
+    redis.call('ZREMRANGEBYRANK', key, 0, -(size + 1))
+    redis.call('EXPIRE', key, ttl)
+  end
 end
 return 0
 """
@@ -50,7 +53,8 @@ class HotWindow:
         self.redis = redis
         self.size = size
         self.ttl_seconds = ttl_seconds
-        # The appends of concurrent calls go to Redis as one pipeline.
+        self._append_script = redis.register_script(_APPEND_IF_PRESENT)
+        # The appends of concurrent calls go to Redis as one script call.
         self._appends: Batcher[Message, None] = Batcher(self._append_many)
 
     @staticmethod
@@ -62,16 +66,11 @@ class HotWindow:
         await self._appends.submit(message)
 
     async def _append_many(self, batch: list[Message]) -> list[None]:
+        args: list[int | bytes] = [self.size, self.ttl_seconds]
+        for m in batch:
+            args += [m.sequence, _encode(m)]
         try:
-            # EVAL, not EVALSHA: Redis caches the script by its hash all the same, and a pipeline
-            # then needs no SCRIPT EXISTS round trip first.
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for m in batch:
-                    pipe.eval(
-                        _APPEND_IF_PRESENT, 1, self.key(m.conversation_id), m.sequence, _encode(m),
-                        self.size, self.ttl_seconds,
-                    )  # fmt: skip
-                await pipe.execute()
+            await self._append_script(keys=[self.key(m.conversation_id) for m in batch], args=args)
         except (RedisError, OSError) as exc:
             log.warning("hot window append failed", extra={"fields": {"error": repr(exc)}})
         return [None] * len(batch)

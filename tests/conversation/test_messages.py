@@ -4,6 +4,7 @@ PostgreSQL and Redis."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from typing import Any
 
 import grpc
@@ -14,7 +15,7 @@ import redis.asyncio as aioredis
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from services import conversation
 from services.conversation.hot_window import HotWindow
-from services.conversation.models import NewMessage
+from services.conversation.models import Message, NewMessage
 from services.conversation.service import ConversationService
 from services.platform import errors
 from services.platform.auth import Principal
@@ -318,3 +319,25 @@ async def test_a_twin_committed_by_another_process_fails_only_itself(runtime, te
         assert (
             len(await first.store.list_messages(cid, after=0, before=0, descending=False, limit=10)) == count
         )
+
+
+async def test_concurrent_hot_window_appends_reach_only_the_windows_that_exist(runtime):
+    window = HotWindow(runtime.redis, size=3)
+    warm, cold = f"warm-{uuid.uuid4().hex}", f"cold-{uuid.uuid4().hex}"
+
+    def message(cid: str, sequence: int) -> Message:
+        return Message(
+            id=f"{cid}-{sequence}", conversation_id=cid, sequence=sequence, role="user",
+            content=f"m{sequence}", token_count=1, metadata={}, tool_call_id="", create_time=sequence,
+        )  # fmt: skip
+
+    await window.fill(warm, [message(warm, 1)])
+    try:
+        await asyncio.gather(*(window.append(message(cid, s)) for s in range(2, 6) for cid in (warm, cold)))
+        kept = await window.read(warm, max_sequence=100, count=10)
+        assert [m.sequence for m in kept or []] == [5, 4, 3]  # capped at the newest `size`
+        assert kept and kept[0] == message(warm, 5)
+        assert not await runtime.redis.exists(HotWindow.key(cold))
+        assert await runtime.redis.ttl(HotWindow.key(warm)) > 0
+    finally:
+        await window.drop(warm, cold)
