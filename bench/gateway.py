@@ -103,6 +103,47 @@ async def _serve_gateway(upstream_port: int) -> None:
     await http.stop()
 
 
+async def _serve_bare_hop(upstream_port: int) -> None:
+    """Child process: the least a Python HTTP-to-gRPC hop can do, as a floor for the gateway: uvicorn
+    (as the gateway runs it) and a bare ASGI function that calls GetJwks with grpc.aio and answers
+    its proto3 JSON; no routing, headers, errors, tracing or limits."""
+    import uvicorn
+    from google.protobuf import json_format
+
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream_port}")
+    stub = identity_grpc.IdentityServiceStub(channel)
+
+    async def app(scope, receive, send):  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return
+        reply = await stub.GetJwks(identity_pb.GetJwksRequest(), timeout=30)
+        body = json.dumps(json_format.MessageToDict(reply)).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=0,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        proxy_headers=False,
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.get_running_loop().create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise OSError("the bare hop stopped while starting")
+        await asyncio.sleep(0.01)
+    print(f"PORT {server.servers[0].sockets[0].getsockname()[1]}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    server.should_exit = True
+    await task
+
+
 class _KeepAlive:
     """GET over a pool of keep-alive HTTP/1.1 connections (one per concurrent caller), reading
     Content-Length bodies: what a browser's HTTP stack does, at a cost small next to the gateway's."""
@@ -112,10 +153,18 @@ class _KeepAlive:
         self._idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
 
     async def get(self, path: str) -> bytes:
-        conn = self._idle.pop() if self._idle else await asyncio.open_connection("127.0.0.1", self.port)
+        reused = bool(self._idle)
+        conn = self._idle.pop() if reused else await asyncio.open_connection("127.0.0.1", self.port)
         reader, writer = conn
         writer.write(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except (asyncio.IncompleteReadError, ConnectionError):
+            if not reused:
+                raise
+            # The server closed the idle connection (keep-alive timeout): a new one, as browsers do.
+            writer.close()
+            return await self.get(path)
         status = int(head.split(b" ", 2)[1])
         length = next(
             int(line.split(b":", 1)[1])
@@ -275,6 +324,8 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     if args.serve:
         if args.serve[0] == "upstream":
             await _serve_upstream()
+        elif args.serve[0] == "bare":
+            await _serve_bare_hop(int(args.serve[1]))
         else:
             await _serve_gateway(int(args.serve[1]))
         return []
@@ -282,13 +333,14 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     _raise_fd_limit()
     upstream, (_, grpc_address) = await start_child("bench.gateway", "upstream")
     gateway, (_, http_address) = await start_child("bench.gateway", "gateway", grpc_address)
+    bare, (_, bare_address) = await start_child("bench.gateway", "bare", grpc_address)
     grpc_port, http_port = int(grpc_address), int(http_address)
     try:
         print(f"gateway benchmark on {machine()}")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}")
         stub = identity_grpc.IdentityServiceStub(channel)
         request = identity_pb.GetJwksRequest()
-        client = _KeepAlive(http_port)
+        client, bare_client = _KeepAlive(http_port), _KeepAlive(int(bare_address))
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
 
             async def via_httpx() -> object:
@@ -302,17 +354,19 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                         "floor": lambda: client.get("/healthz"),
                         "direct": lambda: stub.GetJwks(request),
                         "gateway": lambda: client.get("/v1/identity/jwks"),
+                        "bare": lambda: bare_client.get("/v1/identity/jwks"),
                     },
                     concurrency=concurrency,
                     seconds=args.seconds,
                 )
-                empty, direct, gw = measured["floor"], measured["direct"], measured["gateway"]
+                empty, direct, gw, hop = (measured[k] for k in ("floor", "direct", "gateway", "bare"))
                 slow = await measure(via_httpx, concurrency=concurrency, seconds=args.seconds)
                 print(
                     f"GetJwks concurrency {concurrency:>2}: direct gRPC {direct.throughput:8.0f}/s p50 {direct.p50_ms:6.3f} ms"
                     f" | gateway {gw.throughput:8.0f}/s p50 {gw.p50_ms:6.3f} ms"
                     f" | p50 ratio {gw.p50_ms / direct.p50_ms:5.2f}x (target <= 1.5x)"
                     f" | throughput ratio {gw.throughput / direct.throughput:5.2f}"
+                    f" | bare Python hop p50 {hop.p50_ms:6.3f} ms ({hop.p50_ms / direct.p50_ms:4.2f}x)"
                     f" | HTTP floor (/healthz, no gRPC) p50 {empty.p50_ms:6.3f} ms"
                     f" | gateway with an httpx client p50 {slow.p50_ms:6.3f} ms"
                 )
@@ -328,7 +382,17 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                         at_most=1.5,
                     )
                 )
+                figures.append(
+                    figure(
+                        f"the least a Python HTTP-to-gRPC hop costs, against direct gRPC (c={concurrency})",
+                        f"bare hop (uvicorn + one ASGI function + grpc.aio + json_format) p50 "
+                        f"{hop.p50_ms:.2f} ms {hop.throughput:,.0f}/s; the gateway is {gw.p50_ms / hop.p50_ms:.2f}x it",
+                        hop.p50_ms / direct.p50_ms,
+                        "p50 bare hop / direct",
+                    )
+                )
         client.close()
+        bare_client.close()
         grpc_firsts, grpc_rate = await _grpc_first_delta_and_rate(
             orch_grpc.OrchestrationServiceStub(channel), args.runs
         )
@@ -379,7 +443,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         for ws in sockets:
             await ws.close()  # type: ignore[attr-defined]
     finally:
-        await stop_children(gateway, upstream)
+        await stop_children(gateway, bare, upstream)
     figures.append(await _agentmesh_up_memory(args.sockets))
     return figures
 

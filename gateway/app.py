@@ -111,21 +111,23 @@ class Gateway:
     async def transcode(self, request: Request) -> Response:
         request_id = request_id_of(request.headers)
         method = "GET" if request.method == "HEAD" else request.method
-        route, params, allowed = self.router.match(method, request.url.path)
+        path = request.scope["path"]  # not request.url, which rebuilds the whole URL on every call
+        route, params, allowed = self.router.match(method, path)
         if route is None:
             if allowed:
                 status = errors.simple_status(
-                    code_pb2.UNIMPLEMENTED, f"method {request.method} not allowed on {request.url.path}"
+                    code_pb2.UNIMPLEMENTED, f"method {request.method} not allowed on {path}"
                 )
                 response = error_response(status, request_id)
                 response.status_code = 405
                 response.headers["Allow"] = ", ".join(allowed)
                 return response
-            status = errors.simple_status(code_pb2.NOT_FOUND, f"no route for {request.url.path}")
+            status = errors.simple_status(code_pb2.NOT_FOUND, f"no route for {path}")
             return error_response(status, request_id)
         try:
             body = await self.read_body(request)
-            message = build_request(route, params, request.query_params.multi_items(), body)
+            query = request.query_params.multi_items() if request.scope["query_string"] else []
+            message = build_request(route, params, query, body)
             stream = route.server_streaming
             default = None if stream else self.settings.gateway.default_timeout_seconds
             timeout = parse_timeout(request.headers.get("grpc-timeout"), default)

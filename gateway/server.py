@@ -20,6 +20,9 @@ class HttpServer:
             log_level="warning",
             access_log=False,
             lifespan="on",
+            # The gateway reads no client address, and X-Forwarded-* from the internet is not to be
+            # trusted: uvicorn's proxy-header middleware would only cost time on every request.
+            proxy_headers=False,
             ws="websockets-sansio",
             # The app closes oversized frames with 1009 itself; uvicorn's cap is a backstop.
             ws_max_size=max(limits.max_frame_bytes * 4, 1 << 20),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from google.protobuf import descriptor, json_format
@@ -87,7 +87,7 @@ def parse_body(raw: bytes) -> Any:
 def build_request(
     route: Route,
     path_params: Mapping[str, str],
-    query: Iterable[tuple[str, str]],
+    query: Sequence[tuple[str, str]],
     body: bytes,
 ) -> Message:
     """The request message for `route`; BadInput (-> 400 naming the field) for any bad part."""
@@ -103,7 +103,7 @@ def build_request(
         data[route.body] = parsed
     elif body.strip():
         raise BadInput("body", "this method takes no request body")
-    if route.body != "*":
+    if route.body != "*" and query:
         query_names = {f.name for f in route.query_fields()} | {f.json_name for f in route.query_fields()}
         for name, raw in query:
             if name.split(".")[0] not in query_names:
