@@ -123,6 +123,8 @@ class FakeAgents(agents_grpc.AgentServiceServicer, Recorder):
         self.record("GetAgent", request, context)
         if request.agent_id.startswith("err-"):
             await raise_for(request.agent_id, context)
+        if request.agent_id == "slow":
+            await asyncio.sleep(0.5)
         return agents_pb.GetAgentResponse(agent=self._get(request.agent_id, context))
 
     async def ListAgents(self, request, context):  # type: ignore[no-untyped-def]

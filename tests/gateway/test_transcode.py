@@ -144,7 +144,9 @@ async def test_grpc_timeout_header(
 
 
 async def test_tiny_deadline_is_504(client: httpx.AsyncClient, auth: dict[str, str]) -> None:
-    r = await client.get("/v1/agents", headers={**auth, "Grpc-Timeout": "1n"})
+    # gRPC core rounds deadlines up to the next millisecond, so the upstream must be slower than that
+    # for "1n" to expire reliably: the fake's "slow" agent answers after half a second.
+    r = await client.get("/v1/agents/slow", headers={**auth, "Grpc-Timeout": "1n"})
     assert r.status_code == 504 and r.json()["status"] == "DEADLINE_EXCEEDED"
 
 
