@@ -20,6 +20,7 @@ from services.conversation.service import ConversationService
 from services.platform import errors
 from services.platform.auth import Principal
 from tests.conversation.conftest import expect_code
+from tests.system.faults import sync_url
 
 A, T = pb.MESSAGE_ROLE_ASSISTANT, pb.MESSAGE_ROLE_TOOL
 
@@ -286,7 +287,7 @@ async def test_a_twin_committed_by_another_process_fails_only_itself(runtime, te
             alice, cid, NewMessage(role="user", content=text), request_id=request_id
         )
 
-    dsn = pg_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    dsn = sync_url(pg_url)
     async with (
         await psycopg.AsyncConnection.connect(dsn) as holder,
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as watcher,
