@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Makes sure PostgreSQL (127.0.0.1:5432) and Redis (127.0.0.1:6379) answer before the tests run:
-# starts them when installed but stopped; says clearly what is missing. Under CI=true a missing
-# service fails the run instead of letting tests skip.
+# Makes sure PostgreSQL (127.0.0.1:5432) answers and redis-server is installed before the tests run:
+# starts PostgreSQL when installed but stopped; says clearly what is missing. The tests start a Redis of
+# their own (tests/conftest.py), so no running Redis is needed. Under CI=true a missing service fails
+# the run instead of letting tests skip.
 set -u
 fail() {
   echo "ensure-services: $*" >&2
@@ -11,7 +12,6 @@ fail() {
 }
 
 pg_up() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null || (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
-redis_up() { [ "$(redis-cli -h 127.0.0.1 -p 6379 ping 2>/dev/null)" = "PONG" ]; }
 
 if [ -z "${AGENTMESH_TEST_DATABASE_URL:-}" ] && ! pg_up; then
   if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
@@ -22,17 +22,10 @@ if [ -z "${AGENTMESH_TEST_DATABASE_URL:-}" ] && ! pg_up; then
   pg_up || fail "PostgreSQL is not running on 127.0.0.1:5432 and could not be started (install: apt-get install postgresql)"
 fi
 
-if [ -z "${AGENTMESH_TEST_REDIS_URL:-}" ] && ! redis_up; then
-  if command -v redis-server >/dev/null 2>&1; then
-    echo "ensure-services: starting Redis"
-    mkdir -p /var/lib/redis /var/log/redis 2>/dev/null || true
-    redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
-      --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
-    for _ in $(seq 1 30); do redis_up && break; sleep 1; done
-  fi
-  redis_up || fail "Redis is not running on 127.0.0.1:6379 and could not be started (install: apt-get install redis-server)"
+if [ -z "${AGENTMESH_TEST_REDIS_URL:-}" ] && ! command -v redis-server >/dev/null 2>&1; then
+  fail "redis-server is not installed; the tests start their own (install: apt-get install redis-server)"
 fi
-echo "ensure-services: PostgreSQL and Redis are up"
+echo "ensure-services: PostgreSQL is up and redis-server is installed"
 
 # The browser test drives Debian's Chromium through Playwright (never a downloaded browser).
 if ! command -v chromium >/dev/null 2>&1; then

@@ -2,8 +2,10 @@
 signing keys with a token factory, and real grpc.aio servers on port 0.
 
 PostgreSQL: AGENTMESH_TEST_DATABASE_URL names a server (default: postgres on 127.0.0.1:5432); each
-session creates its own database there and drops it at the end. Redis: AGENTMESH_TEST_REDIS_URL
-(default 127.0.0.1:6379); each session takes one of databases 1-15 and flushes only that one.
+session creates its own database there and drops it at the end. Redis: each session starts a
+`redis-server` of its own on a free port (nothing on disk; stopped and its directory removed at the
+end), which tests may flush. AGENTMESH_TEST_REDIS_URL names a Redis to use instead: the suite writes
+its keys there but never flushes it, and the tests that must empty Redis are skipped.
 """
 
 from __future__ import annotations
@@ -12,16 +14,18 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import shutil
+import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import jwt
 import psycopg
 import pytest
-import redis as sync_redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.platform import migrations
@@ -29,9 +33,12 @@ from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
 from services.platform.settings import Settings
 from services.registry import SERVICES
+from tests.helpers import RedisServer, bearer, free_port
+
+__all__ = ["bearer"]
 
 PG_SERVER = os.environ.get("AGENTMESH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_SERVER = os.environ.get("AGENTMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+REDIS_SERVER = os.environ.get("AGENTMESH_TEST_REDIS_URL", "")
 ISSUER = "agentmesh"
 AUDIENCE = "agentmesh"
 
@@ -70,17 +77,28 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Any:
-    """A Redis database of its own (1-15, taken round-robin), flushed before and after the session."""
-    admin = sync_redis.Redis.from_url(REDIS_SERVER + "/0")
-    index = int(admin.incr("agentmesh:test:db-counter")) % 15 + 1
-    url = f"{REDIS_SERVER}/{index}"
-    client = sync_redis.Redis.from_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    client.close()
-    admin.close()
+def redis_url() -> Iterator[str]:
+    """The session's Redis: a `redis-server` the session starts, or AGENTMESH_TEST_REDIS_URL as given."""
+    if REDIS_SERVER:
+        yield REDIS_SERVER
+        return
+    directory = Path(tempfile.mkdtemp(prefix="agentmesh-test-redis-"))
+    server = RedisServer(directory, free_port())
+    try:
+        server.start()
+        yield server.url
+    finally:
+        server.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def flushable_redis_url(redis_url: str) -> str:
+    """The session's Redis when the session started it (so emptying it destroys nothing of anyone's);
+    skips the test when AGENTMESH_TEST_REDIS_URL names a Redis the suite does not own."""
+    if REDIS_SERVER:
+        pytest.skip("empties Redis: needs the suite's own redis-server (AGENTMESH_TEST_REDIS_URL is set)")
+    return redis_url
 
 
 @dataclasses.dataclass
@@ -187,7 +205,3 @@ async def serve(runtime: Runtime) -> AsyncIterator[Callable[..., Any]]:
     for running in started:
         await running.channel.close()
         await running.server.stop(0)
-
-
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)

@@ -25,7 +25,7 @@ from tests.system.faults import sync_url
 A, T = pb.MESSAGE_ROLE_ASSISTANT, pb.MESSAGE_ROLE_TOOL
 
 
-async def test_flushdb_loses_nothing_and_changes_no_answer(serve, make_caller, tenant, redis_url):
+async def test_flushdb_loses_nothing_and_changes_no_answer(serve, make_caller, tenant, flushable_redis_url):
     running = await serve("conversation")
     alice = make_caller(running.channel, tenant, "alice")
     conv = await alice.create()
@@ -44,7 +44,7 @@ async def test_flushdb_loses_nothing_and_changes_no_answer(serve, make_caller, t
     before_ctx, before_list = await answers()
     assert [m.sequence for m in before_ctx.messages] == [0, 1, 2, 3, 4]
     assert before_list.messages[0].content == "hello there"
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_redis.Redis.from_url(flushable_redis_url)
     try:
         # The read filled the hot window: Redis is really in use.
         assert client.zcard(HotWindow.key(conv.id)) == 4

@@ -1,63 +1,22 @@
-"""Fault tools: a Redis server of our own, a TcpProxy on a thread of its own, a load generator that
-records every acknowledged write, and the PostgreSQL checks of "nothing acknowledged is lost"."""
+"""Fault tools: a TcpProxy on a thread of its own, a load generator that records every acknowledged
+write, and the PostgreSQL checks of "nothing acknowledged is lost". The Redis these tests kill is
+tests.helpers.RedisServer, one they started."""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import dataclasses
-import subprocess
 import threading
-import time
 import uuid
 from collections.abc import Coroutine
-from pathlib import Path
 from typing import Any
 
 import grpc
 import psycopg
-import redis as sync_redis
 
 from tests.system.clients import Stubs, agents_pb, conv_pb, echo_agent
 from tests.tcp_proxy import TcpProxy
-
-
-class RedisServer:
-    """`redis-server` on its own port, never the machine's shared one: kill -9 and restart it freely."""
-
-    OPTIONS = ("--save", "", "--appendonly", "no", "--daemonize", "no", "--dir")
-
-    def __init__(self, directory: Path, port: int):
-        self.dir, self.port = directory, port
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.OPTIONS, str(self.dir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = sync_redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except sync_redis.ConnectionError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def close(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
 
 
 class ThreadedProxy:

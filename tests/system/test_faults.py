@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.embedded import free_port
+from tests.helpers import RedisServer, free_port
 from tests.system.clients import (
     PASSWORD,
     Stubs,
@@ -40,7 +40,7 @@ from tests.system.clients import (
 )
 from tests.system.cluster import Cluster
 from tests.system.conftest import unique
-from tests.system.faults import Load, RedisServer, ThreadedProxy, assert_nothing_lost, sync_url
+from tests.system.faults import Load, ThreadedProxy, assert_nothing_lost, sync_url
 
 # The proxies cut connections mid-handshake on purpose; a socket of theirs cut that way can be
 # collected late, in whichever test runs then. Those sockets are the test's proxy's, not the services'.

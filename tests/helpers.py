@@ -1,0 +1,87 @@
+"""The small helpers every test directory shares, one of each: a free port, a caller's bearer
+metadata, "this call fails with that status", and a `redis-server` of the suite's own."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import AsyncIterable, Awaitable
+from pathlib import Path
+
+import grpc
+import redis as sync_redis
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def bearer(token: str) -> tuple[tuple[str, str], ...]:
+    """gRPC metadata that authenticates a call with `token`."""
+    return (("authorization", f"Bearer {token}"),)
+
+
+async def expect_status(
+    call: Awaitable[object] | AsyncIterable[object], code: grpc.StatusCode | None = None
+) -> grpc.aio.AioRpcError:
+    """Awaits a unary call (or drains a stream) that must fail, asserts its status code when one is
+    given, and returns the error for the test to look at its details."""
+    try:
+        if isinstance(call, AsyncIterable):
+            async for _ in call:
+                pass
+        else:
+            await call
+    except grpc.aio.AioRpcError as exc:
+        assert code is None or exc.code() == code, f"expected {code}, got {exc.code()}: {exc.details()}"
+        return exc
+    raise AssertionError(f"expected {code or 'an error'}, the call succeeded")
+
+
+class RedisServer:
+    """`redis-server` on a port of its own, with nothing on disk: the tests may flush it, kill -9
+    and restart it freely, which they must never do to a Redis they did not start."""
+
+    OPTIONS = ("--save", "", "--appendonly", "no", "--daemonize", "no", "--dir")
+
+    def __init__(self, directory: Path, port: int):
+        self.dir, self.port = directory, port
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.OPTIONS, str(self.dir)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = sync_redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        try:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except sync_redis.ConnectionError:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.05)
+        finally:
+            client.close()
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
