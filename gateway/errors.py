@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 import grpc
-from google.protobuf import any_pb2, json_format
+from google.protobuf import any_pb2, duration_pb2, json_format
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 from services.platform.errors import status_proto_of
@@ -66,6 +66,16 @@ def simple_status(code: int, message: str) -> status_pb2.Status:
     return status_pb2.Status(code=code, message=message)
 
 
+def exhausted(message: str, retry_after: float | None = None) -> status_pb2.Status:
+    """RESOURCE_EXHAUSTED for a limit the gateway enforces itself, with RetryInfo when it clears."""
+    status = status_pb2.Status(code=code_pb2.RESOURCE_EXHAUSTED, message=message)
+    if retry_after is not None:
+        delay = duration_pb2.Duration()
+        delay.FromNanoseconds(int(retry_after * 1e9))
+        status.details.add().Pack(error_details_pb2.RetryInfo(retry_delay=delay))
+    return status
+
+
 def status_of_rpc_error(error: grpc.RpcError) -> status_pb2.Status:
     try:
         return status_proto_of(error)
@@ -85,8 +95,13 @@ def body_of(status: status_pb2.Status) -> dict[str, Any]:
         "code": status.code,
         "status": code_name(status.code),
         "message": status.message,
-        "details": [_detail_json(d) for d in status.details],
+        "details": details_of(status),
     }
+
+
+def details_of(status: status_pb2.Status) -> list[dict[str, Any]]:
+    """The status details in JSON, each with its `@type` (HTTP bodies and WebSocket errors alike)."""
+    return [_detail_json(d) for d in status.details]
 
 
 def retry_after(status: status_pb2.Status) -> int | None:

@@ -5,7 +5,10 @@ chat_message {session_id, content, request_id?}, cancel {run_id?, session_id?},
 resume {session_id, run_id, after_event_id}, ping.
 Server -> client: system_event {event: connected | run_created | run_started | run_completed |
 run_failed | run_cancelled, run_id, event_id, ...}, agent_response {run_id, event_id, delta | final},
-error {error_code, error_message, details}, pong.
+error {error_code, error_message, details, retry_after?, request_id?}, pong.
+Every error is a google.rpc.Status: error_code is the gRPC code name (INVALID_ARGUMENT,
+FAILED_PRECONDITION, RESOURCE_EXHAUSTED, ...), details its detail messages in JSON with their @type,
+whether orchestration rejected an action or the gateway rejected the frame itself.
 
 One upstream Chat stream per session the socket talks to; closing the socket cancels those streams
 and nothing else (runs go on, and a new socket resumes them from the last event id it saw).
@@ -26,7 +29,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import json_format
-from google.rpc import code_pb2
+from google.rpc import code_pb2, status_pb2
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
@@ -87,16 +90,39 @@ def event_message(event: orch_pb.RunEvent) -> dict[str, Any]:
     return out
 
 
-def error_message(code: str, message: str, **details: Any) -> dict[str, Any]:
-    return {"type": "error", "error_code": code, "error_message": message, "details": details}
-
-
-def error_of_status(status: Any) -> dict[str, Any]:
-    name = errors.code_name(status.code)
-    code = {"RESOURCE_EXHAUSTED": "RATE_LIMIT"}.get(name, name)
+def error_of_status(status: status_pb2.Status, request_id: str = "") -> dict[str, Any]:
+    """The client message for a google.rpc.Status; `request_id` names the action it answers."""
+    out: dict[str, Any] = {
+        "type": "error",
+        "error_code": errors.code_name(status.code),
+        "error_message": status.message,
+        "details": errors.details_of(status),
+    }
     delay = errors.retry_after(status)
-    details = {"retry_after": delay} if delay is not None else {}
-    return error_message(code, status.message, **details)
+    if delay is not None:
+        out["retry_after"] = delay
+    if request_id:
+        out["request_id"] = request_id
+    return out
+
+
+def reply_message(reply: orch_pb.ChatResponse) -> dict[str, Any]:
+    """The client message for one ChatResponse: a run event, or the error that rejected an action."""
+    kind = reply.WhichOneof("payload")
+    if kind == "run_event":
+        return event_message(reply.run_event)
+    if kind == "status":
+        return error_of_status(reply.status, reply.request_id)
+    # An orchestration older than the payload oneof (during a rolling upgrade) sets the old fields.
+    if reply.HasField("error"):
+        name = reply.error.code
+        code = code_pb2.Code.Value(name) if name in code_pb2.Code.keys() else code_pb2.UNKNOWN
+        return error_of_status(errors.simple_status(code, reply.error.message), reply.request_id)
+    return event_message(reply.event)
+
+
+def _unauthenticated(message: str) -> dict[str, Any]:
+    return error_of_status(errors.simple_status(code_pb2.UNAUTHENTICATED, message))
 
 
 class _Window:
@@ -150,7 +176,7 @@ class ChatSocket:
             if not user:
                 return
             if self.per_user[user] >= self.limits.connections_per_user:
-                await ws.send_json(error_message("RATE_LIMIT", "too many connections for this user"))
+                await ws.send_json(error_of_status(errors.exhausted("too many connections for this user")))
                 await ws.close(CLOSE_RATE, "too many connections for this user")
                 user = ""
                 return
@@ -209,7 +235,7 @@ class ChatSocket:
 
 
 async def _reject(ws: WebSocket, message: str) -> None:
-    await ws.send_json(error_message("UNAUTHENTICATED", message))
+    await ws.send_json(_unauthenticated(message))
     await ws.close(CLOSE_AUTH, "authentication failed")
 
 
@@ -265,10 +291,10 @@ class _Connection:
         try:
             frame = json.loads(raw)
         except json.JSONDecodeError:
-            await self.send(error_message("INVALID_MESSAGE", "frames must be JSON objects"))
+            await self.send(error_of_status(errors.BadInput("frame", "must be a JSON object").status()))
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
-            await self.send(error_message("INVALID_MESSAGE", "frames must be JSON objects with a type"))
+            await self.send(error_of_status(errors.BadInput("type", "must be a string").status()))
             return
         kind = frame["type"]
         if kind == "ping":
@@ -276,16 +302,19 @@ class _Connection:
             return
         delay = self._window.retry_after()
         if delay > 0:
-            await self.send(error_message("RATE_LIMIT", "too many messages", retry_after=round(delay, 3)))
+            await self.send(error_of_status(errors.exhausted("too many messages", delay)))
             return
         handler = {"chat_message": self._chat, "cancel": self._cancel, "resume": self._resume}.get(kind)
         if handler is None:
-            await self.send(error_message("INVALID_MESSAGE", f"unknown message type {kind!r}"))
+            await self.send(
+                error_of_status(errors.BadInput("type", f"unknown message type {kind!r}").status())
+            )
             return
         try:
             await handler(frame)
-        except _Invalid as exc:
-            await self.send(error_message("INVALID_MESSAGE", str(exc)))
+        except errors.BadInput as exc:
+            request_id = frame.get("request_id")
+            await self.send(error_of_status(exc.status(), request_id if isinstance(request_id, str) else ""))
 
     async def _chat(self, frame: dict[str, Any]) -> None:
         session = _string(frame, "session_id", required=True)
@@ -298,7 +327,7 @@ class _Connection:
         run_id = _string(frame, "run_id")
         session = _string(frame, "session_id") or self._run_sessions.get(run_id, "") or self._last_session
         if not session:
-            raise _Invalid("cancel needs a session_id or the run_id of a run of this socket")
+            raise errors.BadInput("session_id", "is required unless run_id names a run of this socket")
         await self._write(
             session, orch_pb.ChatRequest(session_id=session, cancel=orch_pb.ChatCancel(run_id=run_id))
         )
@@ -307,10 +336,10 @@ class _Connection:
         run_id = _string(frame, "run_id", required=True)
         session = _string(frame, "session_id") or self._run_sessions.get(run_id, "")
         if not session:
-            raise _Invalid("resume needs the session_id of the run")
+            raise errors.BadInput("session_id", "is required (the session of the run)")
         after = frame.get("after_event_id", 0)
         if not isinstance(after, int) or isinstance(after, bool) or after < 0:
-            raise _Invalid("after_event_id must be a non-negative integer")
+            raise errors.BadInput("after_event_id", "must be a non-negative integer")
         self._run_sessions[run_id] = session
         resume = orch_pb.ChatResume(run_id=run_id, after_event_id=after)
         await self._write(session, orch_pb.ChatRequest(session_id=session, resume=resume))
@@ -342,10 +371,10 @@ class _Connection:
                 reply = await call.read()
                 if reply is grpc.aio.EOF:
                     return
-                event = reply.event
-                if event.run_id:
-                    self._run_sessions[event.run_id] = session
-                await self.send(event_message(event))
+                message = reply_message(reply)
+                if message.get("run_id"):
+                    self._run_sessions[message["run_id"]] = session
+                await self.send(message)
         except grpc.aio.AioRpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED or not call.cancelled():
                 await self.send(error_of_status(errors.status_of_rpc_error(exc)))
@@ -357,16 +386,12 @@ class _Connection:
                 span.end()
 
 
-class _Invalid(Exception):
-    pass
-
-
 def _string(frame: dict[str, Any], key: str, *, required: bool = False) -> str:
     value = frame.get(key, "")
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise _Invalid(f"{key} must be a string")
+        raise errors.BadInput(key, "must be a string")
     if required and not value.strip():
-        raise _Invalid(f"{key} is required")
+        raise errors.BadInput(key, "is required")
     return value

@@ -40,8 +40,9 @@ Action = SendAction | CancelAction | ResumeAction
 
 @dataclasses.dataclass(frozen=True)
 class ChatFailure:
-    code: str
-    message: str
+    """A rejected action: the error a unary call would have raised, and the key of the action."""
+
+    error: errors.AgentmeshError
     request_id: str
 
 
@@ -97,12 +98,10 @@ class ChatSession:
                 try:
                     await self._apply(action)
                 except errors.AgentmeshError as exc:
-                    key = action.request_id if isinstance(action, SendAction) else action.run_id
-                    await self._out.put(ChatFailure(exc.code.name, exc.message, key))
+                    await self._out.put(ChatFailure(exc, _key(action)))
                 except Exception:
                     log.exception("chat action failed")
-                    key = action.request_id if isinstance(action, SendAction) else action.run_id
-                    await self._out.put(ChatFailure("INTERNAL", "internal error", key))
+                    await self._out.put(ChatFailure(errors.Internal("internal error"), _key(action)))
         except errors.AgentmeshError as exc:
             # A request that could not be read (bad input): the call ends with its status instead
             # of waiting for actions that will never come.
@@ -130,3 +129,8 @@ class ChatSession:
         else:
             stream = await self._service.join_run(self._caller, action.run_id, action.after_event_id)
             self._tail(action.run_id, stream, replace=True)
+
+
+def _key(action: Action) -> str:
+    """What a client matches a failure with: the message's request_id, else the run id."""
+    return action.request_id if isinstance(action, SendAction) else action.run_id

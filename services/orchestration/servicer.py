@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
@@ -87,6 +88,13 @@ def event_pb(e: RunEvent) -> pb.RunEvent:
     )
 
 
+def status_pb(error: errors.AgentmeshError) -> status_pb2.Status:
+    """The google.rpc.Status a unary call failing with `error` carries (code, message, details)."""
+    # to_status is the one mapping of domain errors; its trailers hold the serialized Status.
+    trailers = dict(errors.to_status(error).trailing_metadata)
+    return status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+
+
 def caller() -> Caller:
     p = principal()
     return Caller(tenant_id=p.tenant_id, user_id=p.user_id, token=p.token, tier=p.tier, is_admin=p.is_admin)
@@ -166,11 +174,9 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         chat = ChatSession(self._service, self._events, caller(), first.session_id)
         async for item in chat.run(actions()):
             if isinstance(item, ChatFailure):
-                yield pb.ChatResponse(
-                    error=pb.RunError(code=item.code, message=item.message), request_id=item.request_id
-                )
+                yield pb.ChatResponse(status=status_pb(item.error), request_id=item.request_id)
             else:
-                yield pb.ChatResponse(event=event_pb(item))
+                yield pb.ChatResponse(run_event=event_pb(item))
 
     async def GetRun(self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext) -> pb.GetRunResponse:
         return pb.GetRunResponse(run=run_pb(await self._service.get_run(caller(), request.run_id)))

@@ -22,6 +22,7 @@ from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
+from services.orchestration.servicer import status_pb
 from services.platform import errors
 from services.platform.middleware import principal
 from services.platform.server import ServiceRegistration
@@ -284,6 +285,12 @@ class FakeOrchestration(orch_grpc.OrchestrationServiceServicer, Recorder):
             raise errors.InvalidArgument.field("text", "must not be empty")
         if text == "flood":
             raise errors.ResourceExhausted("too many runs", retry_after=1.5)
+        if any(r.session_id == session_id and not r.done for r in self.runs.values()):
+            raise errors.FailedPrecondition(
+                "the session already has a run in progress",
+                [errors.Violation("session.active_run_id", "a run is in progress", "SESSION_BUSY")],
+                reason="SESSION_BUSY",
+            )
         session = self.sessions[session_id]
         run = FakeRun(f"run-{next(self._ids)}", session_id, f"echo: {text}", self.delay)
         self.runs[run.id] = run
@@ -327,11 +334,12 @@ class FakeOrchestration(orch_grpc.OrchestrationServiceServicer, Recorder):
 
         async def forward(run: FakeRun, after: int) -> None:
             async for event in run.follow(after):
-                await out.put(orch_pb.ChatResponse(event=event))
+                await out.put(orch_pb.ChatResponse(run_event=event))
 
         async def consume() -> None:
-            try:
-                async for req in request_iterator:
+            async for req in request_iterator:
+                # A rejected action is answered in the stream, which stays open (as orchestration does).
+                try:
                     kind = req.WhichOneof("action")
                     if kind == "message":
                         run = self.start_run(req.session_id, req.message.text)
@@ -351,16 +359,14 @@ class FakeOrchestration(orch_grpc.OrchestrationServiceServicer, Recorder):
                         )
                         for run in targets:
                             run.cancelled = True
-            except errors.AgentmeshError as exc:
-                await out.put(exc)
+                except errors.AgentmeshError as exc:
+                    key = req.message.request_id if kind == "message" else req.resume.run_id
+                    await out.put(orch_pb.ChatResponse(status=status_pb(exc), request_id=key))
 
         reader = asyncio.get_running_loop().create_task(consume())
         try:
             while True:
-                item = await out.get()
-                if isinstance(item, errors.AgentmeshError):
-                    raise item
-                yield item
+                yield await out.get()
         finally:
             reader.cancel()
             for task in followers:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -9,11 +10,22 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
-from gateway.websocket import Limits
+from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
+from gateway.websocket import Limits, reply_message
+
+RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+
+
+def detail(error: dict[str, Any], type_url: str) -> dict[str, Any]:
+    found = [d for d in error["details"] if d["@type"] == type_url]
+    assert found, (type_url, error)
+    return found[0]
 
 
 async def recv(ws: Any) -> dict[str, Any]:
-    return json.loads(await ws.recv())
+    # A message that never comes fails the test instead of hanging it.
+    return json.loads(await asyncio.wait_for(ws.recv(), 10))
 
 
 async def until(ws: Any, predicate: Any) -> list[dict[str, Any]]:
@@ -92,18 +104,20 @@ async def test_bad_frames_get_errors_and_the_socket_stays_usable(live: Any, toke
     port = await live()
     session = await session_id(fakes)
     async with await open_socket(port, token) as ws:
-        for frame in [
-            "{oops",
-            "[1]",
-            '{"type": "dance"}',
-            '{"type": "chat_message", "session_id": 5}',
-            '{"type": "chat_message", "session_id": "x", "content": ""}',
-            '{"type": "resume", "run_id": "r", "session_id": "s", "after_event_id": -1}',
-            '{"type": "cancel"}',
+        for frame, field in [
+            ("{oops", "frame"),
+            ("[1]", "type"),
+            ('{"type": "dance"}', "type"),
+            ('{"type": "chat_message", "session_id": 5}', "session_id"),
+            ('{"type": "chat_message", "session_id": "x", "content": "", "request_id": "q1"}', "content"),
+            ('{"type": "resume", "run_id": "r", "session_id": "s", "after_event_id": -1}', "after_event_id"),
+            ('{"type": "cancel"}', "session_id"),
         ]:
             await ws.send(frame)
             error = await recv(ws)
-            assert error["type"] == "error" and error["error_code"] == "INVALID_MESSAGE", (frame, error)
+            assert error["type"] == "error" and error["error_code"] == "INVALID_ARGUMENT", (frame, error)
+            assert [v["field"] for v in detail(error, BAD_REQUEST)["fieldViolations"]] == [field]
+            assert error.get("request_id") == ("q1" if "q1" in frame else None)
         await ws.send(json.dumps({"type": "chat_message", "session_id": "missing", "content": "x"}))
         assert (await recv(ws))["error_code"] == "NOT_FOUND"
         await ws.send(json.dumps({"type": "chat_message", "session_id": session, "content": "still works"}))
@@ -111,13 +125,50 @@ async def test_bad_frames_get_errors_and_the_socket_stays_usable(live: Any, toke
         assert messages[-1]["event"] == "run_completed"
 
 
-async def test_upstream_rate_limit_becomes_rate_limit_error(live: Any, token: str, fakes: Any) -> None:
+async def test_rejected_messages_are_errors_with_the_upstream_status(
+    live: Any, token: str, fakes: Any
+) -> None:
+    """Orchestration answers a rejected action in the Chat stream; the socket stays usable."""
+    fakes.orchestration.delay = 0.02
     port = await live()
     session = await session_id(fakes)
     async with await open_socket(port, token) as ws:
-        await ws.send(json.dumps({"type": "chat_message", "session_id": session, "content": "flood"}))
+        chat = {"type": "chat_message", "session_id": session}
+        await ws.send(json.dumps({**chat, "content": "flood", "request_id": "m-flood"}))
         error = await recv(ws)
-        assert error["error_code"] == "RATE_LIMIT" and error["details"] == {"retry_after": 2}
+        assert error["error_code"] == "RESOURCE_EXHAUSTED" and error["request_id"] == "m-flood"
+        assert error["retry_after"] == 2 and detail(error, RETRY_INFO)["retryDelay"] == "1.500s"
+
+        await ws.send(json.dumps({**chat, "content": " ".join(["x"] * 50), "request_id": "m-long"}))
+        await until(ws, lambda m: "delta" in m)
+        await ws.send(json.dumps({**chat, "content": "me too", "request_id": "m-busy"}))
+        seen = await until(ws, lambda m: m["type"] == "error")
+        busy = seen[-1]
+        assert busy["error_code"] == "FAILED_PRECONDITION" and busy["request_id"] == "m-busy"
+        info = detail(busy, "type.googleapis.com/google.rpc.ErrorInfo")
+        assert info["reason"] == "SESSION_BUSY"
+        assert detail(busy, "type.googleapis.com/google.rpc.PreconditionFailure")["violations"]
+        rest = await until(ws, finished)
+        assert rest[-1]["event"] == "run_completed"
+        assert all(m.get("event") != "unknown" for m in seen + rest)
+
+
+def test_chat_response_from_an_older_orchestration_still_maps() -> None:
+    """During a rolling upgrade an old orchestration sets the deprecated event/error fields."""
+    legacy_error = orch_pb.ChatResponse(
+        error=orch_pb.RunError(code="FAILED_PRECONDITION", message="busy"), request_id="m1"
+    )
+    assert reply_message(legacy_error) == {
+        "type": "error",
+        "error_code": "FAILED_PRECONDITION",
+        "error_message": "busy",
+        "details": [],
+        "request_id": "m1",
+    }
+    legacy_event = orch_pb.ChatResponse(
+        event=orch_pb.RunEvent(run_id="r", event_id=1, type=orch_pb.RUN_EVENT_TYPE_RUN_CREATED)
+    )
+    assert reply_message(legacy_event)["event"] == "run_created"
 
 
 async def test_message_flood_is_rate_limited_per_connection(live: Any, token: str) -> None:
@@ -127,8 +178,9 @@ async def test_message_flood_is_rate_limited_per_connection(live: Any, token: st
             await ws.send(json.dumps({"type": "cancel", "session_id": "s"}))
         await ws.send(json.dumps({"type": "cancel", "session_id": "s"}))
         errors = [await recv(ws) for _ in range(1)]
-        flood = [e for e in errors if e.get("error_code") == "RATE_LIMIT"]
-        assert flood and 0 < flood[0]["details"]["retry_after"] <= 60
+        flood = [e for e in errors if e.get("error_code") == "RESOURCE_EXHAUSTED"]
+        assert flood and 0 < flood[0]["retry_after"] <= 60
+        assert detail(flood[0], RETRY_INFO)
         await ws.send(json.dumps({"type": "ping"}))  # heartbeats are never limited
         assert await recv(ws) == {"type": "pong"}
 
@@ -149,7 +201,7 @@ async def test_connections_per_user_and_total(live: Any, keys: Any) -> None:
     async with await open_socket(port, a):
         async with connect(f"ws://127.0.0.1:{port}/v1/ws") as second:
             await second.send(json.dumps({"type": "auth", "token": a}))
-            assert (await recv(second))["error_code"] == "RATE_LIMIT"
+            assert (await recv(second))["error_code"] == "RESOURCE_EXHAUSTED"
             with pytest.raises(websockets.ConnectionClosed) as closed:
                 await second.recv()
             assert closed.value.rcvd.code == 4429

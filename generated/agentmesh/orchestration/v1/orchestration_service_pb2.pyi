@@ -10,6 +10,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.rpc import status_pb2 as _status_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -18,6 +19,11 @@ if sys.version_info >= (3, 11):
     from typing import TypeAlias as _TypeAlias, Never as _Never
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
+
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -628,14 +634,32 @@ class ChatResponse(_message.Message):
     EVENT_FIELD_NUMBER: _builtins.int
     ERROR_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RUN_EVENT_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """The ChatMessage.request_id (or ChatCancel.run_id) the error answers."""
+    """The ChatMessage.request_id (or ChatCancel.run_id, ChatResume.run_id) a `status` answers."""
     @_builtins.property
-    def event(self) -> Global___RunEvent: ...
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def event(self) -> Global___RunEvent:
+        """Replaced by `payload` (a response carries an event or an error, never both). No longer set;
+        kept because buf breaking (FILE) forbids deleting a field or moving it into a oneof.
+        """
+
     @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def error(self) -> Global___RunError:
-        """A rejected ChatMessage or ChatCancel (for example FAILED_PRECONDITION under BUSY_POLICY_REJECT);
-        the stream stays open. code is a gRPC status code name.
+        """Replaced by `payload.status`. No longer set."""
+
+    @_builtins.property
+    def run_event(self) -> Global___RunEvent:
+        """An event of a run of the session."""
+
+    @_builtins.property
+    def status(self) -> _status_pb2.Status:
+        """A rejected ChatMessage, ChatCancel or ChatResume, as the unary call would have failed: the
+        code, message and details (BadRequest, PreconditionFailure, QuotaFailure, RetryInfo,
+        ErrorInfo), for example FAILED_PRECONDITION under BUSY_POLICY_REJECT or RESOURCE_EXHAUSTED
+        with RetryInfo. The stream stays open.
         """
 
     def __init__(
@@ -644,12 +668,16 @@ class ChatResponse(_message.Message):
         event: Global___RunEvent | None = ...,
         error: Global___RunError | None = ...,
         request_id: _builtins.str = ...,
+        run_event: Global___RunEvent | None = ...,
+        status: _status_pb2.Status | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event", "payload", b"payload", "run_event", b"run_event", "status", b"status"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event", b"event", "payload", b"payload", "request_id", b"request_id", "run_event", b"run_event", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType_payload: _TypeAlias = _typing.Literal["run_event", "status"]  # noqa: Y015
+    _WhichOneofArgType_payload: _TypeAlias = _typing.Literal["payload", b"payload"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_payload) -> _WhichOneofReturnType_payload | None: ...
 
 Global___ChatResponse: _TypeAlias = ChatResponse  # noqa: Y015
 
