@@ -29,14 +29,21 @@ class _AgentState:
 class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     AGENT_STATE_UNSPECIFIED: _AgentState.ValueType  # 0
+    """Not set; as a list filter, every state."""
     AGENT_STATE_ACTIVE: _AgentState.ValueType  # 1
+    """Sessions may start with the agent and send it messages."""
     AGENT_STATE_INACTIVE: _AgentState.ValueType  # 2
+    """StartSession and SendMessage are FAILED_PRECONDITION (reason AGENT_INACTIVE)."""
 
-class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper): ...
+class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper):
+    """Whether new sessions may start with an agent."""
 
 AGENT_STATE_UNSPECIFIED: AgentState.ValueType  # 0
+"""Not set; as a list filter, every state."""
 AGENT_STATE_ACTIVE: AgentState.ValueType  # 1
+"""Sessions may start with the agent and send it messages."""
 AGENT_STATE_INACTIVE: AgentState.ValueType  # 2
+"""StartSession and SendMessage are FAILED_PRECONDITION (reason AGENT_INACTIVE)."""
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
 
 class _BusyPolicy:
@@ -46,6 +53,7 @@ class _BusyPolicy:
 class _BusyPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BusyPolicy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     BUSY_POLICY_UNSPECIFIED: _BusyPolicy.ValueType  # 0
+    """Not set: the agent's policy, or BUSY_POLICY_REJECT when the agent has none."""
     BUSY_POLICY_REJECT: _BusyPolicy.ValueType  # 1
     """FAILED_PRECONDITION."""
     BUSY_POLICY_ENQUEUE: _BusyPolicy.ValueType  # 2
@@ -59,6 +67,7 @@ class BusyPolicy(_BusyPolicy, metaclass=_BusyPolicyEnumTypeWrapper):
     """What a message sent while a run is going does (orchestration applies it)."""
 
 BUSY_POLICY_UNSPECIFIED: BusyPolicy.ValueType  # 0
+"""Not set: the agent's policy, or BUSY_POLICY_REJECT when the agent has none."""
 BUSY_POLICY_REJECT: BusyPolicy.ValueType  # 1
 """FAILED_PRECONDITION."""
 BUSY_POLICY_ENQUEUE: BusyPolicy.ValueType  # 2
@@ -76,12 +85,15 @@ class _TruncationStrategy:
 class _TruncationStrategyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_TruncationStrategy.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TRUNCATION_STRATEGY_UNSPECIFIED: _TruncationStrategy.ValueType  # 0
+    """Not set: TRUNCATION_STRATEGY_DROP_OLDEST."""
     TRUNCATION_STRATEGY_DROP_OLDEST: _TruncationStrategy.ValueType  # 1
     """Drop the oldest messages first; the system prompt stays; a tool call stays with its result."""
 
-class TruncationStrategy(_TruncationStrategy, metaclass=_TruncationStrategyEnumTypeWrapper): ...
+class TruncationStrategy(_TruncationStrategy, metaclass=_TruncationStrategyEnumTypeWrapper):
+    """How the context window is cut down to the token budget."""
 
 TRUNCATION_STRATEGY_UNSPECIFIED: TruncationStrategy.ValueType  # 0
+"""Not set: TRUNCATION_STRATEGY_DROP_OLDEST."""
 TRUNCATION_STRATEGY_DROP_OLDEST: TruncationStrategy.ValueType  # 1
 """Drop the oldest messages first; the system prompt stays; a tool call stays with its result."""
 Global___TruncationStrategy: _TypeAlias = TruncationStrategy  # noqa: Y015
@@ -93,26 +105,43 @@ class _ChangeType:
 class _ChangeTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ChangeType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CHANGE_TYPE_UNSPECIFIED: _ChangeType.ValueType  # 0
+    """Not set; never sent."""
     CHANGE_TYPE_CREATED: _ChangeType.ValueType  # 1
+    """CreateAgent: version 1."""
     CHANGE_TYPE_UPDATED: _ChangeType.ValueType  # 2
+    """UpdateAgent."""
     CHANGE_TYPE_ACTIVATED: _ChangeType.ValueType  # 3
+    """ActivateAgent."""
     CHANGE_TYPE_DEACTIVATED: _ChangeType.ValueType  # 4
+    """DeactivateAgent."""
     CHANGE_TYPE_ROLLED_BACK: _ChangeType.ValueType  # 5
+    """RollbackAgent."""
     CHANGE_TYPE_DELETED: _ChangeType.ValueType  # 6
+    """DeleteAgent."""
 
-class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper): ...
+class ChangeType(_ChangeType, metaclass=_ChangeTypeEnumTypeWrapper):
+    """What made a new version of an agent (or removed it)."""
 
 CHANGE_TYPE_UNSPECIFIED: ChangeType.ValueType  # 0
+"""Not set; never sent."""
 CHANGE_TYPE_CREATED: ChangeType.ValueType  # 1
+"""CreateAgent: version 1."""
 CHANGE_TYPE_UPDATED: ChangeType.ValueType  # 2
+"""UpdateAgent."""
 CHANGE_TYPE_ACTIVATED: ChangeType.ValueType  # 3
+"""ActivateAgent."""
 CHANGE_TYPE_DEACTIVATED: ChangeType.ValueType  # 4
+"""DeactivateAgent."""
 CHANGE_TYPE_ROLLED_BACK: ChangeType.ValueType  # 5
+"""RollbackAgent."""
 CHANGE_TYPE_DELETED: ChangeType.ValueType  # 6
+"""DeleteAgent."""
 Global___ChangeType: _TypeAlias = ChangeType  # noqa: Y015
 
 @_typing.final
 class Tool(_message.Message):
+    """A function the model may call; a client (or the platform) runs it and sends back its result."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     NAME_FIELD_NUMBER: _builtins.int
@@ -121,6 +150,7 @@ class Tool(_message.Message):
     name: _builtins.str
     """[a-zA-Z0-9_-]{1,64}, unique within the agent."""
     description: _builtins.str
+    """Tells the model when and why to call the tool."""
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """A JSON Schema object describing the tool's arguments."""
@@ -142,6 +172,8 @@ Global___Tool: _TypeAlias = Tool  # noqa: Y015
 
 @_typing.final
 class ContextPolicy(_message.Message):
+    """How much of a conversation the model sees on each run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _builtins.int
@@ -149,6 +181,7 @@ class ContextPolicy(_message.Message):
     max_context_tokens: _builtins.int
     """The token budget of the context window sent to the model; 0 means the tier's maximum."""
     truncation: Global___TruncationStrategy.ValueType
+    """How the window is cut when the history exceeds the budget."""
     def __init__(
         self,
         *,
@@ -165,6 +198,8 @@ Global___ContextPolicy: _TypeAlias = ContextPolicy  # noqa: Y015
 
 @_typing.final
 class AgentConfig(_message.Message):
+    """Everything that decides how an agent answers; versioned with the agent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -198,17 +233,25 @@ class AgentConfig(_message.Message):
     model: _builtins.str
     """"provider:model", for example "echo:default" or "openai:gpt-4o-mini"."""
     system_prompt: _builtins.str
+    """Sent first on every run and never dropped by truncation."""
     temperature: _builtins.float
     """0.0 to 2.0; unset means the provider's default."""
     max_output_tokens: _builtins.int
     """0 means the provider's default."""
     busy_policy: Global___BusyPolicy.ValueType
+    """The default for messages that arrive while a run is going."""
     @_builtins.property
-    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]: ...
+    def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
+        """The functions the model may call."""
+
     @_builtins.property
-    def context_policy(self) -> Global___ContextPolicy: ...
+    def context_policy(self) -> Global___ContextPolicy:
+        """How much history each run sends to the model."""
+
     @_builtins.property
-    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels for the tenant's own use; agentmesh does not read them."""
+
     def __init__(
         self,
         *,
@@ -233,6 +276,8 @@ Global___AgentConfig: _TypeAlias = AgentConfig  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):
+    """An agent: a named, versioned configuration that sessions chat with."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -247,22 +292,35 @@ class Agent(_message.Message):
     CREATOR_FIELD_NUMBER: _builtins.int
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Assigned by the service; names the agent in UpdateAgent."""
     display_name: _builtins.str
+    """Shown in lists and the chat page; required on create."""
     description: _builtins.str
+    """A longer explanation for people choosing an agent."""
     state: Global___AgentState.ValueType
+    """Settable on create; afterwards changed by ActivateAgent and DeactivateAgent."""
     version: _builtins.int
     """The current version number; starts at 1."""
     etag: _builtins.str
+    """Changes with every version; send it back on update or delete so that a concurrent change
+    is ABORTED instead of lost.
+    """
     creator: _builtins.str
     """The user id of the creator."""
     template_id: _builtins.str
-    """The template the agent was created from, if any."""
+    """The template the agent was created from, if any (set through CreateAgentRequest.template_id)."""
     @_builtins.property
-    def config(self) -> Global___AgentConfig: ...
+    def config(self) -> Global___AgentConfig:
+        """Required on create unless the create names a template."""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When version 1 was created."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the current version was created."""
+
     def __init__(
         self,
         *,
@@ -304,23 +362,33 @@ class AgentVersion(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     SOURCE_VERSION_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent this is a version of."""
     version: _builtins.int
+    """1, 2, 3, ... per agent."""
     display_name: _builtins.str
+    """The agent's display name as of this version."""
     description: _builtins.str
+    """The agent's description as of this version."""
     state: Global___AgentState.ValueType
+    """The agent's state as of this version."""
     change_type: Global___ChangeType.ValueType
+    """The call that made this version."""
     author: _builtins.str
     """The user id that made the change."""
     source_version: _builtins.int
     """For CHANGE_TYPE_ROLLED_BACK: the version whose content this one copies."""
     @_builtins.property
-    def config(self) -> Global___AgentConfig: ...
+    def config(self) -> Global___AgentConfig:
+        """The agent's config as of this version."""
+
     @_builtins.property
     def changed_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Field paths that differ from the previous version."""
 
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the version was made."""
+
     def __init__(
         self,
         *,
@@ -346,6 +414,8 @@ Global___AgentVersion: _TypeAlias = AgentVersion  # noqa: Y015
 
 @_typing.final
 class Template(_message.Message):
+    """A starting configuration for new agents: built-in, or saved by the tenant."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -355,14 +425,21 @@ class Template(_message.Message):
     BUILTIN_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Assigned by the service (built-in templates have fixed ids)."""
     display_name: _builtins.str
+    """Shown when choosing a template; required on create."""
     description: _builtins.str
+    """What the template is good for."""
     builtin: _builtins.bool
     """Shipped with agentmesh; visible to every tenant; cannot be deleted."""
     @_builtins.property
-    def config(self) -> Global___AgentConfig: ...
+    def config(self) -> Global___AgentConfig:
+        """Copied into an agent created from the template (the agent's own fields take precedence)."""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the template was saved."""
+
     def __init__(
         self,
         *,
@@ -383,6 +460,8 @@ Global___Template: _TypeAlias = Template  # noqa: Y015
 
 @_typing.final
 class CreateAgentRequest(_message.Message):
+    """The agent to create."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
@@ -413,11 +492,15 @@ Global___CreateAgentRequest: _TypeAlias = CreateAgentRequest  # noqa: Y015
 
 @_typing.final
 class CreateAgentResponse(_message.Message):
+    """The agent as created, at version 1."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def agent(self) -> Global___Agent: ...
+    def agent(self) -> Global___Agent:
+        """The created agent."""
+
     def __init__(
         self,
         *,
@@ -433,10 +516,13 @@ Global___CreateAgentResponse: _TypeAlias = CreateAgentResponse  # noqa: Y015
 
 @_typing.final
 class GetAgentRequest(_message.Message):
+    """Names the agent to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent's id."""
     def __init__(
         self,
         *,
@@ -452,11 +538,15 @@ Global___GetAgentRequest: _TypeAlias = GetAgentRequest  # noqa: Y015
 
 @_typing.final
 class GetAgentResponse(_message.Message):
+    """The agent's current version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def agent(self) -> Global___Agent: ...
+    def agent(self) -> Global___Agent:
+        """The agent as of its current version."""
+
     def __init__(
         self,
         *,
@@ -472,6 +562,8 @@ Global___GetAgentResponse: _TypeAlias = GetAgentResponse  # noqa: Y015
 
 @_typing.final
 class ListAgentsRequest(_message.Message):
+    """A page of the tenant's agents."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -480,6 +572,7 @@ class ListAgentsRequest(_message.Message):
     page_size: _builtins.int
     """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page; empty for the first page."""
     state: Global___AgentState.ValueType
     """AGENT_STATE_UNSPECIFIED lists every state."""
     def __init__(
@@ -499,13 +592,18 @@ Global___ListAgentsRequest: _TypeAlias = ListAgentsRequest  # noqa: Y015
 
 @_typing.final
 class ListAgentsResponse(_message.Message):
+    """One page of agents."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
-    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]: ...
+    def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]:
+        """The page's agents."""
+
     def __init__(
         self,
         *,
@@ -522,6 +620,8 @@ Global___ListAgentsResponse: _TypeAlias = ListAgentsResponse  # noqa: Y015
 
 @_typing.final
 class UpdateAgentRequest(_message.Message):
+    """The changes to make to an agent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
@@ -531,7 +631,9 @@ class UpdateAgentRequest(_message.Message):
         """agent.id names the agent; agent.etag must match the current etag."""
 
     @_builtins.property
-    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of agent to apply; the others are ignored."""
+
     def __init__(
         self,
         *,
@@ -548,11 +650,15 @@ Global___UpdateAgentRequest: _TypeAlias = UpdateAgentRequest  # noqa: Y015
 
 @_typing.final
 class UpdateAgentResponse(_message.Message):
+    """The agent after the update (a new version)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def agent(self) -> Global___Agent: ...
+    def agent(self) -> Global___Agent:
+        """The agent as of the new version."""
+
     def __init__(
         self,
         *,
@@ -568,11 +674,14 @@ Global___UpdateAgentResponse: _TypeAlias = UpdateAgentResponse  # noqa: Y015
 
 @_typing.final
 class DeleteAgentRequest(_message.Message):
+    """Names the agent to delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent's id."""
     etag: _builtins.str
     """When set, must match."""
     def __init__(
@@ -591,6 +700,8 @@ Global___DeleteAgentRequest: _TypeAlias = DeleteAgentRequest  # noqa: Y015
 
 @_typing.final
 class DeleteAgentResponse(_message.Message):
+    """Empty: the agent is gone from Get and List."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -606,12 +717,16 @@ Global___DeleteAgentResponse: _TypeAlias = DeleteAgentResponse  # noqa: Y015
 
 @_typing.final
 class ActivateAgentRequest(_message.Message):
+    """Names the agent to activate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent's id."""
     etag: _builtins.str
+    """When set, must match the agent's current etag."""
     def __init__(
         self,
         *,
@@ -628,11 +743,15 @@ Global___ActivateAgentRequest: _TypeAlias = ActivateAgentRequest  # noqa: Y015
 
 @_typing.final
 class ActivateAgentResponse(_message.Message):
+    """The agent after activation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def agent(self) -> Global___Agent: ...
+    def agent(self) -> Global___Agent:
+        """The agent as of the new version."""
+
     def __init__(
         self,
         *,
@@ -648,12 +767,16 @@ Global___ActivateAgentResponse: _TypeAlias = ActivateAgentResponse  # noqa: Y015
 
 @_typing.final
 class DeactivateAgentRequest(_message.Message):
+    """Names the agent to deactivate."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent's id."""
     etag: _builtins.str
+    """When set, must match the agent's current etag."""
     def __init__(
         self,
         *,
@@ -670,11 +793,15 @@ Global___DeactivateAgentRequest: _TypeAlias = DeactivateAgentRequest  # noqa: Y0
 
 @_typing.final
 class DeactivateAgentResponse(_message.Message):
+    """The agent after deactivation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def agent(self) -> Global___Agent: ...
+    def agent(self) -> Global___Agent:
+        """The agent as of the new version."""
+
     def __init__(
         self,
         *,
@@ -690,14 +817,19 @@ Global___DeactivateAgentResponse: _TypeAlias = DeactivateAgentResponse  # noqa: 
 
 @_typing.final
 class ListAgentVersionsRequest(_message.Message):
+    """A page of one agent's versions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent's id."""
     page_size: _builtins.int
+    """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page; empty for the first page."""
     def __init__(
         self,
         *,
@@ -715,11 +847,14 @@ Global___ListAgentVersionsRequest: _TypeAlias = ListAgentVersionsRequest  # noqa
 
 @_typing.final
 class ListAgentVersionsResponse(_message.Message):
+    """One page of versions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
     def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentVersion]:
         """Newest first."""
@@ -740,12 +875,16 @@ Global___ListAgentVersionsResponse: _TypeAlias = ListAgentVersionsResponse  # no
 
 @_typing.final
 class GetAgentVersionRequest(_message.Message):
+    """Names one version of an agent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent's id."""
     version: _builtins.int
+    """A positive version number."""
     def __init__(
         self,
         *,
@@ -762,11 +901,15 @@ Global___GetAgentVersionRequest: _TypeAlias = GetAgentVersionRequest  # noqa: Y0
 
 @_typing.final
 class GetAgentVersionResponse(_message.Message):
+    """The requested version."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def version(self) -> Global___AgentVersion: ...
+    def version(self) -> Global___AgentVersion:
+        """The agent as of that version."""
+
     def __init__(
         self,
         *,
@@ -782,15 +925,19 @@ Global___GetAgentVersionResponse: _TypeAlias = GetAgentVersionResponse  # noqa: 
 
 @_typing.final
 class RollbackAgentRequest(_message.Message):
+    """Names the agent and the version to roll back to."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent's id."""
     version: _builtins.int
     """The version whose content becomes the new version."""
     etag: _builtins.str
+    """When set, must match the agent's current etag."""
     def __init__(
         self,
         *,
@@ -808,11 +955,15 @@ Global___RollbackAgentRequest: _TypeAlias = RollbackAgentRequest  # noqa: Y015
 
 @_typing.final
 class RollbackAgentResponse(_message.Message):
+    """The agent after the rollback (a new version)."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def agent(self) -> Global___Agent: ...
+    def agent(self) -> Global___Agent:
+        """The agent as of the new version."""
+
     def __init__(
         self,
         *,
@@ -828,14 +979,19 @@ Global___RollbackAgentResponse: _TypeAlias = RollbackAgentResponse  # noqa: Y015
 
 @_typing.final
 class DiffAgentVersionsRequest(_message.Message):
+    """Names the two versions to compare."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     FROM_VERSION_FIELD_NUMBER: _builtins.int
     TO_VERSION_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent's id."""
     from_version: _builtins.int
+    """The older side of the comparison (a positive version number)."""
     to_version: _builtins.int
+    """The newer side of the comparison (a positive version number)."""
     def __init__(
         self,
         *,
@@ -853,6 +1009,8 @@ Global___DiffAgentVersionsRequest: _TypeAlias = DiffAgentVersionsRequest  # noqa
 
 @_typing.final
 class FieldDiff(_message.Message):
+    """One field that differs between two versions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PATH_FIELD_NUMBER: _builtins.int
@@ -861,9 +1019,13 @@ class FieldDiff(_message.Message):
     path: _builtins.str
     """A field path such as "config.temperature" or "config.tools"."""
     @_builtins.property
-    def old_value(self) -> _struct_pb2.Value: ...
+    def old_value(self) -> _struct_pb2.Value:
+        """The value in from_version (null when unset there)."""
+
     @_builtins.property
-    def new_value(self) -> _struct_pb2.Value: ...
+    def new_value(self) -> _struct_pb2.Value:
+        """The value in to_version (null when unset there)."""
+
     def __init__(
         self,
         *,
@@ -881,11 +1043,15 @@ Global___FieldDiff: _TypeAlias = FieldDiff  # noqa: Y015
 
 @_typing.final
 class DiffAgentVersionsResponse(_message.Message):
+    """What changed from one version to the other."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DIFFS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def diffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldDiff]: ...
+    def diffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___FieldDiff]:
+        """One entry per differing field; empty when the versions have the same content."""
+
     def __init__(
         self,
         *,
@@ -901,13 +1067,18 @@ Global___DiffAgentVersionsResponse: _TypeAlias = DiffAgentVersionsResponse  # no
 
 @_typing.final
 class ValidateAgentConfigRequest(_message.Message):
+    """A would-be agent to check against the create rules and the caller's tier."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     CONFIG_FIELD_NUMBER: _builtins.int
     display_name: _builtins.str
+    """Checked as CreateAgent would check it."""
     @_builtins.property
-    def config(self) -> Global___AgentConfig: ...
+    def config(self) -> Global___AgentConfig:
+        """Checked as CreateAgent would check it, tier limits included."""
+
     def __init__(
         self,
         *,
@@ -924,6 +1095,8 @@ Global___ValidateAgentConfigRequest: _TypeAlias = ValidateAgentConfigRequest  # 
 
 @_typing.final
 class ConfigViolation(_message.Message):
+    """One rule the checked agent breaks."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     FIELD_FIELD_NUMBER: _builtins.int
@@ -932,6 +1105,7 @@ class ConfigViolation(_message.Message):
     field: _builtins.str
     """A field path, for example "config.tools[2].name"."""
     description: _builtins.str
+    """What is wrong, for a person to read."""
     limit: _builtins.str
     """Set for tier limits: "max_agents", "allowed_models", "max_tools", "max_context_tokens"."""
     def __init__(
@@ -951,13 +1125,18 @@ Global___ConfigViolation: _TypeAlias = ConfigViolation  # noqa: Y015
 
 @_typing.final
 class ValidateAgentConfigResponse(_message.Message):
+    """The outcome of the dry run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     VALID_FIELD_NUMBER: _builtins.int
     VIOLATIONS_FIELD_NUMBER: _builtins.int
     valid: _builtins.bool
+    """True when violations is empty: CreateAgent would accept the agent."""
     @_builtins.property
-    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigViolation]: ...
+    def violations(self) -> _containers.RepeatedCompositeFieldContainer[Global___ConfigViolation]:
+        """Every broken rule at once."""
+
     def __init__(
         self,
         *,
@@ -974,12 +1153,16 @@ Global___ValidateAgentConfigResponse: _TypeAlias = ValidateAgentConfigResponse  
 
 @_typing.final
 class ListTemplatesRequest(_message.Message):
+    """A page of the templates the caller can see."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page; empty for the first page."""
     def __init__(
         self,
         *,
@@ -996,13 +1179,18 @@ Global___ListTemplatesRequest: _TypeAlias = ListTemplatesRequest  # noqa: Y015
 
 @_typing.final
 class ListTemplatesResponse(_message.Message):
+    """One page of templates."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
-    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]: ...
+    def templates(self) -> _containers.RepeatedCompositeFieldContainer[Global___Template]:
+        """Built-in templates and the tenant's own."""
+
     def __init__(
         self,
         *,
@@ -1019,10 +1207,13 @@ Global___ListTemplatesResponse: _TypeAlias = ListTemplatesResponse  # noqa: Y015
 
 @_typing.final
 class GetTemplateRequest(_message.Message):
+    """Names the template to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
+    """The template's id."""
     def __init__(
         self,
         *,
@@ -1038,11 +1229,15 @@ Global___GetTemplateRequest: _TypeAlias = GetTemplateRequest  # noqa: Y015
 
 @_typing.final
 class GetTemplateResponse(_message.Message):
+    """The requested template."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def template(self) -> Global___Template: ...
+    def template(self) -> Global___Template:
+        """The template."""
+
     def __init__(
         self,
         *,
@@ -1058,13 +1253,18 @@ Global___GetTemplateResponse: _TypeAlias = GetTemplateResponse  # noqa: Y015
 
 @_typing.final
 class CreateTemplateRequest(_message.Message):
+    """The template to save."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
+    """A retry with the same request_id returns the first result and creates nothing."""
     @_builtins.property
-    def template(self) -> Global___Template: ...
+    def template(self) -> Global___Template:
+        """display_name is required; config is checked as an agent's would be."""
+
     def __init__(
         self,
         *,
@@ -1081,11 +1281,15 @@ Global___CreateTemplateRequest: _TypeAlias = CreateTemplateRequest  # noqa: Y015
 
 @_typing.final
 class CreateTemplateResponse(_message.Message):
+    """The saved template."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def template(self) -> Global___Template: ...
+    def template(self) -> Global___Template:
+        """The template as stored, with its id."""
+
     def __init__(
         self,
         *,
@@ -1101,10 +1305,13 @@ Global___CreateTemplateResponse: _TypeAlias = CreateTemplateResponse  # noqa: Y0
 
 @_typing.final
 class DeleteTemplateRequest(_message.Message):
+    """Names the template to delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
     template_id: _builtins.str
+    """The template's id; built-in templates cannot be deleted."""
     def __init__(
         self,
         *,
@@ -1120,6 +1327,8 @@ Global___DeleteTemplateRequest: _TypeAlias = DeleteTemplateRequest  # noqa: Y015
 
 @_typing.final
 class DeleteTemplateResponse(_message.Message):
+    """Empty: the template is gone."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -1135,6 +1344,8 @@ Global___DeleteTemplateResponse: _TypeAlias = DeleteTemplateResponse  # noqa: Y0
 
 @_typing.final
 class WatchAgentsRequest(_message.Message):
+    """Which changes to watch."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ALL_TENANTS_FIELD_NUMBER: _builtins.int
@@ -1155,6 +1366,8 @@ Global___WatchAgentsRequest: _TypeAlias = WatchAgentsRequest  # noqa: Y015
 
 @_typing.final
 class AgentEvent(_message.Message):
+    """A change to an agent, as sent to watchers."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHANGE_TYPE_FIELD_NUMBER: _builtins.int
@@ -1164,15 +1377,21 @@ class AgentEvent(_message.Message):
     AGENT_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     change_type: Global___ChangeType.ValueType
+    """What happened."""
     tenant_id: _builtins.str
+    """The tenant that owns the agent."""
     agent_id: _builtins.str
+    """The agent that changed."""
     version: _builtins.int
+    """The agent's version after the change."""
     @_builtins.property
     def agent(self) -> Global___Agent:
         """The agent as of this version (empty for CHANGE_TYPE_DELETED)."""
 
     @_builtins.property
-    def event_time(self) -> _timestamp_pb2.Timestamp: ...
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the change was committed."""
+
     def __init__(
         self,
         *,
@@ -1193,11 +1412,15 @@ Global___AgentEvent: _TypeAlias = AgentEvent  # noqa: Y015
 
 @_typing.final
 class WatchAgentsResponse(_message.Message):
+    """One change event; the stream stays open until the client or the server ends it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___AgentEvent: ...
+    def event(self) -> Global___AgentEvent:
+        """The change."""
+
     def __init__(
         self,
         *,

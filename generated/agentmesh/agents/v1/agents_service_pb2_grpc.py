@@ -129,19 +129,22 @@ class AgentServiceServicer:
     """
 
     def CreateAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Creates an agent at version 1, from a template or from scratch, within the tier's limits.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reads the current version of one of the tenant's agents.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAgents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Pages through the tenant's agents, optionally only those in one state.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -161,25 +164,30 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ActivateAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Lets the agent answer again (a new version with state ACTIVE).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeactivateAgent(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Stops the agent answering: StartSession and SendMessage with it are FAILED_PRECONDITION until
+        it is activated again.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListAgentVersions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The agent's history of changes, newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetAgentVersion(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """One past (or the current) version of an agent, as it was then.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -213,19 +221,22 @@ class AgentServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTemplate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reads one template, built-in or the tenant's own.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CreateTemplate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Saves a configuration the tenant's agents can start from.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteTemplate(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Removes one of the tenant's templates; agents created from it keep their config.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

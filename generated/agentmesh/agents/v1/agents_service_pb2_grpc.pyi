@@ -36,16 +36,25 @@ class AgentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     CreateAgent: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.CreateAgentRequest, _agents_service_pb2.CreateAgentResponse]
+    """Creates an agent at version 1, from a template or from scratch, within the tier's limits."""
     GetAgent: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.GetAgentRequest, _agents_service_pb2.GetAgentResponse]
+    """Reads the current version of one of the tenant's agents."""
     ListAgents: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.ListAgentsRequest, _agents_service_pb2.ListAgentsResponse]
+    """Pages through the tenant's agents, optionally only those in one state."""
     UpdateAgent: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.UpdateAgentRequest, _agents_service_pb2.UpdateAgentResponse]
     """Field mask paths: display_name, description, config (whole) or config.<field>; "*" replaces all."""
     DeleteAgent: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.DeleteAgentRequest, _agents_service_pb2.DeleteAgentResponse]
     """Soft delete: gone from Get and List; its versions stay for audit."""
     ActivateAgent: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.ActivateAgentRequest, _agents_service_pb2.ActivateAgentResponse]
+    """Lets the agent answer again (a new version with state ACTIVE)."""
     DeactivateAgent: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.DeactivateAgentRequest, _agents_service_pb2.DeactivateAgentResponse]
+    """Stops the agent answering: StartSession and SendMessage with it are FAILED_PRECONDITION until
+    it is activated again.
+    """
     ListAgentVersions: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.ListAgentVersionsRequest, _agents_service_pb2.ListAgentVersionsResponse]
+    """The agent's history of changes, newest first."""
     GetAgentVersion: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.GetAgentVersionRequest, _agents_service_pb2.GetAgentVersionResponse]
+    """One past (or the current) version of an agent, as it was then."""
     RollbackAgent: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.RollbackAgentRequest, _agents_service_pb2.RollbackAgentResponse]
     """Creates a new version whose content equals an old one."""
     DiffAgentVersions: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.DiffAgentVersionsRequest, _agents_service_pb2.DiffAgentVersionsResponse]
@@ -55,8 +64,11 @@ class AgentServiceStub:
     ListTemplates: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.ListTemplatesRequest, _agents_service_pb2.ListTemplatesResponse]
     """Built-in templates shipped with agentmesh plus the tenant's own."""
     GetTemplate: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.GetTemplateRequest, _agents_service_pb2.GetTemplateResponse]
+    """Reads one template, built-in or the tenant's own."""
     CreateTemplate: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.CreateTemplateRequest, _agents_service_pb2.CreateTemplateResponse]
+    """Saves a configuration the tenant's agents can start from."""
     DeleteTemplate: _grpc.UnaryUnaryMultiCallable[_agents_service_pb2.DeleteTemplateRequest, _agents_service_pb2.DeleteTemplateResponse]
+    """Removes one of the tenant's templates; agents created from it keep their config."""
     WatchAgents: _grpc.UnaryStreamMultiCallable[_agents_service_pb2.WatchAgentsRequest, _agents_service_pb2.WatchAgentsResponse]
     """Change events for the caller's tenant (a service identity may ask for all tenants), fanned out
     through Redis pub/sub so that a change on any instance reaches watchers on every instance.
@@ -70,16 +82,25 @@ class AgentServiceAsyncStub(AgentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateAgent: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.CreateAgentRequest, _agents_service_pb2.CreateAgentResponse]  # type: ignore[assignment]
+    """Creates an agent at version 1, from a template or from scratch, within the tier's limits."""
     GetAgent: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.GetAgentRequest, _agents_service_pb2.GetAgentResponse]  # type: ignore[assignment]
+    """Reads the current version of one of the tenant's agents."""
     ListAgents: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.ListAgentsRequest, _agents_service_pb2.ListAgentsResponse]  # type: ignore[assignment]
+    """Pages through the tenant's agents, optionally only those in one state."""
     UpdateAgent: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.UpdateAgentRequest, _agents_service_pb2.UpdateAgentResponse]  # type: ignore[assignment]
     """Field mask paths: display_name, description, config (whole) or config.<field>; "*" replaces all."""
     DeleteAgent: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.DeleteAgentRequest, _agents_service_pb2.DeleteAgentResponse]  # type: ignore[assignment]
     """Soft delete: gone from Get and List; its versions stay for audit."""
     ActivateAgent: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.ActivateAgentRequest, _agents_service_pb2.ActivateAgentResponse]  # type: ignore[assignment]
+    """Lets the agent answer again (a new version with state ACTIVE)."""
     DeactivateAgent: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.DeactivateAgentRequest, _agents_service_pb2.DeactivateAgentResponse]  # type: ignore[assignment]
+    """Stops the agent answering: StartSession and SendMessage with it are FAILED_PRECONDITION until
+    it is activated again.
+    """
     ListAgentVersions: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.ListAgentVersionsRequest, _agents_service_pb2.ListAgentVersionsResponse]  # type: ignore[assignment]
+    """The agent's history of changes, newest first."""
     GetAgentVersion: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.GetAgentVersionRequest, _agents_service_pb2.GetAgentVersionResponse]  # type: ignore[assignment]
+    """One past (or the current) version of an agent, as it was then."""
     RollbackAgent: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.RollbackAgentRequest, _agents_service_pb2.RollbackAgentResponse]  # type: ignore[assignment]
     """Creates a new version whose content equals an old one."""
     DiffAgentVersions: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.DiffAgentVersionsRequest, _agents_service_pb2.DiffAgentVersionsResponse]  # type: ignore[assignment]
@@ -89,8 +110,11 @@ class AgentServiceAsyncStub(AgentServiceStub):
     ListTemplates: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.ListTemplatesRequest, _agents_service_pb2.ListTemplatesResponse]  # type: ignore[assignment]
     """Built-in templates shipped with agentmesh plus the tenant's own."""
     GetTemplate: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.GetTemplateRequest, _agents_service_pb2.GetTemplateResponse]  # type: ignore[assignment]
+    """Reads one template, built-in or the tenant's own."""
     CreateTemplate: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.CreateTemplateRequest, _agents_service_pb2.CreateTemplateResponse]  # type: ignore[assignment]
+    """Saves a configuration the tenant's agents can start from."""
     DeleteTemplate: _aio.UnaryUnaryMultiCallable[_agents_service_pb2.DeleteTemplateRequest, _agents_service_pb2.DeleteTemplateResponse]  # type: ignore[assignment]
+    """Removes one of the tenant's templates; agents created from it keep their config."""
     WatchAgents: _aio.UnaryStreamMultiCallable[_agents_service_pb2.WatchAgentsRequest, _agents_service_pb2.WatchAgentsResponse]  # type: ignore[assignment]
     """Change events for the caller's tenant (a service identity may ask for all tenants), fanned out
     through Redis pub/sub so that a change on any instance reaches watchers on every instance.
@@ -106,21 +130,24 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agents_service_pb2.CreateAgentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.CreateAgentResponse, _abc.Awaitable[_agents_service_pb2.CreateAgentResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.CreateAgentResponse, _abc.Awaitable[_agents_service_pb2.CreateAgentResponse]]:
+        """Creates an agent at version 1, from a template or from scratch, within the tier's limits."""
 
     @_abc_1.abstractmethod
     def GetAgent(
         self,
         request: _agents_service_pb2.GetAgentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.GetAgentResponse, _abc.Awaitable[_agents_service_pb2.GetAgentResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.GetAgentResponse, _abc.Awaitable[_agents_service_pb2.GetAgentResponse]]:
+        """Reads the current version of one of the tenant's agents."""
 
     @_abc_1.abstractmethod
     def ListAgents(
         self,
         request: _agents_service_pb2.ListAgentsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.ListAgentsResponse, _abc.Awaitable[_agents_service_pb2.ListAgentsResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.ListAgentsResponse, _abc.Awaitable[_agents_service_pb2.ListAgentsResponse]]:
+        """Pages through the tenant's agents, optionally only those in one state."""
 
     @_abc_1.abstractmethod
     def UpdateAgent(
@@ -143,28 +170,34 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agents_service_pb2.ActivateAgentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.ActivateAgentResponse, _abc.Awaitable[_agents_service_pb2.ActivateAgentResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.ActivateAgentResponse, _abc.Awaitable[_agents_service_pb2.ActivateAgentResponse]]:
+        """Lets the agent answer again (a new version with state ACTIVE)."""
 
     @_abc_1.abstractmethod
     def DeactivateAgent(
         self,
         request: _agents_service_pb2.DeactivateAgentRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.DeactivateAgentResponse, _abc.Awaitable[_agents_service_pb2.DeactivateAgentResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.DeactivateAgentResponse, _abc.Awaitable[_agents_service_pb2.DeactivateAgentResponse]]:
+        """Stops the agent answering: StartSession and SendMessage with it are FAILED_PRECONDITION until
+        it is activated again.
+        """
 
     @_abc_1.abstractmethod
     def ListAgentVersions(
         self,
         request: _agents_service_pb2.ListAgentVersionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.ListAgentVersionsResponse, _abc.Awaitable[_agents_service_pb2.ListAgentVersionsResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.ListAgentVersionsResponse, _abc.Awaitable[_agents_service_pb2.ListAgentVersionsResponse]]:
+        """The agent's history of changes, newest first."""
 
     @_abc_1.abstractmethod
     def GetAgentVersion(
         self,
         request: _agents_service_pb2.GetAgentVersionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.GetAgentVersionResponse, _abc.Awaitable[_agents_service_pb2.GetAgentVersionResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.GetAgentVersionResponse, _abc.Awaitable[_agents_service_pb2.GetAgentVersionResponse]]:
+        """One past (or the current) version of an agent, as it was then."""
 
     @_abc_1.abstractmethod
     def RollbackAgent(
@@ -203,21 +236,24 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _agents_service_pb2.GetTemplateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.GetTemplateResponse, _abc.Awaitable[_agents_service_pb2.GetTemplateResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.GetTemplateResponse, _abc.Awaitable[_agents_service_pb2.GetTemplateResponse]]:
+        """Reads one template, built-in or the tenant's own."""
 
     @_abc_1.abstractmethod
     def CreateTemplate(
         self,
         request: _agents_service_pb2.CreateTemplateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.CreateTemplateResponse, _abc.Awaitable[_agents_service_pb2.CreateTemplateResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.CreateTemplateResponse, _abc.Awaitable[_agents_service_pb2.CreateTemplateResponse]]:
+        """Saves a configuration the tenant's agents can start from."""
 
     @_abc_1.abstractmethod
     def DeleteTemplate(
         self,
         request: _agents_service_pb2.DeleteTemplateRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_agents_service_pb2.DeleteTemplateResponse, _abc.Awaitable[_agents_service_pb2.DeleteTemplateResponse]]: ...
+    ) -> _typing.Union[_agents_service_pb2.DeleteTemplateResponse, _abc.Awaitable[_agents_service_pb2.DeleteTemplateResponse]]:
+        """Removes one of the tenant's templates; agents created from it keep their config."""
 
     @_abc_1.abstractmethod
     def WatchAgents(
