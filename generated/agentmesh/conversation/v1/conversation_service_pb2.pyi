@@ -27,14 +27,19 @@ class _ConversationStatus:
 class _ConversationStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConversationStatus.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     CONVERSATION_STATUS_UNSPECIFIED: _ConversationStatus.ValueType  # 0
+    """Not set; as a list filter, every status."""
     CONVERSATION_STATUS_ACTIVE: _ConversationStatus.ValueType  # 1
+    """Takes new messages."""
     CONVERSATION_STATUS_CLOSED: _ConversationStatus.ValueType  # 2
     """Read-only: appending is FAILED_PRECONDITION; erased after the retention period."""
 
-class ConversationStatus(_ConversationStatus, metaclass=_ConversationStatusEnumTypeWrapper): ...
+class ConversationStatus(_ConversationStatus, metaclass=_ConversationStatusEnumTypeWrapper):
+    """Whether a conversation takes new messages."""
 
 CONVERSATION_STATUS_UNSPECIFIED: ConversationStatus.ValueType  # 0
+"""Not set; as a list filter, every status."""
 CONVERSATION_STATUS_ACTIVE: ConversationStatus.ValueType  # 1
+"""Takes new messages."""
 CONVERSATION_STATUS_CLOSED: ConversationStatus.ValueType  # 2
 """Read-only: appending is FAILED_PRECONDITION; erased after the retention period."""
 Global___ConversationStatus: _TypeAlias = ConversationStatus  # noqa: Y015
@@ -46,18 +51,29 @@ class _MessageRole:
 class _MessageRoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageRole.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     MESSAGE_ROLE_UNSPECIFIED: _MessageRole.ValueType  # 0
+    """Not set; AppendMessage refuses it."""
     MESSAGE_ROLE_SYSTEM: _MessageRole.ValueType  # 1
+    """Instructions to the model (GetContext puts the system prompt first as one)."""
     MESSAGE_ROLE_USER: _MessageRole.ValueType  # 2
+    """A person's message."""
     MESSAGE_ROLE_ASSISTANT: _MessageRole.ValueType  # 3
+    """The model's answer, or its tool call."""
     MESSAGE_ROLE_TOOL: _MessageRole.ValueType  # 4
+    """The result of a tool call; needs tool_call_id."""
 
-class MessageRole(_MessageRole, metaclass=_MessageRoleEnumTypeWrapper): ...
+class MessageRole(_MessageRole, metaclass=_MessageRoleEnumTypeWrapper):
+    """Who a message is from, as the model sees it."""
 
 MESSAGE_ROLE_UNSPECIFIED: MessageRole.ValueType  # 0
+"""Not set; AppendMessage refuses it."""
 MESSAGE_ROLE_SYSTEM: MessageRole.ValueType  # 1
+"""Instructions to the model (GetContext puts the system prompt first as one)."""
 MESSAGE_ROLE_USER: MessageRole.ValueType  # 2
+"""A person's message."""
 MESSAGE_ROLE_ASSISTANT: MessageRole.ValueType  # 3
+"""The model's answer, or its tool call."""
 MESSAGE_ROLE_TOOL: MessageRole.ValueType  # 4
+"""The result of a tool call; needs tool_call_id."""
 Global___MessageRole: _TypeAlias = MessageRole  # noqa: Y015
 
 class _SortOrder:
@@ -67,20 +83,27 @@ class _SortOrder:
 class _SortOrderEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SortOrder.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SORT_ORDER_UNSPECIFIED: _SortOrder.ValueType  # 0
+    """Not set: SORT_ORDER_ASCENDING."""
     SORT_ORDER_ASCENDING: _SortOrder.ValueType  # 1
     """Oldest first (the default)."""
     SORT_ORDER_DESCENDING: _SortOrder.ValueType  # 2
+    """Newest first."""
 
-class SortOrder(_SortOrder, metaclass=_SortOrderEnumTypeWrapper): ...
+class SortOrder(_SortOrder, metaclass=_SortOrderEnumTypeWrapper):
+    """The order a list of messages comes in."""
 
 SORT_ORDER_UNSPECIFIED: SortOrder.ValueType  # 0
+"""Not set: SORT_ORDER_ASCENDING."""
 SORT_ORDER_ASCENDING: SortOrder.ValueType  # 1
 """Oldest first (the default)."""
 SORT_ORDER_DESCENDING: SortOrder.ValueType  # 2
+"""Newest first."""
 Global___SortOrder: _TypeAlias = SortOrder  # noqa: Y015
 
 @_typing.final
 class Conversation(_message.Message):
+    """One user's exchange with one agent: the summary kept beside its messages."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -117,23 +140,39 @@ class Conversation(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_MESSAGE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Assigned by the service."""
     tenant_id: _builtins.str
+    """The tenant of the caller that created it."""
     user_id: _builtins.str
+    """The user that created it; members see only their own conversations."""
     agent_id: _builtins.str
+    """The agent the conversation is with."""
     agent_version: _builtins.int
     """The agent version the conversation started with."""
     title: _builtins.str
+    """A label for lists; may be empty."""
     status: Global___ConversationStatus.ValueType
+    """Whether the conversation takes new messages."""
     message_count: _builtins.int
+    """How many messages the conversation holds."""
     token_count: _builtins.int
+    """The sum of its messages' token counts."""
     @_builtins.property
-    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels for the caller's own use; agentmesh does not read them."""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was created."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When it last changed (a message, a close)."""
+
     @_builtins.property
-    def last_message_time(self) -> _timestamp_pb2.Timestamp: ...
+    def last_message_time(self) -> _timestamp_pb2.Timestamp:
+        """When its newest message was appended; unset while it has none."""
+
     def __init__(
         self,
         *,
@@ -161,6 +200,8 @@ Global___Conversation: _TypeAlias = Conversation  # noqa: Y015
 
 @_typing.final
 class Message(_message.Message):
+    """One message of a conversation, as stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -193,11 +234,15 @@ class Message(_message.Message):
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Assigned by the service."""
     conversation_id: _builtins.str
+    """The conversation it belongs to."""
     sequence: _builtins.int
     """1, 2, 3, ... per conversation, without gaps."""
     role: Global___MessageRole.ValueType
+    """Who the message is from; required on append."""
     content: _builtins.str
+    """The text; required on append."""
     token_count: _builtins.int
     """Computed by the service's token counter."""
     tool_call_id: _builtins.str
@@ -209,7 +254,9 @@ class Message(_message.Message):
         """For example run_id, agent_version, partial ("true" for an interrupted answer)."""
 
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the message was committed."""
+
     def __init__(
         self,
         *,
@@ -233,6 +280,8 @@ Global___Message: _TypeAlias = Message  # noqa: Y015
 
 @_typing.final
 class CreateConversationRequest(_message.Message):
+    """The conversation to open."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     @_typing.final
@@ -261,11 +310,17 @@ class CreateConversationRequest(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent the conversation is with."""
     agent_version: _builtins.int
+    """The agent version it starts with; 0 when the caller does not pin one."""
     title: _builtins.str
+    """A label for lists."""
     request_id: _builtins.str
+    """A retry with the same request_id returns the first conversation and creates nothing."""
     @_builtins.property
-    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form labels, at most 64 entries."""
+
     def __init__(
         self,
         *,
@@ -285,11 +340,15 @@ Global___CreateConversationRequest: _TypeAlias = CreateConversationRequest  # no
 
 @_typing.final
 class CreateConversationResponse(_message.Message):
+    """The opened conversation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def conversation(self) -> Global___Conversation: ...
+    def conversation(self) -> Global___Conversation:
+        """The conversation, empty of messages."""
+
     def __init__(
         self,
         *,
@@ -305,10 +364,13 @@ Global___CreateConversationResponse: _TypeAlias = CreateConversationResponse  # 
 
 @_typing.final
 class GetConversationRequest(_message.Message):
+    """Names the conversation to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """The conversation's id."""
     def __init__(
         self,
         *,
@@ -324,11 +386,15 @@ Global___GetConversationRequest: _TypeAlias = GetConversationRequest  # noqa: Y0
 
 @_typing.final
 class GetConversationResponse(_message.Message):
+    """The requested conversation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def conversation(self) -> Global___Conversation: ...
+    def conversation(self) -> Global___Conversation:
+        """The conversation's summary."""
+
     def __init__(
         self,
         *,
@@ -344,6 +410,8 @@ Global___GetConversationResponse: _TypeAlias = GetConversationResponse  # noqa: 
 
 @_typing.final
 class ListConversationsRequest(_message.Message):
+    """A page of visible conversations; every filter is optional."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -354,17 +422,23 @@ class ListConversationsRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page, with the same filters; empty for the first page."""
     agent_id: _builtins.str
+    """Only conversations with this agent."""
     user_id: _builtins.str
     """Owners and admins only; members always see their own."""
     status: Global___ConversationStatus.ValueType
+    """Only conversations in this status; UNSPECIFIED lists both."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """Conversations created at or after start_time and before end_time."""
 
     @_builtins.property
-    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The exclusive upper bound of the creation time; unset: no bound."""
+
     def __init__(
         self,
         *,
@@ -386,11 +460,14 @@ Global___ListConversationsRequest: _TypeAlias = ListConversationsRequest  # noqa
 
 @_typing.final
 class ListConversationsResponse(_message.Message):
+    """One page of conversations."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
     def conversations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Conversation]:
         """Newest first."""
@@ -411,10 +488,13 @@ Global___ListConversationsResponse: _TypeAlias = ListConversationsResponse  # no
 
 @_typing.final
 class CloseConversationRequest(_message.Message):
+    """Names the conversation to close."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """The conversation's id."""
     def __init__(
         self,
         *,
@@ -430,11 +510,15 @@ Global___CloseConversationRequest: _TypeAlias = CloseConversationRequest  # noqa
 
 @_typing.final
 class CloseConversationResponse(_message.Message):
+    """The closed conversation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def conversation(self) -> Global___Conversation: ...
+    def conversation(self) -> Global___Conversation:
+        """The conversation, now CONVERSATION_STATUS_CLOSED."""
+
     def __init__(
         self,
         *,
@@ -450,10 +534,13 @@ Global___CloseConversationResponse: _TypeAlias = CloseConversationResponse  # no
 
 @_typing.final
 class DeleteConversationRequest(_message.Message):
+    """Names the conversation to erase."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """The conversation's id."""
     def __init__(
         self,
         *,
@@ -469,6 +556,8 @@ Global___DeleteConversationRequest: _TypeAlias = DeleteConversationRequest  # no
 
 @_typing.final
 class DeleteConversationResponse(_message.Message):
+    """Empty: the conversation and its messages are gone."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -484,13 +573,17 @@ Global___DeleteConversationResponse: _TypeAlias = DeleteConversationResponse  # 
 
 @_typing.final
 class AppendMessageRequest(_message.Message):
+    """A message to add to the end of a conversation."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """The conversation's id; it must be ACTIVE."""
     request_id: _builtins.str
+    """A retry with the same request_id returns the first message and appends nothing."""
     @_builtins.property
     def message(self) -> Global___Message:
         """role and content are required; id, sequence, token_count and create_time are assigned."""
@@ -512,14 +605,20 @@ Global___AppendMessageRequest: _TypeAlias = AppendMessageRequest  # noqa: Y015
 
 @_typing.final
 class AppendMessageResponse(_message.Message):
+    """The stored message and the conversation after it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGE_FIELD_NUMBER: _builtins.int
     CONVERSATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def message(self) -> Global___Message: ...
+    def message(self) -> Global___Message:
+        """The message with its id, sequence and token count."""
+
     @_builtins.property
-    def conversation(self) -> Global___Conversation: ...
+    def conversation(self) -> Global___Conversation:
+        """The conversation's summary including the message."""
+
     def __init__(
         self,
         *,
@@ -536,6 +635,8 @@ Global___AppendMessageResponse: _TypeAlias = AppendMessageResponse  # noqa: Y015
 
 @_typing.final
 class ListMessagesRequest(_message.Message):
+    """A page of one conversation's messages."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
@@ -545,13 +646,17 @@ class ListMessagesRequest(_message.Message):
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """The conversation's id."""
     page_size: _builtins.int
+    """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page, with the same bounds; empty for the first page."""
     before_sequence: _builtins.int
     """Only messages with sequence < before_sequence (0: no bound)."""
     after_sequence: _builtins.int
     """Only messages with sequence > after_sequence (0: no bound)."""
     order: Global___SortOrder.ValueType
+    """By sequence, ascending unless set to descending."""
     def __init__(
         self,
         *,
@@ -572,13 +677,18 @@ Global___ListMessagesRequest: _TypeAlias = ListMessagesRequest  # noqa: Y015
 
 @_typing.final
 class ListMessagesResponse(_message.Message):
+    """One page of messages."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
-    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]: ...
+    def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___Message]:
+        """The page's messages in the requested order."""
+
     def __init__(
         self,
         *,
@@ -595,14 +705,17 @@ Global___ListMessagesResponse: _TypeAlias = ListMessagesResponse  # noqa: Y015
 
 @_typing.final
 class GetContextRequest(_message.Message):
+    """What a model should see of a conversation, within a token budget."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_ID_FIELD_NUMBER: _builtins.int
     TOKEN_BUDGET_FIELD_NUMBER: _builtins.int
     SYSTEM_PROMPT_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
+    """The conversation's id."""
     token_budget: _builtins.int
-    """Must be positive."""
+    """Must be positive; clamped to the tier's maximum context."""
     system_prompt: _builtins.str
     """Pinned at the top of the window and counted against the budget first."""
     def __init__(
@@ -629,7 +742,9 @@ class SequenceRange(_message.Message):
     FIRST_FIELD_NUMBER: _builtins.int
     LAST_FIELD_NUMBER: _builtins.int
     first: _builtins.int
+    """The lowest sequence number in the range."""
     last: _builtins.int
+    """The highest sequence number in the range."""
     def __init__(
         self,
         *,
@@ -646,6 +761,8 @@ Global___SequenceRange: _TypeAlias = SequenceRange  # noqa: Y015
 
 @_typing.final
 class GetContextResponse(_message.Message):
+    """The context window and what was left out of it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
@@ -656,7 +773,9 @@ class GetContextResponse(_message.Message):
     TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
     SYSTEM_PROMPT_TRUNCATED_FIELD_NUMBER: _builtins.int
     token_budget: _builtins.int
+    """The budget applied (the requested one, or the tier's maximum when that is lower)."""
     system_prompt_tokens: _builtins.int
+    """Tokens of the system prompt as sent (after any cut)."""
     total_tokens: _builtins.int
     """Tokens of everything returned, system prompt included; never more than token_budget."""
     system_prompt_truncated: _builtins.bool
@@ -668,9 +787,13 @@ class GetContextResponse(_message.Message):
         """
 
     @_builtins.property
-    def kept(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceRange]: ...
+    def kept(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceRange]:
+        """The sequence ranges in the window."""
+
     @_builtins.property
-    def dropped(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceRange]: ...
+    def dropped(self) -> _containers.RepeatedCompositeFieldContainer[Global___SequenceRange]:
+        """The sequence ranges truncation left out."""
+
     def __init__(
         self,
         *,
@@ -692,6 +815,8 @@ Global___GetContextResponse: _TypeAlias = GetContextResponse  # noqa: Y015
 
 @_typing.final
 class SearchConversationsRequest(_message.Message):
+    """A full-text search over the caller's visible messages."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     QUERY_FIELD_NUMBER: _builtins.int
@@ -701,8 +826,11 @@ class SearchConversationsRequest(_message.Message):
     query: _builtins.str
     """1 to 256 characters."""
     page_size: _builtins.int
+    """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page, with the same query; empty for the first page."""
     agent_id: _builtins.str
+    """Only messages of conversations with this agent."""
     def __init__(
         self,
         *,
@@ -721,6 +849,8 @@ Global___SearchConversationsRequest: _TypeAlias = SearchConversationsRequest  # 
 
 @_typing.final
 class SearchResult(_message.Message):
+    """One message that matches a search."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATION_FIELD_NUMBER: _builtins.int
@@ -730,10 +860,15 @@ class SearchResult(_message.Message):
     snippet: _builtins.str
     """The matching text with the hits marked by [[ and ]]."""
     score: _builtins.float
+    """Relevance; higher is better (always 1.0 on SQLite)."""
     @_builtins.property
-    def conversation(self) -> Global___Conversation: ...
+    def conversation(self) -> Global___Conversation:
+        """The conversation the message is in."""
+
     @_builtins.property
-    def message(self) -> Global___Message: ...
+    def message(self) -> Global___Message:
+        """The matching message."""
+
     def __init__(
         self,
         *,
@@ -752,13 +887,18 @@ Global___SearchResult: _TypeAlias = SearchResult  # noqa: Y015
 
 @_typing.final
 class SearchConversationsResponse(_message.Message):
+    """One page of search results, best first."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RESULTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
-    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchResult]: ...
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___SearchResult]:
+        """The page's matches."""
+
     def __init__(
         self,
         *,
@@ -775,14 +915,20 @@ Global___SearchConversationsResponse: _TypeAlias = SearchConversationsResponse  
 
 @_typing.final
 class GetTenantStatsRequest(_message.Message):
+    """The time range to count over; both bounds are optional."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The inclusive lower bound; unset: from the beginning."""
+
     @_builtins.property
-    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The exclusive upper bound; unset: up to now. Must be after start_time when both are set."""
+
     def __init__(
         self,
         *,
@@ -799,14 +945,19 @@ Global___GetTenantStatsRequest: _TypeAlias = GetTenantStatsRequest  # noqa: Y015
 
 @_typing.final
 class UsageTotals(_message.Message):
+    """Counts over a time range."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CONVERSATIONS_FIELD_NUMBER: _builtins.int
     MESSAGES_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     conversations: _builtins.int
+    """Conversations created in the range."""
     messages: _builtins.int
+    """Messages appended in the range."""
     tokens: _builtins.int
+    """Tokens of those messages."""
     def __init__(
         self,
         *,
@@ -824,13 +975,18 @@ Global___UsageTotals: _TypeAlias = UsageTotals  # noqa: Y015
 
 @_typing.final
 class AgentStats(_message.Message):
+    """The counts of one agent."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     TOTALS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent the counts are for."""
     @_builtins.property
-    def totals(self) -> Global___UsageTotals: ...
+    def totals(self) -> Global___UsageTotals:
+        """Its counts over the range."""
+
     def __init__(
         self,
         *,
@@ -847,6 +1003,8 @@ Global___AgentStats: _TypeAlias = AgentStats  # noqa: Y015
 
 @_typing.final
 class DayStats(_message.Message):
+    """The counts of one day."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     DAY_FIELD_NUMBER: _builtins.int
@@ -854,7 +1012,9 @@ class DayStats(_message.Message):
     day: _builtins.str
     """UTC day, YYYY-MM-DD."""
     @_builtins.property
-    def totals(self) -> Global___UsageTotals: ...
+    def totals(self) -> Global___UsageTotals:
+        """That day's counts."""
+
     def __init__(
         self,
         *,
@@ -871,17 +1031,25 @@ Global___DayStats: _TypeAlias = DayStats  # noqa: Y015
 
 @_typing.final
 class GetTenantStatsResponse(_message.Message):
+    """Usage over the requested range."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOTALS_FIELD_NUMBER: _builtins.int
     BY_AGENT_FIELD_NUMBER: _builtins.int
     BY_DAY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def totals(self) -> Global___UsageTotals: ...
+    def totals(self) -> Global___UsageTotals:
+        """Everything in the range."""
+
     @_builtins.property
-    def by_agent(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentStats]: ...
+    def by_agent(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentStats]:
+        """Split by agent."""
+
     @_builtins.property
-    def by_day(self) -> _containers.RepeatedCompositeFieldContainer[Global___DayStats]: ...
+    def by_day(self) -> _containers.RepeatedCompositeFieldContainer[Global___DayStats]:
+        """Split by UTC day."""
+
     def __init__(
         self,
         *,
@@ -899,6 +1067,8 @@ Global___GetTenantStatsResponse: _TypeAlias = GetTenantStatsResponse  # noqa: Y0
 
 @_typing.final
 class RetentionPolicy(_message.Message):
+    """How long a tenant's closed conversations are kept."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CLOSED_RETENTION_DAYS_FIELD_NUMBER: _builtins.int
@@ -919,6 +1089,8 @@ Global___RetentionPolicy: _TypeAlias = RetentionPolicy  # noqa: Y015
 
 @_typing.final
 class GetRetentionPolicyRequest(_message.Message):
+    """Reads the caller's tenant's policy."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -934,11 +1106,15 @@ Global___GetRetentionPolicyRequest: _TypeAlias = GetRetentionPolicyRequest  # no
 
 @_typing.final
 class GetRetentionPolicyResponse(_message.Message):
+    """The tenant's policy."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def policy(self) -> Global___RetentionPolicy: ...
+    def policy(self) -> Global___RetentionPolicy:
+        """The current policy (0 days, keep forever, until one is set)."""
+
     def __init__(
         self,
         *,
@@ -954,11 +1130,15 @@ Global___GetRetentionPolicyResponse: _TypeAlias = GetRetentionPolicyResponse  # 
 
 @_typing.final
 class UpdateRetentionPolicyRequest(_message.Message):
+    """The policy to set."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def policy(self) -> Global___RetentionPolicy: ...
+    def policy(self) -> Global___RetentionPolicy:
+        """Replaces the whole policy; closed_retention_days 0 to 36500."""
+
     def __init__(
         self,
         *,
@@ -974,11 +1154,15 @@ Global___UpdateRetentionPolicyRequest: _TypeAlias = UpdateRetentionPolicyRequest
 
 @_typing.final
 class UpdateRetentionPolicyResponse(_message.Message):
+    """The policy as stored."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     POLICY_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def policy(self) -> Global___RetentionPolicy: ...
+    def policy(self) -> Global___RetentionPolicy:
+        """The tenant's new policy."""
+
     def __init__(
         self,
         *,

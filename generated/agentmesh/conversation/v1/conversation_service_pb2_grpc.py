@@ -106,25 +106,29 @@ class ConversationServiceServicer:
     """
 
     def CreateConversation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Opens an empty conversation of the caller with an agent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetConversation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reads one conversation's summary (counts and times, no messages).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListConversations(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Pages through the visible conversations, newest first, with optional filters.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CloseConversation(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Makes the conversation read-only and starts its retention clock. Idempotent.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -145,7 +149,8 @@ class ConversationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMessages(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Pages through a conversation's history, by sequence number.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -166,21 +171,25 @@ class ConversationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetTenantStats(self, request, context):
-        """Conversations, messages and tokens, by agent and by day, over a time range.
+        """Conversations, messages and tokens, by agent and by day, over a time range: the tenant's for
+        owners and admins, a member's own otherwise. A singleton of the caller's tenant; the old
+        top-level path stays for one release.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetRetentionPolicy(self, request, context):
-        """How many days closed conversations are kept (owner and admin only).
+        """How many days closed conversations are kept (owner and admin only). A singleton of the
+        caller's tenant; the old top-level path stays for one release.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def UpdateRetentionPolicy(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Replaces the tenant's retention policy (owner and admin only); the hourly sweep applies it.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

@@ -37,9 +37,13 @@ class ConversationServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ConversationServiceAsyncStub: ...
     CreateConversation: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.CreateConversationRequest, _conversation_service_pb2.CreateConversationResponse]
+    """Opens an empty conversation of the caller with an agent."""
     GetConversation: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetConversationRequest, _conversation_service_pb2.GetConversationResponse]
+    """Reads one conversation's summary (counts and times, no messages)."""
     ListConversations: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.ListConversationsRequest, _conversation_service_pb2.ListConversationsResponse]
+    """Pages through the visible conversations, newest first, with optional filters."""
     CloseConversation: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.CloseConversationRequest, _conversation_service_pb2.CloseConversationResponse]
+    """Makes the conversation read-only and starts its retention clock. Idempotent."""
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.DeleteConversationRequest, _conversation_service_pb2.DeleteConversationResponse]
     """Erases the conversation and its messages from PostgreSQL and Redis."""
     AppendMessage: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.AppendMessageRequest, _conversation_service_pb2.AppendMessageResponse]
@@ -47,6 +51,7 @@ class ConversationServiceStub:
     first message.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.ListMessagesRequest, _conversation_service_pb2.ListMessagesResponse]
+    """Pages through a conversation's history, by sequence number."""
     GetContext: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetContextRequest, _conversation_service_pb2.GetContextResponse]
     """The system prompt plus the newest messages that fit the token budget, oldest dropped first,
     never separating a tool call from its result. Its cost does not grow with the history.
@@ -54,10 +59,16 @@ class ConversationServiceStub:
     SearchConversations: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.SearchConversationsRequest, _conversation_service_pb2.SearchConversationsResponse]
     """Full-text search over the caller's visible messages (PostgreSQL tsvector; substring on SQLite)."""
     GetTenantStats: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetTenantStatsRequest, _conversation_service_pb2.GetTenantStatsResponse]
-    """Conversations, messages and tokens, by agent and by day, over a time range."""
+    """Conversations, messages and tokens, by agent and by day, over a time range: the tenant's for
+    owners and admins, a member's own otherwise. A singleton of the caller's tenant; the old
+    top-level path stays for one release.
+    """
     GetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetRetentionPolicyRequest, _conversation_service_pb2.GetRetentionPolicyResponse]
-    """How many days closed conversations are kept (owner and admin only)."""
+    """How many days closed conversations are kept (owner and admin only). A singleton of the
+    caller's tenant; the old top-level path stays for one release.
+    """
     UpdateRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.UpdateRetentionPolicyRequest, _conversation_service_pb2.UpdateRetentionPolicyResponse]
+    """Replaces the tenant's retention policy (owner and admin only); the hourly sweep applies it."""
 
 @_typing.type_check_only
 class ConversationServiceAsyncStub(ConversationServiceStub):
@@ -68,9 +79,13 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateConversation: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.CreateConversationRequest, _conversation_service_pb2.CreateConversationResponse]  # type: ignore[assignment]
+    """Opens an empty conversation of the caller with an agent."""
     GetConversation: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetConversationRequest, _conversation_service_pb2.GetConversationResponse]  # type: ignore[assignment]
+    """Reads one conversation's summary (counts and times, no messages)."""
     ListConversations: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.ListConversationsRequest, _conversation_service_pb2.ListConversationsResponse]  # type: ignore[assignment]
+    """Pages through the visible conversations, newest first, with optional filters."""
     CloseConversation: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.CloseConversationRequest, _conversation_service_pb2.CloseConversationResponse]  # type: ignore[assignment]
+    """Makes the conversation read-only and starts its retention clock. Idempotent."""
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.DeleteConversationRequest, _conversation_service_pb2.DeleteConversationResponse]  # type: ignore[assignment]
     """Erases the conversation and its messages from PostgreSQL and Redis."""
     AppendMessage: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.AppendMessageRequest, _conversation_service_pb2.AppendMessageResponse]  # type: ignore[assignment]
@@ -78,6 +93,7 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     first message.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.ListMessagesRequest, _conversation_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
+    """Pages through a conversation's history, by sequence number."""
     GetContext: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetContextRequest, _conversation_service_pb2.GetContextResponse]  # type: ignore[assignment]
     """The system prompt plus the newest messages that fit the token budget, oldest dropped first,
     never separating a tool call from its result. Its cost does not grow with the history.
@@ -85,10 +101,16 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     SearchConversations: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.SearchConversationsRequest, _conversation_service_pb2.SearchConversationsResponse]  # type: ignore[assignment]
     """Full-text search over the caller's visible messages (PostgreSQL tsvector; substring on SQLite)."""
     GetTenantStats: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetTenantStatsRequest, _conversation_service_pb2.GetTenantStatsResponse]  # type: ignore[assignment]
-    """Conversations, messages and tokens, by agent and by day, over a time range."""
+    """Conversations, messages and tokens, by agent and by day, over a time range: the tenant's for
+    owners and admins, a member's own otherwise. A singleton of the caller's tenant; the old
+    top-level path stays for one release.
+    """
     GetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetRetentionPolicyRequest, _conversation_service_pb2.GetRetentionPolicyResponse]  # type: ignore[assignment]
-    """How many days closed conversations are kept (owner and admin only)."""
+    """How many days closed conversations are kept (owner and admin only). A singleton of the
+    caller's tenant; the old top-level path stays for one release.
+    """
     UpdateRetentionPolicy: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.UpdateRetentionPolicyRequest, _conversation_service_pb2.UpdateRetentionPolicyResponse]  # type: ignore[assignment]
+    """Replaces the tenant's retention policy (owner and admin only); the hourly sweep applies it."""
 
 class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
     """ConversationService is the memory of the mesh. PostgreSQL is the system of record (a message is
@@ -101,28 +123,32 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _conversation_service_pb2.CreateConversationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conversation_service_pb2.CreateConversationResponse, _abc.Awaitable[_conversation_service_pb2.CreateConversationResponse]]: ...
+    ) -> _typing.Union[_conversation_service_pb2.CreateConversationResponse, _abc.Awaitable[_conversation_service_pb2.CreateConversationResponse]]:
+        """Opens an empty conversation of the caller with an agent."""
 
     @_abc_1.abstractmethod
     def GetConversation(
         self,
         request: _conversation_service_pb2.GetConversationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conversation_service_pb2.GetConversationResponse, _abc.Awaitable[_conversation_service_pb2.GetConversationResponse]]: ...
+    ) -> _typing.Union[_conversation_service_pb2.GetConversationResponse, _abc.Awaitable[_conversation_service_pb2.GetConversationResponse]]:
+        """Reads one conversation's summary (counts and times, no messages)."""
 
     @_abc_1.abstractmethod
     def ListConversations(
         self,
         request: _conversation_service_pb2.ListConversationsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conversation_service_pb2.ListConversationsResponse, _abc.Awaitable[_conversation_service_pb2.ListConversationsResponse]]: ...
+    ) -> _typing.Union[_conversation_service_pb2.ListConversationsResponse, _abc.Awaitable[_conversation_service_pb2.ListConversationsResponse]]:
+        """Pages through the visible conversations, newest first, with optional filters."""
 
     @_abc_1.abstractmethod
     def CloseConversation(
         self,
         request: _conversation_service_pb2.CloseConversationRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conversation_service_pb2.CloseConversationResponse, _abc.Awaitable[_conversation_service_pb2.CloseConversationResponse]]: ...
+    ) -> _typing.Union[_conversation_service_pb2.CloseConversationResponse, _abc.Awaitable[_conversation_service_pb2.CloseConversationResponse]]:
+        """Makes the conversation read-only and starts its retention clock. Idempotent."""
 
     @_abc_1.abstractmethod
     def DeleteConversation(
@@ -147,7 +173,8 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _conversation_service_pb2.ListMessagesRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conversation_service_pb2.ListMessagesResponse, _abc.Awaitable[_conversation_service_pb2.ListMessagesResponse]]: ...
+    ) -> _typing.Union[_conversation_service_pb2.ListMessagesResponse, _abc.Awaitable[_conversation_service_pb2.ListMessagesResponse]]:
+        """Pages through a conversation's history, by sequence number."""
 
     @_abc_1.abstractmethod
     def GetContext(
@@ -173,7 +200,10 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversation_service_pb2.GetTenantStatsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversation_service_pb2.GetTenantStatsResponse, _abc.Awaitable[_conversation_service_pb2.GetTenantStatsResponse]]:
-        """Conversations, messages and tokens, by agent and by day, over a time range."""
+        """Conversations, messages and tokens, by agent and by day, over a time range: the tenant's for
+        owners and admins, a member's own otherwise. A singleton of the caller's tenant; the old
+        top-level path stays for one release.
+        """
 
     @_abc_1.abstractmethod
     def GetRetentionPolicy(
@@ -181,13 +211,16 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversation_service_pb2.GetRetentionPolicyRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversation_service_pb2.GetRetentionPolicyResponse, _abc.Awaitable[_conversation_service_pb2.GetRetentionPolicyResponse]]:
-        """How many days closed conversations are kept (owner and admin only)."""
+        """How many days closed conversations are kept (owner and admin only). A singleton of the
+        caller's tenant; the old top-level path stays for one release.
+        """
 
     @_abc_1.abstractmethod
     def UpdateRetentionPolicy(
         self,
         request: _conversation_service_pb2.UpdateRetentionPolicyRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_conversation_service_pb2.UpdateRetentionPolicyResponse, _abc.Awaitable[_conversation_service_pb2.UpdateRetentionPolicyResponse]]: ...
+    ) -> _typing.Union[_conversation_service_pb2.UpdateRetentionPolicyResponse, _abc.Awaitable[_conversation_service_pb2.UpdateRetentionPolicyResponse]]:
+        """Replaces the tenant's retention policy (owner and admin only); the hourly sweep applies it."""
 
 def add_ConversationServiceServicer_to_server(servicer: ConversationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
