@@ -19,7 +19,7 @@ from services.identity.store import IdentityStore
 from services.identity.tokens import TokenIssuer
 from services.platform.runtime import Runtime
 from services.platform.server import ServiceRegistration
-from services.platform.settings import SettingsError
+from services.platform.settings import Settings, SettingsError
 
 SERVICE_NAME = identity_service_pb2.DESCRIPTOR.services_by_name["IdentityService"].full_name
 PUBLIC_METHODS = frozenset(
@@ -50,6 +50,12 @@ def _require_secrets(runtime: Runtime) -> str:
             "secret outside the embedded mode"
         )
     return auth.signing_key_file
+
+
+def signup_open(settings: Settings) -> bool:
+    """AGENTMESH_SIGNUP, else open only in the embedded mode (a laptop, not a public platform)."""
+    chosen = settings.auth.signup_open
+    return settings.embedded if chosen is None else chosen
 
 
 async def register(runtime: Runtime, **overrides: Any) -> ServiceRegistration:
@@ -83,6 +89,7 @@ async def register(runtime: Runtime, **overrides: Any) -> ServiceRegistration:
         keys=keys,
         service_secret=settings.auth.service_secret,
         clock=runtime.clock,
+        signup_open=signup_open(settings),
     )
     admin = TenantAdmin(
         store=store,

@@ -1,8 +1,9 @@
 """Tenant administration: users and the tenant itself. Owner and admin only; everything is scoped by
 the caller's tenant (from the token), so another tenant's user is simply NOT_FOUND.
 
-Rules beyond the role check: only an owner grants the owner role or changes an owner; only an owner
-changes the tier; a tenant always keeps one active owner; disabling or deleting a user ends their
+Rules beyond the role check: only an owner grants the owner role or changes an owner; the service
+and operator roles are never granted here; the tier is not the tenant's to set (the operator's CLI,
+operator.py, sets it); a tenant always keeps one active owner; disabling or deleting a user ends their
 sessions; a role change voids their access tokens (the next refresh carries the new roles).
 """
 
@@ -14,18 +15,20 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from services.identity import validation as check
-from services.identity.models import TIERS, USER_ROLES, RequestRecord, Tenant, User
+from services.identity.models import USER_ROLES, RequestRecord, Tenant, User
 from services.identity.passwords import Passwords, check_policy
 from services.identity.redis_state import Revocations
 from services.identity.service import fingerprint
 from services.identity.sessions import Sessions, at
 from services.identity.store import Duplicate, IdentityStore
 from services.platform import errors
-from services.platform.auth import ROLE_MEMBER, ROLE_OWNER, Principal
+from services.platform.auth import ROLE_MEMBER, ROLE_OPERATOR, ROLE_OWNER, ROLE_SERVICE, Principal
 from services.platform.pagination import PageTokens, page_size
 
 USER_PATHS = ("display_name", "roles", "disabled")
-TENANT_PATHS = ("display_name", "tier")
+TENANT_PATHS = ("display_name",)
+# Roles that exist but that no tenant RPC hands out: asking for one is an escalation, not a typo.
+UNGRANTABLE_ROLES = (ROLE_SERVICE, ROLE_OPERATOR)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +54,12 @@ def _paths(paths: Sequence[str], allowed: tuple[str, ...]) -> list[str]:
 def _roles(roles: Sequence[str], field: str) -> tuple[str, ...]:
     if not roles:
         raise errors.InvalidArgument.field(field, "must name at least one role")
+    escalation = [r for r in roles if r in UNGRANTABLE_ROLES]
+    if escalation:
+        raise errors.PermissionDenied(
+            f"the {', '.join(escalation)} role is never granted to a tenant's user",
+            reason="ROLE_NOT_GRANTABLE",
+        )
     bad = [r for r in roles if r not in USER_ROLES]
     if bad:
         raise errors.InvalidArgument.field(field, f"must be owner, admin or member, got {', '.join(bad)}")
@@ -252,9 +261,13 @@ class TenantAdmin:
         return tenant
 
     async def update_tenant(
-        self, principal: Principal, *, etag: str, paths: Sequence[str], display_name: str, tier: str
+        self, principal: Principal, *, etag: str, paths: Sequence[str], display_name: str
     ) -> Tenant:
         principal.require_admin()
+        if "tier" in paths:
+            raise errors.PermissionDenied(
+                "the tier is set by the platform operator, not by the tenant", reason="OPERATOR_REQUIRED"
+            )
         fields = _paths(paths, TENANT_PATHS)
         tenant = await self.get_tenant(principal)
         _check_etag(etag, tenant.etag, "tenant")
@@ -262,14 +275,6 @@ class TenantAdmin:
         if "display_name" in fields:
             check.raise_if(check.display_name(display_name, "tenant.display_name"))
             values["display_name"] = display_name
-        if "tier" in fields:
-            if not _is_owner(principal):
-                raise errors.PermissionDenied("only the owner may change the tier", reason="OWNER_REQUIRED")
-            if tier not in TIERS:
-                raise errors.InvalidArgument.field(
-                    "tenant.tier", "must be TIER_FREE, TIER_PRO or TIER_ENTERPRISE"
-                )
-            values["tier"] = tier
         if not await self._store.update_tenant(
             tenant.id, expected_version=tenant.version, values=values, now=at(self._clock())
         ):

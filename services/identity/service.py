@@ -7,6 +7,7 @@ Plain Python: raises platform errors, knows nothing of gRPC.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import hashlib
 import hmac
 import uuid
@@ -33,6 +34,40 @@ SIGNUP_TIER = "free"
 
 def fingerprint(*parts: str) -> str:
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+def tenant_with_owner(
+    *,
+    tenant_name: str,
+    tier: str,
+    username: str,
+    display_name: str,
+    password_hash: str,
+    now: datetime.datetime,
+) -> tuple[Tenant, User]:
+    """A new tenant and its first owner (SignUp, and the operator's `tenants create`)."""
+    tenant = Tenant(
+        id=str(uuid.uuid4()),
+        name=tenant_name,
+        display_name=tenant_name,
+        tier=tier,
+        version=1,
+        create_time=now,
+        update_time=now,
+    )
+    user = User(
+        id=str(uuid.uuid4()),
+        tenant_id=tenant.id,
+        username=username,
+        display_name=display_name,
+        roles=(ROLE_OWNER,),
+        disabled=False,
+        version=1,
+        create_time=now,
+        update_time=now,
+        password_hash=password_hash,
+    )
+    return tenant, user
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +99,7 @@ class IdentityService:
         keys: KeySet,
         service_secret: str,
         clock: Callable[[], float],
+        signup_open: bool,
     ):
         self._store = store
         self._passwords = passwords
@@ -73,12 +109,18 @@ class IdentityService:
         self._keys = keys
         self._service_secret = service_secret
         self._clock = clock
+        self._signup_open = signup_open
 
     # --- SignUp ------------------------------------------------------------------------------
 
     async def sign_up(
         self, *, tenant_name: str, username: str, password: str, display_name: str, request_id: str
     ) -> SignedIn:
+        if not self._signup_open:
+            raise errors.PermissionDenied(
+                "self-service sign-up is closed on this platform: ask its operator for a tenant",
+                reason="SIGNUP_CLOSED",
+            )
         check.raise_if(
             check.tenant_name(tenant_name),
             check.username(username),
@@ -91,27 +133,13 @@ class IdentityService:
             record = await self._store.request("signup", "", request_id)
             if record is not None:
                 return await self._replay_sign_up(record, print_, password)
-        now = at(self._clock())
-        tenant = Tenant(
-            id=str(uuid.uuid4()),
-            name=tenant_name,
-            display_name=tenant_name,
+        tenant, user = tenant_with_owner(
+            tenant_name=tenant_name,
             tier=SIGNUP_TIER,
-            version=1,
-            create_time=now,
-            update_time=now,
-        )
-        user = User(
-            id=str(uuid.uuid4()),
-            tenant_id=tenant.id,
             username=username,
             display_name=display_name,
-            roles=(ROLE_OWNER,),
-            disabled=False,
-            version=1,
-            create_time=now,
-            update_time=now,
             password_hash=await self._passwords.hash(password),
+            now=at(self._clock()),
         )
         request = (
             RequestRecord(

@@ -19,10 +19,10 @@ ROLE_TO_PB = {
     auth.ROLE_ADMIN: pb.ROLE_ADMIN,
     auth.ROLE_MEMBER: pb.ROLE_MEMBER,
     auth.ROLE_SERVICE: pb.ROLE_SERVICE,
+    auth.ROLE_OPERATOR: pb.ROLE_OPERATOR,
 }
 PB_TO_ROLE = {v: k for k, v in ROLE_TO_PB.items()}
 TIER_TO_PB = {"free": pb.TIER_FREE, "pro": pb.TIER_PRO, "enterprise": pb.TIER_ENTERPRISE}
-PB_TO_TIER = {v: k for k, v in TIER_TO_PB.items()}
 
 
 def _timestamp(value: datetime.datetime) -> timestamp_pb2.Timestamp:
@@ -197,6 +197,5 @@ class IdentityServicer(pb_grpc.IdentityServiceServicer):
             etag=request.tenant.etag,
             paths=list(request.update_mask.paths),
             display_name=request.tenant.display_name,
-            tier=PB_TO_TIER.get(request.tenant.tier, ""),
         )
         return pb.UpdateTenantResponse(tenant=tenant_pb(tenant))

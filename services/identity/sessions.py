@@ -90,6 +90,11 @@ class Sessions:
 
     async def end_all(self, user_id: str, *, as_of: float) -> None:
         """Voids the user's access tokens issued before `as_of` and revokes every refresh family."""
-        # Redis first: the access tokens are what stay usable without asking identity.
-        await self._revocations.void_tokens_before(user_id, as_of)
-        await self._store.revoke_user_sessions(user_id, now=at(as_of))
+        await end_sessions(self._store, self._revocations, user_id, as_of=as_of)
+
+
+async def end_sessions(store: IdentityStore, revocations: Revocations, user_id: str, *, as_of: float) -> None:
+    """Sessions.end_all without a token issuer (the operator's CLI holds no signing key)."""
+    # Redis first: the access tokens are what stay usable without asking identity.
+    await revocations.void_tokens_before(user_id, as_of)
+    await store.revoke_user_sessions(user_id, now=at(as_of))

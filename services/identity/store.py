@@ -172,6 +172,12 @@ class IdentityStore:
             row = (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))).mappings().first()
         return _tenant(row) if row else None
 
+    async def list_tenants(self) -> list[Tenant]:
+        """Every tenant, by name (the operator's view; tenants are few next to their users)."""
+        async with self._engine.connect() as conn:
+            rows = (await conn.execute(sa.select(tenants).order_by(tenants.c.name))).mappings().all()
+        return [_tenant(r) for r in rows]
+
     async def tenant_by_name(self, name: str) -> Tenant | None:
         async with self._engine.connect() as conn:
             row = (await conn.execute(sa.select(tenants).where(tenants.c.name == name))).mappings().first()

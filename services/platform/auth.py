@@ -26,6 +26,9 @@ ROLE_OWNER = "owner"
 ROLE_ADMIN = "admin"
 ROLE_MEMBER = "member"
 ROLE_SERVICE = "service"
+# The platform operator: in no tenant, never in a token identity issues; only `agentmesh admin`
+# acts as it, on the database. Tenant RPCs give it nothing (it is neither owner nor admin).
+ROLE_OPERATOR = "operator"
 ALL_TENANTS = "*"
 
 # The one message every token failure answers with: which check failed is logged, never returned.
@@ -62,6 +65,12 @@ class Principal:
 
     def require_admin(self) -> None:
         self.require_any_role(ROLE_OWNER, ROLE_ADMIN)
+
+    def require_operator(self) -> None:
+        if ROLE_OPERATOR not in self.roles:
+            raise errors.PermissionDenied(
+                "only the platform operator may do this", reason="OPERATOR_REQUIRED"
+            )
 
 
 JwksSource = Callable[[], Awaitable[Mapping[str, Any]]]

@@ -38,6 +38,13 @@ def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool 
     return float(_number(env, name, default, float, positive))
 
 
+def _signup(env: Mapping[str, str]) -> bool | None:
+    raw = env.get("AGENTMESH_SIGNUP", "")
+    if raw not in ("", "open", "closed"):
+        raise SettingsError(f"AGENTMESH_SIGNUP must be open or closed, got {raw!r}")
+    return None if raw == "" else raw == "open"
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TlsSettings:
     cert_file: str = ""
@@ -72,6 +79,9 @@ class AuthSettings:
     page_token_secret: str = ""
     # How long a verifier trusts a "not revoked" answer before asking Redis again.
     revocation_cache_seconds: float = 1.0
+    # AGENTMESH_SIGNUP: whether SignUp creates tenants; None: open in the embedded mode, else closed
+    # (an operator creates tenants with `agentmesh admin tenants create`).
+    signup_open: bool | None = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -203,6 +213,7 @@ class Settings:
                 service_secret=env.get("AGENTMESH_SERVICE_SECRET", ""),
                 page_token_secret=env.get("AGENTMESH_PAGE_TOKEN_SECRET", ""),
                 revocation_cache_seconds=_float(env, "AGENTMESH_REVOCATION_CACHE_SECONDS", 1.0),
+                signup_open=_signup(env),
             ),
             peers=PeerSettings(
                 identity=env.get("AGENTMESH_IDENTITY_ADDR", ""),

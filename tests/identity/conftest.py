@@ -22,7 +22,8 @@ from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.identity.keys import KeySet, private_pem
 from services.platform import errors
 from services.platform.settings import Settings
-from tests.conftest import _test_settings, bearer
+from tests.conftest import _test_settings
+from tests.helpers import bearer
 
 PASSWORD = "correct horse battery"
 
@@ -37,7 +38,8 @@ def identity_key_file(tmp_path_factory: pytest.TempPathFactory) -> str:
 @pytest.fixture
 def settings(pg_url: str, redis_url: str, identity_key_file: str) -> Settings:
     base = _test_settings(pg_url, redis_url)
-    return dataclasses.replace(base, auth=dataclasses.replace(base.auth, signing_key_file=identity_key_file))
+    auth = dataclasses.replace(base.auth, signing_key_file=identity_key_file, signup_open=True)
+    return dataclasses.replace(base, auth=auth)
 
 
 @pytest.fixture

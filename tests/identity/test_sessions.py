@@ -15,7 +15,7 @@ from google.protobuf import field_mask_pb2
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from services.identity.keys import KeySet, private_pem
 from services.identity.store import IdentityStore, refresh_tokens
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.identity.conftest import PASSWORD, field_violations, rpc_error
 from tests.identity.test_tokens import claims_for
 

@@ -11,13 +11,15 @@ import time
 import uuid
 
 import grpc
+import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf import json_format
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from services.identity.keys import KeySet
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.identity.conftest import rpc_error
 
 
@@ -156,4 +158,13 @@ async def test_jwks_publishes_the_signing_key(identity, signer):
     assert [(k.kty, k.crv, k.alg, k.use, k.kid) for k in jwks.keys] == [
         ("OKP", "Ed25519", "EdDSA", "sig", signer.kid)
     ]
-    assert not any(k.y for k in jwks.keys)
+    # RFC 8037: an OKP key has no "y"; the field has presence, so it is absent, not "".
+    assert not any(k.HasField("y") for k in jwks.keys)
+    published = json_format.MessageToDict(jwks, always_print_fields_with_no_presence=True)["keys"][0]
+    assert "y" not in published
+    # PyJWT takes the published key as it is and verifies identity's tokens with it.
+    account = await identity.sign_up()
+    claims = jwt.decode(
+        account.tokens.access_token, jwt.PyJWK(published).key, algorithms=["EdDSA"], audience="agentmesh"
+    )
+    assert claims["sub"] == account.user.id

@@ -167,6 +167,7 @@ def _refreshing(now: list[float], *, max_session_seconds: int = 90 * 24 * 3600) 
         keys=sessions.tokens.keys,
         service_secret="s",
         clock=clock,
+        signup_open=False,
     )
     return user, tenant, sessions, service, redis
 

@@ -54,6 +54,10 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     ROLE_MEMBER: _Role.ValueType  # 3
     ROLE_SERVICE: _Role.ValueType  # 4
     """A mesh-internal caller: may read any tenant's resources, never write them."""
+    ROLE_OPERATOR: _Role.ValueType  # 5
+    """The platform operator (sets tiers, creates tenants): belongs to no tenant and acts only through
+    `agentmesh admin` on the database. No RPC grants it.
+    """
 
 class Role(_Role, metaclass=_RoleEnumTypeWrapper): ...
 
@@ -63,6 +67,10 @@ ROLE_ADMIN: Role.ValueType  # 2
 ROLE_MEMBER: Role.ValueType  # 3
 ROLE_SERVICE: Role.ValueType  # 4
 """A mesh-internal caller: may read any tenant's resources, never write them."""
+ROLE_OPERATOR: Role.ValueType  # 5
+"""The platform operator (sets tiers, creates tenants): belongs to no tenant and acts only through
+`agentmesh admin` on the database. No RPC grants it.
+"""
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
@@ -407,6 +415,7 @@ class JsonWebKey(_message.Message):
     crv: _builtins.str
     x: _builtins.str
     y: _builtins.str
+    """EC keys only: an OKP (Ed25519) key has no `y` (RFC 8037), so it has presence and stays unset."""
     kid: _builtins.str
     alg: _builtins.str
     use: _builtins.str
@@ -416,16 +425,18 @@ class JsonWebKey(_message.Message):
         kty: _builtins.str = ...,
         crv: _builtins.str = ...,
         x: _builtins.str = ...,
-        y: _builtins.str = ...,
+        y: _builtins.str | None = ...,
         kid: _builtins.str = ...,
         alg: _builtins.str = ...,
         use: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_y", b"_y", "y", b"y"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["alg", b"alg", "crv", b"crv", "kid", b"kid", "kty", b"kty", "use", b"use", "x", b"x", "y", b"y"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_y", b"_y", "alg", b"alg", "crv", b"crv", "kid", b"kid", "kty", b"kty", "use", b"use", "x", b"x", "y", b"y"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__y: _TypeAlias = _typing.Literal["y"]  # noqa: Y015
+    _WhichOneofArgType__y: _TypeAlias = _typing.Literal["_y", b"_y"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__y) -> _WhichOneofReturnType__y | None: ...
 
 Global___JsonWebKey: _TypeAlias = JsonWebKey  # noqa: Y015
 
@@ -598,7 +609,9 @@ class CreateUserRequest(_message.Message):
     request_id: _builtins.str
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
-        """Defaults to [ROLE_MEMBER]. Only an owner may create owners."""
+        """Defaults to [ROLE_MEMBER]. Only an owner may create owners; ROLE_SERVICE and ROLE_OPERATOR
+        are never granted (PERMISSION_DENIED).
+        """
 
     def __init__(
         self,

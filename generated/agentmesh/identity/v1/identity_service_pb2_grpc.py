@@ -121,7 +121,9 @@ class IdentityServiceServicer:
     """
 
     def SignUp(self, request, context):
-        """Creates a tenant on the free tier and its owner, and signs the owner in.
+        """Creates a tenant on the free tier and its owner, and signs the owner in. PERMISSION_DENIED
+        (reason SIGNUP_CLOSED) when self-service sign-up is closed (AGENTMESH_SIGNUP=closed): an operator
+        then creates tenants with `agentmesh admin tenants create`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -197,7 +199,9 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateUser(self, request, context):
-        """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions.
+        """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions. Fields
+        outside the mask are ignored; output-only fields (id aside, which names the user) cannot be
+        masked. Granting ROLE_OPERATOR or ROLE_SERVICE is PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -218,7 +222,8 @@ class IdentityServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpdateTenant(self, request, context):
-        """Field mask paths: display_name; tier (owner only).
+        """Field mask path: display_name (`*` means display_name). The tier is the operator's alone
+        (`agentmesh admin tenants set-tier`): `tier` in the mask is PERMISSION_DENIED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -37,7 +37,10 @@ class IdentityServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> IdentityServiceAsyncStub: ...
     SignUp: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.SignUpRequest, _identity_service_pb2.SignUpResponse]
-    """Creates a tenant on the free tier and its owner, and signs the owner in."""
+    """Creates a tenant on the free tier and its owner, and signs the owner in. PERMISSION_DENIED
+    (reason SIGNUP_CLOSED) when self-service sign-up is closed (AGENTMESH_SIGNUP=closed): an operator
+    then creates tenants with `agentmesh admin tenants create`.
+    """
     Login: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.LoginRequest, _identity_service_pb2.LoginResponse]
     """Exchanges a password for an access token and a refresh token."""
     RefreshToken: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.RefreshTokenRequest, _identity_service_pb2.RefreshTokenResponse]
@@ -59,13 +62,18 @@ class IdentityServiceStub:
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetUserRequest, _identity_service_pb2.GetUserResponse]
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ListUsersRequest, _identity_service_pb2.ListUsersResponse]
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateUserRequest, _identity_service_pb2.UpdateUserResponse]
-    """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions."""
+    """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions. Fields
+    outside the mask are ignored; output-only fields (id aside, which names the user) cannot be
+    masked. Granting ROLE_OPERATOR or ROLE_SERVICE is PERMISSION_DENIED.
+    """
     DeleteUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.DeleteUserRequest, _identity_service_pb2.DeleteUserResponse]
     """Deleting a user ends their sessions."""
     GetTenant: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetTenantRequest, _identity_service_pb2.GetTenantResponse]
     """The caller's tenant."""
     UpdateTenant: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateTenantRequest, _identity_service_pb2.UpdateTenantResponse]
-    """Field mask paths: display_name; tier (owner only)."""
+    """Field mask path: display_name (`*` means display_name). The tier is the operator's alone
+    (`agentmesh admin tenants set-tier`): `tier` in the mask is PERMISSION_DENIED.
+    """
 
 @_typing.type_check_only
 class IdentityServiceAsyncStub(IdentityServiceStub):
@@ -76,7 +84,10 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     SignUp: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.SignUpRequest, _identity_service_pb2.SignUpResponse]  # type: ignore[assignment]
-    """Creates a tenant on the free tier and its owner, and signs the owner in."""
+    """Creates a tenant on the free tier and its owner, and signs the owner in. PERMISSION_DENIED
+    (reason SIGNUP_CLOSED) when self-service sign-up is closed (AGENTMESH_SIGNUP=closed): an operator
+    then creates tenants with `agentmesh admin tenants create`.
+    """
     Login: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.LoginRequest, _identity_service_pb2.LoginResponse]  # type: ignore[assignment]
     """Exchanges a password for an access token and a refresh token."""
     RefreshToken: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.RefreshTokenRequest, _identity_service_pb2.RefreshTokenResponse]  # type: ignore[assignment]
@@ -98,13 +109,18 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetUserRequest, _identity_service_pb2.GetUserResponse]  # type: ignore[assignment]
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ListUsersRequest, _identity_service_pb2.ListUsersResponse]  # type: ignore[assignment]
     UpdateUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateUserRequest, _identity_service_pb2.UpdateUserResponse]  # type: ignore[assignment]
-    """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions."""
+    """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions. Fields
+    outside the mask are ignored; output-only fields (id aside, which names the user) cannot be
+    masked. Granting ROLE_OPERATOR or ROLE_SERVICE is PERMISSION_DENIED.
+    """
     DeleteUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.DeleteUserRequest, _identity_service_pb2.DeleteUserResponse]  # type: ignore[assignment]
     """Deleting a user ends their sessions."""
     GetTenant: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetTenantRequest, _identity_service_pb2.GetTenantResponse]  # type: ignore[assignment]
     """The caller's tenant."""
     UpdateTenant: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateTenantRequest, _identity_service_pb2.UpdateTenantResponse]  # type: ignore[assignment]
-    """Field mask paths: display_name; tier (owner only)."""
+    """Field mask path: display_name (`*` means display_name). The tier is the operator's alone
+    (`agentmesh admin tenants set-tier`): `tier` in the mask is PERMISSION_DENIED.
+    """
 
 class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
     """IdentityService is who-is-who for the mesh: tenants, users, passwords and the tokens every other
@@ -118,7 +134,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_service_pb2.SignUpRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.SignUpResponse, _abc.Awaitable[_identity_service_pb2.SignUpResponse]]:
-        """Creates a tenant on the free tier and its owner, and signs the owner in."""
+        """Creates a tenant on the free tier and its owner, and signs the owner in. PERMISSION_DENIED
+        (reason SIGNUP_CLOSED) when self-service sign-up is closed (AGENTMESH_SIGNUP=closed): an operator
+        then creates tenants with `agentmesh admin tenants create`.
+        """
 
     @_abc_1.abstractmethod
     def Login(
@@ -206,7 +225,10 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_service_pb2.UpdateUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.UpdateUserResponse, _abc.Awaitable[_identity_service_pb2.UpdateUserResponse]]:
-        """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions."""
+        """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions. Fields
+        outside the mask are ignored; output-only fields (id aside, which names the user) cannot be
+        masked. Granting ROLE_OPERATOR or ROLE_SERVICE is PERMISSION_DENIED.
+        """
 
     @_abc_1.abstractmethod
     def DeleteUser(
@@ -230,6 +252,8 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_service_pb2.UpdateTenantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.UpdateTenantResponse, _abc.Awaitable[_identity_service_pb2.UpdateTenantResponse]]:
-        """Field mask paths: display_name; tier (owner only)."""
+        """Field mask path: display_name (`*` means display_name). The tier is the operator's alone
+        (`agentmesh admin tenants set-tier`): `tier` in the mask is PERMISSION_DENIED.
+        """
 
 def add_IdentityServiceServicer_to_server(servicer: IdentityServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
