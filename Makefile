@@ -33,6 +33,7 @@ lint: $(STAMP) third_party/google/api/annotations.proto
 	$(BIN)/buf lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 # Fails when protos/ and generated/ disagree.
 check-generated: $(STAMP)
