@@ -53,7 +53,7 @@ from services.platform.auth import Principal
 from services.platform.runtime import Runtime
 from services.platform.server import Server
 from services.platform.settings import Settings
-from tests.embedded import free_port
+from tests.helpers import free_port
 
 PG_SERVER = os.environ.get("AGENTMESH_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("AGENTMESH_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")

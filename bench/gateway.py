@@ -33,7 +33,7 @@ from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
 from bench.harness import Figure, figure, interleaved, machine, measure, start_child, stop_children
-from tests.embedded import free_port
+from tests.helpers import free_port
 
 DELTAS = 2000
 

@@ -34,7 +34,8 @@ from services.platform import migrations
 from services.platform.runtime import Runtime
 from services.platform.server import Server
 from services.platform.settings import Settings
-from tests.conftest import TestKeys, bearer
+from tests.conftest import TestKeys
+from tests.helpers import bearer
 from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
 
 

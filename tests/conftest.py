@@ -33,9 +33,7 @@ from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
 from services.platform.settings import Settings
 from services.registry import SERVICES
-from tests.helpers import RedisServer, bearer, free_port
-
-__all__ = ["bearer"]
+from tests.helpers import RedisServer, free_port
 
 PG_SERVER = os.environ.get("AGENTMESH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("AGENTMESH_TEST_REDIS_URL", "")

@@ -12,7 +12,7 @@ import pytest
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from agentmesh.agents.v1 import agents_service_pb2_grpc as pb_grpc
 from services.platform import errors
-from tests.conftest import bearer
+from tests.helpers import bearer
 
 
 @dataclasses.dataclass

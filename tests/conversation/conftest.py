@@ -9,7 +9,7 @@ import pytest
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
-from tests.conftest import bearer
+from tests.helpers import bearer
 
 
 @dataclasses.dataclass

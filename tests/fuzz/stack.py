@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import socket
 import threading
 import time
 import uuid
@@ -34,14 +33,9 @@ from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
 from services.platform.settings import Settings
 from services.registry import SERVICES
+from tests.helpers import bearer, free_port
 
 PASSWORD = "fuzz-correct-horse-battery"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class LoopThread:
@@ -111,10 +105,6 @@ class Stubs:
     agents: agents_grpc.AgentServiceStub
     conversation: conv_grpc.ConversationServiceStub
     orchestration: orch_grpc.OrchestrationServiceStub
-
-
-def md(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
 
 
 async def _start(settings: Settings, address: str) -> tuple[Runtime, Server, Any, list[ServiceRegistration]]:
@@ -223,7 +213,7 @@ def make_world(stack: Stack, label: str) -> World:
         id_pb.SignUpRequest(tenant_name=name, username="owner", password=PASSWORD, display_name=marker),
         timeout=10,
     )
-    owner_md = md(up.tokens.access_token)
+    owner_md = bearer(up.tokens.access_token)
     s.identity.UpdateTenant(
         id_pb.UpdateTenantRequest(
             tenant=id_pb.Tenant(tier=id_pb.TIER_ENTERPRISE), update_mask={"paths": ["tier"]}
@@ -242,7 +232,7 @@ def make_world(stack: Stack, label: str) -> World:
     # Logged in again: the tier raise shows in tokens issued after it.
     world.owner = world.login("owner")
     world.member = world.login("member")
-    owner_md = md(world.owner.access)
+    owner_md = bearer(world.owner.access)
     config = agents_pb.AgentConfig(model="echo:default", system_prompt=marker)
     agent = s.agents.CreateAgent(
         agents_pb.CreateAgentRequest(agent=agents_pb.Agent(display_name=marker, config=config)),

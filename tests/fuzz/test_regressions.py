@@ -10,7 +10,8 @@ from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
 from agentmesh.conversation.v1 import conversation_service_pb2 as conv_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from services.platform import errors
-from tests.fuzz.stack import Snapshots, Stack, World, changed, make_world, md
+from tests.fuzz.stack import Snapshots, Stack, World, changed, make_world
+from tests.helpers import bearer
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +29,7 @@ def test_nul_in_a_string_is_invalid_argument_not_internal(
     stack: Stack, world: World, snapshots: Snapshots
 ) -> None:
     # PostgreSQL text cannot hold U+0000: the query failed and the call answered INTERNAL.
-    s, auth = stack.stubs(), md(world.owner.access)
+    s, auth = stack.stubs(), bearer(world.owner.access)
     with pytest.raises(grpc.RpcError) as caught:
         s.agents.GetAgent(agents_pb.GetAgentRequest(agent_id="a\x00b"), metadata=auth, timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -60,7 +61,7 @@ def test_invalid_timestamps_are_invalid_argument(
     stack: Stack, world: World, bad: timestamp_pb2.Timestamp
 ) -> None:
     # protobuf's ToMicroseconds raised ValueError on them: INTERNAL.
-    s, auth = stack.stubs(), md(world.owner.access)
+    s, auth = stack.stubs(), bearer(world.owner.access)
     with pytest.raises(grpc.RpcError) as caught:
         s.conversation.ListConversations(
             conv_pb.ListConversationsRequest(end_time=bad), metadata=auth, timeout=10
@@ -76,7 +77,7 @@ def test_invalid_timestamps_are_invalid_argument(
 def test_end_session_whose_conversation_was_deleted(stack: Stack, world: World, snapshots: Snapshots) -> None:
     # EndSession stored the session as ended, then answered NOT_FOUND from closing the conversation:
     # a rejected call that changed what was stored.
-    s, auth = stack.stubs(), md(world.owner.access)
+    s, auth = stack.stubs(), bearer(world.owner.access)
     session = s.orchestration.StartSession(
         orch_pb.StartSessionRequest(agent_id=world.ids["agent"]), metadata=auth, timeout=10
     ).session
@@ -92,7 +93,7 @@ def test_end_session_whose_conversation_was_deleted(stack: Stack, world: World, 
 def test_chat_ends_with_invalid_argument_on_a_bad_later_request(stack: Stack, world: World) -> None:
     # A request that failed to read after the first one killed Chat's reader task silently: the
     # stream then hung until the client's deadline.
-    s, auth = stack.stubs(), md(world.owner.access)
+    s, auth = stack.stubs(), bearer(world.owner.access)
     session = s.orchestration.StartSession(
         orch_pb.StartSessionRequest(agent_id=world.ids["agent"]), metadata=auth, timeout=10
     ).session

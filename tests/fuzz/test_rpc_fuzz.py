@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from agentmesh.identity.v1 import identity_service_pb2 as id_pb
 from tests.fuzz.descriptors import Outcome, Pools, Rpc, all_rpcs, call, message
-from tests.fuzz.stack import Snapshots, Stack, World, changed, make_world, md
+from tests.fuzz.stack import Snapshots, Stack, World, changed, make_world
+from tests.helpers import bearer
 
 RPCS = all_rpcs()
 EXAMPLES = int(os.environ.get("AGENTMESH_FUZZ_EXAMPLES", "25"))
@@ -77,7 +78,7 @@ def _owner_token(stack: Stack, world: World) -> str:
     """The owner's token, renewed when a generated call (Logout, say) revoked it."""
     who = stack.stubs().identity
     try:
-        who.WhoAmI(id_pb.WhoAmIRequest(), metadata=md(world.owner.access), timeout=10)
+        who.WhoAmI(id_pb.WhoAmIRequest(), metadata=bearer(world.owner.access), timeout=10)
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.UNAUTHENTICATED, (e.code(), e.details())
         try:
@@ -120,7 +121,7 @@ def _check(rpc: Rpc, stack: Stack, world: World, snapshots: Snapshots, data: st.
 
     snapshots.settle()
     before = snapshots.take()
-    outcome = call(stack.channel, rpc, requests, metadata=md(token), stream_timeout=0.5)
+    outcome = call(stack.channel, rpc, requests, metadata=bearer(token), stream_timeout=0.5)
 
     assert outcome.code not in FORBIDDEN, f"{rpc.short} answered {outcome.code}: {outcome.details}"
     inner = [c for c in _error_codes(outcome) if c in FORBIDDEN_NAMES]

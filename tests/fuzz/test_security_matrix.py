@@ -25,7 +25,8 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from tests.fuzz.descriptors import Outcome, Rpc, all_rpcs, call
-from tests.fuzz.stack import Snapshots, Stack, World, changed, make_world, md
+from tests.fuzz.stack import Snapshots, Stack, World, changed, make_world
+from tests.helpers import bearer
 
 RPCS = all_rpcs()
 
@@ -227,7 +228,7 @@ def test_matrix(case: Case, stack: Stack, worlds: tuple[World, World], snapshots
         pytest.skip("public method: callable without a token")
     request = fill(rpc.descriptor.input_type, a.ids)
     token = _token(case, stack, a, b)
-    metadata = md(token) if token else ()
+    metadata = bearer(token) if token else ()
 
     snapshots.settle()
     before = snapshots.take()

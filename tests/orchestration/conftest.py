@@ -19,7 +19,7 @@ from services.orchestration.config import OrchestrationOptions
 from services.orchestration.providers import EchoProvider, Providers
 from services.platform.runtime import Runtime
 from services.platform.server import Server
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
 
 FAST = OrchestrationOptions(

@@ -9,7 +9,7 @@ from grpc_status import rpc_status
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.platform import errors
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.platform.servicers import probe_identity
 
 

@@ -9,7 +9,7 @@ import pytest
 from services.platform import errors
 from services.platform.runtime import Runtime
 from services.platform.settings import Settings
-from tests.embedded import free_port
+from tests.helpers import free_port
 
 
 async def test_jwks_from_unreachable_identity_is_unavailable(settings: Settings) -> None:

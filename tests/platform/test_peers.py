@@ -10,7 +10,7 @@ from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
-from tests.conftest import bearer
+from tests.helpers import bearer
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 

@@ -8,7 +8,7 @@ from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.platform.runtime import Runtime
 from services.platform.server import Server
-from tests.conftest import bearer
+from tests.helpers import bearer
 from tests.platform.servicers import probe_identity
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"

@@ -40,10 +40,6 @@ class Stubs:
         )
 
 
-def bearer(token: str) -> tuple[tuple[str, str], ...]:
-    return (("authorization", f"Bearer {token}"),)
-
-
 async def sign_up(identity: identity_grpc.IdentityServiceStub, tenant: str) -> identity_pb.SignUpResponse:
     return await identity.SignUp(
         identity_pb.SignUpRequest(tenant_name=tenant, username="owner", password=PASSWORD), timeout=20

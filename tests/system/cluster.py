@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.embedded import free_port
+from tests.helpers import free_port
 
 BIN = Path(sys.executable).parent
 PEERS = ("identity", "agents", "conversation", "orchestration")

@@ -26,12 +26,11 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2
 
-from tests.helpers import RedisServer, free_port
+from tests.helpers import RedisServer, bearer, free_port
 from tests.system.clients import (
     PASSWORD,
     Stubs,
     agents_pb,
-    bearer,
     conv_pb,
     echo_agent,
     identity_pb,

@@ -15,11 +15,11 @@ import httpx
 import pytest
 import websockets
 
+from tests.helpers import bearer
 from tests.system.clients import (
     PASSWORD,
     Stubs,
     agents_pb,
-    bearer,
     conv_pb,
     echo_agent,
     orch_pb,
