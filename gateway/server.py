@@ -7,6 +7,8 @@ import asyncio
 import uvicorn
 from starlette.applications import Starlette
 
+from services.platform.server import BindError, ensure_port_free
+
 
 class HttpServer:
     """`await start()` binds (port 0 picks one) and serves in the running loop; `await stop()`."""
@@ -35,11 +37,16 @@ class HttpServer:
         self.port = port
 
     async def start(self) -> int:
+        ensure_port_free(self.config.host, self.config.port, what="HTTP", variable="AGENTMESH_HTTP_PORT")
         self._task = asyncio.get_running_loop().create_task(self.server.serve())
         while not self.server.started:
             if self._task.done():
-                self._task.result()
-                raise OSError("the HTTP server stopped while starting")
+                try:
+                    self._task.result()
+                except SystemExit:
+                    # uvicorn exits the process when it cannot bind (the port was taken meanwhile).
+                    pass
+                raise BindError(f"cannot listen for HTTP on {self.config.host}:{self.config.port}")
             await asyncio.sleep(0.01)
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
         return self.port

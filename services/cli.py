@@ -4,25 +4,90 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import pathlib
 import signal
 import sys
+from collections.abc import AsyncIterator, Callable
 
-from services.platform import migrations
+import sqlalchemy.exc
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from services import admin_cli
+from services.platform import db, migrations
 from services.platform.middleware import configure_logging
-from services.platform.runtime import Runtime, with_embedded_secrets
-from services.platform.server import Server
+from services.platform.runtime import (
+    Runtime,
+    missing_configuration,
+    with_colocated_peers,
+    with_embedded_secrets,
+)
+from services.platform.server import BindError, Server, ensure_port_free
 from services.platform.settings import Settings, SettingsError
 from services.registry import SERVICES
 
 log = logging.getLogger("agentmesh.cli")
 
 
+class Refused(Exception):
+    """The command will not run; the message tells the operator what to fix (no traceback)."""
+
+
+def _check_names(names: list[str], choices: list[str]) -> None:
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        raise Refused(f"unknown service {', '.join(unknown)}; choose from {', '.join(choices)}")
+
+
+@contextlib.asynccontextmanager
+async def _database(url: str) -> AsyncIterator[AsyncEngine]:
+    """An engine for a command that only touches the schema; an unreachable database is one line."""
+    engine = db.create_engine(url)
+    try:
+        yield engine
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise Refused(f"cannot reach the database (DATABASE_URL): {reason}") from None
+    finally:
+        await engine.dispose()
+
+
+async def _schema_problems(settings: Settings, names: list[str]) -> list[str]:
+    async with _database(settings.database_url) as engine:
+        behind = await migrations.behind(engine, names)
+    if not behind:
+        return []
+    return [f"database schema of {', '.join(behind)} is older than the code: run `agentmesh migrate`"]
+
+
+def _banner(settings: Settings, grpc_port: int, http_port: int, log_target: str) -> str:
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::") else settings.http_host
+    return "\n".join(
+        [
+            "agentmesh is up",
+            f"  chat page   http://{host}:{http_port}/",
+            f"  gRPC        {settings.grpc_host}:{grpc_port}",
+            "  sign in     tenant demo, user user_1, password 1234 (or user_2 / 5678)",
+            f"  logs        {'stderr' if log_target == '-' else log_target}",
+            "Ctrl-C stops it.",
+        ]
+    )
+
+
 async def _run(
-    settings: Settings, names: list[str], *, reuse_port: bool, migrate: bool, http: bool = False
+    settings: Settings,
+    names: list[str],
+    *,
+    reuse_port: bool,
+    migrate: bool,
+    http: bool = False,
+    banner_log: str | None = None,
 ) -> None:
+    """Serves `names` (and the gateway with `http`); `banner_log`: `up` prints its banner, naming
+    where the logs go, instead of the per-server lines."""
     if migrate:
         runtime = await Runtime.create(settings)
         try:
@@ -52,17 +117,22 @@ async def _run(
             )
             await gateway.start()
 
-        seeding: list[asyncio.Task[str]] = []
+        seeding: list[asyncio.Task[None]] = []
 
         def started(port: int) -> None:
-            print(f"agentmesh: {', '.join(names)} serving gRPC on {settings.grpc_host}:{port}", flush=True)
+            if banner_log is not None and gateway is not None:
+                print(_banner(settings, port, gateway.port, banner_log), flush=True)
+            else:
+                print(
+                    f"agentmesh: {', '.join(names)} serving gRPC on {settings.grpc_host}:{port}", flush=True
+                )
             if settings.embedded:
                 from services.demo import seed_demo_agent
 
                 seeding.append(
                     asyncio.get_running_loop().create_task(seed_demo_agent(f"{settings.grpc_host}:{port}"))
                 )
-            if gateway is not None:
+            if gateway is not None and banner_log is None:
                 print(
                     f"agentmesh: chat page and HTTP API on http://{settings.http_host}:{gateway.port}/",
                     flush=True,
@@ -77,16 +147,18 @@ async def _run(
         await runtime.close()
 
 
-def _fork_workers(count: int, target) -> int:  # type: ignore[no-untyped-def]
-    """Forks `count` workers (before any gRPC state exists) sharing the port; waits for them all."""
+def _fork_workers(count: int, target: Callable[[], int]) -> int:
+    """Forks `count` workers (before any gRPC state exists) sharing the port; waits for them all.
+    The first failing worker's exit code is the parent's."""
     children = []
     for _ in range(count):
         pid = os.fork()
         if pid == 0:
+            code = 1
             try:
-                target()
+                code = _guarded(target)
             finally:
-                os._exit(0)
+                os._exit(code)
         children.append(pid)
 
     def forward(signum, _frame):  # type: ignore[no-untyped-def]
@@ -116,9 +188,21 @@ def cmd_up(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = with_embedded_secrets(Settings.from_env(**overrides).embedded_defaults())
-    configure_logging(settings.log_level)
-    asyncio.run(_run(settings, list(SERVICES), reuse_port=False, migrate=True, http=True))
+    target = args.log or str(pathlib.Path(settings.data_dir) / "agentmesh.log")
+    _log_to(settings.log_level, target)
+    asyncio.run(_run(settings, list(SERVICES), reuse_port=False, migrate=True, http=True, banner_log=target))
     return 0
+
+
+def _log_to(level: str, target: str) -> None:
+    """JSON log lines to stderr (`-`) or appended to the file `target`."""
+    configure_logging(level)
+    if target != "-":
+        path = pathlib.Path(target)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.getLogger().handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(path.open("a", encoding="utf-8", buffering=1))
 
 
 async def _run_gateway(settings: Settings) -> None:
@@ -150,47 +234,64 @@ async def _run_gateway(settings: Settings) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    choices = [*SERVICES, "gateway"]
-    unknown = [n for n in args.services if n not in choices]
-    if unknown:
-        print(
-            f"agentmesh: unknown service {', '.join(unknown)}; choose from {', '.join(choices)}",
-            file=sys.stderr,
-        )
-        return 2
+    _check_names(args.services, [*SERVICES, "gateway"])
     settings = Settings.from_env()
     if args.grpc_port is not None:
         settings = dataclasses.replace(settings, grpc_port=args.grpc_port)
-    configure_logging(settings.log_level)
     names = [n for n in dict.fromkeys(args.services) if n != "gateway"]
     with_gateway = "gateway" in args.services
+    settings = with_colocated_peers(settings, names)
+    # Everything to fix in one message: a production process never falls back to SQLite, an
+    # in-process Redis or a missing peer (which would answer every call with an error).
+    missing = missing_configuration(settings, args.services)
+    problems = [f"{', '.join(missing)} not set"] if missing else []
+    if names and settings.database_url:
+        problems += asyncio.run(_schema_problems(settings, names))
+    if problems:
+        command = " ".join(["agentmesh serve", *args.services])
+        raise Refused(f"`{command}` will not start: {'; '.join(problems)}")
+    if names and args.workers > 1:
+        # The workers bind with SO_REUSEPORT (and skip the check); a port held by another process
+        # is reported here, once.
+        ensure_port_free(
+            settings.grpc_host, settings.grpc_port, what="gRPC", variable="AGENTMESH_GRPC_PORT or --grpc-port"
+        )
+    # After the checks: a refusal is its one line, without the schema check's INFO lines around it.
+    configure_logging(settings.log_level)
 
-    def run() -> None:
+    def run() -> int:
         if not names:
             asyncio.run(_run_gateway(settings))
         else:
             asyncio.run(_run(settings, names, reuse_port=args.workers > 1, migrate=False, http=with_gateway))
+        return 0
 
     if args.workers > 1:
         return _fork_workers(args.workers, run)
-    run()
-    return 0
+    return run()
+
+
+def _database_settings(args: argparse.Namespace, command: str) -> Settings:
+    """DATABASE_URL, or the embedded database of an explicit --data-dir; never a silent default."""
+    settings = Settings.from_env()
+    if args.data_dir:
+        return dataclasses.replace(settings, data_dir=args.data_dir)
+    if not settings.database_url:
+        raise SettingsError(
+            f"DATABASE_URL is not set: `agentmesh {command}` needs the database "
+            "(or --data-dir DIR for the embedded one of `agentmesh up`)"
+        )
+    return settings
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    settings = Settings.from_env()
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
-    if not settings.database_url:
-        settings = with_embedded_secrets(settings.embedded_defaults())
+    _check_names(args.services, list(SERVICES))
+    settings = _database_settings(args, "migrate")
     names = args.services or list(SERVICES)
 
     async def run() -> list[str]:
-        runtime = await Runtime.create(settings)
-        try:
-            return await migrations.upgrade(runtime.engine, names)
-        finally:
-            await runtime.close()
+        async with _database(settings.effective_database_url) as engine:
+            return await migrations.upgrade(engine, names)
 
     done = asyncio.run(run())
     print(f"agentmesh: migrated {', '.join(done) or 'nothing (no migrations yet)'}")
@@ -202,9 +303,7 @@ def cmd_retention(args: argparse.Namespace) -> int:
     from services.conversation import build_service
     from services.conversation.retention import RetentionJob
 
-    settings = Settings.from_env()
-    if args.data_dir:
-        settings = dataclasses.replace(settings, data_dir=args.data_dir)
+    settings = _database_settings(args, "retention")
     if not settings.database_url:
         settings = with_embedded_secrets(settings.embedded_defaults())
 
@@ -226,15 +325,35 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="run everything in one process on the embedded default")
-    up.add_argument("--grpc-port", type=int)
-    up.add_argument("--http-port", type=int)
-    up.add_argument("--data-dir")
+    up.add_argument("--grpc-port", type=int, help="gRPC port (default: AGENTMESH_GRPC_PORT, else 50051)")
+    up.add_argument(
+        "--http-port", type=int, help="chat page and HTTP API port (default: AGENTMESH_HTTP_PORT, else 8080)"
+    )
+    up.add_argument(
+        "--data-dir",
+        help="database, keys, secrets and log (default: AGENTMESH_DATA_DIR, else .agentmesh)",
+    )
+    up.add_argument(
+        "--log",
+        metavar="PATH",
+        help="where the JSON log lines go, - for stderr (default: agentmesh.log in the data dir)",
+    )
     up.set_defaults(func=cmd_up)
 
     serve = sub.add_parser("serve", help="run the named services (production; configured by environment)")
-    serve.add_argument("services", nargs="+", metavar="SERVICE", help=", ".join([*SERVICES, "gateway"]))
-    serve.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
-    serve.add_argument("--grpc-port", type=int)
+    serve.add_argument(
+        "services",
+        nargs="+",
+        metavar="SERVICE",
+        help=f"one or more of {', '.join([*SERVICES, 'gateway'])}, served by this one process (required)",
+    )
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes sharing the gRPC port through SO_REUSEPORT (default: %(default)s)",
+    )
+    serve.add_argument("--grpc-port", type=int, help="gRPC port (default: AGENTMESH_GRPC_PORT, else 50051)")
     serve.set_defaults(func=cmd_serve)
 
     migrate = sub.add_parser("migrate", help="apply schema migrations")
@@ -247,12 +366,25 @@ def main(argv: list[str] | None = None) -> int:
     retention.add_argument("--data-dir")
     retention.set_defaults(func=cmd_retention)
 
+    admin_cli.add_parser(sub)
+
     args = parser.parse_args(argv)
+    return _guarded(lambda: int(args.func(args)))
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Runs a command; what the operator must fix is one line on stderr and a non-zero exit."""
     try:
-        return args.func(args)
+        return command()
     except SettingsError as exc:
         print(f"agentmesh: configuration error: {exc}", file=sys.stderr)
         return 2
+    except Refused as exc:
+        print(f"agentmesh: {exc}", file=sys.stderr)
+        return 2
+    except BindError as exc:
+        print(f"agentmesh: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -124,6 +124,8 @@ def test_serve_with_workers_shares_the_port_and_stops_on_sigterm(settings, tmp_p
         AGENTMESH_GRPC_PORT=str(port),
         AGENTMESH_PAGE_TOKEN_SECRET="workers-test",
         AGENTMESH_SERVICE_SECRET="workers-test",
+        # Not called by this test, but agents refuses to start without it.
+        AGENTMESH_IDENTITY_ADDR=f"127.0.0.1:{free_port()}",
     )
     err_file = (tmp_path / "stderr").open("w")
     proc = subprocess.Popen(

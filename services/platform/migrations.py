@@ -7,6 +7,10 @@ import pathlib
 
 from alembic import command
 from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util import CommandError
+from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 SERVICES_DIR = pathlib.Path(__file__).resolve().parent.parent
@@ -41,3 +45,35 @@ async def upgrade(engine: AsyncEngine, services: list[str]) -> list[str]:
             await conn.run_sync(run)
         migrated.append(service)
     return migrated
+
+
+def _behind(script: ScriptDirectory, current: tuple[str, ...]) -> bool:
+    """Whether the database's revisions miss a migration this code has. A revision this code does
+    not know is newer than the code (a rolling deploy migrated first): not behind."""
+    if not current:
+        return True
+    for revision in current:
+        try:
+            script.get_revision(revision)
+        except CommandError:
+            return False
+    return set(current) != set(script.get_heads())
+
+
+async def behind(engine: AsyncEngine, services: list[str]) -> list[str]:
+    """The services whose schema in the database is older than their newest migration."""
+    found = []
+    for service in services:
+        cfg = _config(service)
+        if cfg is None:
+            continue
+
+        def current(connection: Connection, table: str = f"alembic_version_{service}") -> tuple[str, ...]:
+            context = MigrationContext.configure(connection, opts={"version_table": table})
+            return tuple(context.get_current_heads())
+
+        async with engine.connect() as conn:
+            revisions = await conn.run_sync(current)
+        if _behind(ScriptDirectory.from_config(cfg), revisions):
+            found.append(service)
+    return found

@@ -12,7 +12,7 @@ import logging
 import pathlib
 import secrets
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import grpc
@@ -58,6 +58,56 @@ def with_embedded_secrets(settings: Settings) -> Settings:
         or str(pathlib.Path(settings.data_dir) / "signing_key.pem"),
     )
     return dataclasses.replace(settings, auth=auth)
+
+
+# The peers each process kind calls: every service verifies tokens with identity's JWKS;
+# orchestration also calls agents and conversation; the gateway forwards to all four.
+PEERS_NEEDED: dict[str, tuple[str, ...]] = {
+    "identity": (),
+    "agents": ("identity",),
+    "conversation": ("identity",),
+    "orchestration": ("identity", "agents", "conversation"),
+    "gateway": ("identity", "agents", "conversation", "orchestration"),
+}
+
+
+def with_colocated_peers(settings: Settings, names: Iterable[str]) -> Settings:
+    """Peers running in this very process are reached at its own address (no variable needed)."""
+    here = set(names)
+    peers = settings.peers
+
+    def address(name: str, configured: str) -> str:
+        return configured or (settings.grpc_address if name in here else "")
+
+    peers = dataclasses.replace(
+        peers,
+        identity=address("identity", peers.identity),
+        agents=address("agents", peers.agents),
+        conversation=address("conversation", peers.conversation),
+        orchestration=address("orchestration", peers.orchestration),
+    )
+    return dataclasses.replace(settings, peers=peers)
+
+
+def missing_configuration(settings: Settings, names: Iterable[str]) -> list[str]:
+    """The variables a production process running `names` needs and does not have: all of them
+    at once, so one failed start tells the operator everything to set."""
+    names = set(names)
+    required = []
+    if names - {"gateway"}:
+        required += [
+            ("DATABASE_URL", settings.database_url),
+            ("REDIS_URL", settings.redis_url),
+            ("AGENTMESH_PAGE_TOKEN_SECRET", settings.auth.page_token_secret),
+        ]
+    if "identity" in names:
+        required.append(("AGENTMESH_SIGNING_KEY_FILE", settings.auth.signing_key_file))
+    if names & {"identity", "orchestration"}:
+        # Identity checks it; orchestration exchanges it for its service token.
+        required.append(("AGENTMESH_SERVICE_SECRET", settings.auth.service_secret))
+    peers = sorted({peer for name in names for peer in PEERS_NEEDED[name]}, key=list(PEERS_NEEDED).index)
+    required += [(f"AGENTMESH_{peer.upper()}_ADDR", getattr(settings.peers, peer)) for peer in peers]
+    return [variable for variable, value in required if not value]
 
 
 def revocation_check(

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import logging
 import signal
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -38,6 +39,28 @@ class ServiceRegistration:
     on_stop: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
     # Run when stopping begins, before in-flight calls drain: end endless streams (watches) here.
     on_drain: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+
+
+class BindError(OSError):
+    """The address to listen on is taken (or not ours); the message says which and how to change it."""
+
+
+def ensure_port_free(host: str, port: int, *, what: str, variable: str) -> None:
+    """Raises BindError when host:port cannot be bound. Checked before the server binds so the
+    operator reads one line instead of gRPC core's or uvicorn's log lines and exit."""
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            # As the servers do: a port left in TIME_WAIT by a previous run is free.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise BindError(
+            f"cannot listen for {what} on {host}:{port}: {exc.strerror or exc} (set {variable})"
+        ) from None
 
 
 def _read(path: str) -> bytes:
@@ -73,6 +96,7 @@ class Server:
         self.runtime = runtime
         self.registrations = list(registrations)
         self._address = address or runtime.settings.grpc_address
+        self._reuse_port = reuse_port
         self.metrics = metrics or Metrics()
         public = frozenset().union(*(r.public_methods for r in self.registrations))
         self._server = grpc.aio.server(
@@ -119,12 +143,22 @@ class Server:
 
     async def start(self) -> int:
         creds = server_credentials(self.runtime.settings.tls)
-        if creds is None:
-            self.port = self._server.add_insecure_port(self._address)
-        else:
-            self.port = self._server.add_secure_port(self._address, creds)
+        host, _, port = self._address.rpartition(":")
+        if not self._reuse_port:
+            ensure_port_free(
+                host.strip("[]"), int(port), what="gRPC", variable="AGENTMESH_GRPC_PORT or --grpc-port"
+            )
+        try:
+            if creds is None:
+                self.port = self._server.add_insecure_port(self._address)
+            else:
+                self.port = self._server.add_secure_port(self._address, creds)
+        except RuntimeError:
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {self._address}")
+            raise BindError(
+                f"cannot listen for gRPC on {self._address} (set AGENTMESH_GRPC_PORT or --grpc-port)"
+            )
         await self._server.start()
         await self.health.check_once()
         self.health.start()
