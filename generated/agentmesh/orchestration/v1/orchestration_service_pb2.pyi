@@ -34,14 +34,21 @@ class _SessionState:
 class _SessionStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SessionState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     SESSION_STATE_UNSPECIFIED: _SessionState.ValueType  # 0
+    """Not set; never sent."""
     SESSION_STATE_ACTIVE: _SessionState.ValueType  # 1
+    """Takes new messages."""
     SESSION_STATE_ENDED: _SessionState.ValueType  # 2
+    """Ended by EndSession: its conversation is closed; SendMessage is FAILED_PRECONDITION."""
 
-class SessionState(_SessionState, metaclass=_SessionStateEnumTypeWrapper): ...
+class SessionState(_SessionState, metaclass=_SessionStateEnumTypeWrapper):
+    """Whether a session takes new messages."""
 
 SESSION_STATE_UNSPECIFIED: SessionState.ValueType  # 0
+"""Not set; never sent."""
 SESSION_STATE_ACTIVE: SessionState.ValueType  # 1
+"""Takes new messages."""
 SESSION_STATE_ENDED: SessionState.ValueType  # 2
+"""Ended by EndSession: its conversation is closed; SendMessage is FAILED_PRECONDITION."""
 Global___SessionState: _TypeAlias = SessionState  # noqa: Y015
 
 class _RunState:
@@ -51,22 +58,33 @@ class _RunState:
 class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RUN_STATE_UNSPECIFIED: _RunState.ValueType  # 0
+    """Not set; never sent."""
     RUN_STATE_QUEUED: _RunState.ValueType  # 1
     """Waiting behind the session's current run (BUSY_POLICY_ENQUEUE)."""
     RUN_STATE_RUNNING: _RunState.ValueType  # 2
+    """The provider is answering."""
     RUN_STATE_COMPLETED: _RunState.ValueType  # 3
+    """The answer is stored."""
     RUN_STATE_FAILED: _RunState.ValueType  # 4
+    """Ended by an error (Run.error says which), or its worker died."""
     RUN_STATE_CANCELLED: _RunState.ValueType  # 5
+    """Ended by CancelRun, EndSession or a busy policy; a partial answer is kept."""
 
-class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper): ...
+class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
+    """Where a run is in its life."""
 
 RUN_STATE_UNSPECIFIED: RunState.ValueType  # 0
+"""Not set; never sent."""
 RUN_STATE_QUEUED: RunState.ValueType  # 1
 """Waiting behind the session's current run (BUSY_POLICY_ENQUEUE)."""
 RUN_STATE_RUNNING: RunState.ValueType  # 2
+"""The provider is answering."""
 RUN_STATE_COMPLETED: RunState.ValueType  # 3
+"""The answer is stored."""
 RUN_STATE_FAILED: RunState.ValueType  # 4
+"""Ended by an error (Run.error says which), or its worker died."""
 RUN_STATE_CANCELLED: RunState.ValueType  # 5
+"""Ended by CancelRun, EndSession or a busy policy; a partial answer is kept."""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 class _RunEventType:
@@ -76,28 +94,47 @@ class _RunEventType:
 class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEventType.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RUN_EVENT_TYPE_UNSPECIFIED: _RunEventType.ValueType  # 0
+    """Not set; never sent."""
     RUN_EVENT_TYPE_RUN_CREATED: _RunEventType.ValueType  # 1
+    """The run exists (queued or about to start)."""
     RUN_EVENT_TYPE_RUN_STARTED: _RunEventType.ValueType  # 2
+    """The provider call began."""
     RUN_EVENT_TYPE_MESSAGE_DELTA: _RunEventType.ValueType  # 3
+    """The next piece of the answer, in text_delta."""
     RUN_EVENT_TYPE_MESSAGE_COMPLETED: _RunEventType.ValueType  # 4
+    """The answer is stored; final_message holds all of it."""
     RUN_EVENT_TYPE_RUN_COMPLETED: _RunEventType.ValueType  # 5
+    """The run ended well; the last event of the run."""
     RUN_EVENT_TYPE_RUN_FAILED: _RunEventType.ValueType  # 6
+    """The run ended with error set; the last event of the run."""
     RUN_EVENT_TYPE_RUN_CANCELLED: _RunEventType.ValueType  # 7
+    """The run was cancelled; the last event of the run."""
 
-class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper): ...
+class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
+    """What a RunEvent reports."""
 
 RUN_EVENT_TYPE_UNSPECIFIED: RunEventType.ValueType  # 0
+"""Not set; never sent."""
 RUN_EVENT_TYPE_RUN_CREATED: RunEventType.ValueType  # 1
+"""The run exists (queued or about to start)."""
 RUN_EVENT_TYPE_RUN_STARTED: RunEventType.ValueType  # 2
+"""The provider call began."""
 RUN_EVENT_TYPE_MESSAGE_DELTA: RunEventType.ValueType  # 3
+"""The next piece of the answer, in text_delta."""
 RUN_EVENT_TYPE_MESSAGE_COMPLETED: RunEventType.ValueType  # 4
+"""The answer is stored; final_message holds all of it."""
 RUN_EVENT_TYPE_RUN_COMPLETED: RunEventType.ValueType  # 5
+"""The run ended well; the last event of the run."""
 RUN_EVENT_TYPE_RUN_FAILED: RunEventType.ValueType  # 6
+"""The run ended with error set; the last event of the run."""
 RUN_EVENT_TYPE_RUN_CANCELLED: RunEventType.ValueType  # 7
+"""The run was cancelled; the last event of the run."""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):
+    """One user's chat with one agent: a conversation plus the runs that answer it."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -111,20 +148,31 @@ class Session(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Assigned by the service."""
     agent_id: _builtins.str
+    """The agent the session chats with."""
     agent_version: _builtins.int
     """The agent version current when the session started."""
     conversation_id: _builtins.str
+    """The conversation that stores the session's messages."""
     user_id: _builtins.str
+    """The user that started the session."""
     state: Global___SessionState.ValueType
+    """Whether the session takes new messages."""
     active_run_id: _builtins.str
     """The run in progress, if any."""
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session started."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session last changed."""
+
     @_builtins.property
-    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session ended; unset while it is active."""
+
     def __init__(
         self,
         *,
@@ -149,12 +197,16 @@ Global___Session: _TypeAlias = Session  # noqa: Y015
 
 @_typing.final
 class Usage(_message.Message):
+    """The tokens a run used, as the provider counted them."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
+    """Tokens of the context sent to the model."""
     completion_tokens: _builtins.int
+    """Tokens of the answer."""
     def __init__(
         self,
         *,
@@ -171,6 +223,8 @@ Global___Usage: _TypeAlias = Usage  # noqa: Y015
 
 @_typing.final
 class RunError(_message.Message):
+    """Why a run failed or was cancelled."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CODE_FIELD_NUMBER: _builtins.int
@@ -178,6 +232,7 @@ class RunError(_message.Message):
     code: _builtins.str
     """A gRPC status code name, for example "UNAVAILABLE" or "DEADLINE_EXCEEDED"."""
     message: _builtins.str
+    """What went wrong, for a person to read."""
     def __init__(
         self,
         *,
@@ -194,6 +249,8 @@ Global___RunError: _TypeAlias = RunError  # noqa: Y015
 
 @_typing.final
 class Run(_message.Message):
+    """One answer of the agent to one user message."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -209,24 +266,39 @@ class Run(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Assigned by the service."""
     session_id: _builtins.str
+    """The session the run belongs to."""
     state: Global___RunState.ValueType
+    """Where the run is in its life."""
     agent_version: _builtins.int
     """The agent version that answered."""
     user_message_id: _builtins.str
+    """The stored user message the run answers."""
     assistant_message_id: _builtins.str
+    """The stored answer; empty until it is stored."""
     last_event_id: _builtins.int
     """The id of the run's newest event."""
     @_builtins.property
-    def usage(self) -> Global___Usage: ...
+    def usage(self) -> Global___Usage:
+        """Tokens used so far."""
+
     @_builtins.property
-    def error(self) -> Global___RunError: ...
+    def error(self) -> Global___RunError:
+        """Set when the run failed or was cancelled."""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run was created."""
+
     @_builtins.property
-    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the provider call began; unset while queued."""
+
     @_builtins.property
-    def end_time(self) -> _timestamp_pb2.Timestamp: ...
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When the run ended; unset while it is live."""
+
     def __init__(
         self,
         *,
@@ -253,6 +325,8 @@ Global___Run: _TypeAlias = Run  # noqa: Y015
 
 @_typing.final
 class RunEvent(_message.Message):
+    """One step of a run, as streamed and as kept in the run's event stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_ID_FIELD_NUMBER: _builtins.int
@@ -268,21 +342,29 @@ class RunEvent(_message.Message):
     event_id: _builtins.int
     """1, 2, 3, ... within the run."""
     run_id: _builtins.str
+    """The run the event belongs to."""
     session_id: _builtins.str
+    """The run's session."""
     type: Global___RunEventType.ValueType
+    """What the event reports; says which of the fields below are set."""
     text_delta: _builtins.str
     """MESSAGE_DELTA: the next piece of the answer."""
     final_message: _builtins.str
     """MESSAGE_COMPLETED: the whole answer as stored."""
     agent_version: _builtins.int
+    """The agent version that answers."""
     @_builtins.property
-    def usage(self) -> Global___Usage: ...
+    def usage(self) -> Global___Usage:
+        """The run's token usage, on MESSAGE_COMPLETED and on the events that end the run."""
+
     @_builtins.property
     def error(self) -> Global___RunError:
         """RUN_FAILED (and RUN_CANCELLED, with code CANCELLED)."""
 
     @_builtins.property
-    def event_time(self) -> _timestamp_pb2.Timestamp: ...
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the event happened."""
+
     def __init__(
         self,
         *,
@@ -307,14 +389,19 @@ Global___RunEvent: _TypeAlias = RunEvent  # noqa: Y015
 
 @_typing.final
 class StartSessionRequest(_message.Message):
+    """The session to start."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     AGENT_ID_FIELD_NUMBER: _builtins.int
     TITLE_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
+    """The agent to chat with; it must be ACTIVE."""
     title: _builtins.str
+    """The title of the session's conversation."""
     request_id: _builtins.str
+    """A retry with the same request_id returns the first session and starts nothing."""
     def __init__(
         self,
         *,
@@ -332,11 +419,15 @@ Global___StartSessionRequest: _TypeAlias = StartSessionRequest  # noqa: Y015
 
 @_typing.final
 class StartSessionResponse(_message.Message):
+    """The started session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """The session, ACTIVE, with its conversation."""
+
     def __init__(
         self,
         *,
@@ -352,10 +443,13 @@ Global___StartSessionResponse: _TypeAlias = StartSessionResponse  # noqa: Y015
 
 @_typing.final
 class EndSessionRequest(_message.Message):
+    """Names the session to end."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id."""
     def __init__(
         self,
         *,
@@ -371,11 +465,15 @@ Global___EndSessionRequest: _TypeAlias = EndSessionRequest  # noqa: Y015
 
 @_typing.final
 class EndSessionResponse(_message.Message):
+    """The ended session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """The session, now SESSION_STATE_ENDED."""
+
     def __init__(
         self,
         *,
@@ -391,10 +489,13 @@ Global___EndSessionResponse: _TypeAlias = EndSessionResponse  # noqa: Y015
 
 @_typing.final
 class GetSessionRequest(_message.Message):
+    """Names the session to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id."""
     def __init__(
         self,
         *,
@@ -410,11 +511,15 @@ Global___GetSessionRequest: _TypeAlias = GetSessionRequest  # noqa: Y015
 
 @_typing.final
 class GetSessionResponse(_message.Message):
+    """The requested session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def session(self) -> Global___Session: ...
+    def session(self) -> Global___Session:
+        """The session."""
+
     def __init__(
         self,
         *,
@@ -430,14 +535,19 @@ Global___GetSessionResponse: _TypeAlias = GetSessionResponse  # noqa: Y015
 
 @_typing.final
 class ListSessionsRequest(_message.Message):
+    """A page of visible sessions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
+    """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page, with the same filter; empty for the first page."""
     agent_id: _builtins.str
+    """Only sessions with this agent."""
     def __init__(
         self,
         *,
@@ -455,13 +565,18 @@ Global___ListSessionsRequest: _TypeAlias = ListSessionsRequest  # noqa: Y015
 
 @_typing.final
 class ListSessionsResponse(_message.Message):
+    """One page of sessions."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSIONS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
-    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]: ...
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]:
+        """Newest first."""
+
     def __init__(
         self,
         *,
@@ -478,6 +593,8 @@ Global___ListSessionsResponse: _TypeAlias = ListSessionsResponse  # noqa: Y015
 
 @_typing.final
 class SendMessageRequest(_message.Message):
+    """A user message for the session's agent to answer."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
@@ -485,7 +602,9 @@ class SendMessageRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     BUSY_POLICY_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session's id; it must be ACTIVE."""
     text: _builtins.str
+    """The message; not blank, at most the configured size (32 KiB by default)."""
     request_id: _builtins.str
     """A retry with the same request_id joins the first run instead of starting another."""
     busy_policy: _agents_service_pb2.BusyPolicy.ValueType
@@ -508,11 +627,15 @@ Global___SendMessageRequest: _TypeAlias = SendMessageRequest  # noqa: Y015
 
 @_typing.final
 class SendMessageResponse(_message.Message):
+    """One event of the run the message started."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___RunEvent: ...
+    def event(self) -> Global___RunEvent:
+        """The event."""
+
     def __init__(
         self,
         *,
@@ -528,6 +651,8 @@ Global___SendMessageResponse: _TypeAlias = SendMessageResponse  # noqa: Y015
 
 @_typing.final
 class ChatRequest(_message.Message):
+    """One client frame of a Chat stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
@@ -537,11 +662,17 @@ class ChatRequest(_message.Message):
     session_id: _builtins.str
     """Required on the first message of the stream; later messages may leave it empty."""
     @_builtins.property
-    def message(self) -> Global___ChatMessage: ...
+    def message(self) -> Global___ChatMessage:
+        """Send a message (as SendMessage)."""
+
     @_builtins.property
-    def cancel(self) -> Global___ChatCancel: ...
+    def cancel(self) -> Global___ChatCancel:
+        """Cancel a run (as CancelRun)."""
+
     @_builtins.property
-    def resume(self) -> Global___ChatResume: ...
+    def resume(self) -> Global___ChatResume:
+        """Replay a run's events after an event id (as JoinRun)."""
+
     def __init__(
         self,
         *,
@@ -562,14 +693,19 @@ Global___ChatRequest: _TypeAlias = ChatRequest  # noqa: Y015
 
 @_typing.final
 class ChatMessage(_message.Message):
+    """A user message sent over Chat."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     BUSY_POLICY_FIELD_NUMBER: _builtins.int
     text: _builtins.str
+    """The message; the rules of SendMessageRequest.text."""
     request_id: _builtins.str
+    """A retry with the same request_id joins the first run; a rejection's status echoes it."""
     busy_policy: _agents_service_pb2.BusyPolicy.ValueType
+    """UNSPECIFIED: the agent's default."""
     def __init__(
         self,
         *,
@@ -587,6 +723,8 @@ Global___ChatMessage: _TypeAlias = ChatMessage  # noqa: Y015
 
 @_typing.final
 class ChatCancel(_message.Message):
+    """A cancel sent over Chat."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
@@ -607,12 +745,16 @@ Global___ChatCancel: _TypeAlias = ChatCancel  # noqa: Y015
 
 @_typing.final
 class ChatResume(_message.Message):
+    """A resume sent over Chat after a reconnect."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run whose events to replay."""
     after_event_id: _builtins.int
+    """The last event the client saw; 0: from the first event."""
     def __init__(
         self,
         *,
@@ -629,6 +771,8 @@ Global___ChatResume: _TypeAlias = ChatResume  # noqa: Y015
 
 @_typing.final
 class ChatResponse(_message.Message):
+    """One server frame of a Chat stream."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
@@ -683,10 +827,13 @@ Global___ChatResponse: _TypeAlias = ChatResponse  # noqa: Y015
 
 @_typing.final
 class GetRunRequest(_message.Message):
+    """Names the run to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id."""
     def __init__(
         self,
         *,
@@ -702,11 +849,15 @@ Global___GetRunRequest: _TypeAlias = GetRunRequest  # noqa: Y015
 
 @_typing.final
 class GetRunResponse(_message.Message):
+    """The requested run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def run(self) -> Global___Run: ...
+    def run(self) -> Global___Run:
+        """The run as of now."""
+
     def __init__(
         self,
         *,
@@ -722,14 +873,19 @@ Global___GetRunResponse: _TypeAlias = GetRunResponse  # noqa: Y015
 
 @_typing.final
 class ListRunsRequest(_message.Message):
+    """A page of one session's runs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SESSION_ID_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
+    """The session whose runs to list."""
     page_size: _builtins.int
+    """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page of the same session; empty for the first page."""
     def __init__(
         self,
         *,
@@ -747,11 +903,14 @@ Global___ListRunsRequest: _TypeAlias = ListRunsRequest  # noqa: Y015
 
 @_typing.final
 class ListRunsResponse(_message.Message):
+    """One page of runs."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUNS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
     def runs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Run]:
         """Newest first."""
@@ -772,10 +931,13 @@ Global___ListRunsResponse: _TypeAlias = ListRunsResponse  # noqa: Y015
 
 @_typing.final
 class CancelRunRequest(_message.Message):
+    """Names the run to cancel."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id; it must be QUEUED or RUNNING."""
     def __init__(
         self,
         *,
@@ -791,11 +953,15 @@ Global___CancelRunRequest: _TypeAlias = CancelRunRequest  # noqa: Y015
 
 @_typing.final
 class CancelRunResponse(_message.Message):
+    """The run after the cancel."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def run(self) -> Global___Run: ...
+    def run(self) -> Global___Run:
+        """The run, normally RUN_STATE_CANCELLED (or the state it reached first)."""
+
     def __init__(
         self,
         *,
@@ -811,11 +977,14 @@ Global___CancelRunResponse: _TypeAlias = CancelRunResponse  # noqa: Y015
 
 @_typing.final
 class JoinRunRequest(_message.Message):
+    """The run to follow and where to start."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     RUN_ID_FIELD_NUMBER: _builtins.int
     AFTER_EVENT_ID_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
+    """The run's id."""
     after_event_id: _builtins.int
     """0: from the first event."""
     def __init__(
@@ -834,11 +1003,15 @@ Global___JoinRunRequest: _TypeAlias = JoinRunRequest  # noqa: Y015
 
 @_typing.final
 class JoinRunResponse(_message.Message):
+    """One event of the joined run."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     EVENT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def event(self) -> Global___RunEvent: ...
+    def event(self) -> Global___RunEvent:
+        """The event."""
+
     def __init__(
         self,
         *,

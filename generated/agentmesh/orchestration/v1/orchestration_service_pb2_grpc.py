@@ -29,6 +29,9 @@ class OrchestrationServiceStub:
     """OrchestrationService turns a user's message into an agent's streamed answer. Every event of a run
     is appended to a Redis stream, so a client that reconnects to any instance resumes after the last
     event it saw (JoinRun); a run goes on when its client disconnects, until it ends or is cancelled.
+
+    Runs are a top-level collection (/v1/runs/{run_id}): a run id is unique across the mesh and every
+    run RPC names a run by its id alone; a session's runs are listed with the session_id filter.
     """
 
     def __init__(self, channel):
@@ -93,6 +96,9 @@ class OrchestrationServiceServicer:
     """OrchestrationService turns a user's message into an agent's streamed answer. Every event of a run
     is appended to a Redis stream, so a client that reconnects to any instance resumes after the last
     event it saw (JoinRun); a run goes on when its client disconnects, until it ends or is cancelled.
+
+    Runs are a top-level collection (/v1/runs/{run_id}): a run id is unique across the mesh and every
+    run RPC names a run by its id alone; a session's runs are listed with the session_id filter.
     """
 
     def StartSession(self, request, context):
@@ -110,13 +116,15 @@ class OrchestrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetSession(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reads one session, with the run in progress if any.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListSessions(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Pages through the caller's sessions (the tenant's for owners and admins), newest first.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -137,13 +145,15 @@ class OrchestrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetRun(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Reads one run: its state, usage and the id of its newest event.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListRuns(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Pages through one session's runs, newest first. The nested path stays for one release.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -228,6 +238,9 @@ class OrchestrationService:
     """OrchestrationService turns a user's message into an agent's streamed answer. Every event of a run
     is appended to a Redis stream, so a client that reconnects to any instance resumes after the last
     event it saw (JoinRun); a run goes on when its client disconnects, until it ends or is cancelled.
+
+    Runs are a top-level collection (/v1/runs/{run_id}): a run id is unique across the mesh and every
+    run RPC names a run by its id alone; a session's runs are listed with the session_id filter.
     """
 
     @staticmethod

@@ -30,6 +30,9 @@ class OrchestrationServiceStub:
     """OrchestrationService turns a user's message into an agent's streamed answer. Every event of a run
     is appended to a Redis stream, so a client that reconnects to any instance resumes after the last
     event it saw (JoinRun); a run goes on when its client disconnects, until it ends or is cancelled.
+
+    Runs are a top-level collection (/v1/runs/{run_id}): a run id is unique across the mesh and every
+    run RPC names a run by its id alone; a session's runs are listed with the session_id filter.
     """
 
     @_typing.overload
@@ -41,7 +44,9 @@ class OrchestrationServiceStub:
     EndSession: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.EndSessionRequest, _orchestration_service_pb2.EndSessionResponse]
     """Closes the session's conversation; a running run is cancelled."""
     GetSession: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetSessionRequest, _orchestration_service_pb2.GetSessionResponse]
+    """Reads one session, with the run in progress if any."""
     ListSessions: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListSessionsRequest, _orchestration_service_pb2.ListSessionsResponse]
+    """Pages through the caller's sessions (the tenant's for owners and admins), newest first."""
     SendMessage: _grpc.UnaryStreamMultiCallable[_orchestration_service_pb2.SendMessageRequest, _orchestration_service_pb2.SendMessageResponse]
     """Starts a run for the message and streams its events."""
     Chat: _grpc.StreamStreamMultiCallable[_orchestration_service_pb2.ChatRequest, _orchestration_service_pb2.ChatResponse]
@@ -49,7 +54,9 @@ class OrchestrationServiceStub:
     The gateway's WebSocket maps onto it.
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRunRequest, _orchestration_service_pb2.GetRunResponse]
+    """Reads one run: its state, usage and the id of its newest event."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListRunsRequest, _orchestration_service_pb2.ListRunsResponse]
+    """Pages through one session's runs, newest first. The nested path stays for one release."""
     CancelRun: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.CancelRunRequest, _orchestration_service_pb2.CancelRunResponse]
     """Stops the provider call within a second; the partial answer is stored, marked partial."""
     JoinRun: _grpc.UnaryStreamMultiCallable[_orchestration_service_pb2.JoinRunRequest, _orchestration_service_pb2.JoinRunResponse]
@@ -62,6 +69,9 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """OrchestrationService turns a user's message into an agent's streamed answer. Every event of a run
     is appended to a Redis stream, so a client that reconnects to any instance resumes after the last
     event it saw (JoinRun); a run goes on when its client disconnects, until it ends or is cancelled.
+
+    Runs are a top-level collection (/v1/runs/{run_id}): a run id is unique across the mesh and every
+    run RPC names a run by its id alone; a session's runs are listed with the session_id filter.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -70,7 +80,9 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     EndSession: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.EndSessionRequest, _orchestration_service_pb2.EndSessionResponse]  # type: ignore[assignment]
     """Closes the session's conversation; a running run is cancelled."""
     GetSession: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetSessionRequest, _orchestration_service_pb2.GetSessionResponse]  # type: ignore[assignment]
+    """Reads one session, with the run in progress if any."""
     ListSessions: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListSessionsRequest, _orchestration_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
+    """Pages through the caller's sessions (the tenant's for owners and admins), newest first."""
     SendMessage: _aio.UnaryStreamMultiCallable[_orchestration_service_pb2.SendMessageRequest, _orchestration_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Starts a run for the message and streams its events."""
     Chat: _aio.StreamStreamMultiCallable[_orchestration_service_pb2.ChatRequest, _orchestration_service_pb2.ChatResponse]  # type: ignore[assignment]
@@ -78,7 +90,9 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     The gateway's WebSocket maps onto it.
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetRunRequest, _orchestration_service_pb2.GetRunResponse]  # type: ignore[assignment]
+    """Reads one run: its state, usage and the id of its newest event."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListRunsRequest, _orchestration_service_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """Pages through one session's runs, newest first. The nested path stays for one release."""
     CancelRun: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.CancelRunRequest, _orchestration_service_pb2.CancelRunResponse]  # type: ignore[assignment]
     """Stops the provider call within a second; the partial answer is stored, marked partial."""
     JoinRun: _aio.UnaryStreamMultiCallable[_orchestration_service_pb2.JoinRunRequest, _orchestration_service_pb2.JoinRunResponse]  # type: ignore[assignment]
@@ -90,6 +104,9 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     """OrchestrationService turns a user's message into an agent's streamed answer. Every event of a run
     is appended to a Redis stream, so a client that reconnects to any instance resumes after the last
     event it saw (JoinRun); a run goes on when its client disconnects, until it ends or is cancelled.
+
+    Runs are a top-level collection (/v1/runs/{run_id}): a run id is unique across the mesh and every
+    run RPC names a run by its id alone; a session's runs are listed with the session_id filter.
     """
 
     @_abc_1.abstractmethod
@@ -113,14 +130,16 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _orchestration_service_pb2.GetSessionRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestration_service_pb2.GetSessionResponse, _abc.Awaitable[_orchestration_service_pb2.GetSessionResponse]]: ...
+    ) -> _typing.Union[_orchestration_service_pb2.GetSessionResponse, _abc.Awaitable[_orchestration_service_pb2.GetSessionResponse]]:
+        """Reads one session, with the run in progress if any."""
 
     @_abc_1.abstractmethod
     def ListSessions(
         self,
         request: _orchestration_service_pb2.ListSessionsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestration_service_pb2.ListSessionsResponse, _abc.Awaitable[_orchestration_service_pb2.ListSessionsResponse]]: ...
+    ) -> _typing.Union[_orchestration_service_pb2.ListSessionsResponse, _abc.Awaitable[_orchestration_service_pb2.ListSessionsResponse]]:
+        """Pages through the caller's sessions (the tenant's for owners and admins), newest first."""
 
     @_abc_1.abstractmethod
     def SendMessage(
@@ -145,14 +164,16 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _orchestration_service_pb2.GetRunRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestration_service_pb2.GetRunResponse, _abc.Awaitable[_orchestration_service_pb2.GetRunResponse]]: ...
+    ) -> _typing.Union[_orchestration_service_pb2.GetRunResponse, _abc.Awaitable[_orchestration_service_pb2.GetRunResponse]]:
+        """Reads one run: its state, usage and the id of its newest event."""
 
     @_abc_1.abstractmethod
     def ListRuns(
         self,
         request: _orchestration_service_pb2.ListRunsRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_orchestration_service_pb2.ListRunsResponse, _abc.Awaitable[_orchestration_service_pb2.ListRunsResponse]]: ...
+    ) -> _typing.Union[_orchestration_service_pb2.ListRunsResponse, _abc.Awaitable[_orchestration_service_pb2.ListRunsResponse]]:
+        """Pages through one session's runs, newest first. The nested path stays for one release."""
 
     @_abc_1.abstractmethod
     def CancelRun(
