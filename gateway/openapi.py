@@ -1,7 +1,14 @@
-"""The OpenAPI 3.1 document, generated from the same routes the gateway serves."""
+"""The OpenAPI 3.1 document, generated from the same routes the gateway serves.
+
+Names are the proto JSON names (lowerCamelCase), as in the bodies; the gateway also accepts the proto
+names in queries. Routes whose templates differ only in variable names (`/v1/agents/{agent_id}` and
+`/v1/agents/{agent.id}`) share one path, as OpenAPI requires: its parameters are named by the first
+route, and an operation that binds another field says which.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from google.protobuf import descriptor
@@ -85,24 +92,41 @@ class _Schemas:
         return self.scalar(field)
 
 
-def _openapi_path(route: Route) -> str:
-    text = route.template.text
-    for var in route.template.variables:
-        start = text.index("{" + var)
-        end = text.index("}", start)
-        text = text[:start] + "{" + var + "}" + text[end + 1 :]
-    return text
+_VARIABLE = re.compile(r"\{[^}]*\}")
+
+
+def _json_path(message: descriptor.Descriptor, path: str) -> str:
+    return ".".join(f.json_name for f in resolve_field(message, path))
+
+
+def _openapi_path(route: Route, names: list[str]) -> str:
+    """The template with each variable (and its `=pattern`) replaced by the given names, in order."""
+    pieces = iter(names)
+    return _VARIABLE.sub(lambda _: "{" + next(pieces) + "}", route.template.text)
+
+
+def _path_parameters(route: Route, names: list[str], schemas: _Schemas) -> list[dict[str, Any]]:
+    request = route.request_class.DESCRIPTOR
+    return [
+        {
+            "name": name,
+            "in": "path",
+            "required": True,
+            "schema": schemas.scalar(resolve_field(request, var)[-1]),
+        }
+        for name, var in zip(names, route.template.variables, strict=True)
+    ]
 
 
 def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
     params = []
     for field in route.query_fields():
-        leaves = [(field.name, field)]
+        leaves = [(field.json_name, field)]
         if field.message_type is not None and not field.message_type.full_name.startswith("google.protobuf."):
             if field.is_repeated:
                 continue
             leaves = [
-                (f"{field.name}.{sub.name}", sub)
+                (f"{field.json_name}.{sub.json_name}", sub)
                 for sub in field.message_type.fields
                 if sub.message_type is None or sub.message_type.full_name.startswith("google.protobuf.")
             ]
@@ -126,12 +150,9 @@ def _response_schema(route: Route, schemas: _Schemas) -> dict[str, Any]:
 
 
 def operation(route: Route, schemas: _Schemas, op_id: str) -> dict[str, Any]:
+    """The operation; its path parameters belong to the path item (shared by every method)."""
     request = route.request_class.DESCRIPTOR
-    params: list[dict[str, Any]] = []
-    for var in route.template.variables:
-        leaf = resolve_field(request, var)[-1]
-        params.append({"name": var, "in": "path", "required": True, "schema": schemas.scalar(leaf)})
-    params += _query_parameters(route, schemas)
+    params = _query_parameters(route, schemas)
     op: dict[str, Any] = {
         "operationId": op_id,
         "summary": f"{route.service}.{route.method.name}",
@@ -167,14 +188,23 @@ def operation(route: Route, schemas: _Schemas, op_id: str) -> dict[str, Any]:
 def document(routes: list[Route], *, title: str = "agentmesh", version: str = "v1") -> dict[str, Any]:
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
+    names_of_shape: dict[str, list[str]] = {}
     seen: dict[str, int] = {}
     for route in routes:
         base = f"{route.method.containing_service.name}_{route.method.name}"
         seen[base] = seen.get(base, 0) + 1
         op_id = base if seen[base] == 1 else f"{base}_{seen[base]}"
-        paths.setdefault(_openapi_path(route), {})[route.http_method.lower()] = operation(
-            route, schemas, op_id
-        )
+        own = [_json_path(route.request_class.DESCRIPTOR, v) for v in route.template.variables]
+        names = names_of_shape.setdefault(_VARIABLE.sub("{}", route.template.text), own)
+        item = paths.setdefault(_openapi_path(route, names), {})
+        if names:
+            item.setdefault("parameters", _path_parameters(route, names, schemas))
+        op = operation(route, schemas, op_id)
+        if own != names:
+            op["description"] = "; ".join(
+                f"The path parameter `{n}` sets `{o}`." for n, o in zip(names, own, strict=True) if n != o
+            )
+        item[route.http_method.lower()] = op
     schemas.components["Error"] = ERROR_SCHEMA
     return {
         "openapi": "3.1.0",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -24,25 +25,55 @@ async def test_document_is_valid_openapi_31(client: httpx.AsyncClient) -> None:
 async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
     table = (await client.get("/v1/_routes")).json()["routes"]
-    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops}
+    documented = {(m.upper(), p) for p, ops in doc["paths"].items() for m in ops if m != "parameters"}
     assert len(table) == len(discover()) and len(documented) == len(table)
-    update = doc["paths"]["/v1/agents/{agent.id}"]["patch"]
-    assert update["parameters"][0] == {
-        "name": "agent.id",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string"},
-    }
+    agent_path = doc["paths"]["/v1/agents/{agentId}"]
+    assert agent_path["parameters"] == [
+        {"name": "agentId", "in": "path", "required": True, "schema": {"type": "string"}}
+    ]
+    update = agent_path["patch"]
+    assert update["description"] == "The path parameter `agentId` sets `agent.id`."
+    assert [p["name"] for p in update["parameters"]] == ["updateMask"]
     assert update["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
         "agentmesh.agents.v1.Agent"
     )
     listing = {p["name"]: p for p in doc["paths"]["/v1/agents"]["get"]["parameters"]}
     assert listing["state"]["schema"]["enum"][0] == "AGENT_STATE_UNSPECIFIED"
-    stream = doc["paths"]["/v1/runs/{run_id}:join"]["get"]["responses"]["200"]["content"]
+    stream = doc["paths"]["/v1/runs/{runId}:join"]["get"]["responses"]["200"]["content"]
     assert set(stream) == {"application/x-ndjson", "text/event-stream"}
     agent = doc["components"]["schemas"]["agentmesh.agents.v1.Agent"]["properties"]
     assert agent["createTime"] == {"type": "string", "format": "date-time"}
     assert agent["version"]["format"] == "int64"
+
+
+async def test_one_path_per_template_shape_and_parameters_named_once(client: httpx.AsyncClient) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    shapes = [re.sub(r"\{[^}]*\}", "{}", p) for p in doc["paths"]]
+    assert len(shapes) == len(set(shapes)), sorted(s for s in shapes if shapes.count(s) > 1)
+    for path, item in doc["paths"].items():
+        in_path = re.findall(r"\{([^}]*)\}", path)
+        assert [p["name"] for p in item.get("parameters", [])] == in_path, path
+        for method, op in item.items():
+            if method == "parameters":
+                continue
+            names = [p["name"] for p in op["parameters"]]
+            assert all(p["in"] == "query" for p in op["parameters"]), (path, method)
+            assert len(names) == len(set(names)) and not set(names) & set(in_path), (path, method)
+            assert all("_" not in n for n in names), (path, method, names)  # lowerCamelCase
+
+
+async def test_published_camel_case_and_proto_snake_case_queries_both_work(
+    client: httpx.AsyncClient, auth: dict[str, str], fakes: Any
+) -> None:
+    doc = (await client.get("/openapi.json")).json()
+    published = [p["name"] for p in doc["paths"]["/v1/agents"]["get"]["parameters"]]
+    assert published == ["pageSize", "pageToken", "state"]
+    for query in ("pageSize=7&pageToken=t", "page_size=7&page_token=t"):
+        r = await client.get(f"/v1/agents?{query}", headers=auth)
+        assert r.status_code == 200, r.text
+        request = fakes.agents.last("ListAgents").request
+        assert (request.page_size, request.page_token) == (7, "t")
+        fakes.agents.seen.clear()
 
 
 def _extra_service() -> Any:
@@ -76,6 +107,6 @@ def test_a_new_rpc_gets_a_route_and_an_openapi_entry() -> None:
     ]
     doc = openapi.document(routes)
     validate(doc)
-    params = doc["paths"]["/v1/pings/{name}"]["get"]["parameters"]
-    assert [p["name"] for p in params] == ["name", "count"]
+    ping = doc["paths"]["/v1/pings/{name}"]
+    assert [p["name"] for p in ping["parameters"] + ping["get"]["parameters"]] == ["name", "count"]
     assert message_factory.GetMessageClass(file.message_types_by_name["PingRequest"])
