@@ -7,7 +7,6 @@ an event after the commit.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,7 +29,7 @@ from services.agents.store import DuplicateRequest, LimitReached, VersionConflic
 from services.agents.templates import BUILTIN_PREFIX, builtin_templates, find_builtin
 from services.platform import errors
 from services.platform.auth import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, Principal
-from services.platform.pagination import PageTokens, page_size
+from services.platform.pagination import Page, PageTokens, keyset, paginate, position
 from services.platform.tiers import limits_for
 
 UPDATABLE_PATHS = frozenset(
@@ -71,12 +70,6 @@ class Store(Protocol):
 class Events(Protocol):
     async def publish(self, event: AgentEvent) -> None: ...
     def subscribe(self, tenant_id: str | None) -> AsyncIterator[AgentEvent]: ...
-
-
-@dataclasses.dataclass(frozen=True)
-class Page:
-    items: list[Any]
-    next_page_token: str
 
 
 def _require_reader(p: Principal) -> None:
@@ -141,18 +134,23 @@ class AgentService:
             raise errors.NotFound(f"agent {agent_id!r} not found", reason="AGENT_NOT_FOUND")
         return agent
 
-    async def list_agents(self, p: Principal, *, page_size_: int, page_token: str, state: str | None) -> Page:
+    async def list_agents(
+        self, p: Principal, *, page_size_: int, page_token: str, state: str | None
+    ) -> Page[Agent]:
         _require_reader(p)
-        size = page_size(page_size_)
-        scope = f"agents.list/{p.tenant_id}/{state or '*'}"
-        cursor = self._pages.decode(scope, page_token)
-        after = _keyset(cursor)
-        rows = await self._store.list_agents(p.tenant_id, state=state, after=after, limit=size + 1)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._pages.encode(scope, [rows[-1].create_time_us, rows[-1].id])
-        return Page(rows, token)
+
+        async def fetch(after: tuple[int, str] | None, limit: int) -> list[Agent]:
+            return await self._store.list_agents(p.tenant_id, state=state, after=after, limit=limit)
+
+        return await paginate(
+            self._pages,
+            ("agents.list", p.tenant_id, state or ""),
+            page_size=page_size_,
+            page_token=page_token,
+            parse=keyset,
+            fetch=fetch,
+            cursor_of=lambda a: [a.create_time_us, a.id],
+        )
 
     async def _versions_visible(self, p: Principal, agent_id: str) -> str | None:
         """The tenant scope for version reads; versions of a soft-deleted agent stay readable (audit)."""
@@ -163,21 +161,25 @@ class AgentService:
             raise errors.NotFound(f"agent {agent_id!r} not found", reason="AGENT_NOT_FOUND")
         return tenant
 
-    async def list_versions(self, p: Principal, agent_id: str, *, page_size_: int, page_token: str) -> Page:
+    async def list_versions(
+        self, p: Principal, agent_id: str, *, page_size_: int, page_token: str
+    ) -> Page[AgentVersion]:
         if p.is_service:
             raise errors.PermissionDenied("a service identity may read agents and versions by id only")
-        size = page_size(page_size_)
         await self._versions_visible(p, agent_id)
-        scope = f"agents.versions/{p.tenant_id}/{agent_id}"
-        cursor = self._pages.decode(scope, page_token)
-        if cursor is not None and not (isinstance(cursor, int) and cursor > 0):
-            raise errors.InvalidArgument.field("page_token", "is not a valid page token")
-        rows = await self._store.list_versions(p.tenant_id, agent_id, before=cursor, limit=size + 1)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._pages.encode(scope, rows[-1].version)
-        return Page(rows, token)
+
+        async def fetch(before: int | None, limit: int) -> list[AgentVersion]:
+            return await self._store.list_versions(p.tenant_id, agent_id, before=before, limit=limit)
+
+        return await paginate(
+            self._pages,
+            ("agents.versions", p.tenant_id, agent_id),
+            page_size=page_size_,
+            page_token=page_token,
+            parse=position,
+            fetch=fetch,
+            cursor_of=lambda v: v.version,
+        )
 
     async def get_version(self, p: Principal, agent_id: str, version: int) -> AgentVersion:
         if version <= 0:
@@ -505,31 +507,26 @@ class AgentService:
             raise errors.NotFound(f"template {template_id!r} not found", reason="TEMPLATE_NOT_FOUND")
         return found
 
-    async def list_templates(self, p: Principal, *, page_size_: int, page_token: str) -> Page:
+    async def list_templates(self, p: Principal, *, page_size_: int, page_token: str) -> Page[Template]:
         """Built-in templates first (by id), then the tenant's own (oldest first)."""
         _require_reader(p)
-        size = page_size(page_size_)
-        scope = f"agents.templates/{p.tenant_id}"
-        cursor = self._pages.decode(scope, page_token)
-        items: list[Template] = []
-        after: tuple[int, str] | None = None
-        if cursor is None or (isinstance(cursor, list) and cursor[:1] == ["b"]):
-            last = cursor[1] if cursor else ""
+
+        async def fetch(after: tuple[str, int, str] | None, limit: int) -> list[Template]:
+            if after is not None and after[0] == "t":
+                return await self._store.list_templates(p.tenant_id, after=after[1:], limit=limit)
+            last = after[2] if after else ""
             items = [t for t in sorted(builtin_templates(), key=lambda t: t.id) if t.id > last]
-        else:
-            after = _keyset(
-                cursor[1:] if isinstance(cursor, list) and cursor[:1] == ["t"] else None, strict=True
-            )
-        items += await self._store.list_templates(p.tenant_id, after=after, limit=size + 1)
-        token = ""
-        if len(items) > size:
-            items = items[:size]
-            last_item = items[-1]
-            token = self._pages.encode(
-                scope,
-                ["b", last_item.id] if last_item.builtin else ["t", last_item.create_time_us, last_item.id],
-            )
-        return Page(items, token)
+            return items + await self._store.list_templates(p.tenant_id, after=None, limit=limit)
+
+        return await paginate(
+            self._pages,
+            ("agents.templates", p.tenant_id),
+            page_size=page_size_,
+            page_token=page_token,
+            parse=_template_cursor,
+            fetch=fetch,
+            cursor_of=lambda t: ["b", t.id] if t.builtin else ["t", t.create_time_us, t.id],
+        )
 
     async def create_template(
         self, p: Principal, *, display_name: str, description: str, config: dict[str, Any], request_id: str
@@ -605,14 +602,10 @@ def _normalize_paths(paths: list[str]) -> list[str]:
     return list(dict.fromkeys(paths))
 
 
-def _keyset(cursor: Any, *, strict: bool = False) -> tuple[int, str] | None:
-    if cursor is None and not strict:
-        return None
-    if (
-        isinstance(cursor, list)
-        and len(cursor) == 2
-        and isinstance(cursor[0], int)
-        and isinstance(cursor[1], str)
-    ):
-        return (cursor[0], cursor[1])
-    raise errors.InvalidArgument.field("page_token", "is not a valid page token")
+def _template_cursor(cursor: Any) -> tuple[str, int, str]:
+    """("b", 0, id) after a built-in template, ("t", create_time_us, id) after a tenant's own."""
+    if isinstance(cursor, list) and cursor[:1] == ["b"] and len(cursor) == 2 and isinstance(cursor[1], str):
+        return ("b", 0, cursor[1])
+    if isinstance(cursor, list) and cursor[:1] == ["t"]:
+        return ("t", *keyset(cursor[1:]))
+    raise ValueError("not a template cursor")
