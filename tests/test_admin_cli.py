@@ -1,0 +1,187 @@
+"""`agentmesh admin` as an operator runs it (a subprocess), on the embedded data dir (SQLite, beside a
+running `agentmesh up`) and on PostgreSQL (DATABASE_URL, beside an identity served here): the tier
+is the operator's, and tokens issued after `set-tier` carry the new one. The tenant's own routes to
+the tier (gRPC UpdateTenant, HTTP PATCH /v1/tenant) are refused."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from agentmesh.identity.v1 import identity_service_pb2 as pb
+from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
+from services.identity.keys import private_pem
+from services.platform.settings import Settings
+from tests.embedded import BIN, run_embedded
+from tests.helpers import bearer
+
+PASSWORD = "operator-chosen-secret"
+
+
+def admin(
+    *args: str, env: dict[str, str] | None = None, stdin: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("AGENTMESH_") and k not in ("DATABASE_URL", "REDIS_URL")
+    }
+    return subprocess.run(
+        [str(BIN / "agentmesh"), "admin", *args],
+        env={**clean, **(env or {})},
+        input=stdin,
+        stdin=subprocess.DEVNULL if stdin is None else None,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def ok(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def tier_of(access_token: str) -> str:
+    return str(jwt.decode(access_token, options={"verify_signature": False})["tier"])
+
+
+def generated_password(stdout: str) -> str:
+    line = next(line for line in stdout.splitlines() if "shown once" in line)
+    return line.rsplit(" ", 1)[1]
+
+
+def test_embedded_data_dir(tmp_path: Path) -> None:
+    data = str(tmp_path / "data")
+    where = ("--data-dir", data)
+    # The operator creates the first tenant before `up` ever ran; the password comes from stdin.
+    ok(
+        admin(
+            "tenants", "create", "acme", "--tier", "free", "--owner", "alice", *where, stdin=PASSWORD + "\n"
+        )
+    )
+    # Without a piped password one is generated and printed once.
+    printed = ok(admin("tenants", "create", "beta", "--tier", "pro", "--owner", "bob", *where))
+    bob_password = generated_password(printed)
+    taken = admin("tenants", "create", "acme", "--tier", "pro", "--owner", "eve", *where, stdin=PASSWORD)
+    assert (taken.returncode, "taken" in taken.stderr) == (1, True)
+
+    with run_embedded(Path(data)) as running, grpc.insecure_channel(running.grpc_target) as channel:
+        stub = pb_grpc.IdentityServiceStub(channel)
+
+        def login(tenant: str, user: str, password: str) -> pb.LoginResponse:
+            return stub.Login(pb.LoginRequest(tenant=tenant, username=user, password=password), timeout=10)
+
+        alice = login("acme", "alice", PASSWORD)
+        assert tier_of(alice.tokens.access_token) == "free"
+        assert tier_of(login("beta", "bob", bob_password).tokens.access_token) == "pro"
+
+        # The owner's own routes to the tier: gRPC and HTTP through the gateway.
+        with pytest.raises(grpc.RpcError) as denied:
+            stub.UpdateTenant(
+                pb.UpdateTenantRequest(
+                    tenant=pb.Tenant(tier=pb.TIER_ENTERPRISE), update_mask={"paths": ["tier"]}
+                ),
+                metadata=bearer(alice.tokens.access_token),
+                timeout=10,
+            )
+        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+        patch = httpx.patch(
+            f"{running.http_url}/v1/tenant?updateMask=tier",
+            json={"tier": "TIER_ENTERPRISE"},
+            headers={"Authorization": f"Bearer {alice.tokens.access_token}"},
+            timeout=10,
+        )
+        assert patch.status_code == 403, patch.text
+        tenant = httpx.get(
+            f"{running.http_url}/v1/tenant",
+            headers={"Authorization": f"Bearer {alice.tokens.access_token}"},
+            timeout=10,
+        ).json()["tenant"]
+        assert tenant["tier"] == "TIER_FREE"
+
+        # The operator raises the tier while `up` runs; the next token carries it.
+        ok(admin("tenants", "set-tier", "acme", "enterprise", *where))
+        again = login("acme", "alice", PASSWORD)
+        assert tier_of(again.tokens.access_token) == "enterprise"
+        me = stub.WhoAmI(pb.WhoAmIRequest(), metadata=bearer(again.tokens.access_token), timeout=10)
+        assert me.tier == pb.TIER_ENTERPRISE
+
+        ok(admin("users", "reset-password", "acme", "alice", *where, stdin="a-brand-new-secret\n"))
+        with pytest.raises(grpc.RpcError) as old:
+            login("acme", "alice", PASSWORD)
+        assert old.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert login("acme", "alice", "a-brand-new-secret").user.username == "alice"
+
+    listed = ok(admin("tenants", "list", *where)).splitlines()
+    rows = {line.split()[0]: line.split()[1] for line in listed[1:]}
+    assert {"acme": "enterprise", "beta": "pro"}.items() <= rows.items()
+    assert "demo" in rows  # `up` seeded its demo tenant into the same database
+
+
+@pytest.fixture
+def settings(pg_url: str, redis_url: str, tmp_path: Path) -> Settings:
+    """The session's PostgreSQL and Redis, and a signing key, for an identity served here."""
+    from tests.conftest import _test_settings
+
+    key = tmp_path / "signing.pem"
+    key.write_bytes(private_pem(Ed25519PrivateKey.generate()))
+    base = _test_settings(pg_url, redis_url)
+    return dataclasses.replace(base, auth=dataclasses.replace(base.auth, signing_key_file=str(key)))
+
+
+async def test_postgresql(settings: Settings, serve: Callable[..., Any], pg_url: str, redis_url: str) -> None:
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url}
+    name = f"op-{uuid.uuid4().hex[:10]}"
+    ok(admin("tenants", "create", name, "--tier", "free", "--owner", "carol", env=env, stdin=PASSWORD))
+    running = await serve("identity")
+    stub = pb_grpc.IdentityServiceStub(running.channel)
+    signed_in = await stub.Login(pb.LoginRequest(tenant=name, username="carol", password=PASSWORD))
+    assert tier_of(signed_in.tokens.access_token) == "free"
+
+    assert "is on tier pro" in ok(admin("tenants", "set-tier", name, "pro", env=env))
+    refreshed = await stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=signed_in.tokens.refresh_token))
+    assert tier_of(refreshed.tokens.access_token) == "pro"
+    assert any(
+        line.split()[:2] == [name, "pro"] for line in ok(admin("tenants", "list", env=env)).splitlines()
+    )
+
+    # Reset: the password changes and the user's sessions end (the refresh token, and the access
+    # token through the revocation mark in the shared Redis).
+    ok(admin("users", "reset-password", name, "carol", env=env, stdin="carol-new-secret"))
+    with pytest.raises(grpc.aio.AioRpcError) as stale:
+        await stub.WhoAmI(pb.WhoAmIRequest(), metadata=bearer(refreshed.tokens.access_token))
+    assert stale.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    with pytest.raises(grpc.aio.AioRpcError) as spent:
+        await stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=refreshed.tokens.refresh_token))
+    assert spent.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    await stub.Login(pb.LoginRequest(tenant=name, username="carol", password="carol-new-secret"))
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code", "says"),
+    [
+        (("tenants", "list"), {}, 2, "DATABASE_URL is not set"),
+        (("tenants", "set-tier", "no-such-tenant", "pro"), None, 1, "not found"),
+        (("tenants", "set-tier", "x", "platinum"), None, 2, "invalid choice"),
+        (("tenants", "create", "Bad Name", "--tier", "pro", "--owner", "o"), None, 1, "name"),
+        (("users", "reset-password", "no-such-tenant", "o"), None, 1, "not found"),
+    ],
+)
+def test_refusals(
+    args: tuple[str, ...], env: dict[str, str] | None, code: int, says: str, pg_url: str, redis_url: str
+) -> None:
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url} if env is None else env
+    result = admin(*args, env=env, stdin="some-long-password")
+    assert (result.returncode, says in result.stderr) == (code, True), result.stderr
