@@ -29,17 +29,25 @@ class _Tier:
 class _TierEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Tier.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     TIER_UNSPECIFIED: _Tier.ValueType  # 0
+    """Not set; never sent."""
     TIER_FREE: _Tier.ValueType  # 1
+    """Where every tenant starts: the smallest limits."""
     TIER_PRO: _Tier.ValueType  # 2
+    """Larger limits."""
     TIER_ENTERPRISE: _Tier.ValueType  # 3
+    """The largest limits."""
 
 class Tier(_Tier, metaclass=_TierEnumTypeWrapper):
     """A tenant's tier sets the limits every service enforces (see the README's tier table)."""
 
 TIER_UNSPECIFIED: Tier.ValueType  # 0
+"""Not set; never sent."""
 TIER_FREE: Tier.ValueType  # 1
+"""Where every tenant starts: the smallest limits."""
 TIER_PRO: Tier.ValueType  # 2
+"""Larger limits."""
 TIER_ENTERPRISE: Tier.ValueType  # 3
+"""The largest limits."""
 Global___Tier: _TypeAlias = Tier  # noqa: Y015
 
 class _Role:
@@ -49,9 +57,13 @@ class _Role:
 class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     ROLE_UNSPECIFIED: _Role.ValueType  # 0
+    """Not set; never granted."""
     ROLE_OWNER: _Role.ValueType  # 1
+    """Everything within the tenant; the only role that may make owners. SignUp makes one."""
     ROLE_ADMIN: _Role.ValueType  # 2
+    """Manages users (not owners) and the tenant's agents and settings."""
     ROLE_MEMBER: _Role.ValueType  # 3
+    """Uses agents and sees their own conversations and sessions."""
     ROLE_SERVICE: _Role.ValueType  # 4
     """A mesh-internal caller: may read any tenant's resources, never write them."""
     ROLE_OPERATOR: _Role.ValueType  # 5
@@ -59,12 +71,17 @@ class _RoleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Role.ValueType],
     `agentmesh admin` on the database. No RPC grants it.
     """
 
-class Role(_Role, metaclass=_RoleEnumTypeWrapper): ...
+class Role(_Role, metaclass=_RoleEnumTypeWrapper):
+    """What a principal may do; carried in the access token's roles claim."""
 
 ROLE_UNSPECIFIED: Role.ValueType  # 0
+"""Not set; never granted."""
 ROLE_OWNER: Role.ValueType  # 1
+"""Everything within the tenant; the only role that may make owners. SignUp makes one."""
 ROLE_ADMIN: Role.ValueType  # 2
+"""Manages users (not owners) and the tenant's agents and settings."""
 ROLE_MEMBER: Role.ValueType  # 3
+"""Uses agents and sees their own conversations and sessions."""
 ROLE_SERVICE: Role.ValueType  # 4
 """A mesh-internal caller: may read any tenant's resources, never write them."""
 ROLE_OPERATOR: Role.ValueType  # 5
@@ -75,6 +92,8 @@ Global___Role: _TypeAlias = Role  # noqa: Y015
 
 @_typing.final
 class Tenant(_message.Message):
+    """An organisation using agentmesh: the unit of isolation, billing tier and limits."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -85,15 +104,25 @@ class Tenant(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Assigned by the service."""
     name: _builtins.str
-    """Unique, lower-case, used to log in: [a-z0-9][a-z0-9-]{1,62}."""
+    """Unique, lower-case, used to log in: [a-z0-9][a-z0-9-]{1,62}. Chosen at sign-up."""
     display_name: _builtins.str
+    """Shown to people; the one field UpdateTenant changes."""
     tier: Global___Tier.ValueType
+    """Set by the platform operator only."""
     etag: _builtins.str
+    """Changes with every update; send it back on update so that a concurrent change is ABORTED
+    instead of lost.
+    """
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the tenant signed up."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the tenant last changed."""
+
     def __init__(
         self,
         *,
@@ -115,6 +144,8 @@ Global___Tenant: _TypeAlias = Tenant  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):
+    """A person (or account) that logs in to one tenant."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ID_FIELD_NUMBER: _builtins.int
@@ -127,18 +158,31 @@ class User(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     id: _builtins.str
+    """Assigned by the service; names the user in UpdateUser."""
     tenant_id: _builtins.str
+    """The tenant the user belongs to."""
     username: _builtins.str
-    """Unique within the tenant: [a-z0-9][a-z0-9._-]{0,63}."""
+    """Unique within the tenant: [a-z0-9][a-z0-9._-]{0,63}. Chosen at creation."""
     display_name: _builtins.str
+    """Shown to people."""
     disabled: _builtins.bool
+    """A disabled user cannot log in and has no live sessions."""
     etag: _builtins.str
+    """Changes with every update; send it back on update or delete so that a concurrent change is
+    ABORTED instead of lost.
+    """
     @_builtins.property
-    def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]: ...
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
+        """What the user may do."""
+
     @_builtins.property
-    def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user was created."""
+
     @_builtins.property
-    def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    def update_time(self) -> _timestamp_pb2.Timestamp:
+        """When the user last changed."""
+
     def __init__(
         self,
         *,
@@ -162,6 +206,8 @@ Global___User: _TypeAlias = User  # noqa: Y015
 
 @_typing.final
 class AuthTokens(_message.Message):
+    """The tokens of a signed-in session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCESS_TOKEN_FIELD_NUMBER: _builtins.int
@@ -176,9 +222,13 @@ class AuthTokens(_message.Message):
     token_type: _builtins.str
     """Always "Bearer"."""
     @_builtins.property
-    def access_token_lifetime(self) -> _duration_pb2.Duration: ...
+    def access_token_lifetime(self) -> _duration_pb2.Duration:
+        """How long the access token is good for from now."""
+
     @_builtins.property
-    def refresh_token_lifetime(self) -> _duration_pb2.Duration: ...
+    def refresh_token_lifetime(self) -> _duration_pb2.Duration:
+        """How long the refresh token is good for from now."""
+
     def __init__(
         self,
         *,
@@ -198,6 +248,8 @@ Global___AuthTokens: _TypeAlias = AuthTokens  # noqa: Y015
 
 @_typing.final
 class SignUpRequest(_message.Message):
+    """A new tenant and its owner."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_NAME_FIELD_NUMBER: _builtins.int
@@ -206,9 +258,13 @@ class SignUpRequest(_message.Message):
     DISPLAY_NAME_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     tenant_name: _builtins.str
+    """The tenant's login name: [a-z0-9][a-z0-9-]{1,62}, unique."""
     username: _builtins.str
+    """The owner's username: [a-z0-9][a-z0-9._-]{0,63}."""
     password: _builtins.str
+    """The owner's password: 8 to 256 characters, not a common one."""
     display_name: _builtins.str
+    """The tenant's and the owner's display name."""
     request_id: _builtins.str
     """Makes a retry return the first answer instead of ALREADY_EXISTS."""
     def __init__(
@@ -230,17 +286,25 @@ Global___SignUpRequest: _TypeAlias = SignUpRequest  # noqa: Y015
 
 @_typing.final
 class SignUpResponse(_message.Message):
+    """The new tenant, its owner, and the owner's tokens."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     TOKENS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tenant(self) -> Global___Tenant: ...
+    def tenant(self) -> Global___Tenant:
+        """The created tenant, on TIER_FREE."""
+
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The owner."""
+
     @_builtins.property
-    def tokens(self) -> Global___AuthTokens: ...
+    def tokens(self) -> Global___AuthTokens:
+        """The owner's signed-in session."""
+
     def __init__(
         self,
         *,
@@ -258,6 +322,8 @@ Global___SignUpResponse: _TypeAlias = SignUpResponse  # noqa: Y015
 
 @_typing.final
 class LoginRequest(_message.Message):
+    """Credentials to sign in with."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
@@ -266,7 +332,9 @@ class LoginRequest(_message.Message):
     tenant: _builtins.str
     """The tenant's name."""
     username: _builtins.str
+    """The user's username within the tenant."""
     password: _builtins.str
+    """The user's password."""
     def __init__(
         self,
         *,
@@ -284,17 +352,25 @@ Global___LoginRequest: _TypeAlias = LoginRequest  # noqa: Y015
 
 @_typing.final
 class LoginResponse(_message.Message):
+    """A signed-in session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
     USER_FIELD_NUMBER: _builtins.int
     TENANT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tokens(self) -> Global___AuthTokens: ...
+    def tokens(self) -> Global___AuthTokens:
+        """The session's tokens."""
+
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user that signed in."""
+
     @_builtins.property
-    def tenant(self) -> Global___Tenant: ...
+    def tenant(self) -> Global___Tenant:
+        """The user's tenant."""
+
     def __init__(
         self,
         *,
@@ -312,10 +388,13 @@ Global___LoginResponse: _TypeAlias = LoginResponse  # noqa: Y015
 
 @_typing.final
 class RefreshTokenRequest(_message.Message):
+    """The refresh token to spend."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
+    """The refresh token of the last pair."""
     def __init__(
         self,
         *,
@@ -331,11 +410,15 @@ Global___RefreshTokenRequest: _TypeAlias = RefreshTokenRequest  # noqa: Y015
 
 @_typing.final
 class RefreshTokenResponse(_message.Message):
+    """The next pair of the session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tokens(self) -> Global___AuthTokens: ...
+    def tokens(self) -> Global___AuthTokens:
+        """A new access token and a new refresh token; the old refresh token is spent."""
+
     def __init__(
         self,
         *,
@@ -351,10 +434,13 @@ Global___RefreshTokenResponse: _TypeAlias = RefreshTokenResponse  # noqa: Y015
 
 @_typing.final
 class LogoutRequest(_message.Message):
+    """What to sign out."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     REFRESH_TOKEN_FIELD_NUMBER: _builtins.int
     refresh_token: _builtins.str
+    """The session's refresh token; may be empty when the call carries an access token."""
     def __init__(
         self,
         *,
@@ -370,6 +456,8 @@ Global___LogoutRequest: _TypeAlias = LogoutRequest  # noqa: Y015
 
 @_typing.final
 class LogoutResponse(_message.Message):
+    """Empty: the session is over."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -385,6 +473,8 @@ Global___LogoutResponse: _TypeAlias = LogoutResponse  # noqa: Y015
 
 @_typing.final
 class GetJwksRequest(_message.Message):
+    """Takes nothing: the keys are public."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -412,13 +502,19 @@ class JsonWebKey(_message.Message):
     ALG_FIELD_NUMBER: _builtins.int
     USE_FIELD_NUMBER: _builtins.int
     kty: _builtins.str
+    """Key type: "OKP" for the Ed25519 keys identity signs with."""
     crv: _builtins.str
+    """The curve, "Ed25519"."""
     x: _builtins.str
+    """The public key, base64url (RFC 8037)."""
     y: _builtins.str
     """EC keys only: an OKP (Ed25519) key has no `y` (RFC 8037), so it has presence and stays unset."""
     kid: _builtins.str
+    """The key id an access token's header names."""
     alg: _builtins.str
+    """The algorithm the key signs with, for example "EdDSA"."""
     use: _builtins.str
+    """Always "sig"."""
     def __init__(
         self,
         *,
@@ -442,11 +538,17 @@ Global___JsonWebKey: _TypeAlias = JsonWebKey  # noqa: Y015
 
 @_typing.final
 class GetJwksResponse(_message.Message):
+    """The JSON Web Key Set."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     KEYS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___JsonWebKey]: ...
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___JsonWebKey]:
+        """The current signing key and the previous keys still configured, so that tokens signed before
+        a rotation verify.
+        """
+
     def __init__(
         self,
         *,
@@ -462,6 +564,8 @@ Global___GetJwksResponse: _TypeAlias = GetJwksResponse  # noqa: Y015
 
 @_typing.final
 class WhoAmIRequest(_message.Message):
+    """Takes nothing: the caller is the access token's subject."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -477,6 +581,8 @@ Global___WhoAmIRequest: _TypeAlias = WhoAmIRequest  # noqa: Y015
 
 @_typing.final
 class WhoAmIResponse(_message.Message):
+    """Who the caller is, as the verified token says."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
@@ -484,12 +590,19 @@ class WhoAmIResponse(_message.Message):
     ROLES_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
     tier: Global___Tier.ValueType
+    """The tier in the caller's token."""
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The caller's user."""
+
     @_builtins.property
-    def tenant(self) -> Global___Tenant: ...
+    def tenant(self) -> Global___Tenant:
+        """The caller's tenant."""
+
     @_builtins.property
-    def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]: ...
+    def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
+        """The roles in the caller's token."""
+
     def __init__(
         self,
         *,
@@ -508,12 +621,16 @@ Global___WhoAmIResponse: _TypeAlias = WhoAmIResponse  # noqa: Y015
 
 @_typing.final
 class ChangePasswordRequest(_message.Message):
+    """The caller's current and new password."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     OLD_PASSWORD_FIELD_NUMBER: _builtins.int
     NEW_PASSWORD_FIELD_NUMBER: _builtins.int
     old_password: _builtins.str
+    """Must be the current password."""
     new_password: _builtins.str
+    """The password policy of SignUp; must differ from the old one."""
     def __init__(
         self,
         *,
@@ -530,6 +647,8 @@ Global___ChangePasswordRequest: _TypeAlias = ChangePasswordRequest  # noqa: Y015
 
 @_typing.final
 class ChangePasswordResponse(_message.Message):
+    """The caller's new session."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
@@ -552,6 +671,8 @@ Global___ChangePasswordResponse: _TypeAlias = ChangePasswordResponse  # noqa: Y0
 
 @_typing.final
 class IssueServiceTokenRequest(_message.Message):
+    """A mesh service's credential."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     SERVICE_NAME_FIELD_NUMBER: _builtins.int
@@ -576,11 +697,15 @@ Global___IssueServiceTokenRequest: _TypeAlias = IssueServiceTokenRequest  # noqa
 
 @_typing.final
 class IssueServiceTokenResponse(_message.Message):
+    """The service's token."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TOKENS_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tokens(self) -> Global___AuthTokens: ...
+    def tokens(self) -> Global___AuthTokens:
+        """An access token with ROLE_SERVICE; no refresh token."""
+
     def __init__(
         self,
         *,
@@ -596,6 +721,8 @@ Global___IssueServiceTokenResponse: _TypeAlias = IssueServiceTokenResponse  # no
 
 @_typing.final
 class CreateUserRequest(_message.Message):
+    """The user to add to the caller's tenant."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USERNAME_FIELD_NUMBER: _builtins.int
@@ -604,9 +731,13 @@ class CreateUserRequest(_message.Message):
     ROLES_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     username: _builtins.str
+    """[a-z0-9][a-z0-9._-]{0,63}, unique within the tenant."""
     password: _builtins.str
+    """The password policy of SignUp."""
     display_name: _builtins.str
+    """Shown to people."""
     request_id: _builtins.str
+    """A retry with the same request_id returns the first user and creates nothing."""
     @_builtins.property
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
         """Defaults to [ROLE_MEMBER]. Only an owner may create owners; ROLE_SERVICE and ROLE_OPERATOR
@@ -632,11 +763,15 @@ Global___CreateUserRequest: _TypeAlias = CreateUserRequest  # noqa: Y015
 
 @_typing.final
 class CreateUserResponse(_message.Message):
+    """The created user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user as stored."""
+
     def __init__(
         self,
         *,
@@ -652,10 +787,13 @@ Global___CreateUserResponse: _TypeAlias = CreateUserResponse  # noqa: Y015
 
 @_typing.final
 class GetUserRequest(_message.Message):
+    """Names the user to read."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The user's id."""
     def __init__(
         self,
         *,
@@ -671,11 +809,15 @@ Global___GetUserRequest: _TypeAlias = GetUserRequest  # noqa: Y015
 
 @_typing.final
 class GetUserResponse(_message.Message):
+    """The requested user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user."""
+
     def __init__(
         self,
         *,
@@ -691,6 +833,8 @@ Global___GetUserResponse: _TypeAlias = GetUserResponse  # noqa: Y015
 
 @_typing.final
 class ListUsersRequest(_message.Message):
+    """A page of the tenant's users."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
@@ -699,7 +843,9 @@ class ListUsersRequest(_message.Message):
     page_size: _builtins.int
     """0 means the default (50); larger than 1000 is clamped; negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
+    """A next_page_token from the previous page, with the same filter; empty for the first page."""
     include_disabled: _builtins.bool
+    """Also list disabled users."""
     def __init__(
         self,
         *,
@@ -717,13 +863,18 @@ Global___ListUsersRequest: _TypeAlias = ListUsersRequest  # noqa: Y015
 
 @_typing.final
 class ListUsersResponse(_message.Message):
+    """One page of users."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USERS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
+    """Pass as page_token for the next page; empty on the last page."""
     @_builtins.property
-    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]: ...
+    def users(self) -> _containers.RepeatedCompositeFieldContainer[Global___User]:
+        """The page's users."""
+
     def __init__(
         self,
         *,
@@ -740,6 +891,8 @@ Global___ListUsersResponse: _TypeAlias = ListUsersResponse  # noqa: Y015
 
 @_typing.final
 class UpdateUserRequest(_message.Message):
+    """The changes to make to a user."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
@@ -749,7 +902,9 @@ class UpdateUserRequest(_message.Message):
         """user.id names the user; user.etag, when set, must match."""
 
     @_builtins.property
-    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of user to apply; the others are ignored."""
+
     def __init__(
         self,
         *,
@@ -766,11 +921,15 @@ Global___UpdateUserRequest: _TypeAlias = UpdateUserRequest  # noqa: Y015
 
 @_typing.final
 class UpdateUserResponse(_message.Message):
+    """The user after the update."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def user(self) -> Global___User: ...
+    def user(self) -> Global___User:
+        """The user as stored."""
+
     def __init__(
         self,
         *,
@@ -786,12 +945,16 @@ Global___UpdateUserResponse: _TypeAlias = UpdateUserResponse  # noqa: Y015
 
 @_typing.final
 class DeleteUserRequest(_message.Message):
+    """Names the user to delete."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     USER_ID_FIELD_NUMBER: _builtins.int
     ETAG_FIELD_NUMBER: _builtins.int
     user_id: _builtins.str
+    """The user's id."""
     etag: _builtins.str
+    """When set, must match the user's current etag."""
     def __init__(
         self,
         *,
@@ -808,6 +971,8 @@ Global___DeleteUserRequest: _TypeAlias = DeleteUserRequest  # noqa: Y015
 
 @_typing.final
 class DeleteUserResponse(_message.Message):
+    """Empty: the user is gone and their sessions are over."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -823,6 +988,8 @@ Global___DeleteUserResponse: _TypeAlias = DeleteUserResponse  # noqa: Y015
 
 @_typing.final
 class GetTenantRequest(_message.Message):
+    """Takes nothing: the tenant is the caller's."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     def __init__(
@@ -838,11 +1005,15 @@ Global___GetTenantRequest: _TypeAlias = GetTenantRequest  # noqa: Y015
 
 @_typing.final
 class GetTenantResponse(_message.Message):
+    """The caller's tenant."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tenant(self) -> Global___Tenant: ...
+    def tenant(self) -> Global___Tenant:
+        """The tenant."""
+
     def __init__(
         self,
         *,
@@ -858,6 +1029,8 @@ Global___GetTenantResponse: _TypeAlias = GetTenantResponse  # noqa: Y015
 
 @_typing.final
 class UpdateTenantRequest(_message.Message):
+    """The changes to make to the caller's tenant."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
@@ -867,7 +1040,9 @@ class UpdateTenantRequest(_message.Message):
         """tenant.etag, when set, must match."""
 
     @_builtins.property
-    def update_mask(self) -> _field_mask_pb2.FieldMask: ...
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields of tenant to apply (display_name); the others are ignored."""
+
     def __init__(
         self,
         *,
@@ -884,11 +1059,15 @@ Global___UpdateTenantRequest: _TypeAlias = UpdateTenantRequest  # noqa: Y015
 
 @_typing.final
 class UpdateTenantResponse(_message.Message):
+    """The tenant after the update."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     TENANT_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def tenant(self) -> Global___Tenant: ...
+    def tenant(self) -> Global___Tenant:
+        """The tenant as stored."""
+
     def __init__(
         self,
         *,

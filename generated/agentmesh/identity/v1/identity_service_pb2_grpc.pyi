@@ -58,9 +58,11 @@ class IdentityServiceStub:
     IssueServiceToken: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.IssueServiceTokenRequest, _identity_service_pb2.IssueServiceTokenResponse]
     """Exchanges a service credential for a service token (role SERVICE). Internal: no HTTP route."""
     CreateUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.CreateUserRequest, _identity_service_pb2.CreateUserResponse]
-    """Tenant administration: owner and admin only."""
+    """Tenant administration: owner and admin only. Adds a user to the caller's tenant."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.GetUserRequest, _identity_service_pb2.GetUserResponse]
+    """Reads one user of the caller's tenant."""
     ListUsers: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.ListUsersRequest, _identity_service_pb2.ListUsersResponse]
+    """Pages through the users of the caller's tenant."""
     UpdateUser: _grpc.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateUserRequest, _identity_service_pb2.UpdateUserResponse]
     """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions. Fields
     outside the mask are ignored; output-only fields (id aside, which names the user) cannot be
@@ -105,9 +107,11 @@ class IdentityServiceAsyncStub(IdentityServiceStub):
     IssueServiceToken: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.IssueServiceTokenRequest, _identity_service_pb2.IssueServiceTokenResponse]  # type: ignore[assignment]
     """Exchanges a service credential for a service token (role SERVICE). Internal: no HTTP route."""
     CreateUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.CreateUserRequest, _identity_service_pb2.CreateUserResponse]  # type: ignore[assignment]
-    """Tenant administration: owner and admin only."""
+    """Tenant administration: owner and admin only. Adds a user to the caller's tenant."""
     GetUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.GetUserRequest, _identity_service_pb2.GetUserResponse]  # type: ignore[assignment]
+    """Reads one user of the caller's tenant."""
     ListUsers: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.ListUsersRequest, _identity_service_pb2.ListUsersResponse]  # type: ignore[assignment]
+    """Pages through the users of the caller's tenant."""
     UpdateUser: _aio.UnaryUnaryMultiCallable[_identity_service_pb2.UpdateUserRequest, _identity_service_pb2.UpdateUserResponse]  # type: ignore[assignment]
     """Field mask paths: display_name, roles, disabled. Disabling a user ends their sessions. Fields
     outside the mask are ignored; output-only fields (id aside, which names the user) cannot be
@@ -203,21 +207,23 @@ class IdentityServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _identity_service_pb2.CreateUserRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_identity_service_pb2.CreateUserResponse, _abc.Awaitable[_identity_service_pb2.CreateUserResponse]]:
-        """Tenant administration: owner and admin only."""
+        """Tenant administration: owner and admin only. Adds a user to the caller's tenant."""
 
     @_abc_1.abstractmethod
     def GetUser(
         self,
         request: _identity_service_pb2.GetUserRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_service_pb2.GetUserResponse, _abc.Awaitable[_identity_service_pb2.GetUserResponse]]: ...
+    ) -> _typing.Union[_identity_service_pb2.GetUserResponse, _abc.Awaitable[_identity_service_pb2.GetUserResponse]]:
+        """Reads one user of the caller's tenant."""
 
     @_abc_1.abstractmethod
     def ListUsers(
         self,
         request: _identity_service_pb2.ListUsersRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_identity_service_pb2.ListUsersResponse, _abc.Awaitable[_identity_service_pb2.ListUsersResponse]]: ...
+    ) -> _typing.Union[_identity_service_pb2.ListUsersResponse, _abc.Awaitable[_identity_service_pb2.ListUsersResponse]]:
+        """Pages through the users of the caller's tenant."""
 
     @_abc_1.abstractmethod
     def UpdateUser(
