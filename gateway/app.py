@@ -201,6 +201,15 @@ def _apply_last_event_id(message: Any, raw: str | None) -> None:
         message.after_event_id = int(raw.strip())
 
 
+def _demo_sign_in() -> dict[str, Any]:
+    """The demo tenant and users `agentmesh up` creates, for the chat page to prefill."""
+    # Imported here: only the embedded mode, where identity runs in this process, has demo data.
+    from services.identity.demo import DEMO_TENANT, DEMO_USERS
+
+    users = [{"username": name, "password": password} for name, password, _, _ in DEMO_USERS]
+    return {"tenant": DEMO_TENANT, "users": users}
+
+
 def create_app(
     settings: Settings,
     *,
@@ -229,6 +238,11 @@ def create_app(
 
     async def openapi_json(_: Request) -> Response:
         return JSONResponse(gateway.openapi())
+
+    page_config = {"demo": _demo_sign_in() if settings.embedded else None}
+
+    async def page(_: Request) -> Response:
+        return JSONResponse(page_config, headers={"Cache-Control": "no-cache"})
 
     async def route_table(_: Request) -> Response:
         return JSONResponse({"routes": [routes.describe(r) for r in gateway.routes]})
@@ -260,6 +274,7 @@ def create_app(
             Route("/readyz", readyz, methods=["GET"]),
             Route("/openapi.json", openapi_json, methods=["GET"]),
             Route("/v1/_routes", route_table, methods=["GET"]),
+            Route("/v1/_page", page, methods=["GET"]),
             WebSocketRoute("/v1/ws", gateway.chat.endpoint),
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
             Route("/{path:path}", gateway, methods=verbs),

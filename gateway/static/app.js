@@ -96,6 +96,7 @@ class ChatSocket {
     if (this.ws) this.ws.close(1000);
   }
   receive(m) {
+    if (this.closedByUs) return; // a frame already in flight when the user signed out
     if (m.type === "system_event" && m.event === "connected") {
       this.backoff = 500;
       $("#socket-state").textContent = "online";
@@ -145,7 +146,7 @@ function setRunning(runId) {
 
 function onSocketMessage(m) {
   if (m.type === "error") {
-    toast(`${m.error_code}: ${m.error_message}` + (m.details?.retry_after ? ` (retry in ${m.details.retry_after}s)` : ""));
+    toast(`${m.error_code}: ${m.error_message}` + (m.retry_after ? ` (retry in ${m.retry_after}s)` : ""));
     return;
   }
   if (current && m.session_id && m.session_id !== current.id) return;
@@ -175,9 +176,10 @@ function onSocketMessage(m) {
 }
 
 async function loadAgents() {
+  const { agents } = await api.call("AgentService.ListAgents", { pageSize: 100 });
+  if (!api.token()) return; // signed out while the list was on its way
   const list = $("#agents");
   list.textContent = "";
-  const { agents } = await api.call("AgentService.ListAgents", { pageSize: 100 });
   for (const a of agents) {
     const li = document.createElement("li");
     const b = document.createElement("button");
@@ -213,10 +215,25 @@ async function showSession() {
     conversationId: current.conversationId,
     pageSize: 200,
   });
+  if (!api.token()) return;
   for (const m of messages) {
     const el = bubble(m.role === "MESSAGE_ROLE_USER" ? "user" : "assistant", m.content);
     if (m.metadata?.partial === "true") el.classList.add("partial");
   }
+}
+
+// Empties everything a signed-in user saw, so the next person at this browser sees nothing of it.
+function clearView() {
+  $("#agents").textContent = "";
+  $("#messages").textContent = "";
+  bubbles.clear();
+  setRunning(null);
+  $("#chat-title").textContent = "Pick an agent to start a session";
+  $("#chat-form").reset();
+  $("#chat-form input").disabled = true;
+  $("#send").disabled = true;
+  $("#create-agent").reset();
+  $("#signin-form").reset();
 }
 
 function signOut(reason) {
@@ -224,6 +241,7 @@ function signOut(reason) {
   if (socket) socket.close();
   socket = null;
   current = null;
+  clearView();
   $("#app-view").hidden = true;
   $("#signin-view").hidden = false;
   $("#signout").hidden = true;
@@ -247,8 +265,21 @@ async function enter() {
   }
 }
 
+// The embedded mode (agentmesh up) publishes its demo sign-in; a production gateway publishes none.
+async function loadPage() {
+  const { demo } = await (await fetch("/v1/_page")).json();
+  if (!demo) return;
+  const form = $("#signin-form");
+  form.tenant.defaultValue = demo.tenant;
+  form.username.defaultValue = demo.users[0].username;
+  const hint = $("#demo-hint");
+  hint.textContent =
+    `Demo (agentmesh up): tenant ${demo.tenant}, ` + demo.users.map((u) => `${u.username} / ${u.password}`).join(" or ");
+  hint.hidden = false;
+}
+
 document.addEventListener("DOMContentLoaded", async () => {
-  await api.load();
+  await Promise.all([api.load(), loadPage()]);
   $("#signin-form").onsubmit = async (e) => {
     e.preventDefault();
     const f = new FormData(e.target);
@@ -260,6 +291,7 @@ document.addEventListener("DOMContentLoaded", async () => {
       });
       store.setItem("token", reply.tokens.accessToken);
       store.setItem("user", f.get("username") + " @ " + f.get("tenant"));
+      e.target.reset(); // no password left in the page
       await enter();
     } catch (err) {
       toast(err.message);

@@ -32,6 +32,10 @@ async def test_newcomer_signs_in_creates_an_agent_and_chats(tmp_path: pathlib.Pa
                 console_errors: list[str] = []
                 page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
                 await page.goto(up.http_url + "/")
+                # The embedded mode prefills its demo tenant and user and says how to sign in.
+                await expect(page.locator("input[name=tenant]")).to_have_value("demo")
+                await expect(page.locator("input[name=username]")).to_have_value("user_1")
+                await expect(page.locator("#demo-hint")).to_contain_text("user_1 / 1234")
                 await page.fill("input[name=password]", "1234")
                 await page.click("#signin-form button[type=submit]")
                 await expect(page.locator("#socket-state")).to_have_text("online")

@@ -1,5 +1,6 @@
 """The chat page in Debian's chromium (headless, driven by Playwright): sign in, create an agent,
-chat with the answer streaming in, reload and see the history. Screenshot: test-artifacts/."""
+chat with the answer streaming in, reload and see the history, sign out and see nothing of it.
+Screenshots: test-artifacts/."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def chromium() -> str:
     return CHROMIUM
 
 
-async def test_sign_in_create_agent_chat_reload_history(live: Any, fakes: Any, chromium: str) -> None:
+async def test_sign_in_chat_reload_history_and_sign_out(live: Any, fakes: Any, chromium: str) -> None:
     from playwright.async_api import async_playwright, expect
 
     fakes.orchestration.delay = 0.05  # slow enough to watch it stream
@@ -44,6 +45,14 @@ async def test_sign_in_create_agent_chat_reload_history(live: Any, fakes: Any, c
             console_errors: list[str] = []
             page.on("console", lambda m: console_errors.append(m.text) if m.type == "error" else None)
             await page.goto(f"http://127.0.0.1:{port}/")
+            # Not the embedded mode: no demo credentials, and nothing behind the sign-in form.
+            await expect(page.locator("#signin-view")).to_be_visible()
+            await expect(page.locator("#app-view")).to_be_hidden()
+            await expect(page.locator("input[name=tenant]")).to_have_value("")
+            await expect(page.locator("input[name=username]")).to_have_value("")
+            await expect(page.locator("#demo-hint")).to_be_hidden()
+            await page.fill("input[name=tenant]", "demo")
+            await page.fill("input[name=username]", "user_1")
             await page.fill("input[name=password]", "1234")
             await page.click("#signin-form button[type=submit]")
             await expect(page.locator("#socket-state")).to_have_text("online")
@@ -67,6 +76,20 @@ async def test_sign_in_create_agent_chat_reload_history(live: Any, fakes: Any, c
             await expect(page.locator(".msg.user")).to_have_text([question])
             await expect(page.locator(".msg.assistant")).to_have_text([f"echo: {question}"])
             await page.screenshot(path=str(ARTIFACTS / "gateway-chat-reloaded.png"), full_page=True)
+
+            await page.click("#signout")
+            await expect(page.locator("#signin-view")).to_be_visible()
+            await expect(page.locator("#app-view")).to_be_hidden()
+            # Gone from the DOM, not only hidden: the next person at this browser sees nothing.
+            await expect(page.locator("#agents li")).to_have_count(0)
+            await expect(page.locator(".msg")).to_have_count(0)
+            await expect(page.locator("input[name=password]")).to_have_value("")
+            html = await page.content()
+            assert question not in html and "Browser agent" not in html
+            await page.screenshot(path=str(ARTIFACTS / "gateway-signed-out.png"), full_page=True)
+            await page.reload()
+            await expect(page.locator("#app-view")).to_be_hidden()
+            assert question not in await page.content()
             assert not console_errors, console_errors
         finally:
             await browser.close()

@@ -1,7 +1,9 @@
-"""/openapi.json and /v1/_routes come from the descriptors; a new RPC appears with no gateway code."""
+"""/openapi.json and /v1/_routes come from the descriptors; a new RPC appears with no gateway code.
+/v1/_page tells the chat page its mode."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Any
 
@@ -10,7 +12,7 @@ from google.api import annotations_pb2
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from openapi_spec_validator import validate
 
-from gateway import openapi
+from gateway import create_app, openapi
 from gateway.routes import discover, routes_from_files
 
 
@@ -110,3 +112,13 @@ def test_a_new_rpc_gets_a_route_and_an_openapi_entry() -> None:
     ping = doc["paths"]["/v1/pings/{name}"]
     assert [p["name"] for p in ping["parameters"] + ping["get"]["parameters"]] == ["name", "count"]
     assert message_factory.GetMessageClass(file.message_types_by_name["PingRequest"])
+
+
+async def test_page_config_has_demo_credentials_only_in_the_embedded_mode(
+    client: httpx.AsyncClient, settings: Any, upstream: Any
+) -> None:
+    assert (await client.get("/v1/_page")).json() == {"demo": None}
+    embedded = create_app(dataclasses.replace(settings, embedded=True), channels={"*": upstream.channel})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=embedded), base_url="http://gw") as c:
+        demo = (await c.get("/v1/_page")).json()["demo"]
+    assert demo["tenant"] == "demo" and demo["users"][0] == {"username": "user_1", "password": "1234"}
