@@ -47,19 +47,11 @@ class MessageSearch:
 
     async def search(
         self, scope: Scope, query: str, *, agent_id: str, after: list[Any] | None, limit: int
-    ) -> tuple[list[SearchHit], list[Any] | None]:
-        """A page of hits and the cursor after its last hit (None when the page is the last)."""
-        if self.engine.dialect.name == "postgresql":
-            hits, cursors = await self._postgres(
-                scope, query, agent_id=agent_id, after=after, limit=limit + 1
-            )
-        else:
-            hits, cursors = await self._substring(
-                scope, query, agent_id=agent_id, after=after, limit=limit + 1
-            )
-        if len(hits) > limit:
-            return hits[:limit], cursors[limit - 1]
-        return hits, None
+    ) -> list[tuple[SearchHit, list[Any]]]:
+        """Up to `limit` hits after the cursor, each with its own cursor."""
+        read = self._postgres if self.engine.dialect.name == "postgresql" else self._substring
+        hits, cursors = await read(scope, query, agent_id=agent_id, after=after, limit=limit)
+        return list(zip(hits, cursors, strict=True))
 
     async def _postgres(
         self, scope: Scope, query: str, *, agent_id: str, after: list[Any] | None, limit: int

@@ -8,7 +8,8 @@ only their own; anything outside that is NOT_FOUND, exactly like a conversation 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 from services.conversation import validation
 from services.conversation.context_window import WindowBuilder
@@ -32,10 +33,13 @@ from services.conversation.store import (
 )
 from services.conversation.tokens import TokenCounter
 from services.conversation.validation import Violations
-from services.platform import errors, pagination, tiers
+from services.platform import errors, tiers
 from services.platform.auth import Principal
 from services.platform.errors import Violation
-from services.platform.pagination import PageTokens
+from services.platform.pagination import Page, PageTokens, keyset, paginate, position
+
+# A search page is ranked and gets a snippet per hit: a smaller ceiling than other listings.
+SEARCH_MAX_PAGE_SIZE = 100
 
 
 def _not_found(conversation_id: str) -> errors.NotFound:
@@ -135,40 +139,33 @@ class ConversationService:
         status: str = "",
         start_time: int = 0,
         end_time: int = 0,
-    ) -> tuple[list[Conversation], str]:
-        size = pagination.page_size(page_size)
+    ) -> Page[Conversation]:
         if start_time and end_time and end_time <= start_time:
             raise errors.InvalidArgument.field("end_time", "must be after start_time")
         scope = self.scope(principal)
-        token_scope = "|".join(
-            [
-                "conv.list",
-                scope.tenant_id,
-                scope.user_id or "*",
-                agent_id,
-                user_id,
-                status,
-                str(start_time),
-                str(end_time),
-            ]
+
+        async def fetch(after: tuple[int, str] | None, limit: int) -> list[Conversation]:
+            # A member's user filter narrows their own scope: another user's id simply matches nothing.
+            return await self.store.list_conversations(
+                scope,
+                agent_id=agent_id,
+                user_id=user_id,
+                status=status,
+                start_time=start_time,
+                end_time=end_time,
+                after=after,
+                limit=limit,
+            )
+
+        return await paginate(
+            self.page_tokens,
+            ("conv.list", scope.tenant_id, scope.user_id, agent_id, user_id, status, start_time, end_time),
+            page_size=page_size,
+            page_token=page_token,
+            parse=keyset,
+            fetch=fetch,
+            cursor_of=lambda c: [c.create_time, c.id],
         )
-        cursor = self.page_tokens.decode(token_scope, page_token)
-        after = (int(cursor[0]), str(cursor[1])) if cursor else None
-        # A member's user filter narrows their own scope: another user's id simply matches nothing.
-        rows = await self.store.list_conversations(
-            scope,
-            agent_id=agent_id,
-            user_id=user_id,
-            status=status,
-            start_time=start_time,
-            end_time=end_time,
-            after=after,
-            limit=size + 1,
-        )
-        if len(rows) <= size:
-            return rows, ""
-        last = rows[size - 1]
-        return rows[:size], self.page_tokens.encode(token_scope, [last.create_time, last.id])
 
     async def close_conversation(self, principal: Principal, conversation_id: str) -> Conversation:
         validation.require_id(conversation_id, "conversation_id")
@@ -228,27 +225,33 @@ class ConversationService:
         before_sequence: int = 0,
         after_sequence: int = 0,
         descending: bool = False,
-    ) -> tuple[list[Message], str]:
+    ) -> Page[Message]:
         v = Violations()
         v.check(before_sequence >= 0, "before_sequence", "must not be negative")
         v.check(after_sequence >= 0, "after_sequence", "must not be negative")
         v.raise_if_any()
-        size = pagination.page_size(page_size)
         conversation = await self._visible(principal, conversation_id)
-        token_scope = f"msg.list|{conversation.id}|{before_sequence}|{after_sequence}|{int(descending)}"
-        cursor = self.page_tokens.decode(token_scope, page_token)
-        after, before = after_sequence, before_sequence
-        if cursor is not None:
-            if descending:
-                before = int(cursor)
-            else:
-                after = int(cursor)
-        rows = await self.store.list_messages(
-            conversation.id, after=after, before=before, descending=descending, limit=size + 1
+
+        async def fetch(cursor: int | None, limit: int) -> list[Message]:
+            after, before = after_sequence, before_sequence
+            if cursor is not None:
+                if descending:
+                    before = cursor
+                else:
+                    after = cursor
+            return await self.store.list_messages(
+                conversation.id, after=after, before=before, descending=descending, limit=limit
+            )
+
+        return await paginate(
+            self.page_tokens,
+            ("msg.list", conversation.id, before_sequence, after_sequence, descending),
+            page_size=page_size,
+            page_token=page_token,
+            parse=position,
+            fetch=fetch,
+            cursor_of=lambda m: m.sequence,
         )
-        if len(rows) <= size:
-            return rows, ""
-        return rows[:size], self.page_tokens.encode(token_scope, rows[size - 1].sequence)
 
     # -- context -------------------------------------------------------------------------------
 
@@ -275,7 +278,7 @@ class ConversationService:
             await history.aclose()
         return builder.result(last_sequence=conversation.message_count, conversation_id=conversation.id)
 
-    async def history(self, conversation: Conversation) -> AsyncIterator[Message]:
+    async def history(self, conversation: Conversation) -> AsyncGenerator[Message]:
         """The conversation's messages newest first, read lazily: the hot window, then PostgreSQL in
         bounded pages. The consumer stops when its budget is full, so the cost follows the budget,
         not the length of the history."""
@@ -320,7 +323,7 @@ class ConversationService:
 
     async def search(
         self, principal: Principal, query: str, *, page_size: int, page_token: str, agent_id: str = ""
-    ) -> tuple[list[SearchHit], str]:
+    ) -> Page[SearchHit]:
         v = Violations()
         v.check(bool(query.strip()), "query", "is required")
         v.check(
@@ -329,16 +332,22 @@ class ConversationService:
             f"must be at most {validation.MAX_QUERY_CHARS} characters",
         )
         v.raise_if_any()
-        size = pagination.page_size(page_size, maximum=100)
         scope = self.scope(principal)
-        token_scope = f"conv.search|{scope.tenant_id}|{scope.user_id or '*'}|{agent_id}|{query}"
-        cursor = self.page_tokens.decode(token_scope, page_token)
-        if cursor is not None and not (isinstance(cursor, list) and len(cursor) == 2):
-            raise errors.InvalidArgument.field("page_token", "is not a valid page token")
-        hits, next_cursor = await self.search_index.search(
-            scope, query, agent_id=agent_id, after=cursor, limit=size
+
+        async def fetch(after: list[Any] | None, limit: int) -> list[tuple[SearchHit, list[Any]]]:
+            return await self.search_index.search(scope, query, agent_id=agent_id, after=after, limit=limit)
+
+        page = await paginate(
+            self.page_tokens,
+            ("conv.search", scope.tenant_id, scope.user_id, agent_id, query),
+            page_size=page_size,
+            page_token=page_token,
+            parse=_search_cursor,
+            fetch=fetch,
+            cursor_of=lambda pair: pair[1],
+            maximum=SEARCH_MAX_PAGE_SIZE,
         )
-        return hits, self.page_tokens.encode(token_scope, next_cursor) if next_cursor else ""
+        return Page([hit for hit, _ in page.items], page.next_page_token)
 
     async def tenant_stats(self, principal: Principal, *, start_time: int, end_time: int) -> TenantStats:
         if start_time and end_time and end_time <= start_time:
@@ -359,3 +368,10 @@ class ConversationService:
             )
         await self.store.set_retention_days(principal.tenant_id, days, now=self._now())
         return days
+
+
+def _search_cursor(cursor: Any) -> list[Any]:
+    """(score, id) on PostgreSQL, (create_time, id) on SQLite: the search index reads either."""
+    if isinstance(cursor, list) and len(cursor) == 2 and isinstance(cursor[1], str):
+        return cursor
+    raise ValueError("not a search cursor")

@@ -105,7 +105,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         return pb.GetConversationResponse(conversation=conversation_pb(conversation))
 
     async def ListConversations(self, request, context):  # type: ignore[no-untyped-def]
-        rows, token = await self.service.list_conversations(
+        page = await self.service.list_conversations(
             principal(),
             page_size=request.page_size,
             page_token=request.page_token,
@@ -116,7 +116,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             end_time=_micros(request, "end_time"),
         )
         return pb.ListConversationsResponse(
-            conversations=[conversation_pb(c) for c in rows], next_page_token=token
+            conversations=[conversation_pb(c) for c in page.items], next_page_token=page.next_page_token
         )
 
     async def CloseConversation(self, request, context):  # type: ignore[no-untyped-def]
@@ -149,7 +149,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             pb.SORT_ORDER_DESCENDING,
         ):
             raise errors.InvalidArgument.field("order", "is not a known sort order")
-        rows, token = await self.service.list_messages(
+        page = await self.service.list_messages(
             principal(),
             request.conversation_id,
             page_size=request.page_size,
@@ -158,7 +158,9 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             after_sequence=request.after_sequence,
             descending=request.order == pb.SORT_ORDER_DESCENDING,
         )
-        return pb.ListMessagesResponse(messages=[message_pb(m) for m in rows], next_page_token=token)
+        return pb.ListMessagesResponse(
+            messages=[message_pb(m) for m in page.items], next_page_token=page.next_page_token
+        )
 
     async def GetContext(self, request, context):  # type: ignore[no-untyped-def]
         window = await self.service.get_context(
@@ -178,7 +180,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         )
 
     async def SearchConversations(self, request, context):  # type: ignore[no-untyped-def]
-        hits, token = await self.service.search(
+        page = await self.service.search(
             principal(),
             request.query,
             page_size=request.page_size,
@@ -193,9 +195,9 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
                     snippet=h.snippet,
                     score=h.score,
                 )
-                for h in hits
+                for h in page.items
             ],
-            next_page_token=token,
+            next_page_token=page.next_page_token,
         )
 
     async def GetTenantStats(self, request, context):  # type: ignore[no-untyped-def]

@@ -91,7 +91,7 @@ def position(cursor: Any) -> int:
 
 async def paginate(
     tokens: PageTokens,
-    scope: Sequence[str | int | bool],
+    scope: Sequence[str | int | bool | None],
     *,
     page_size: int,
     page_token: str,

@@ -42,17 +42,18 @@ async def test_sqlite_migration_append_context_and_search(tmp_path):
 
         window = await service.get_context(alice, conv.id, token_budget=1000, system_prompt="")
         assert [m.sequence for m in window.messages] == [1, 2, 3]
-        hits, _ = await service.search(alice, "HELLO", page_size=10, page_token="")
+        hits = (await service.search(alice, "HELLO", page_size=10, page_token="")).items
         assert sorted(h.message.sequence for h in hits) == [1, 3]
         assert all(h.conversation.tenant_id == "t1" for h in hits)
         # LIKE wildcards in the query are matched literally.
-        hits, _ = await service.search(alice, "100%", page_size=10, page_token="")
+        hits = (await service.search(alice, "100%", page_size=10, page_token="")).items
         assert [h.snippet for h in hits] == ["Hello [[100%]] World"]
-        hits, _ = await service.search(alice, "_", page_size=10, page_token="")
+        hits = (await service.search(alice, "_", page_size=10, page_token="")).items
         assert hits == []
-        page1, token = await service.search(alice, "hello", page_size=1, page_token="")
-        page2, token2 = await service.search(alice, "hello", page_size=1, page_token=token)
-        assert len(page1) == len(page2) == 1 and page1[0].message.id != page2[0].message.id and token2 == ""
+        page1 = await service.search(alice, "hello", page_size=1, page_token="")
+        page2 = await service.search(alice, "hello", page_size=1, page_token=page1.next_page_token)
+        assert len(page1.items) == len(page2.items) == 1 and page2.next_page_token == ""
+        assert page1.items[0].message.id != page2.items[0].message.id
         stats = await service.tenant_stats(alice, start_time=0, end_time=0)
         assert stats.totals.messages == 3 and stats.totals.conversations == 1
     finally:
