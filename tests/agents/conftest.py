@@ -11,7 +11,6 @@ import pytest
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from agentmesh.agents.v1 import agents_service_pb2_grpc as pb_grpc
-from services.platform import errors
 from tests.helpers import bearer
 
 
@@ -47,13 +46,3 @@ def make_caller(keys):
 def agent(name: str = "Helper", **config: Any) -> pb.Agent:
     config.setdefault("model", "echo:default")
     return pb.Agent(display_name=name, config=pb.AgentConfig(**config))
-
-
-async def fails(call, code: grpc.StatusCode) -> errors.AgentmeshError:
-    """Awaits `call`, asserts it failed with `code`, returns the typed error (details included)."""
-    try:
-        await call
-    except grpc.aio.AioRpcError as exc:
-        assert exc.code() == code, f"{exc.code()} {exc.details()}"
-        return errors.from_rpc_error(exc)
-    raise AssertionError(f"expected {code}, the call succeeded")

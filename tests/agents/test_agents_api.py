@@ -6,7 +6,9 @@ import grpc
 from google.protobuf import field_mask_pb2, struct_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
-from tests.agents.conftest import agent, fails
+from services.platform import errors
+from tests.agents.conftest import agent
+from tests.helpers import expect_status
 
 
 async def _caller(serve, make_caller, tenant, **kw):
@@ -37,7 +39,7 @@ async def test_create_get_list_update_delete(serve, make_caller, tenant):
     assert updated.config.temperature == 0.5 and updated.config.model == "echo:default"
 
     # A stale etag is ABORTED and changes nothing.
-    await fails(
+    await expect_status(
         c.UpdateAgent(
             pb.UpdateAgentRequest(
                 agent=pb.Agent(id=created.id, etag=created.etag, display_name="Stale"),
@@ -71,13 +73,13 @@ async def test_create_get_list_update_delete(serve, make_caller, tenant):
     activated = (await c.ActivateAgent(pb.ActivateAgentRequest(agent_id=created.id, etag='"v4"'))).agent
     assert activated.state == pb.AGENT_STATE_ACTIVE and activated.version == 5
 
-    await fails(
+    await expect_status(
         c.DeleteAgent(pb.DeleteAgentRequest(agent_id=created.id, etag='"v1"')), grpc.StatusCode.ABORTED
     )
     await c.DeleteAgent(pb.DeleteAgentRequest(agent_id=created.id, etag='"v5"'))
-    await fails(c.GetAgent(pb.GetAgentRequest(agent_id=created.id)), grpc.StatusCode.NOT_FOUND)
+    await expect_status(c.GetAgent(pb.GetAgentRequest(agent_id=created.id)), grpc.StatusCode.NOT_FOUND)
     assert list((await c.ListAgents(pb.ListAgentsRequest())).agents) == []
-    await fails(c.DeleteAgent(pb.DeleteAgentRequest(agent_id=created.id)), grpc.StatusCode.NOT_FOUND)
+    await expect_status(c.DeleteAgent(pb.DeleteAgentRequest(agent_id=created.id)), grpc.StatusCode.NOT_FOUND)
     # Versions stay for audit, newest first, with who/what.
     versions = (await c.ListAgentVersions(pb.ListAgentVersionsRequest(agent_id=created.id))).versions
     assert [v.version for v in versions] == [6, 5, 4, 3, 2, 1]
@@ -107,19 +109,21 @@ async def test_list_pagination_and_tokens(serve, make_caller, tenant):
     assert seen == ids
     first = await c.ListAgents(pb.ListAgentsRequest(page_size=2))
     tampered = first.next_page_token[:-2] + ("AA" if first.next_page_token[-2:] != "AA" else "BB")
-    err = await fails(
-        c.ListAgents(pb.ListAgentsRequest(page_token=tampered)), grpc.StatusCode.INVALID_ARGUMENT
+    err = errors.from_rpc_error(
+        await expect_status(
+            c.ListAgents(pb.ListAgentsRequest(page_token=tampered)), grpc.StatusCode.INVALID_ARGUMENT
+        )
     )
     assert [v.field for v in err.violations] == ["page_token"]
-    await fails(
+    await expect_status(
         c.ListAgents(pb.ListAgentsRequest(page_token="not a token!")), grpc.StatusCode.INVALID_ARGUMENT
     )
     # A token is bound to its filter.
-    await fails(
+    await expect_status(
         c.ListAgents(pb.ListAgentsRequest(page_token=first.next_page_token, state=pb.AGENT_STATE_ACTIVE)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    await fails(c.ListAgents(pb.ListAgentsRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(c.ListAgents(pb.ListAgentsRequest(page_size=-1)), grpc.StatusCode.INVALID_ARGUMENT)
 
 
 async def test_request_id_replay(serve, make_caller, tenant):
@@ -182,12 +186,14 @@ async def test_rollback_and_diff(serve, make_caller, tenant):
         )
         == []
     )
-    await fails(c.RollbackAgent(pb.RollbackAgentRequest(agent_id=a.id, version=9)), grpc.StatusCode.NOT_FOUND)
-    await fails(
+    await expect_status(
+        c.RollbackAgent(pb.RollbackAgentRequest(agent_id=a.id, version=9)), grpc.StatusCode.NOT_FOUND
+    )
+    await expect_status(
         c.RollbackAgent(pb.RollbackAgentRequest(agent_id=a.id, version=1, etag=b.etag)),
         grpc.StatusCode.ABORTED,
     )
-    await fails(
+    await expect_status(
         c.DiffAgentVersions(pb.DiffAgentVersionsRequest(agent_id=a.id, from_version=0, to_version=2)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -217,7 +223,7 @@ async def test_templates(serve, make_caller, tenant):
     builtin = [t for t in listed if t.builtin]
     assert len(builtin) >= 3 and all(t.config.model == "echo:default" for t in builtin)
     assistant = (await c.GetTemplate(pb.GetTemplateRequest(template_id="builtin-assistant"))).template
-    await fails(
+    await expect_status(
         c.DeleteTemplate(pb.DeleteTemplateRequest(template_id="builtin-assistant")),
         grpc.StatusCode.FAILED_PRECONDITION,
     )
@@ -255,8 +261,10 @@ async def test_templates(serve, make_caller, tenant):
     ).agent
     assert from_own.config.tools[0].name == "q"
     await c.DeleteTemplate(pb.DeleteTemplateRequest(template_id=created.id))
-    await fails(c.GetTemplate(pb.GetTemplateRequest(template_id=created.id)), grpc.StatusCode.NOT_FOUND)
-    await fails(
+    await expect_status(
+        c.GetTemplate(pb.GetTemplateRequest(template_id=created.id)), grpc.StatusCode.NOT_FOUND
+    )
+    await expect_status(
         c.CreateAgent(pb.CreateAgentRequest(agent=pb.Agent(display_name="x"), template_id=created.id)),
         grpc.StatusCode.NOT_FOUND,
     )

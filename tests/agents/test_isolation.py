@@ -6,7 +6,8 @@ import grpc
 from google.protobuf import field_mask_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
-from tests.agents.conftest import agent, fails
+from tests.agents.conftest import agent
+from tests.helpers import expect_status
 
 
 async def test_another_tenants_ids_are_not_found(serve, make_caller, tenant):
@@ -53,7 +54,7 @@ async def test_another_tenants_ids_are_not_found(serve, make_caller, tenant):
     }
     for name, call in calls.items():
         try:
-            await fails(call, grpc.StatusCode.NOT_FOUND)
+            await expect_status(call, grpc.StatusCode.NOT_FOUND)
         except AssertionError as exc:
             raise AssertionError(f"{name}: {exc}") from None
 

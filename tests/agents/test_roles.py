@@ -6,7 +6,8 @@ import grpc
 from google.protobuf import field_mask_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
-from tests.agents.conftest import agent, fails
+from tests.agents.conftest import agent
+from tests.helpers import expect_status
 
 
 async def test_member_reads_but_cannot_write(serve, make_caller, tenant):
@@ -39,10 +40,10 @@ async def test_member_reads_but_cannot_write(serve, make_caller, tenant):
         member.DeleteTemplate(pb.DeleteTemplateRequest(template_id="builtin-assistant")),
     ]
     for call in writes:
-        await fails(call, grpc.StatusCode.PERMISSION_DENIED)
+        await expect_status(call, grpc.StatusCode.PERMISSION_DENIED)
     assert (await owner.GetAgent(pb.GetAgentRequest(agent_id=a.id))).agent == a
     nobody = make_caller(running.channel, tenant=tenant, roles=())
-    await fails(nobody.GetAgent(pb.GetAgentRequest(agent_id=a.id)), grpc.StatusCode.PERMISSION_DENIED)
+    await expect_status(nobody.GetAgent(pb.GetAgentRequest(agent_id=a.id)), grpc.StatusCode.PERMISSION_DENIED)
 
 
 async def test_service_identity_reads_any_tenant_by_id_and_never_writes(serve, make_caller, tenant):
@@ -53,7 +54,7 @@ async def test_service_identity_reads_any_tenant_by_id_and_never_writes(serve, m
     assert (await service.GetAgent(pb.GetAgentRequest(agent_id=a.id))).agent == a
     v1 = (await service.GetAgentVersion(pb.GetAgentVersionRequest(agent_id=a.id, version=1))).version
     assert v1.display_name == "x"
-    await fails(service.GetAgent(pb.GetAgentRequest(agent_id="missing")), grpc.StatusCode.NOT_FOUND)
+    await expect_status(service.GetAgent(pb.GetAgentRequest(agent_id="missing")), grpc.StatusCode.NOT_FOUND)
     for call in [
         service.CreateAgent(pb.CreateAgentRequest(agent=agent("s"))),
         service.UpdateAgent(
@@ -69,8 +70,10 @@ async def test_service_identity_reads_any_tenant_by_id_and_never_writes(serve, m
             pb.CreateTemplateRequest(template=pb.Template(display_name="t", config=agent().config))
         ),
     ]:
-        await fails(call, grpc.StatusCode.PERMISSION_DENIED)
+        await expect_status(call, grpc.StatusCode.PERMISSION_DENIED)
     # A service token that also claims owner is still read-only.
     both = make_caller(running.channel, tenant=tenant, roles=("service", "owner"))
-    await fails(both.DeleteAgent(pb.DeleteAgentRequest(agent_id=a.id)), grpc.StatusCode.PERMISSION_DENIED)
+    await expect_status(
+        both.DeleteAgent(pb.DeleteAgentRequest(agent_id=a.id)), grpc.StatusCode.PERMISSION_DENIED
+    )
     assert (await owner.GetAgent(pb.GetAgentRequest(agent_id=a.id))).agent == a

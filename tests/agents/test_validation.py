@@ -9,7 +9,8 @@ from google.protobuf import field_mask_pb2, struct_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from services.platform import errors
-from tests.agents.conftest import agent, fails
+from tests.agents.conftest import agent
+from tests.helpers import expect_status
 
 
 def _params(value: dict) -> struct_pb2.Struct:
@@ -57,7 +58,9 @@ BAD = [
 async def test_bad_create_is_invalid_argument(serve, make_caller, tenant, case, bad, field):
     running = await serve("agents")
     c = make_caller(running.channel, tenant=tenant)
-    err = await fails(c.CreateAgent(pb.CreateAgentRequest(agent=bad)), grpc.StatusCode.INVALID_ARGUMENT)
+    err = errors.from_rpc_error(
+        await expect_status(c.CreateAgent(pb.CreateAgentRequest(agent=bad)), grpc.StatusCode.INVALID_ARGUMENT)
+    )
     assert field in [v.field for v in err.violations]
     assert list((await c.ListAgents(pb.ListAgentsRequest())).agents) == []
 
@@ -68,9 +71,11 @@ async def test_every_violation_at_once_and_validate_dry_run(serve, make_caller, 
     config = pb.AgentConfig(
         model="nope", temperature=3, tools=[pb.Tool(name="a"), pb.Tool(name="a")], max_output_tokens=-5
     )
-    err = await fails(
-        c.CreateAgent(pb.CreateAgentRequest(agent=pb.Agent(display_name="", config=config))),
-        grpc.StatusCode.INVALID_ARGUMENT,
+    err = errors.from_rpc_error(
+        await expect_status(
+            c.CreateAgent(pb.CreateAgentRequest(agent=pb.Agent(display_name="", config=config))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+        )
     )
     assert {v.field for v in err.violations} == {
         "agent.display_name",
@@ -89,9 +94,11 @@ async def test_every_violation_at_once_and_validate_dry_run(serve, make_caller, 
     )
     report = await c.ValidateAgentConfig(pb.ValidateAgentConfigRequest(display_name="ok", config=over))
     assert {v.limit for v in report.violations} == {"allowed_models", "max_tools", "max_context_tokens"}
-    err = await fails(
-        c.CreateAgent(pb.CreateAgentRequest(agent=pb.Agent(display_name="ok", config=over))),
-        grpc.StatusCode.FAILED_PRECONDITION,
+    err = errors.from_rpc_error(
+        await expect_status(
+            c.CreateAgent(pb.CreateAgentRequest(agent=pb.Agent(display_name="ok", config=over))),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
     )
     assert {v.type for v in err.violations} == {"allowed_models", "max_tools", "max_context_tokens"}
     good = await c.ValidateAgentConfig(
@@ -113,28 +120,34 @@ async def test_bad_updates_change_nothing(serve, make_caller, tenant):
             )
         )
 
-    err = await fails(update(["display_name", "state", "config.nope"]), grpc.StatusCode.INVALID_ARGUMENT)
+    err = errors.from_rpc_error(
+        await expect_status(
+            update(["display_name", "state", "config.nope"]), grpc.StatusCode.INVALID_ARGUMENT
+        )
+    )
     assert [v.field for v in err.violations] == ["update_mask", "update_mask"]
-    await fails(update([]), grpc.StatusCode.INVALID_ARGUMENT)
-    await fails(update(["display_name"]), grpc.StatusCode.INVALID_ARGUMENT)  # clears a required name
-    err = await fails(
-        update(["config.model"], config=pb.AgentConfig(model="openai:gpt-4o")),
-        grpc.StatusCode.FAILED_PRECONDITION,
+    await expect_status(update([]), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(update(["display_name"]), grpc.StatusCode.INVALID_ARGUMENT)  # clears a required name
+    err = errors.from_rpc_error(
+        await expect_status(
+            update(["config.model"], config=pb.AgentConfig(model="openai:gpt-4o")),
+            grpc.StatusCode.FAILED_PRECONDITION,
+        )
     )
     assert err.violations[0].type == "allowed_models"
-    await fails(c.GetAgent(pb.GetAgentRequest(agent_id="")), grpc.StatusCode.INVALID_ARGUMENT)
-    await fails(
+    await expect_status(c.GetAgent(pb.GetAgentRequest(agent_id="")), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
         c.GetAgentVersion(pb.GetAgentVersionRequest(agent_id=a.id, version=0)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    await fails(
+    await expect_status(
         c.ListAgentVersions(pb.ListAgentVersionsRequest(agent_id=a.id, page_token="x")),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    await fails(
+    await expect_status(
         c.ListTemplates(pb.ListTemplatesRequest(page_token="bogus")), grpc.StatusCode.INVALID_ARGUMENT
     )
-    await fails(
+    await expect_status(
         c.CreateTemplate(
             pb.CreateTemplateRequest(template=pb.Template(display_name="", config=agent().config))
         ),
@@ -147,5 +160,9 @@ async def test_bad_updates_change_nothing(serve, make_caller, tenant):
 async def test_error_details_are_typed(serve, make_caller, tenant):
     running = await serve("agents")
     c = make_caller(running.channel, tenant=tenant)
-    err = await fails(c.CreateAgent(pb.CreateAgentRequest(agent=agent(""))), grpc.StatusCode.INVALID_ARGUMENT)
+    err = errors.from_rpc_error(
+        await expect_status(
+            c.CreateAgent(pb.CreateAgentRequest(agent=agent(""))), grpc.StatusCode.INVALID_ARGUMENT
+        )
+    )
     assert isinstance(err, errors.InvalidArgument)

@@ -14,7 +14,8 @@ from services.agents.events import CHANNEL
 from services.platform.runtime import Runtime
 from services.platform.server import Server
 from services.registry import SERVICES
-from tests.agents.conftest import agent, fails
+from tests.agents.conftest import agent
+from tests.helpers import expect_status
 
 
 @pytest.fixture
@@ -90,7 +91,7 @@ async def test_all_tenants_is_for_service_identities_and_ends_on_shutdown(
     first = await serve("agents")
     server, other_channel = second_instance
     owner = make_caller(other_channel, tenant=tenant)
-    await fails(
+    await expect_status(
         owner.WatchAgents(pb.WatchAgentsRequest(all_tenants=True)).read(), grpc.StatusCode.PERMISSION_DENIED
     )
 

@@ -55,10 +55,3 @@ def make_caller(keys):
         return Caller(pb_grpc.ConversationServiceStub(channel), token, tenant, user)
 
     return make
-
-
-async def expect_code(awaitable: Any, code: grpc.StatusCode) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await awaitable
-    assert err.value.code() == code, err.value.details()
-    return err.value

@@ -15,7 +15,7 @@ from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from services.conversation import build_service
 from services.conversation.hot_window import HotWindow
 from services.conversation.retention import RetentionJob
-from tests.conversation.conftest import expect_code
+from tests.helpers import expect_status
 
 
 def violations(error: grpc.aio.AioRpcError) -> set[str]:
@@ -38,11 +38,11 @@ async def test_members_see_their_own_admins_the_tenant_others_nothing(serve, mak
     mine = await alice.create(title="alice's")
     await bob.create(title="bob's")
     assert mine.user_id == "alice" and mine.tenant_id == tenant
-    await expect_code(bob.call("GetConversation", conversation_id=mine.id), grpc.StatusCode.NOT_FOUND)
-    await expect_code(bob.append(mine.id, "hi"), grpc.StatusCode.NOT_FOUND)
-    await expect_code(bob.call("DeleteConversation", conversation_id=mine.id), grpc.StatusCode.NOT_FOUND)
-    await expect_code(stranger.call("GetConversation", conversation_id=mine.id), grpc.StatusCode.NOT_FOUND)
-    await expect_code(
+    await expect_status(bob.call("GetConversation", conversation_id=mine.id), grpc.StatusCode.NOT_FOUND)
+    await expect_status(bob.append(mine.id, "hi"), grpc.StatusCode.NOT_FOUND)
+    await expect_status(bob.call("DeleteConversation", conversation_id=mine.id), grpc.StatusCode.NOT_FOUND)
+    await expect_status(stranger.call("GetConversation", conversation_id=mine.id), grpc.StatusCode.NOT_FOUND)
+    await expect_status(
         stranger.call("GetContext", conversation_id=mine.id, token_budget=10), grpc.StatusCode.NOT_FOUND
     )
     assert (await admin.call("GetConversation", conversation_id=mine.id)).conversation.id == mine.id
@@ -80,7 +80,7 @@ async def test_list_conversations_keyset_pages_and_filters(serve, make_caller, t
     assert [c.title for c in recent.conversations] == ["c4", "c3"]
     # A token from one filter is refused under another.
     first = await alice.call("ListConversations", page_size=1)
-    err = await expect_code(
+    err = await expect_status(
         alice.call("ListConversations", page_size=1, agent_id="agent-0", page_token=first.next_page_token),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
@@ -162,7 +162,7 @@ async def test_retention_erases_only_what_it_should(serve, runtime, make_caller,
     owner = make_caller(running.channel, tenant, "root", roles=("owner",))
     member = make_caller(running.channel, tenant, "alice")
     keeper = make_caller(running.channel, "keep-" + tenant, "root", roles=("owner",))
-    await expect_code(
+    await expect_status(
         member.call("UpdateRetentionPolicy", policy=pb.RetentionPolicy(closed_retention_days=1)),
         grpc.StatusCode.PERMISSION_DENIED,
     )
@@ -184,7 +184,7 @@ async def test_retention_erases_only_what_it_should(serve, runtime, make_caller,
     job = RetentionJob(store=service.store, hot=service.hot, clock=lambda: time.time() + 6 * 86_400)
     assert await job.run_once(tenant) == 1
     assert await job.run_once("keep-" + tenant) == 0
-    await expect_code(owner.call("GetConversation", conversation_id=expired.id), grpc.StatusCode.NOT_FOUND)
+    await expect_status(owner.call("GetConversation", conversation_id=expired.id), grpc.StatusCode.NOT_FOUND)
     assert await service.store.messages_before(expired.id, 10, limit=10) == []
     client = sync_redis.Redis.from_url(redis_url)
     try:
@@ -201,7 +201,7 @@ async def test_delete_erases_conversation_and_messages(serve, runtime, make_call
     conv = await alice.create()
     await alice.append(conv.id, "forget me")
     await alice.call("DeleteConversation", conversation_id=conv.id)
-    await expect_code(alice.call("GetConversation", conversation_id=conv.id), grpc.StatusCode.NOT_FOUND)
+    await expect_status(alice.call("GetConversation", conversation_id=conv.id), grpc.StatusCode.NOT_FOUND)
     assert await build_service(runtime).store.messages_before(conv.id, 10, limit=10) == []
 
 
@@ -217,28 +217,28 @@ async def test_bad_input_is_invalid_argument_and_changes_nothing(serve, make_cal
         "message.tool_call_id": pb.Message(role=pb.MESSAGE_ROLE_TOOL, content="result without a call id"),
     }
     for field, message in bad_appends.items():
-        err = await expect_code(
+        err = await expect_status(
             alice.call("AppendMessage", conversation_id=conv.id, message=message),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
         assert field in violations(err)
     huge = pb.Message(role=pb.MESSAGE_ROLE_USER, content="x" * (64 * 1024 + 1))
-    err = await expect_code(
+    err = await expect_status(
         alice.call("AppendMessage", conversation_id=conv.id, message=huge), grpc.StatusCode.INVALID_ARGUMENT
     )
     assert "message.content" in violations(err)
     role99 = pb.Message(role=99, content="hi")  # type: ignore[arg-type]
-    await expect_code(
+    await expect_status(
         alice.call("AppendMessage", conversation_id=conv.id, message=role99), grpc.StatusCode.INVALID_ARGUMENT
     )
     for budget in (0, -5):
-        err = await expect_code(
+        err = await expect_status(
             alice.call("GetContext", conversation_id=conv.id, token_budget=budget),
             grpc.StatusCode.INVALID_ARGUMENT,
         )
         assert "token_budget" in violations(err)
     for query in ("", "   ", "q" * 257):
-        err = await expect_code(
+        err = await expect_status(
             alice.call("SearchConversations", query=query), grpc.StatusCode.INVALID_ARGUMENT
         )
         assert "query" in violations(err)
@@ -246,19 +246,21 @@ async def test_bad_input_is_invalid_argument_and_changes_nothing(serve, make_cal
         fields = {"conversation_id": conv.id} if method == "ListMessages" else {}
         if method == "SearchConversations":
             fields = {"query": "hello"}
-        err = await expect_code(
+        err = await expect_status(
             alice.call(method, page_token="not-a-token", **fields), grpc.StatusCode.INVALID_ARGUMENT
         )
         assert "page_token" in violations(err)
-    await expect_code(alice.call("ListConversations", page_size=-1), grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_code(
+    await expect_status(alice.call("ListConversations", page_size=-1), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
         owner.call("UpdateRetentionPolicy", policy=pb.RetentionPolicy(closed_retention_days=-1)),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
-    await expect_code(alice.call("GetConversation", conversation_id=""), grpc.StatusCode.INVALID_ARGUMENT)
-    await expect_code(alice.call("GetConversation", conversation_id="no-such-id"), grpc.StatusCode.NOT_FOUND)
-    await expect_code(alice.append("no-such-id", "hi"), grpc.StatusCode.NOT_FOUND)
-    await expect_code(alice.call("CreateConversation", agent_id=""), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(alice.call("GetConversation", conversation_id=""), grpc.StatusCode.INVALID_ARGUMENT)
+    await expect_status(
+        alice.call("GetConversation", conversation_id="no-such-id"), grpc.StatusCode.NOT_FOUND
+    )
+    await expect_status(alice.append("no-such-id", "hi"), grpc.StatusCode.NOT_FOUND)
+    await expect_status(alice.call("CreateConversation", agent_id=""), grpc.StatusCode.INVALID_ARGUMENT)
     got = await alice.call("GetConversation", conversation_id=conv.id)
     assert got.conversation.message_count == 1
     assert [m.content for m in (await alice.call("ListMessages", conversation_id=conv.id)).messages] == [

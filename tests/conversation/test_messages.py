@@ -19,7 +19,7 @@ from services.conversation.models import Message, NewMessage
 from services.conversation.service import ConversationService
 from services.platform import errors
 from services.platform.auth import Principal
-from tests.conversation.conftest import expect_code
+from tests.helpers import expect_status
 from tests.system.faults import sync_url
 
 A, T = pb.MESSAGE_ROLE_ASSISTANT, pb.MESSAGE_ROLE_TOOL
@@ -144,7 +144,7 @@ async def test_closed_conversation_refuses_appends(serve, make_caller, tenant):
     await alice.append(conv.id, "before", request_id="r1")
     closed = await alice.call("CloseConversation", conversation_id=conv.id)
     assert closed.conversation.status == pb.CONVERSATION_STATUS_CLOSED
-    await expect_code(alice.append(conv.id, "after"), grpc.StatusCode.FAILED_PRECONDITION)
+    await expect_status(alice.append(conv.id, "after"), grpc.StatusCode.FAILED_PRECONDITION)
     # A retry of an append that did happen still returns it.
     assert (await alice.append(conv.id, "before", request_id="r1")).message.sequence == 1
     got = await alice.call("GetConversation", conversation_id=conv.id)

@@ -101,13 +101,6 @@ async def identity(serve: Callable[..., Any]) -> Identity:
     return Identity(running.channel, running.address)
 
 
-async def rpc_error(awaitable: Any) -> grpc.aio.AioRpcError:
-    """Awaits a call that must fail and returns its error."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await awaitable
-    return caught.value
-
-
 def field_violations(error: grpc.aio.AioRpcError) -> list[str]:
     exc = errors.from_rpc_error(error)
     assert isinstance(exc, errors.InvalidArgument), exc

@@ -7,7 +7,8 @@ import pytest
 from google.protobuf import field_mask_pb2
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
-from tests.identity.conftest import PASSWORD, field_violations, rpc_error
+from tests.helpers import expect_status
+from tests.identity.conftest import PASSWORD, field_violations
 
 
 def mask(*paths: str) -> field_mask_pb2.FieldMask:
@@ -34,7 +35,7 @@ async def test_member_gets_permission_denied_on_every_admin_rpc(identity):
     owner = await identity.sign_up()
     member = await identity.add_user(owner, "member1", pb.ROLE_MEMBER)
     for method, request in admin_calls(owner.user.id).items():
-        error = await rpc_error(getattr(identity.stub, method)(request, metadata=member.md))
+        error = await expect_status(getattr(identity.stub, method)(request, metadata=member.md))
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED, method
     # Nothing changed, and an admin may do the same calls.
     admin = await identity.add_user(owner, "admin1", pb.ROLE_ADMIN)
@@ -54,7 +55,7 @@ async def test_service_token_cannot_administer_tenants(identity):
         )
     ).tokens.access_token
     md = (("authorization", f"Bearer {token}"),)
-    error = await rpc_error(identity.stub.GetUser(pb.GetUserRequest(user_id=owner.user.id), metadata=md))
+    error = await expect_status(identity.stub.GetUser(pb.GetUserRequest(user_id=owner.user.id), metadata=md))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -70,7 +71,7 @@ async def test_other_tenants_users_are_not_found(identity):
         "DeleteUser": pb.DeleteUserRequest(user_id=victim.user.id),
     }
     for method, request in calls.items():
-        error = await rpc_error(getattr(identity.stub, method)(request, metadata=tenant_b.md))
+        error = await expect_status(getattr(identity.stub, method)(request, metadata=tenant_b.md))
         assert error.code() == grpc.StatusCode.NOT_FOUND, method
     listed = await identity.stub.ListUsers(pb.ListUsersRequest(), metadata=tenant_b.md)
     assert [u.username for u in listed.users] == ["owner"]
@@ -85,11 +86,11 @@ async def test_create_user_conflicts_and_request_id(identity):
     again = (await identity.stub.CreateUser(request, metadata=owner.md)).user
     assert again.id == first.id
     assert list(first.roles) == [pb.ROLE_MEMBER]
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.CreateUser(pb.CreateUserRequest(username="dup", password=PASSWORD), metadata=owner.md)
     )
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.CreateUser(
             pb.CreateUserRequest(username="other", password=PASSWORD, request_id="req-1"), metadata=owner.md
         )
@@ -108,7 +109,7 @@ async def test_sign_up_conflicts_and_request_id(identity):
     assert (again.tenant.id, again.user.id) == (first.tenant.id, first.user.id)
     assert again.tokens.access_token
     # The same request_id with another password hands out nothing.
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.SignUp(
             pb.SignUpRequest(
                 tenant_name="acme-retry", username="boss", password="someone else's", request_id="su-1"
@@ -116,7 +117,7 @@ async def test_sign_up_conflicts_and_request_id(identity):
         )
     )
     assert field_violations(error) == ["request_id"]
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.SignUp(pb.SignUpRequest(tenant_name="acme-retry", username="x", password=PASSWORD))
     )
     assert error.code() == grpc.StatusCode.ALREADY_EXISTS
@@ -149,10 +150,10 @@ async def test_sign_up_conflicts_and_request_id(identity):
     ],
 )
 async def test_bad_sign_up_is_invalid_argument_and_stores_nothing(identity, request_, fields):
-    error = await rpc_error(identity.stub.SignUp(request_))
+    error = await expect_status(identity.stub.SignUp(request_))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(error) == fields
-    error = await rpc_error(identity.login("okname", "a", PASSWORD))
+    error = await expect_status(identity.login("okname", "a", PASSWORD))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
@@ -201,7 +202,7 @@ async def test_bad_admin_input(identity):
         ),
     ]
     for method, request, fields in cases:
-        error = await rpc_error(method(request, metadata=owner.md))
+        error = await expect_status(method(request, metadata=owner.md))
         assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, request
         assert field_violations(error) == fields, request
     listed = await identity.stub.ListUsers(pb.ListUsersRequest(), metadata=owner.md)
@@ -230,7 +231,7 @@ async def test_list_users_pages_with_tokens(identity):
     assert seen == [["owner", "u0"], ["u1", "u2"], ["u3"]]
     # A token is bound to its listing: another filter (or tenant) refuses it.
     first = await identity.stub.ListUsers(pb.ListUsersRequest(page_size=2), metadata=owner.md)
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.ListUsers(
             pb.ListUsersRequest(page_size=2, page_token=first.next_page_token, include_disabled=True),
             metadata=owner.md,
@@ -254,7 +255,7 @@ async def test_update_user_etag_and_mask(identity):
     ).user
     assert (updated.display_name, updated.disabled) == ("Renamed", False)
     assert updated.etag != user.etag
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.UpdateUser(
             pb.UpdateUserRequest(
                 user=pb.User(id=user.id, etag=user.etag, display_name="Stale"),
@@ -264,7 +265,7 @@ async def test_update_user_etag_and_mask(identity):
         )
     )
     assert error.code() == grpc.StatusCode.ABORTED
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.DeleteUser(pb.DeleteUserRequest(user_id=user.id, etag=user.etag), metadata=owner.md)
     )
     assert error.code() == grpc.StatusCode.ABORTED
@@ -291,14 +292,14 @@ async def test_role_change_voids_old_access_tokens_and_refresh_carries_new_roles
         ),
         metadata=owner.md,
     )
-    error = await rpc_error(identity.stub.ListUsers(pb.ListUsersRequest(), metadata=admin.md))
+    error = await expect_status(identity.stub.ListUsers(pb.ListUsersRequest(), metadata=admin.md))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     fresh = (
         await identity.stub.RefreshToken(pb.RefreshTokenRequest(refresh_token=admin.tokens.refresh_token))
     ).tokens
     md = (("authorization", f"Bearer {fresh.access_token}"),)
     assert list((await identity.stub.WhoAmI(pb.WhoAmIRequest(), metadata=md)).roles) == [pb.ROLE_MEMBER]
-    error = await rpc_error(identity.stub.ListUsers(pb.ListUsersRequest(), metadata=md))
+    error = await expect_status(identity.stub.ListUsers(pb.ListUsersRequest(), metadata=md))
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
 
 
@@ -333,7 +334,7 @@ async def test_owner_rules(identity):
         ),
     ]
     for call in denied:
-        assert (await rpc_error(call)).code() == grpc.StatusCode.PERMISSION_DENIED
+        assert (await expect_status(call)).code() == grpc.StatusCode.PERMISSION_DENIED
     # The last active owner cannot demote, disable or delete themselves.
     for call in (
         identity.stub.UpdateUser(
@@ -344,7 +345,7 @@ async def test_owner_rules(identity):
         ),
         identity.stub.DeleteUser(pb.DeleteUserRequest(user_id=owner.user.id), metadata=owner.md),
     ):
-        assert (await rpc_error(call)).code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert (await expect_status(call)).code() == grpc.StatusCode.FAILED_PRECONDITION
     # An owner may grant owner; the admin may rename the tenant.
     await identity.stub.UpdateUser(
         pb.UpdateUserRequest(
@@ -359,7 +360,7 @@ async def test_owner_rules(identity):
         )
     ).tenant
     assert (renamed.display_name, renamed.tier) == ("Acme", pb.TIER_FREE)
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.UpdateTenant(
             pb.UpdateTenantRequest(
                 tenant=pb.Tenant(display_name="Old", etag=owner.tenant.etag), update_mask=mask("display_name")
@@ -371,13 +372,13 @@ async def test_owner_rules(identity):
 
 
 async def test_service_token(identity, signer):
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.IssueServiceToken(
             pb.IssueServiceTokenRequest(service_name="orchestration", secret="wrong")
         )
     )
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.IssueServiceToken(
             pb.IssueServiceTokenRequest(service_name="Bad Name", secret="test-service-secret")
         )

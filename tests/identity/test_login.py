@@ -19,7 +19,8 @@ from services.identity.store import users
 from services.platform import migrations
 from services.platform.runtime import Runtime, with_embedded_secrets
 from services.platform.settings import Settings, SettingsError
-from tests.identity.conftest import PASSWORD, Identity, field_violations, retry_delay, rpc_error
+from tests.helpers import expect_status
+from tests.identity.conftest import PASSWORD, Identity, field_violations, retry_delay
 
 
 async def stored_hash(runtime, user_id: str) -> str:
@@ -70,7 +71,7 @@ async def test_failures_look_the_same(identity):
     for _ in range(5):
         for name, (tenant, username, password) in cases.items():
             start = time.perf_counter()
-            error = await rpc_error(identity.login(tenant, username, password))
+            error = await expect_status(identity.login(tenant, username, password))
             timings[name].append(time.perf_counter() - start)
             answers.add((error.code(), error.details()))
     assert answers == {(grpc.StatusCode.UNAUTHENTICATED, "invalid tenant, username or password")}
@@ -82,9 +83,9 @@ async def test_failures_look_the_same(identity):
 async def test_throttle_per_username(identity):
     account = await identity.sign_up()
     for _ in range(10):
-        error = await rpc_error(identity.login(account.tenant.name, "owner", "wrong password!"))
+        error = await expect_status(identity.login(account.tenant.name, "owner", "wrong password!"))
         assert error.code() == grpc.StatusCode.UNAUTHENTICATED
-    error = await rpc_error(identity.login(account.tenant.name, "owner", PASSWORD))
+    error = await expect_status(identity.login(account.tenant.name, "owner", PASSWORD))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert 0 < retry_delay(error) <= 300
     # Only that username is held back, and only for the window (no lock-out flag is stored).
@@ -95,10 +96,10 @@ async def test_throttle_per_username(identity):
 async def test_success_clears_the_username_counter(identity):
     account = await identity.sign_up()
     for _ in range(9):
-        await rpc_error(identity.login(account.tenant.name, "owner", "wrong password!"))
+        await expect_status(identity.login(account.tenant.name, "owner", "wrong password!"))
     await identity.login(account.tenant.name, "owner", PASSWORD)
     for _ in range(9):
-        await rpc_error(identity.login(account.tenant.name, "owner", "wrong password!"))
+        await expect_status(identity.login(account.tenant.name, "owner", "wrong password!"))
     assert await identity.login(account.tenant.name, "owner", PASSWORD)
 
 
@@ -110,8 +111,8 @@ async def test_throttle_per_address(serve, runtime):
     identity = Identity(running.channel, running.address)
     account = await identity.sign_up()
     for i in range(4):
-        await rpc_error(identity.login(account.tenant.name, f"guess{i}", PASSWORD))
-    error = await rpc_error(identity.login(account.tenant.name, "owner", PASSWORD))
+        await expect_status(identity.login(account.tenant.name, f"guess{i}", PASSWORD))
+    error = await expect_status(identity.login(account.tenant.name, "owner", PASSWORD))
     assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert 0 < retry_delay(error) <= 60
 
@@ -130,7 +131,7 @@ async def test_throttle_per_address(serve, runtime):
     ],
 )
 async def test_malformed_login_is_invalid_argument(identity, request_, fields):
-    error = await rpc_error(identity.stub.Login(request_))
+    error = await expect_status(identity.stub.Login(request_))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(error) == fields
 
@@ -180,7 +181,7 @@ async def test_demo_data_only_in_embedded_mode(serve, runtime, tmp_path):
     # Production (the shared PostgreSQL runtime): register() creates nothing.
     running = await serve("identity")
     production = Identity(running.channel, running.address)
-    error = await rpc_error(production.login("demo", "user_1", "1234"))
+    error = await expect_status(production.login("demo", "user_1", "1234"))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
 
     # Embedded: SQLite and in-process Redis in a data directory, key generated on first start.

@@ -21,7 +21,8 @@ from services.identity.store import IdentityStore
 from services.platform import errors
 from services.platform.auth import ROLE_OWNER, Principal
 from services.platform.runtime import Runtime
-from tests.identity.conftest import PASSWORD, rpc_error
+from tests.helpers import expect_status
+from tests.identity.conftest import PASSWORD
 from tests.identity.test_admin import mask
 
 
@@ -40,7 +41,7 @@ async def test_no_tenant_role_may_set_the_tier(identity):
     admin = await identity.add_user(owner, "admin1", pb.ROLE_ADMIN)
     for who in (owner, admin):
         for paths in (["tier"], ["display_name", "tier"]):
-            error = await rpc_error(
+            error = await expect_status(
                 identity.stub.UpdateTenant(
                     pb.UpdateTenantRequest(
                         tenant=pb.Tenant(tier=pb.TIER_ENTERPRISE, display_name="Big"),
@@ -102,7 +103,7 @@ async def test_operator_and_service_roles_are_never_granted(identity, role):
         ),
     ]
     for call in calls:
-        error = await rpc_error(call)
+        error = await expect_status(call)
         assert error.code() == grpc.StatusCode.PERMISSION_DENIED
         assert errors.from_rpc_error(error).reason == "ROLE_NOT_GRANTABLE"
     after = (await identity.stub.ListUsers(pb.ListUsersRequest(), metadata=owner.md)).users
@@ -112,7 +113,7 @@ async def test_operator_and_service_roles_are_never_granted(identity, role):
 async def test_member_cannot_make_itself_owner(identity):
     owner = await identity.sign_up()
     member = await identity.add_user(owner, "member1")
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.UpdateUser(
             pb.UpdateUserRequest(
                 user=pb.User(id=member.user.id, roles=[pb.ROLE_OWNER]), update_mask=mask("roles")
@@ -150,8 +151,10 @@ async def test_operator_creates_tenants_and_resets_passwords(identity, operator)
         await operator.create_tenant(me, name=name, tier="free", owner="x", password=PASSWORD)
     await operator.reset_password(me, tenant=name, username="boss", password="a new long secret")
     # The old password and every session of the user are gone.
-    assert (await rpc_error(identity.login(name, "boss", PASSWORD))).code() == grpc.StatusCode.UNAUTHENTICATED
-    stale = await rpc_error(identity.stub.WhoAmI(pb.WhoAmIRequest(), metadata=signed_in.md))
+    assert (
+        await expect_status(identity.login(name, "boss", PASSWORD))
+    ).code() == grpc.StatusCode.UNAUTHENTICATED
+    stale = await expect_status(identity.stub.WhoAmI(pb.WhoAmIRequest(), metadata=signed_in.md))
     assert stale.code() == grpc.StatusCode.UNAUTHENTICATED
     assert (await identity.login(name, "boss", "a new long secret")).user.username == "boss"
     assert name in [t.name for t in await operator.list_tenants(me)]
@@ -196,11 +199,11 @@ async def test_sign_up_closed(serve, runtime):
     )
     running = await serve("identity")
     stub = pb_grpc.IdentityServiceStub(running.channel)
-    error = await rpc_error(
+    error = await expect_status(
         stub.SignUp(pb.SignUpRequest(tenant_name="closed-door", username="o", password=PASSWORD))
     )
     assert error.code() == grpc.StatusCode.PERMISSION_DENIED
     assert errors.from_rpc_error(error).reason == "SIGNUP_CLOSED"
     assert "operator" in error.details()
     login = stub.Login(pb.LoginRequest(tenant="closed-door", username="o", password=PASSWORD))
-    assert (await rpc_error(login)).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (await expect_status(login)).code() == grpc.StatusCode.UNAUTHENTICATED

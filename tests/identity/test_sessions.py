@@ -15,8 +15,8 @@ from google.protobuf import field_mask_pb2
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from services.identity.keys import KeySet, private_pem
 from services.identity.store import IdentityStore, refresh_tokens
-from tests.helpers import bearer
-from tests.identity.conftest import PASSWORD, field_violations, rpc_error
+from tests.helpers import bearer, expect_status
+from tests.identity.conftest import PASSWORD, field_violations
 from tests.identity.test_tokens import claims_for
 
 
@@ -29,11 +29,11 @@ async def refresh(identity, token):
 
 
 async def assert_dead_access(identity, token):
-    assert (await rpc_error(who(identity, token))).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (await expect_status(who(identity, token))).code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def assert_dead_refresh(identity, token):
-    assert (await rpc_error(refresh(identity, token))).code() == grpc.StatusCode.UNAUTHENTICATED
+    assert (await expect_status(refresh(identity, token))).code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 async def test_login_returns_tokens_with_lifetimes_and_claims(identity, signer):
@@ -65,7 +65,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(identity):
     assert (await who(identity, second.access_token)).user.id == account.user.id
     third = await refresh(identity, second.refresh_token)
     # Replaying a spent token (the thief or the victim, we cannot tell) ends the whole family.
-    error = await rpc_error(refresh(identity, first))
+    error = await expect_status(refresh(identity, first))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     await assert_dead_refresh(identity, third.refresh_token)
     # Another session of the same user (another family) is untouched.
@@ -75,7 +75,7 @@ async def test_refresh_rotates_and_reuse_revokes_the_family(identity):
 
 async def test_bad_refresh_tokens(identity):
     account = await identity.sign_up()
-    error = await rpc_error(refresh(identity, ""))
+    error = await expect_status(refresh(identity, ""))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field_violations(error) == ["refresh_token"]
     for bad in (account.tokens.refresh_token[:-3], "amr_" + "x" * 300, account.tokens.access_token, "junk"):
@@ -96,7 +96,7 @@ async def test_logout_revokes_refresh_family_and_denies_the_access_token(identit
     # Without a token it still revokes the refresh family; with neither it is a bad request.
     await identity.stub.Logout(pb.LogoutRequest(refresh_token=other.tokens.refresh_token))
     await assert_dead_refresh(identity, other.tokens.refresh_token)
-    error = await rpc_error(identity.stub.Logout(pb.LogoutRequest()))
+    error = await expect_status(identity.stub.Logout(pb.LogoutRequest()))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -113,14 +113,14 @@ async def test_change_password_revokes_earlier_tokens_but_not_the_new_ones(ident
     for earlier in (account, other):
         await assert_dead_access(identity, earlier.tokens.access_token)
         await assert_dead_refresh(identity, earlier.tokens.refresh_token)
-    error = await rpc_error(identity.login(account.tenant.name, "owner", PASSWORD))
+    error = await expect_status(identity.login(account.tenant.name, "owner", PASSWORD))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED
     assert await identity.login(account.tenant.name, "owner", "a brand new secret")
 
 
 async def test_change_password_checks_old_password_and_policy(identity):
     account = await identity.sign_up()
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.ChangePassword(
             pb.ChangePasswordRequest(old_password="wrong password", new_password="another good one"),
             metadata=account.md,
@@ -128,7 +128,7 @@ async def test_change_password_checks_old_password_and_policy(identity):
     )
     assert field_violations(error) == ["old_password"]
     for weak in ("short", "aaaaaaaaaaaa", "password123", "x" * 257):
-        error = await rpc_error(
+        error = await expect_status(
             identity.stub.ChangePassword(
                 pb.ChangePasswordRequest(old_password=PASSWORD, new_password=weak), metadata=account.md
             )
@@ -152,7 +152,7 @@ async def test_disable_and_delete_end_sessions(identity):
     )
     await assert_dead_access(identity, member.tokens.access_token)
     await assert_dead_refresh(identity, member.tokens.refresh_token)
-    assert (await rpc_error(identity.login(owner.tenant.name, "member1", PASSWORD))).code() == (
+    assert (await expect_status(identity.login(owner.tenant.name, "member1", PASSWORD))).code() == (
         grpc.StatusCode.UNAUTHENTICATED
     )
     await identity.stub.DeleteUser(pb.DeleteUserRequest(user_id=other.user.id), metadata=owner.md)

@@ -19,8 +19,7 @@ from google.protobuf import json_format
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from services.identity.keys import KeySet
-from tests.helpers import bearer
-from tests.identity.conftest import rpc_error
+from tests.helpers import bearer, expect_status
 
 
 def b64(data: bytes) -> str:
@@ -54,7 +53,7 @@ async def who_am_i(identity, token):
 
 
 async def assert_rejected(identity, token):
-    error = await rpc_error(who_am_i(identity, token))
+    error = await expect_status(who_am_i(identity, token))
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED, error
     assert error.details() == "invalid or expired access token"
 
@@ -147,7 +146,7 @@ async def test_malformed_and_truncated_tokens_are_rejected(identity, mangle):
 
 async def test_bad_token_is_rejected_even_on_public_methods(identity):
     account = await identity.sign_up()
-    error = await rpc_error(
+    error = await expect_status(
         identity.stub.GetJwks(pb.GetJwksRequest(), metadata=bearer(account.tokens.access_token[:-5]))
     )
     assert error.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -1,22 +1,9 @@
 import grpc
-import pytest
 from google.rpc import error_details_pb2
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from services.platform.errors import status_proto_of
-
-
-async def _code(awaitable):
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await awaitable
-    return err.value
-
-
-async def _stream_code(call):
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        async for _ in call:
-            pass
-    return err.value
+from tests.helpers import expect_status
 
 
 async def test_another_tenants_session_and_run_are_not_found(make_mesh):
@@ -33,18 +20,18 @@ async def test_another_tenants_session_and_run_are_not_found(make_mesh):
         s.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=other),
         s.ListRuns(pb.ListRunsRequest(session_id=session.id), metadata=other),
     ):
-        assert (await _code(call)).code() == grpc.StatusCode.NOT_FOUND
+        assert (await expect_status(call)).code() == grpc.StatusCode.NOT_FOUND
     for call in (
         s.SendMessage(pb.SendMessageRequest(session_id=session.id, text="x"), metadata=other),
         s.JoinRun(pb.JoinRunRequest(run_id=run_id), metadata=other),
     ):
-        assert (await _stream_code(call)).code() == grpc.StatusCode.NOT_FOUND
+        assert (await expect_status(call)).code() == grpc.StatusCode.NOT_FOUND
     listed = (await s.ListSessions(pb.ListSessionsRequest(), metadata=other)).sessions
     assert listed == []
     # Another member of the same tenant does not see it either; an admin of the tenant does.
     colleague = mesh.md(sub="user-2")
     assert (
-        await _code(s.GetSession(pb.GetSessionRequest(session_id=session.id), metadata=colleague))
+        await expect_status(s.GetSession(pb.GetSessionRequest(session_id=session.id), metadata=colleague))
     ).code() == (grpc.StatusCode.NOT_FOUND)
     admin = mesh.md(sub="user-3", roles=("admin",))
     assert (
@@ -55,7 +42,7 @@ async def test_another_tenants_session_and_run_are_not_found(make_mesh):
     # Another tenant's agent cannot start a session either.
     agent_id = mesh.agents.add("tenant-other")
     assert (
-        await _code(s.StartSession(pb.StartSessionRequest(agent_id=agent_id), metadata=mesh.md()))
+        await expect_status(s.StartSession(pb.StartSessionRequest(agent_id=agent_id), metadata=mesh.md()))
     ).code() == (grpc.StatusCode.NOT_FOUND)
 
 
@@ -64,13 +51,13 @@ async def test_bad_input_is_invalid_argument_and_stores_nothing(make_mesh):
     session = await mesh.session()
     s, md = mesh.stub, mesh.md()
     for text in ("", "   ", "x" * (32 * 1024 + 1)):
-        err = await _stream_code(
+        err = await expect_status(
             s.SendMessage(pb.SendMessageRequest(session_id=session.id, text=text), metadata=md)
         )
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         details = status_proto_of(err).details
         assert any(d.Is(error_details_pb2.BadRequest.DESCRIPTOR) for d in details)
-    err = await _stream_code(
+    err = await expect_status(
         s.SendMessage(pb.SendMessageRequest(session_id=session.id, text="hi", busy_policy=42), metadata=md)
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -82,21 +69,21 @@ async def test_bad_input_is_invalid_argument_and_stores_nothing(make_mesh):
         s.ListSessions(pb.ListSessionsRequest(page_size=-1), metadata=md),
         s.ListSessions(pb.ListSessionsRequest(page_token="garbage"), metadata=md),
     ):
-        assert (await _code(call)).code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert (await expect_status(call)).code() == grpc.StatusCode.INVALID_ARGUMENT
     # Unknown ids.
-    assert (await _code(s.GetSession(pb.GetSessionRequest(session_id="nope"), metadata=md))).code() == (
+    assert (
+        await expect_status(s.GetSession(pb.GetSessionRequest(session_id="nope"), metadata=md))
+    ).code() == (grpc.StatusCode.NOT_FOUND)
+    assert (await expect_status(s.CancelRun(pb.CancelRunRequest(run_id="nope"), metadata=md))).code() == (
         grpc.StatusCode.NOT_FOUND
     )
-    assert (await _code(s.CancelRun(pb.CancelRunRequest(run_id="nope"), metadata=md))).code() == (
-        grpc.StatusCode.NOT_FOUND
-    )
-    err = await _stream_code(s.SendMessage(pb.SendMessageRequest(session_id="nope", text="hi"), metadata=md))
+    err = await expect_status(s.SendMessage(pb.SendMessageRequest(session_id="nope", text="hi"), metadata=md))
     assert err.code() == grpc.StatusCode.NOT_FOUND
     events = [
         r.event
         async for r in s.SendMessage(pb.SendMessageRequest(session_id=session.id, text="ok"), metadata=md)
     ]
-    err = await _stream_code(
+    err = await expect_status(
         s.JoinRun(pb.JoinRunRequest(run_id=events[0].run_id, after_event_id=-1), metadata=md)
     )
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -106,7 +93,7 @@ async def test_bad_input_is_invalid_argument_and_stores_nothing(make_mesh):
     conv = next(iter(mesh.conversation.conversations.values()))
     assert len(conv.messages) == 2
     # Unauthenticated without a token.
-    assert (await _code(s.GetSession(pb.GetSessionRequest(session_id=session.id)))).code() == (
+    assert (await expect_status(s.GetSession(pb.GetSessionRequest(session_id=session.id)))).code() == (
         grpc.StatusCode.UNAUTHENTICATED
     )
 
