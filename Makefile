@@ -14,14 +14,26 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-third_party/google/api/annotations.proto: $(STAMP)
+# Code is generated again only when a proto, the generator or the installed tools changed (the
+# stamp's time), not on every `make up`.
+PROTOS := $(shell find protos -name '*.proto')
+GENERATED := $(VENV)/.generated
+
+$(GENERATED): $(STAMP) $(PROTOS) scripts/generate.py
 	$(BIN)/python scripts/generate.py
+	touch $@
+
+# The generator copies these for buf and protoc with their packaged (old) times: touched, so that
+# they count as current after the stamp; generated again if they went missing.
+third_party/google/api/annotations.proto: $(GENERATED)
+	test -f $@ || $(BIN)/python scripts/generate.py
+	touch $@
 
 # Regenerates generated/ from protos/ (and third_party/ from googleapis-common-protos).
 generate: $(STAMP)
 	$(BIN)/python scripts/generate.py
 
-up: $(STAMP) third_party/google/api/annotations.proto
+up: $(STAMP) $(GENERATED)
 	$(BIN)/agentmesh up
 
 # CI runs this (.ci/run). Starts PostgreSQL and Redis when installed but stopped.

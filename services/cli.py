@@ -188,6 +188,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         if v is not None
     }
     settings = with_embedded_secrets(Settings.from_env(**overrides).embedded_defaults())
+    # Before migrating and seeding: a taken port is the whole answer.
+    ensure_port_free(
+        settings.grpc_host, settings.grpc_port, what="gRPC", variable="AGENTMESH_GRPC_PORT or --grpc-port"
+    )
+    ensure_port_free(
+        settings.http_host, settings.http_port, what="HTTP", variable="AGENTMESH_HTTP_PORT or --http-port"
+    )
     target = args.log or str(pathlib.Path(settings.data_dir) / "agentmesh.log")
     _log_to(settings.log_level, target)
     asyncio.run(_run(settings, list(SERVICES), reuse_port=False, migrate=True, http=True, banner_log=target))
