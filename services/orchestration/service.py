@@ -12,6 +12,7 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -35,7 +36,7 @@ from services.orchestration.runs import RunManager
 from services.orchestration.store import OrchestrationStore
 from services.platform import errors
 from services.platform.errors import FieldViolation, Violation
-from services.platform.pagination import PageTokens, page_size
+from services.platform.pagination import PageTokens, paginate
 from services.platform.tiers import limits_for
 
 MAX_TITLE = 256
@@ -138,22 +139,25 @@ class OrchestrationService:
     async def list_sessions(
         self, caller: Caller, *, page_size_: int, page_token: str, agent_id: str
     ) -> tuple[list[Session], str]:
-        size = page_size(page_size_)
-        scope = f"sessions:{caller.tenant_id}:{caller.user_id}:{agent_id}"
-        cursor = self._page_tokens.decode(scope, page_token)
-        after = (float(cursor[0]), str(cursor[1])) if cursor else None
-        rows = await self._store.list_sessions(
-            caller.tenant_id,
-            user_id=None if caller.is_admin else caller.user_id,
-            agent_id=agent_id or None,
-            after=after,
-            limit=size + 1,
+        async def fetch(after: tuple[float, str] | None, limit: int) -> list[Session]:
+            return await self._store.list_sessions(
+                caller.tenant_id,
+                user_id=None if caller.is_admin else caller.user_id,
+                agent_id=agent_id or None,
+                after=after,
+                limit=limit,
+            )
+
+        page = await paginate(
+            self._page_tokens,
+            ("sessions", caller.tenant_id, caller.user_id, agent_id),
+            page_size=page_size_,
+            page_token=page_token,
+            parse=_seconds_keyset,
+            fetch=fetch,
+            cursor_of=lambda s: [s.create_time, s.id],
         )
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._page_tokens.encode(scope, [rows[-1].create_time, rows[-1].id])
-        return rows, token
+        return page.items, page.next_page_token
 
     async def end_session(self, caller: Caller, session_id: str) -> Session:
         session = await self._visible_session(caller, session_id)
@@ -293,16 +297,20 @@ class OrchestrationService:
         self, caller: Caller, *, session_id: str, page_size_: int, page_token: str
     ) -> tuple[list[Run], str]:
         session = await self._visible_session(caller, session_id)
-        size = page_size(page_size_)
-        scope = f"runs:{session.id}"
-        cursor = self._page_tokens.decode(scope, page_token)
-        after = (float(cursor[0]), str(cursor[1])) if cursor else None
-        rows = await self._store.list_runs(caller.tenant_id, session.id, after=after, limit=size + 1)
-        token = ""
-        if len(rows) > size:
-            rows = rows[:size]
-            token = self._page_tokens.encode(scope, [rows[-1].create_time, rows[-1].id])
-        return [await self._live_view(r) for r in rows], token
+
+        async def fetch(after: tuple[float, str] | None, limit: int) -> list[Run]:
+            return await self._store.list_runs(caller.tenant_id, session.id, after=after, limit=limit)
+
+        page = await paginate(
+            self._page_tokens,
+            ("runs", session.id),
+            page_size=page_size_,
+            page_token=page_token,
+            parse=_seconds_keyset,
+            fetch=fetch,
+            cursor_of=lambda r: [r.create_time, r.id],
+        )
+        return [await self._live_view(r) for r in page.items], page.next_page_token
 
     async def cancel_run(self, caller: Caller, run_id: str) -> Run:
         run = await self._visible_run(caller, run_id)
@@ -360,3 +368,11 @@ class OrchestrationService:
                 "after_event_id", f"run {run_id} has no event {after_event_id}; its last event is {last}"
             )
         return self._events.tail(run.id, after_event_id)
+
+
+def _seconds_keyset(cursor: Any) -> tuple[float, str]:
+    """A (create_time, id) cursor; orchestration still keeps float seconds (see platform.timestamps)."""
+    if isinstance(cursor, list) and len(cursor) == 2 and isinstance(cursor[0], int | float):
+        if isinstance(cursor[1], str) and not isinstance(cursor[0], bool):
+            return float(cursor[0]), cursor[1]
+    raise ValueError("not a (create_time, id) cursor")
