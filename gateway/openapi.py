@@ -11,11 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from google.api import field_behavior_pb2
 from google.protobuf import descriptor
 
 from gateway.routes import Route, resolve_field
 
 _FD = descriptor.FieldDescriptor
+_REQUIRED = field_behavior_pb2.REQUIRED
+_OUTPUT_ONLY = field_behavior_pb2.OUTPUT_ONLY
 _INT32 = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32}
 _INT64 = {_FD.TYPE_INT64, _FD.TYPE_SINT64, _FD.TYPE_SFIXED64, _FD.TYPE_UINT64, _FD.TYPE_FIXED64}
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
@@ -62,7 +65,14 @@ class _Schemas:
         if name not in self.components:
             self.components[name] = {}  # placeholder first: messages may refer to themselves
             props = {f.json_name: self.field(f) for f in message.fields}
-            self.components[name] = {"type": "object", "properties": props, "additionalProperties": False}
+            for f in message.fields:
+                if _OUTPUT_ONLY in behaviors(f):
+                    props[f.json_name]["readOnly"] = True
+            schema: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+            required = [f.json_name for f in message.fields if _REQUIRED in behaviors(f)]
+            if required:
+                schema["required"] = required
+            self.components[name] = schema
         return {"$ref": f"#/components/schemas/{name}"}
 
     def scalar(self, field: descriptor.FieldDescriptor) -> dict[str, Any]:
@@ -90,6 +100,11 @@ class _Schemas:
         if field.is_repeated:
             return {"type": "array", "items": self.scalar(field)}
         return self.scalar(field)
+
+
+def behaviors(field: descriptor.FieldDescriptor) -> list[int]:
+    """The field's google.api.field_behavior values (REQUIRED, OUTPUT_ONLY, ...)."""
+    return list(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
 
 
 _VARIABLE = re.compile(r"\{[^}]*\}")
@@ -134,7 +149,7 @@ def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
             param: dict[str, Any] = {
                 "name": name,
                 "in": "query",
-                "required": False,
+                "required": leaf is field and _REQUIRED in behaviors(field),
                 "schema": schemas.field(leaf),
             }
             if leaf.is_repeated:
@@ -149,9 +164,28 @@ def _response_schema(route: Route, schemas: _Schemas) -> dict[str, Any]:
     return schemas.ref(route.response_class.DESCRIPTOR)
 
 
+def _request_body(route: Route, schemas: _Schemas) -> tuple[dict[str, Any], bool]:
+    """The body's schema and whether a body is required. A `*` body leaves out the fields the path
+    binds, so that a REQUIRED id in the path is not also asked of the body."""
+    request = route.request_class.DESCRIPTOR
+    if route.body != "*":
+        field = request.fields_by_name[route.body]
+        return schemas.field(field), _REQUIRED in behaviors(field)
+    ref = schemas.ref(request)
+    in_path = {resolve_field(request, var)[0].json_name for var in route.template.variables}
+    if not in_path:
+        return ref, bool(schemas.components[request.full_name].get("required"))
+    whole = schemas.components[request.full_name]
+    schema = {**whole, "properties": {k: v for k, v in whole["properties"].items() if k not in in_path}}
+    required = [name for name in whole.get("required", []) if name not in in_path]
+    schema.pop("required", None)
+    if required:
+        schema["required"] = required
+    return schema, bool(required)
+
+
 def operation(route: Route, schemas: _Schemas, op_id: str) -> dict[str, Any]:
     """The operation; its path parameters belong to the path item (shared by every method)."""
-    request = route.request_class.DESCRIPTOR
     params = _query_parameters(route, schemas)
     op: dict[str, Any] = {
         "operationId": op_id,
@@ -160,10 +194,11 @@ def operation(route: Route, schemas: _Schemas, op_id: str) -> dict[str, Any]:
         "parameters": params,
     }
     if route.body:
-        body_schema = (
-            schemas.ref(request) if route.body == "*" else schemas.field(request.fields_by_name[route.body])
-        )
-        op["requestBody"] = {"required": False, "content": {"application/json": {"schema": body_schema}}}
+        body_schema, body_required = _request_body(route, schemas)
+        op["requestBody"] = {
+            "required": body_required,
+            "content": {"application/json": {"schema": body_schema}},
+        }
     result = _response_schema(route, schemas)
     if route.server_streaming:
         content = {

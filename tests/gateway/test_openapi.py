@@ -44,7 +44,7 @@ async def test_every_route_is_documented(client: httpx.AsyncClient) -> None:
     stream = doc["paths"]["/v1/runs/{runId}:join"]["get"]["responses"]["200"]["content"]
     assert set(stream) == {"application/x-ndjson", "text/event-stream"}
     agent = doc["components"]["schemas"]["agentmesh.agents.v1.Agent"]["properties"]
-    assert agent["createTime"] == {"type": "string", "format": "date-time"}
+    assert agent["createTime"] == {"type": "string", "format": "date-time", "readOnly": True}
     assert agent["version"]["format"] == "int64"
 
 
