@@ -238,6 +238,8 @@ def test_metrics_listen_where_grpc_does(settings: Settings, tmp_path: pathlib.Pa
         AGENTMESH_METRICS_PORT=str(metrics_port),
         AGENTMESH_PAGE_TOKEN_SECRET="deploy-test",
         AGENTMESH_SERVICE_SECRET="deploy-test",
+        # Not called here, but agents refuses to start without it.
+        AGENTMESH_IDENTITY_ADDR=f"127.0.0.1:{free_port()}",
     )
     with (tmp_path / "stderr").open("w") as err:
         proc = subprocess.Popen(
