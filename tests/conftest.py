@@ -22,7 +22,6 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import grpc
 import jwt
 import psycopg
 import pytest
@@ -30,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.platform import migrations
 from services.platform.runtime import Runtime
-from services.platform.server import Server, ServiceRegistration
+from services.platform.server import ServiceRegistration
 from services.platform.settings import Settings
 from services.registry import SERVICES
-from tests.helpers import RedisServer, free_port
+from tests.helpers import RedisServer, RunningServer, build_runtime, free_port, start_server
 
 PG_SERVER = os.environ.get("AGENTMESH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("AGENTMESH_TEST_REDIS_URL", "")
@@ -166,21 +165,9 @@ def _test_settings(pg_url: str, redis_url: str) -> Settings:
 
 @pytest.fixture
 async def runtime(settings: Settings, keys: TestKeys) -> AsyncIterator[Runtime]:
-    rt = await Runtime.create(settings)
-
-    async def jwks() -> dict[str, Any]:
-        return keys.jwks()
-
-    rt.jwks_source = jwks
+    rt = await build_runtime(settings, keys)
     yield rt
     await rt.close()
-
-
-@dataclasses.dataclass
-class RunningServer:
-    server: Server
-    channel: grpc.aio.Channel
-    address: str
 
 
 @pytest.fixture
@@ -189,17 +176,10 @@ async def serve(runtime: Runtime) -> AsyncIterator[Callable[..., Any]]:
     started: list[RunningServer] = []
 
     async def start(*services: str | ServiceRegistration) -> RunningServer:
-        registrations = [
-            s if isinstance(s, ServiceRegistration) else await SERVICES[s](runtime) for s in services
-        ]
-        server = Server(runtime, registrations, address="127.0.0.1:0")
-        port = await server.start()
-        address = f"127.0.0.1:{port}"
-        running = RunningServer(server, grpc.aio.insecure_channel(address), address)
+        running = await start_server(runtime, *services)
         started.append(running)
         return running
 
     yield start
     for running in started:
-        await running.channel.close()
-        await running.server.stop(0)
+        await running.close()

@@ -1,16 +1,24 @@
 """The small helpers every test directory shares, one of each: a free port, a caller's bearer
-metadata, "this call fails with that status", and a `redis-server` of the suite's own."""
+metadata, "this call fails with that status", a runtime and a real server on port 0 for a test, and
+a `redis-server` of the suite's own."""
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterable, Awaitable
 from pathlib import Path
+from typing import Any, Protocol
 
 import grpc
 import redis as sync_redis
+
+from services.platform.runtime import Runtime
+from services.platform.server import Server, ServiceRegistration
+from services.platform.settings import Settings
+from services.registry import SERVICES
 
 
 def free_port() -> int:
@@ -40,6 +48,50 @@ async def expect_status(
         assert code is None or exc.code() == code, f"expected {code}, got {exc.code()}: {exc.details()}"
         return exc
     raise AssertionError(f"expected {code or 'an error'}, the call succeeded")
+
+
+class HasJwks(Protocol):
+    def jwks(self) -> dict[str, Any]: ...
+
+
+async def build_runtime(settings: Settings, keys: HasJwks | None = None, **create: Any) -> Runtime:
+    """`Runtime.create(settings, **create)`; with `keys`, tokens are verified against those keys'
+    JWKS, so a service under test needs no identity. The caller closes it."""
+    runtime = await Runtime.create(settings, **create)
+    if keys is not None:
+        jwks = keys.jwks
+
+        async def source() -> dict[str, Any]:
+            return jwks()
+
+        runtime.jwks_source = source
+    return runtime
+
+
+@dataclasses.dataclass
+class RunningServer:
+    server: Server
+    channel: grpc.aio.Channel
+    address: str
+
+    async def close(self) -> None:
+        await self.channel.close()
+        await self.server.stop(0)
+
+
+async def start_server(
+    runtime: Runtime, *services: str | ServiceRegistration, address: str = "127.0.0.1:0"
+) -> RunningServer:
+    """A real grpc.aio server of `services` (registry names or ready registrations) and an insecure
+    channel to it. The caller closes it (`await running.close()`) before the runtime."""
+    registrations = [
+        s if isinstance(s, ServiceRegistration) else await SERVICES[s](runtime) for s in services
+    ]
+    server = Server(runtime, registrations, address=address)
+    port = await server.start()
+    host = address.rsplit(":", 1)[0]
+    bound = f"{host}:{port}"
+    return RunningServer(server, grpc.aio.insecure_channel(bound), bound)
 
 
 class RedisServer:

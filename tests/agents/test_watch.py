@@ -11,28 +11,17 @@ from google.protobuf import field_mask_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from services.agents.events import CHANNEL
-from services.platform.runtime import Runtime
-from services.platform.server import Server
-from services.registry import SERVICES
 from tests.agents.conftest import agent
-from tests.helpers import expect_status
+from tests.helpers import build_runtime, expect_status, start_server
 
 
 @pytest.fixture
 async def second_instance(settings, keys):
     """Another agents server with a runtime (engine, Redis client) of its own: a second process's view."""
-    runtime = await Runtime.create(settings)
-
-    async def jwks():
-        return keys.jwks()
-
-    runtime.jwks_source = jwks
-    server = Server(runtime, [await SERVICES["agents"](runtime)], address="127.0.0.1:0")
-    port = await server.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    yield server, channel
-    await channel.close()
-    await server.stop(0)
+    runtime = await build_runtime(settings, keys)
+    running = await start_server(runtime, "agents")
+    yield running.server, running.channel
+    await running.close()
     await runtime.close()
 
 

@@ -19,7 +19,7 @@ from services.orchestration.config import OrchestrationOptions
 from services.orchestration.providers import EchoProvider, Providers
 from services.platform.runtime import Runtime
 from services.platform.server import Server
-from tests.helpers import bearer
+from tests.helpers import bearer, build_runtime, start_server
 from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
 
 FAST = OrchestrationOptions(
@@ -89,15 +89,11 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
             agents, conversation, tenant = share.agents, share.conversation, share.tenant
             address = share.runtime.settings.peers.agents
         peers = dataclasses.replace(settings.peers, agents=address, conversation=address)
-        runtime = await Runtime.create(dataclasses.replace(settings, peers=peers))
-
-        async def jwks() -> dict[str, Any]:
-            return keys.jwks()
+        runtime = await build_runtime(dataclasses.replace(settings, peers=peers), keys)
 
         async def service_token() -> str:
             return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
 
-        runtime.jwks_source = jwks
         orch = build(
             runtime,
             options=options,
@@ -105,17 +101,15 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
             service_token=service_token,
             close_on_stop=False,
         )
-        server = Server(runtime, [orch.registration], address="127.0.0.1:0")
-        port = await server.start()
-        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        running = await start_server(runtime, orch.registration)
         mesh = Mesh(
-            pb_grpc.OrchestrationServiceStub(channel),
+            pb_grpc.OrchestrationServiceStub(running.channel),
             agents,
             conversation,
             orch,
             runtime,
-            server,
-            channel,
+            running.server,
+            running.channel,
             keys,
             tenant,
         )

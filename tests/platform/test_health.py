@@ -9,9 +9,7 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from services.platform.runtime import Runtime
-from services.platform.server import Server
-from services.registry import SERVICES
+from tests.helpers import build_runtime, start_server
 from tests.tcp_proxy import TcpProxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -44,13 +42,9 @@ async def test_health_follows_dependency(settings, dependency):
         settings = dataclasses.replace(settings, redis_url=via(settings.redis_url, port))
     else:
         settings = dataclasses.replace(settings, database_url=via(settings.database_url, port))
-    runtime = await Runtime.create(settings)
-    server = Server(runtime, [await SERVICES["agents"](runtime)], address="127.0.0.1:0")
-    bound = await server.start()
-    import grpc
-
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{bound}")
-    stub = health_pb2_grpc.HealthStub(channel)
+    runtime = await build_runtime(settings)
+    running = await start_server(runtime, "agents")
+    stub = health_pb2_grpc.HealthStub(running.channel)
     try:
         for service in ("", "agentmesh.agents.v1.AgentService"):
             await wait_for(stub, service, SERVING, within=5)
@@ -61,6 +55,5 @@ async def test_health_follows_dependency(settings, dependency):
         await wait_for(stub, "agentmesh.agents.v1.AgentService", SERVING, within=15)
     finally:
         await proxy.stop()
-        await channel.close()
-        await server.stop(0)
+        await running.close()
         await runtime.close()

@@ -9,8 +9,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.platform.runtime import Runtime
-from services.platform.server import Server, ServiceRegistration
-from tests.helpers import bearer
+from services.platform.server import ServiceRegistration
+from tests.helpers import bearer, build_runtime, start_server
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
@@ -47,21 +47,11 @@ async def test_peer_call_forwards_identity_request_id_trace_and_deadline(setting
     OpenTelemetry interceptors): the caller's traceparent is passed on unchanged."""
     settings = dataclasses.replace(settings, peers=dataclasses.replace(settings.peers, deadline_seconds=4.0))
     assert settings.otel_exporter == "none"
-    runtime = await Runtime.create(settings, span_exporter=InMemorySpanExporter() if exporting else None)
-
-    async def jwks():
-        return keys.jwks()
-
-    runtime.jwks_source = jwks
+    runtime = await build_runtime(settings, keys, span_exporter=InMemorySpanExporter() if exporting else None)
     downstream = Downstream()
-    down = Server(runtime, [registration(downstream)], address="127.0.0.1:0")
-    down_port = await down.start()
-    up = Server(runtime, [registration(Upstream(runtime, f"127.0.0.1:{down_port}"))], address="127.0.0.1:0")
-    up_port = await up.start()
-    import grpc
-
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{up_port}")
-    stub = pb_grpc.IdentityServiceStub(channel)
+    down = await start_server(runtime, registration(downstream))
+    up = await start_server(runtime, registration(Upstream(runtime, down.address)))
+    stub = pb_grpc.IdentityServiceStub(up.channel)
     token = keys.token()
     try:
         traceparent = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -78,7 +68,6 @@ async def test_peer_call_forwards_identity_request_id_trace_and_deadline(setting
         await stub.WhoAmI(pb.WhoAmIRequest(), metadata=bearer(token), timeout=1.5)
         assert downstream.seen["time_remaining"] < 2.0  # the caller's shorter deadline wins
     finally:
-        await channel.close()
-        await up.stop(0)
-        await down.stop(0)
+        await up.close()
+        await down.close()
         await runtime.close()

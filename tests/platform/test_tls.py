@@ -15,10 +15,8 @@ from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from services.platform.peers import PeerChannels
-from services.platform.runtime import Runtime
-from services.platform.server import Server
 from services.platform.settings import TlsSettings
-from services.registry import SERVICES
+from tests.helpers import build_runtime, start_server
 
 
 def _cert(subject: str, issuer_key, issuer_name, key, *, ca: bool) -> x509.Certificate:
@@ -69,9 +67,10 @@ def pki(tmp_path):
 async def test_mutual_tls_between_services(settings, pki):
     server_cert, server_key = pki["server"]
     tls = TlsSettings(cert_file=server_cert, key_file=server_key, ca_file=pki["ca"])
-    runtime = await Runtime.create(dataclasses.replace(settings, tls=tls))
-    server = Server(runtime, [await SERVICES["agents"](runtime)], address="127.0.0.1:0")
-    port = await server.start()
+    runtime = await build_runtime(dataclasses.replace(settings, tls=tls))
+    # Its plaintext channel goes unused: the clients below bring their own credentials.
+    running = await start_server(runtime, "agents")
+    port = running.address.rsplit(":", 1)[1]
     client_cert, client_key = pki["client"]
     peers = PeerChannels(
         deadline_cap=5, tls=TlsSettings(cert_file=client_cert, key_file=client_key, ca_file=pki["ca"])
@@ -94,5 +93,5 @@ async def test_mutual_tls_between_services(settings, pki):
                 await health_pb2_grpc.HealthStub(plain).Check(health_pb2.HealthCheckRequest(), timeout=5)
     finally:
         await peers.close()
-        await server.stop(0)
+        await running.close()
         await runtime.close()
