@@ -64,13 +64,12 @@ def test_descriptors_find_every_service() -> None:
 
 
 def _error_codes(outcome: Outcome) -> list[str]:
-    """Error codes carried inside stream messages (Chat answers a rejected message with an `error`
-    field and keeps the stream open)."""
+    """Error codes carried inside stream messages (Chat answers a rejected message with a
+    google.rpc.Status `status` and keeps the stream open)."""
     codes = []
     for reply in outcome.responses:
-        fields = reply.DESCRIPTOR.fields_by_name
-        if "error" in fields and reply.HasField("error") and hasattr(reply.error, "code"):
-            codes.append(str(reply.error.code))
+        if "status" in reply.DESCRIPTOR.fields_by_name and reply.HasField("status"):
+            codes.extend(c.name for c in grpc.StatusCode if c.value[0] == reply.status.code)
     return codes
 
 

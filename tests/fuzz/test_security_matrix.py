@@ -9,8 +9,14 @@ template, a session, a conversation with messages, a run, a user): a field `<res
 - tenant B's owner with A's ids: NOT_FOUND (never PERMISSION_DENIED); where an id is only a filter
   or a reference (CROSS_TENANT_FILTERS), success is allowed but must carry none of A's data;
 - A's member: PERMISSION_DENIED on the admin/owner-only RPCs (ADMIN_ONLY), anything but
-  PERMISSION_DENIED on the others.
+  PERMISSION_DENIED on the others;
+- a token with the platform operator's role, signed by identity's key (identity never issues one:
+  the operator works through `agentmesh admin`): UNAUTHENTICATED, public methods included.
 Never INTERNAL or UNKNOWN; a rejected call changes nothing stored.
+
+Then the escalations a tenant might try: its tier (gRPC and HTTP), roles it may not hold, and mass
+assignment (fields outside the mask, output-only fields such as ids, versions, times and tenant ids
+in a request), each refused or ignored, never applied.
 """
 
 from __future__ import annotations
@@ -104,7 +110,7 @@ CROSS_TENANT_FILTERS = {
     "OrchestrationService.ListSessions",
 }
 
-ROWS = ("no_token", "expired", "other_tenant", "member")
+ROWS = ("no_token", "expired", "other_tenant", "member", "operator")
 FORBIDDEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.UNIMPLEMENTED}
 # Nested resource messages whose `id` names the resource (UpdateAgent's agent, UpdateUser's user).
 INT_TYPES = {FieldDescriptor.TYPE_INT32, FieldDescriptor.TYPE_INT64}
@@ -211,6 +217,8 @@ def _token(case: Case, stack: Stack, a: World, b: World) -> str | None:
     # Fresh tokens each case: an earlier case (Logout) may have denied the previous one.
     if case.row == "other_tenant":
         return b.refreshed(b.owner)
+    if case.row == "operator":
+        return stack.operator_token()
     return a.refreshed(a.member)
 
 
@@ -237,7 +245,7 @@ def test_matrix(case: Case, stack: Stack, worlds: tuple[World, World], snapshots
     where = f"{case.id} answered {code}: {outcome.details}"
 
     assert code not in FORBIDDEN, where
-    if case.row in ("no_token", "expired"):
+    if case.row in ("no_token", "expired", "operator"):
         assert code == grpc.StatusCode.UNAUTHENTICATED, where
     elif case.row == "other_tenant":
         assert code != grpc.StatusCode.PERMISSION_DENIED, where
@@ -257,11 +265,201 @@ def test_matrix(case: Case, stack: Stack, worlds: tuple[World, World], snapshots
 
 def _effective_code(outcome: Outcome) -> grpc.StatusCode | None:
     """The call's status, or the first error a stream carried in a message (Chat keeps its stream
-    open and answers a rejected request with `error`)."""
+    open and answers a rejected request with a google.rpc.Status `status`)."""
     for reply in outcome.responses:
-        if "error" in reply.DESCRIPTOR.fields_by_name and reply.HasField("error"):
-            name = getattr(reply.error, "code", "")
+        if "status" in reply.DESCRIPTOR.fields_by_name and reply.HasField("status"):
             for code in grpc.StatusCode:
-                if code.name == name:
+                if code.value[0] == reply.status.code:
                     return code
     return outcome.code
+
+
+# -- escalation --------------------------------------------------------------------------------------
+
+OUTPUT_ONLY = {"id", "tenant_id", "version", "create_time", "update_time", "etag", "name"}
+PLANTED_ID = "00000000-0000-0000-0000-00000000beef"
+
+
+def _denied(stack: Stack, method: str, request: Any, token: str) -> grpc.RpcError:
+    stub = stack.stubs().identity
+    with pytest.raises(grpc.RpcError) as caught:
+        getattr(stub, method)(request, metadata=bearer(token), timeout=10)
+    return caught.value
+
+
+def test_tier_escalation_by_any_route(
+    stack: Stack, worlds: tuple[World, World], snapshots: Snapshots
+) -> None:
+    """Nobody in a tenant sets a tier: not its owner, not its member, not another tenant; not by
+    gRPC, not through the gateway's PATCH /v1/tenant; not by slipping it past the mask."""
+    import httpx
+
+    from agentmesh.identity.v1 import identity_service_pb2 as id_pb
+
+    a, b = worlds
+    tokens = (a.refreshed(a.owner), a.refreshed(a.member), b.refreshed(b.owner))
+    snapshots.settle()
+    before = snapshots.take()
+    for token in tokens:
+        for paths in (["tier"], ["display_name", "tier"]):
+            request = id_pb.UpdateTenantRequest(
+                tenant=id_pb.Tenant(tier=id_pb.TIER_FREE, display_name="cheap"), update_mask={"paths": paths}
+            )
+            assert _denied(stack, "UpdateTenant", request, token).code() == grpc.StatusCode.PERMISSION_DENIED
+        reply = httpx.patch(
+            f"http://127.0.0.1:{stack.http_port}/v1/tenant?updateMask=tier",
+            json={"tier": "TIER_FREE"},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+        assert reply.status_code == 403, reply.text
+    assert not changed(before, snapshots.take())
+    # `*` is the tenant's own fields: a tier in the body is ignored (display_name is the change).
+    owner = a.refreshed(a.owner)
+    tenant = (
+        stack.stubs()
+        .identity.UpdateTenant(
+            id_pb.UpdateTenantRequest(
+                tenant=id_pb.Tenant(tier=id_pb.TIER_FREE, display_name=f"{a.marker} renamed"),
+                update_mask={"paths": ["*"]},
+            ),
+            metadata=bearer(owner),
+            timeout=10,
+        )
+        .tenant
+    )
+    assert tenant.tier == id_pb.TIER_ENTERPRISE
+
+
+def test_role_escalation(stack: Stack, worlds: tuple[World, World], snapshots: Snapshots) -> None:
+    """A member granting itself owner; an owner granting operator or service, at creation or later."""
+    from agentmesh.identity.v1 import identity_service_pb2 as id_pb
+
+    a, _ = worlds
+    member, owner = a.refreshed(a.member), a.refreshed(a.owner)
+    snapshots.settle()
+    before = snapshots.take()
+    attempts = [
+        (
+            member,
+            "UpdateUser",
+            id_pb.UpdateUserRequest(
+                user=id_pb.User(id=a.member.user_id, roles=[id_pb.ROLE_OWNER]),
+                update_mask={"paths": ["roles"]},
+            ),
+        ),
+        (
+            member,
+            "CreateUser",
+            id_pb.CreateUserRequest(
+                username="upstart", password="fuzz-long-password", roles=[id_pb.ROLE_OWNER]
+            ),
+        ),
+    ]
+    for role in (id_pb.ROLE_OPERATOR, id_pb.ROLE_SERVICE):
+        attempts += [
+            (
+                owner,
+                "CreateUser",
+                id_pb.CreateUserRequest(username="upstart", password="fuzz-long-password", roles=[role]),
+            ),
+            (
+                owner,
+                "UpdateUser",
+                id_pb.UpdateUserRequest(
+                    user=id_pb.User(id=a.owner.user_id, roles=[id_pb.ROLE_OWNER, role]),
+                    update_mask={"paths": ["roles"]},
+                ),
+            ),
+            (
+                owner,
+                "UpdateUser",
+                id_pb.UpdateUserRequest(
+                    user=id_pb.User(id=a.member.user_id, roles=[role]), update_mask={"paths": ["*"]}
+                ),
+            ),
+        ]
+    for token, method, request in attempts:
+        error = _denied(stack, method, request, token)
+        assert error.code() == grpc.StatusCode.PERMISSION_DENIED, (method, request, error)
+    assert not changed(before, snapshots.take())
+
+
+def _plant(msg: Any) -> list[str]:
+    """Sets the output-only fields a resource message has to values the server must not take;
+    returns their names."""
+    planted = []
+    for f in msg.DESCRIPTOR.fields:
+        if f.name not in OUTPUT_ONLY or f.is_repeated:
+            continue
+        if f.message_type is not None and f.message_type.full_name == "google.protobuf.Timestamp":
+            getattr(msg, f.name).FromSeconds(86400)
+        elif f.type == FieldDescriptor.TYPE_STRING and f.name != "id":
+            setattr(msg, f.name, PLANTED_ID if f.name == "tenant_id" else "planted")
+        elif f.type in INT_TYPES:
+            setattr(msg, f.name, 999)
+        else:
+            continue
+        planted.append(f.name)
+    return planted
+
+
+def _applied(resource: Any, planted: list[str]) -> list[str]:
+    found = []
+    for name in planted:
+        value = getattr(resource, name)
+        if name.endswith("_time") and value.seconds == 86400:
+            found.append(name)
+        elif name == "tenant_id" and value == PLANTED_ID:
+            found.append(name)
+        elif name in ("version",) and value == 999:
+            found.append(name)
+        elif name in ("name", "etag") and value == "planted":
+            found.append(name)
+    return found
+
+
+UPDATES = [
+    r
+    for r in RPCS
+    if r.short.split(".")[1].startswith("Update") and "update_mask" in r.descriptor.input_type.fields_by_name
+]
+
+
+@pytest.mark.parametrize("rpc", UPDATES, ids=lambda r: r.short)
+def test_mass_assignment_on_update(rpc: Rpc, stack: Stack, worlds: tuple[World, World]) -> None:
+    """An Update with mask display_name and output-only fields set in the body: those are ignored;
+    the same fields named in the mask are refused (INVALID_ARGUMENT), never applied."""
+    a, _ = worlds
+    token = a.refreshed(a.owner)
+    request = fill(rpc.descriptor.input_type, a.ids)
+    resource_field = next(
+        f.name
+        for f in rpc.descriptor.input_type.fields
+        if f.message_type is not None and not _wkt(f.message_type)
+    )
+    resource = getattr(request, resource_field)
+    planted = [p for p in _plant(resource) if p != "etag"]
+    if "etag" in resource.DESCRIPTOR.fields_by_name:
+        resource.ClearField("etag")
+    assert planted, f"{rpc.short}: no output-only field to plant"
+    outcome = call(stack.channel, rpc, [request], metadata=bearer(token))
+    assert outcome.code == grpc.StatusCode.OK, f"{rpc.short}: {outcome.code} {outcome.details}"
+    reply = getattr(outcome.responses[0], resource_field)
+    assert not _applied(reply, planted), f"{rpc.short} applied {_applied(reply, planted)}: {reply}"
+    for path in planted:
+        masked = fill(rpc.descriptor.input_type, a.ids)
+        _plant(getattr(masked, resource_field))
+        if "etag" in getattr(masked, resource_field).DESCRIPTOR.fields_by_name:
+            getattr(masked, resource_field).ClearField("etag")
+        del masked.update_mask.paths[:]
+        masked.update_mask.paths.append(path)
+        refused = call(stack.channel, rpc, [masked], metadata=bearer(token))
+        code = refused.code
+        if code == grpc.StatusCode.OK:
+            again = getattr(refused.responses[0], resource_field)
+            assert not _applied(again, [path]), f"{rpc.short} applied {path} from the mask: {again}"
+        else:
+            assert code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.PERMISSION_DENIED), (
+                f"{rpc.short} with mask {path}: {code} {refused.details}"
+            )

@@ -92,6 +92,8 @@ class Cluster:
             "REDIS_URL": redis_url,
             "AGENTMESH_PAGE_TOKEN_SECRET": "system-page-token-secret",
             "AGENTMESH_SERVICE_SECRET": "system-service-secret",
+            # The stories sign tenants up themselves (production's default is closed).
+            "AGENTMESH_SIGNUP": "open",
             "AGENTMESH_SIGNING_KEY_FILE": str(write_signing_key(self.dir / "signing-key.pem")),
             "AGENTMESH_REVOCATION_CACHE_SECONDS": "0",
             "AGENTMESH_HEALTH_INTERVAL_SECONDS": "0.2",

@@ -175,9 +175,9 @@ async def test_story_through_grpc_stubs(stubs: Stubs) -> None:
     )
     chat_events = []
     async for reply in chat:
-        assert not reply.HasField("error"), reply
-        chat_events.append(reply.event)
-        if reply.event.type == _T.RUN_EVENT_TYPE_RUN_COMPLETED:
+        assert reply.WhichOneof("payload") == "run_event", reply
+        chat_events.append(reply.run_event)
+        if reply.run_event.type == _T.RUN_EVENT_TYPE_RUN_COMPLETED:
             break
     chat.cancel()
     assert [e.final_message for e in chat_events if e.final_message] == ["Echo: first over chat"]
