@@ -31,6 +31,7 @@ from services.platform import errors
 from services.platform.auth import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, Principal
 from services.platform.pagination import Page, PageTokens, keyset, paginate, position
 from services.platform.tiers import limits_for
+from services.platform.validation import require_id, require_request_id
 
 UPDATABLE_PATHS = frozenset(
     {"display_name", "description", "config", *(f"config.{f}" for f in CONFIG_FIELDS)}
@@ -85,11 +86,6 @@ def _require_writer(p: Principal) -> None:
     p.require_admin()
 
 
-def _require_id(value: str, field: str) -> None:
-    if not value:
-        raise errors.InvalidArgument.field(field, "is required")
-
-
 def _check_etag(etag: str, agent: Agent) -> None:
     """An empty etag means "whatever is current" (last writer wins); a present one must match."""
     if etag and etag != agent.etag:
@@ -127,7 +123,7 @@ class AgentService:
 
     async def get_agent(self, p: Principal, agent_id: str) -> Agent:
         _require_reader(p)
-        _require_id(agent_id, "agent_id")
+        require_id(agent_id, "agent_id")
         # A service identity reads any tenant's agent by id (orchestration, on the user's behalf).
         agent = await self._store.get_agent(None if p.is_service else p.tenant_id, agent_id)
         if agent is None:
@@ -155,7 +151,7 @@ class AgentService:
     async def _versions_visible(self, p: Principal, agent_id: str) -> str | None:
         """The tenant scope for version reads; versions of a soft-deleted agent stay readable (audit)."""
         _require_reader(p)
-        _require_id(agent_id, "agent_id")
+        require_id(agent_id, "agent_id")
         tenant = None if p.is_service else p.tenant_id
         if not await self._store.agent_exists(tenant, agent_id, include_deleted=True):
             raise errors.NotFound(f"agent {agent_id!r} not found", reason="AGENT_NOT_FOUND")
@@ -263,8 +259,7 @@ class AgentService:
     ) -> Agent:
         _require_writer(p)
         limits = limits_for(p.tier)
-        if len(request_id) > 128:
-            raise errors.InvalidArgument.field("request_id", "must be at most 128 characters")
+        require_request_id(request_id)
         if request_id:
             replay = await self._replayed_agent(p, request_id)
             if replay is not None:
@@ -331,7 +326,7 @@ class AgentService:
     ) -> Agent:
         """Applies `paths` of `patch` (content form); a path whose field is unset in the patch clears it."""
         _require_writer(p)
-        _require_id(agent_id, "agent.id")
+        require_id(agent_id, "agent.id")
         paths = _normalize_paths(paths)
 
         def change(current: dict[str, Any]) -> dict[str, Any]:
@@ -352,7 +347,7 @@ class AgentService:
     async def set_state(self, p: Principal, agent_id: str, *, etag: str, active: bool) -> Agent:
         """Activate or deactivate; a no-op (no new version) when the agent is already in that state."""
         _require_writer(p)
-        _require_id(agent_id, "agent_id")
+        require_id(agent_id, "agent_id")
         target = ACTIVE if active else INACTIVE
         kind = ChangeType.ACTIVATED if active else ChangeType.DEACTIVATED
         return await self._change(
@@ -369,7 +364,7 @@ class AgentService:
     async def rollback(self, p: Principal, agent_id: str, *, version: int, etag: str) -> Agent:
         """A new version with the old version's name, description and config; the state stays as it is."""
         _require_writer(p)
-        _require_id(agent_id, "agent_id")
+        require_id(agent_id, "agent_id")
         if version <= 0:
             raise errors.InvalidArgument.field("version", "must be a positive version number")
         source = await self._store.get_version(p.tenant_id, agent_id, version)
@@ -392,7 +387,7 @@ class AgentService:
 
     async def delete_agent(self, p: Principal, agent_id: str, *, etag: str) -> None:
         _require_writer(p)
-        _require_id(agent_id, "agent_id")
+        require_id(agent_id, "agent_id")
         await self._change(
             p,
             agent_id,
@@ -501,7 +496,7 @@ class AgentService:
 
     async def get_template(self, p: Principal, template_id: str) -> Template:
         _require_reader(p)
-        _require_id(template_id, "template_id")
+        require_id(template_id, "template_id")
         found = find_builtin(template_id) or await self._store.get_template(p.tenant_id, template_id)
         if found is None:
             raise errors.NotFound(f"template {template_id!r} not found", reason="TEMPLATE_NOT_FOUND")
@@ -532,8 +527,7 @@ class AgentService:
         self, p: Principal, *, display_name: str, description: str, config: dict[str, Any], request_id: str
     ) -> Template:
         _require_writer(p)
-        if len(request_id) > 128:
-            raise errors.InvalidArgument.field("request_id", "must be at most 128 characters")
+        require_request_id(request_id)
         if request_id:
             existing = await self._store.find_request(p.tenant_id, "template", request_id)
             if existing is not None:
@@ -561,7 +555,7 @@ class AgentService:
 
     async def delete_template(self, p: Principal, template_id: str) -> None:
         _require_writer(p)
-        _require_id(template_id, "template_id")
+        require_id(template_id, "template_id")
         if template_id.startswith(BUILTIN_PREFIX) and find_builtin(template_id) is not None:
             raise errors.FailedPrecondition(
                 f"template {template_id!r} is built in and cannot be deleted", reason="BUILTIN_TEMPLATE"

@@ -32,11 +32,11 @@ from services.conversation.store import (
     new_id,
 )
 from services.conversation.tokens import TokenCounter
-from services.conversation.validation import Violations
 from services.platform import errors, tiers
 from services.platform.auth import Principal
 from services.platform.errors import Violation
 from services.platform.pagination import Page, PageTokens, keyset, paginate, position
+from services.platform.validation import Violations, require_id
 
 # A search page is ranked and gets a snippet per hit: a smaller ceiling than other listings.
 SEARCH_MAX_PAGE_SIZE = 100
@@ -80,7 +80,7 @@ class ConversationService:
         return Scope(principal.tenant_id, None if principal.is_admin else principal.user_id)
 
     async def _visible(self, principal: Principal, conversation_id: str) -> Conversation:
-        validation.require_id(conversation_id, "conversation_id")
+        require_id(conversation_id, "conversation_id")
         conversation = await self.store.get_conversation(self.scope(principal), conversation_id)
         if conversation is None:
             raise _not_found(conversation_id)
@@ -99,11 +99,10 @@ class ConversationService:
         request_id: str,
     ) -> Conversation:
         v = Violations()
-        v.check(bool(agent_id), "agent_id", "is required")
-        v.check(len(agent_id) <= validation.MAX_ID_CHARS, "agent_id", "is too long")
+        v.id(agent_id, "agent_id")
         v.check(agent_version >= 0, "agent_version", "must not be negative")
         v.check(len(title) <= validation.MAX_TITLE_CHARS, "title", "is too long")
-        v.check(len(request_id) <= validation.MAX_ID_CHARS, "request_id", "is too long")
+        v.request_id(request_id)
         validation.metadata(v, "metadata", metadata)
         v.raise_if_any()
         now = self._now()
@@ -168,7 +167,7 @@ class ConversationService:
         )
 
     async def close_conversation(self, principal: Principal, conversation_id: str) -> Conversation:
-        validation.require_id(conversation_id, "conversation_id")
+        require_id(conversation_id, "conversation_id")
         conversation = await self.store.close_conversation(
             self.scope(principal), conversation_id, now=self._now()
         )
@@ -191,7 +190,7 @@ class ConversationService:
         validation.message(
             v, role=new.role, content=new.content, tool_call_id=new.tool_call_id, meta=new.metadata
         )
-        v.check(len(request_id) <= validation.MAX_ID_CHARS, "request_id", "is too long")
+        v.request_id(request_id)
         v.raise_if_any()
         try:
             message, conversation, replayed = await self.store.append_message(

@@ -5,42 +5,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from services.conversation.models import ROLES
-from services.platform import errors
-from services.platform.errors import FieldViolation
+from services.platform.validation import MAX_ID_CHARS, Violations, require_id
+
+__all__ = ["MAX_ID_CHARS", "Violations", "message", "metadata", "require_id"]
 
 MAX_CONTENT_BYTES = 64 * 1024
 MAX_SYSTEM_PROMPT_BYTES = 256 * 1024
 MAX_TITLE_CHARS = 512
-MAX_ID_CHARS = 128
 MAX_METADATA_ENTRIES = 64
 MAX_METADATA_KEY_CHARS = 128
 MAX_METADATA_VALUE_CHARS = 4096
 MAX_QUERY_CHARS = 256
 MAX_RETENTION_DAYS = 36_500
-
-
-class Violations:
-    def __init__(self) -> None:
-        self.items: list[FieldViolation] = []
-
-    def add(self, field: str, description: str) -> None:
-        self.items.append(FieldViolation(field, description))
-
-    def check(self, ok: bool, field: str, description: str) -> None:
-        if not ok:
-            self.add(field, description)
-
-    def raise_if_any(self) -> None:
-        if self.items:
-            summary = "; ".join(f"{v.field}: {v.description}" for v in self.items)
-            raise errors.InvalidArgument(f"invalid request: {summary}", self.items)
-
-
-def require_id(value: str, field: str) -> None:
-    v = Violations()
-    v.check(bool(value), field, "is required")
-    v.check(len(value) <= MAX_ID_CHARS, field, f"must be at most {MAX_ID_CHARS} characters")
-    v.raise_if_any()
 
 
 def metadata(v: Violations, field: str, values: Mapping[str, str]) -> None:

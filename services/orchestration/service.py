@@ -38,22 +38,10 @@ from services.platform import errors
 from services.platform.errors import FieldViolation, Violation
 from services.platform.pagination import PageTokens, paginate
 from services.platform.tiers import limits_for
+from services.platform.validation import require_id, require_request_id
 
 MAX_TITLE = 256
-MAX_REQUEST_ID = 128
 SESSION_LOCK_KEY = "sessions:{session_id}:lock"
-
-
-def _require_id(field: str, value: str) -> None:
-    if not value:
-        raise errors.InvalidArgument.field(field, "is required")
-    if len(value) > 64:
-        raise errors.InvalidArgument.field(field, "is too long")
-
-
-def _check_request_id(value: str) -> None:
-    if len(value) > MAX_REQUEST_ID:
-        raise errors.InvalidArgument.field("request_id", f"must be at most {MAX_REQUEST_ID} characters")
 
 
 class OrchestrationService:
@@ -85,10 +73,10 @@ class OrchestrationService:
     # Sessions ---------------------------------------------------------------------------------------
 
     async def start_session(self, caller: Caller, *, agent_id: str, title: str, request_id: str) -> Session:
-        _require_id("agent_id", agent_id)
+        require_id(agent_id, "agent_id")
         if len(title) > MAX_TITLE:
             raise errors.InvalidArgument.field("title", f"must be at most {MAX_TITLE} characters")
-        _check_request_id(request_id)
+        require_request_id(request_id)
         if request_id:
             existing = await self._store.session_by_request(caller.tenant_id, caller.user_id, request_id)
             if existing is not None:
@@ -126,7 +114,7 @@ class OrchestrationService:
         return session
 
     async def _visible_session(self, caller: Caller, session_id: str) -> Session:
-        _require_id("session_id", session_id)
+        require_id(session_id, "session_id")
         session = await self._store.get_session(caller.tenant_id, session_id)
         # Another tenant's session, or (for a member) another user's, does not exist for this caller.
         if session is None or (session.user_id != caller.user_id and not caller.is_admin):
@@ -193,7 +181,7 @@ class OrchestrationService:
             raise errors.InvalidArgument(
                 "; ".join(f"{v.field}: {v.description}" for v in violations), violations
             )
-        _check_request_id(request_id)
+        require_request_id(request_id)
         session = await self._visible_session(caller, session_id)
         if request_id:
             existing = await self._store.run_by_request(session.id, request_id)
@@ -279,7 +267,7 @@ class OrchestrationService:
                 await self._redis.delete(key)
 
     async def _visible_run(self, caller: Caller, run_id: str) -> Run:
-        _require_id("run_id", run_id)
+        require_id(run_id, "run_id")
         run = await self._store.get_run(caller.tenant_id, run_id)
         if run is None or (run.user_id != caller.user_id and not caller.is_admin):
             raise errors.NotFound(f"run {run_id} not found", reason="RUN_NOT_FOUND")
