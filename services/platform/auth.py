@@ -183,6 +183,10 @@ class TokenVerifier:
         if claims.get("typ") != ACCESS_TOKEN_TYPE:
             raise errors.Unauthenticated(INVALID_TOKEN, reason="WRONG_TOKEN_TYPE")
         roles = claims.get("roles", [])
+        # Every caller over RPC is in a tenant (a service: in all of them, "*"). The operator is in
+        # none and acts only through `agentmesh admin`: a token claiming otherwise opens nothing.
+        if not claims["tenant"] or (isinstance(roles, list) and ROLE_OPERATOR in roles):
+            raise errors.Unauthenticated(INVALID_TOKEN, reason="NOT_A_TENANT_TOKEN")
         return Principal(
             user_id=str(claims["sub"]),
             tenant_id=str(claims["tenant"]),

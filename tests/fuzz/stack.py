@@ -13,7 +13,7 @@ import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
 import grpc
@@ -28,6 +28,10 @@ from agentmesh.identity.v1 import identity_service_pb2_grpc as id_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
 from services.identity.keys import KeySet
+from services.identity.operator import Operator, operator_principal
+from services.identity.passwords import Passwords
+from services.identity.redis_state import Revocations
+from services.identity.store import IdentityStore
 from services.identity.tokens import TokenIssuer
 from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
@@ -71,6 +75,12 @@ class Stack:
     channel: grpc.Channel
     key_file: str
     db_url: str
+    # The operator's use cases on the stack's database and Redis (what `agentmesh admin` runs).
+    operator: Operator
+    run: Callable[[Coroutine[Any, Any, Any]], Any]
+
+    def set_tier(self, tenant_name: str, tier: str) -> None:
+        self.run(self.operator.set_tier(operator_principal("fuzz"), name=tenant_name, tier=tier))
 
     @property
     def public_methods(self) -> frozenset[str]:
@@ -86,17 +96,34 @@ class Stack:
 
     def expired_token(self, *, subject: str, tenant: str, roles: Iterable[str]) -> str:
         """A token identity's own key signed, one hour past its expiry."""
+        return (
+            self._issuer()
+            .access_token(
+                subject=subject, tenant=tenant, roles=roles, tier="free", issued_at=time.time() - 3600
+            )
+            .token
+        )
+
+    def operator_token(self) -> str:
+        """What a token of the operator would be, were one ever minted (no RPC mints one): signed by
+        identity's key, role operator, in no tenant."""
+        return (
+            self._issuer()
+            .access_token(
+                subject="operator:fuzz", tenant="", roles=["operator"], tier="", issued_at=time.time()
+            )
+            .token
+        )
+
+    def _issuer(self) -> TokenIssuer:
         auth = self.settings.auth
-        issuer = TokenIssuer(
+        return TokenIssuer(
             keys=KeySet.load(self.key_file),
             issuer=auth.issuer,
             audience=auth.audience,
             access_ttl=60,
             refresh_ttl=60,
         )
-        return issuer.access_token(
-            subject=subject, tenant=tenant, roles=roles, tier="free", issued_at=time.time() - 3600
-        ).token
 
 
 @dataclasses.dataclass
@@ -145,7 +172,8 @@ class RunningStack:
         settings = dataclasses.replace(
             settings,
             peers=peers,
-            auth=dataclasses.replace(settings.auth, signing_key_file=key_file),
+            # SignUp open (as embedded): the worlds are signed-up tenants.
+            auth=dataclasses.replace(settings.auth, signing_key_file=key_file, signup_open=True),
         )
         self.thread = LoopThread()
         self.runtime, self.server, self.http, registrations = self.thread.run(_start(settings, self.address))
@@ -157,6 +185,15 @@ class RunningStack:
             channel=grpc.insecure_channel(self.address),
             key_file=key_file,
             db_url=settings.database_url.replace("postgresql+psycopg://", "postgresql://", 1),
+            operator=Operator(
+                store=IdentityStore(self.runtime.engine),
+                passwords=Passwords(),
+                revocations=Revocations(
+                    self.runtime.redis, access_ttl=settings.auth.access_token_ttl_seconds
+                ),
+                clock=time.time,
+            ),
+            run=self.thread.run,
         )
 
     def close(self) -> None:
@@ -214,13 +251,7 @@ def make_world(stack: Stack, label: str) -> World:
         timeout=10,
     )
     owner_md = bearer(up.tokens.access_token)
-    s.identity.UpdateTenant(
-        id_pb.UpdateTenantRequest(
-            tenant=id_pb.Tenant(tier=id_pb.TIER_ENTERPRISE), update_mask={"paths": ["tier"]}
-        ),
-        metadata=owner_md,
-        timeout=10,
-    )
+    stack.set_tier(name, "enterprise")
     member = s.identity.CreateUser(
         id_pb.CreateUserRequest(
             username="member", password=PASSWORD, display_name=marker, roles=[id_pb.ROLE_MEMBER]
