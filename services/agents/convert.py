@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
-from google.protobuf import json_format, struct_pb2, timestamp_pb2
+from google.protobuf import json_format, struct_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from services.agents.models import Agent, AgentEvent, AgentVersion, FieldDiff, Template
 from services.platform import errors
+from services.platform.timestamps import to_timestamp
 
 
 def config_to_dict(config: pb.AgentConfig) -> dict[str, Any]:
@@ -32,12 +33,6 @@ def state_name(state: int) -> str | None:
 
 def _state_value(name: str) -> int:
     return pb.AgentState.Value(f"AGENT_STATE_{name}")
-
-
-def timestamp(us: int) -> timestamp_pb2.Timestamp:
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(us)
-    return ts
 
 
 # Converted agents by (id, version, update time, state): parsing the config dict into the proto
@@ -66,8 +61,8 @@ def _agent_to_proto(agent: Agent) -> pb.Agent:
         config=config_from_dict(agent.config),
         version=agent.version,
         etag=agent.etag,
-        create_time=timestamp(agent.create_time_us),
-        update_time=timestamp(agent.update_time_us),
+        create_time=to_timestamp(agent.create_time_us),
+        update_time=to_timestamp(agent.update_time_us),
         creator=agent.creator,
         template_id=agent.template_id,
     )
@@ -95,7 +90,7 @@ def version_to_proto(v: AgentVersion) -> pb.AgentVersion:
         change_type=pb.ChangeType.Value(f"CHANGE_TYPE_{v.change_type.value}"),
         changed_fields=v.changed_fields,
         author=v.author,
-        create_time=timestamp(v.create_time_us),
+        create_time=to_timestamp(v.create_time_us),
         source_version=v.source_version,
     )
 
@@ -107,7 +102,7 @@ def template_to_proto(t: Template) -> pb.Template:
         description=t.description,
         config=config_from_dict(t.config),
         builtin=t.builtin,
-        create_time=timestamp(t.create_time_us) if t.create_time_us else None,
+        create_time=to_timestamp(t.create_time_us),
     )
 
 
@@ -131,5 +126,5 @@ def event_to_proto(e: AgentEvent) -> pb.AgentEvent:
         agent_id=e.agent_id,
         version=e.version,
         agent=agent_to_proto(e.agent) if e.agent else None,
-        event_time=timestamp(e.event_time_us),
+        event_time=to_timestamp(e.event_time_us),
     )

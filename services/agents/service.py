@@ -27,7 +27,7 @@ from services.agents.models import (
 )
 from services.agents.store import DuplicateRequest, LimitReached, VersionConflict
 from services.agents.templates import BUILTIN_PREFIX, builtin_templates, find_builtin
-from services.platform import errors
+from services.platform import errors, timestamps
 from services.platform.auth import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, Principal
 from services.platform.pagination import Page, PageTokens, keyset, paginate, position
 from services.platform.tiers import limits_for
@@ -117,7 +117,7 @@ class AgentService:
         self._new_id = new_id
 
     def _now_us(self) -> int:
-        return int(self._clock() * 1_000_000)
+        return timestamps.micros(self._clock)
 
     # -- reads --------------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from services.conversation.store import (
     new_id,
 )
 from services.conversation.tokens import TokenCounter
-from services.platform import errors, tiers
+from services.platform import errors, tiers, timestamps
 from services.platform.auth import Principal
 from services.platform.errors import Violation
 from services.platform.pagination import Page, PageTokens, keyset, paginate, position
@@ -73,7 +73,7 @@ class ConversationService:
         self.db_page = db_page
 
     def _now(self) -> int:
-        return int(self.clock() * 1_000_000)
+        return timestamps.micros(self.clock)
 
     @staticmethod
     def scope(principal: Principal) -> Scope:

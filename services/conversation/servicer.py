@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
-
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 from services.conversation import models
 from services.conversation.service import ConversationService
 from services.platform import errors
 from services.platform.middleware import principal
+from services.platform.timestamps import from_timestamp, to_timestamp
 
 _ROLE_TO_PB = {
     "system": pb.MESSAGE_ROLE_SYSTEM,
@@ -20,29 +19,6 @@ _ROLE_TO_PB = {
 _ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
 _STATUS_TO_PB = {models.ACTIVE: pb.CONVERSATION_STATUS_ACTIVE, models.CLOSED: pb.CONVERSATION_STATUS_CLOSED}
 _STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
-
-
-def _ts(micros: int) -> timestamp_pb2.Timestamp | None:
-    if not micros:
-        return None
-    ts = timestamp_pb2.Timestamp()
-    ts.FromMicroseconds(micros)
-    return ts
-
-
-_MAX_TIMESTAMP_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the largest valid Timestamp
-
-
-def _micros(message: object, field: str) -> int:
-    if not message.HasField(field):  # type: ignore[attr-defined]
-        return 0
-    value = getattr(message, field)
-    if value.seconds < 0 or value.nanos < 0:
-        raise errors.InvalidArgument.field(field, "must not be before 1970")
-    if value.seconds > _MAX_TIMESTAMP_SECONDS or value.nanos > 999_999_999:
-        # Beyond 9999-12-31 or nanos past a second: not a valid Timestamp (protobuf raises ValueError).
-        raise errors.InvalidArgument.field(field, "is not a valid timestamp")
-    return value.ToMicroseconds()
 
 
 def conversation_pb(c: models.Conversation) -> pb.Conversation:
@@ -57,9 +33,9 @@ def conversation_pb(c: models.Conversation) -> pb.Conversation:
         metadata=c.metadata,
         message_count=c.message_count,
         token_count=c.token_count,
-        create_time=_ts(c.create_time),
-        update_time=_ts(c.update_time),
-        last_message_time=_ts(c.last_message_time),
+        create_time=to_timestamp(c.create_time),
+        update_time=to_timestamp(c.update_time),
+        last_message_time=to_timestamp(c.last_message_time),
     )
 
 
@@ -73,7 +49,7 @@ def message_pb(m: models.Message) -> pb.Message:
         token_count=m.token_count,
         metadata=m.metadata,
         tool_call_id=m.tool_call_id,
-        create_time=_ts(m.create_time),
+        create_time=to_timestamp(m.create_time),
     )
 
 
@@ -112,8 +88,8 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             agent_id=request.agent_id,
             user_id=request.user_id,
             status=_status(request.status),
-            start_time=_micros(request, "start_time"),
-            end_time=_micros(request, "end_time"),
+            start_time=from_timestamp(request, "start_time"),
+            end_time=from_timestamp(request, "end_time"),
         )
         return pb.ListConversationsResponse(
             conversations=[conversation_pb(c) for c in page.items], next_page_token=page.next_page_token
@@ -202,7 +178,9 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
 
     async def GetTenantStats(self, request, context):  # type: ignore[no-untyped-def]
         stats = await self.service.tenant_stats(
-            principal(), start_time=_micros(request, "start_time"), end_time=_micros(request, "end_time")
+            principal(),
+            start_time=from_timestamp(request, "start_time"),
+            end_time=from_timestamp(request, "end_time"),
         )
 
         def totals(t: models.Totals) -> pb.UsageTotals:
