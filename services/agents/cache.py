@@ -44,7 +44,7 @@ class CachedStore:
 
     async def get_agent(self, tenant_id: str | None, agent_id: str) -> Agent | None:
         if self.live:
-            agent = self._agents.get(agent_id)
+            agent: Agent | None = self._agents.get(agent_id)
             if agent is not None:
                 return agent if tenant_id is None or agent.tenant_id == tenant_id else None
         generation = self._generation.get(agent_id, 0)

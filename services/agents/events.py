@@ -72,7 +72,7 @@ class EventBus:
                 yield event
         finally:
             with contextlib.suppress(Exception):
-                await pubsub.aclose()
+                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
 
     async def close(self) -> None:
         """Ends every subscription (within one poll interval): called when the server starts draining."""

@@ -70,7 +70,9 @@ class Store(Protocol):
 
 class Events(Protocol):
     async def publish(self, event: AgentEvent) -> None: ...
-    def subscribe(self, tenant_id: str | None) -> AsyncIterator[AgentEvent]: ...
+    def subscribe(
+        self, tenant_id: str | None, *, on_ready: Callable[[], Awaitable[None]] | None = None
+    ) -> AsyncIterator[AgentEvent]: ...
 
 
 def _require_reader(p: Principal) -> None:
@@ -267,7 +269,7 @@ class AgentService:
         if template_id:
             template = await self.get_template(p, template_id)
             config = {**template.config, **config}
-        content = {
+        content: dict[str, Any] = {
             "display_name": display_name,
             "description": description,
             "state": state or ACTIVE,

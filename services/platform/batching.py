@@ -55,7 +55,9 @@ class Batcher(Generic[T, R]):
         task.add_done_callback(self._finished)
 
     def _take(self) -> list[tuple[T, asyncio.Future[R]]]:
-        batch, rest, keys = [], [], set()
+        batch: list[tuple[T, asyncio.Future[R]]] = []
+        rest: list[tuple[T, asyncio.Future[R]]] = []
+        keys: set[object] = set()
         for entry in self._queue:
             key = self._key(entry[0]) if self._key is not None else None
             if len(batch) >= self._max_batch or (key is not None and key in keys):
