@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
@@ -127,21 +130,22 @@ async def retry(method: Any, request: Any, **kwargs: Any) -> Any:
             await asyncio.sleep(0.2)
 
 
-async def enterprise_tenant(stubs: Stubs) -> Tenant:
-    """A new tenant on the enterprise tier (room for many agents), an agent and a conversation."""
+async def enterprise_tenant(stubs: Stubs, pg_url: str) -> Tenant:
+    """A new tenant on the enterprise tier (room for many agents), an agent and a conversation.
+    The tier is the operator's: `agentmesh admin tenants set-tier` on the cluster's database."""
+    name = unique("fault")
     signed = await retry(
         stubs.identity.SignUp,
         identity_pb.SignUpRequest(
-            tenant_name=unique("fault"), username="owner", password=PASSWORD, request_id=unique("signup")
+            tenant_name=name, username="owner", password=PASSWORD, request_id=unique("signup")
         ),
     )
-    await retry(
-        stubs.identity.UpdateTenant,
-        identity_pb.UpdateTenantRequest(
-            tenant=identity_pb.Tenant(tier=identity_pb.TIER_ENTERPRISE), update_mask={"paths": ["tier"]}
-        ),
-        metadata=bearer(signed.tokens.access_token),
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTMESH_") and k != "REDIS_URL"}
+    admin = [sys.executable, "-m", "services.cli", "admin", "tenants", "set-tier", name, "enterprise"]
+    done = await asyncio.to_thread(
+        subprocess.run, admin, env={**env, "DATABASE_URL": pg_url}, capture_output=True, text=True, timeout=60
     )
+    assert done.returncode == 0, done.stderr
     refresh = identity_pb.RefreshTokenRequest(refresh_token=signed.tokens.refresh_token)
     md = bearer((await retry(stubs.identity.RefreshToken, refresh)).tokens.access_token)
     create = agents_pb.CreateAgentRequest(agent=echo_agent(), request_id=unique("agent"))
@@ -179,7 +183,7 @@ def assert_clean(load: Load) -> None:
 
 
 async def test_redis_killed_and_restarted_under_load(faulty: Faulty, stubs: Stubs) -> None:
-    tenant = await enterprise_tenant(stubs)
+    tenant = await enterprise_tenant(stubs, faulty.pg_url)
     load = Load(stubs, tenant.metadata, tenant.conversation_id)
     load.start()
     await load.until_ok(20)
@@ -198,7 +202,7 @@ async def test_redis_killed_and_restarted_under_load(faulty: Faulty, stubs: Stub
 
 async def test_postgresql_restarted_under_load(faulty: Faulty, stubs: Stubs) -> None:
     """PostgreSQL's restart, played by the proxy between the services and it (see the module doc)."""
-    tenant = await enterprise_tenant(stubs)
+    tenant = await enterprise_tenant(stubs, faulty.pg_url)
     load = Load(stubs, tenant.metadata, tenant.conversation_id)
     load.start()
     await load.until_ok(20)
@@ -217,7 +221,7 @@ async def test_postgresql_restarted_under_load(faulty: Faulty, stubs: Stubs) -> 
 async def test_orchestration_killed_mid_stream(faulty: Faulty, stubs: Stubs) -> None:
     """SIGKILL to the instance running a streamed run: the client joins the run on the other instance
     and sees it end (RUN_FAILED once the dead instance's lease lapses); nothing stays running."""
-    tenant = await enterprise_tenant(stubs)
+    tenant = await enterprise_tenant(stubs, faulty.pg_url)
     start = orch_pb.StartSessionRequest(agent_id=tenant.agent_id, request_id=unique("session"))
     session = (await retry(stubs.orchestration.StartSession, start, metadata=tenant.metadata)).session
     stream = stubs.orchestration.SendMessage(
@@ -274,7 +278,7 @@ async def test_sigterm_drains_in_flight_calls_on_every_service(faulty: Faulty, s
     The gateway and orchestration with a streamed answer (SSE) in flight; identity, agents and
     conversation with unary calls kept in flight by latency on their PostgreSQL connections."""
     cluster = faulty.cluster
-    tenant = await enterprise_tenant(stubs)
+    tenant = await enterprise_tenant(stubs, faulty.pg_url)
     start = orch_pb.StartSessionRequest(agent_id=tenant.agent_id, request_id=unique("session"))
     session = (await retry(stubs.orchestration.StartSession, start, metadata=tenant.metadata)).session
     events = []
@@ -333,7 +337,7 @@ async def test_slow_dependency_gives_deadlines_not_hangs(faulty: Faulty, stubs: 
     """PostgreSQL, then Redis, stall (the proxy holds every byte for an hour): calls with a deadline
     end with DEADLINE_EXCEEDED or UNAVAILABLE within it, through the gateway too; afterwards the
     proxy is bounced (cutting the stalled connections) and everything serves again."""
-    tenant = await enterprise_tenant(stubs)
+    tenant = await enterprise_tenant(stubs, faulty.pg_url)
     load = Load(stubs, tenant.metadata, tenant.conversation_id)
     load.start()
     await load.until_ok(10)
