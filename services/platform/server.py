@@ -9,7 +9,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -39,6 +39,17 @@ class ServiceRegistration:
     on_stop: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
     # Run when stopping begins, before in-flight calls drain: end endless streams (watches) here.
     on_drain: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+
+
+S = TypeVar("S")
+
+
+@dataclasses.dataclass(frozen=True)
+class Built(Generic[S]):
+    """What a service's build(runtime) returns: its domain service and what the server needs."""
+
+    service: S  # the domain service object (tests/benchmarks call it)
+    registration: ServiceRegistration  # what the server needs
 
 
 class BindError(OSError):
