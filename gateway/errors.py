@@ -37,24 +37,22 @@ HTTP_STATUS: dict[int, int] = {
 
 
 class BadInput(Exception):
-    """Input the gateway rejects itself (400 with a BadRequest field violation)."""
+    """Input the gateway rejects itself (400 with a BadRequest field violation for `field` and one
+    for each of `more`, as (field, description) pairs)."""
 
-    def __init__(self, field: str, description: str):
-        super().__init__(f"{field}: {description}")
+    def __init__(self, field: str, description: str, *more: tuple[str, str]):
+        super().__init__(f"{field}: {description}" + (f" (and {len(more)} more)" if more else ""))
         self.field = field
         self.description = description
+        self.violations = [(field, description), *more]
 
     def status(self) -> status_pb2.Status:
+        violations = [
+            error_details_pb2.BadRequest.FieldViolation(field=field, description=description)
+            for field, description in self.violations
+        ]
         detail = any_pb2.Any()
-        detail.Pack(
-            error_details_pb2.BadRequest(
-                field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=self.field, description=self.description
-                    )
-                ]
-            )
-        )
+        detail.Pack(error_details_pb2.BadRequest(field_violations=violations))
         return status_pb2.Status(code=code_pb2.INVALID_ARGUMENT, message=str(self), details=[detail])
 
 
@@ -110,7 +108,7 @@ def retry_after(status: status_pb2.Status) -> int | None:
         if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
             info = error_details_pb2.RetryInfo()
             detail.Unpack(info)
-            return max(0, math.ceil(info.retry_delay.ToNanoseconds() / 1e9))
+            return max(0, math.ceil(int(info.retry_delay.ToNanoseconds()) / 1e9))
     return None
 
 

@@ -11,14 +11,14 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from google.api import field_behavior_pb2
 from google.protobuf import descriptor
 
+from gateway.field_behavior import OUTPUT_ONLY as _OUTPUT_ONLY
+from gateway.field_behavior import REQUIRED as _REQUIRED
+from gateway.field_behavior import behaviors
 from gateway.routes import Route, resolve_field
 
 _FD = descriptor.FieldDescriptor
-_REQUIRED = field_behavior_pb2.REQUIRED
-_OUTPUT_ONLY = field_behavior_pb2.OUTPUT_ONLY
 _INT32 = {_FD.TYPE_INT32, _FD.TYPE_SINT32, _FD.TYPE_SFIXED32, _FD.TYPE_UINT32, _FD.TYPE_FIXED32}
 _INT64 = {_FD.TYPE_INT64, _FD.TYPE_SINT64, _FD.TYPE_SFIXED64, _FD.TYPE_UINT64, _FD.TYPE_FIXED64}
 _WELL_KNOWN: dict[str, dict[str, Any]] = {
@@ -76,9 +76,9 @@ class _Schemas:
         return {"$ref": f"#/components/schemas/{name}"}
 
     def scalar(self, field: descriptor.FieldDescriptor) -> dict[str, Any]:
-        if field.type == _FD.TYPE_MESSAGE:
+        if field.message_type is not None:
             return self.ref(field.message_type)
-        if field.type == _FD.TYPE_ENUM:
+        if field.enum_type is not None:
             return {"type": "string", "enum": [v.name for v in field.enum_type.values]}
         if field.type == _FD.TYPE_BOOL:
             return {"type": "boolean"}
@@ -102,11 +102,6 @@ class _Schemas:
         return self.scalar(field)
 
 
-def behaviors(field: descriptor.FieldDescriptor) -> list[int]:
-    """The field's google.api.field_behavior values (REQUIRED, OUTPUT_ONLY, ...)."""
-    return list(field.GetOptions().Extensions[field_behavior_pb2.field_behavior])
-
-
 _VARIABLE = re.compile(r"\{[^}]*\}")
 
 
@@ -121,7 +116,7 @@ def _openapi_path(route: Route, names: list[str]) -> str:
 
 
 def _path_parameters(route: Route, names: list[str], schemas: _Schemas) -> list[dict[str, Any]]:
-    request = route.request_class.DESCRIPTOR
+    request = route.method.input_type
     return [
         {
             "name": name,
@@ -160,14 +155,14 @@ def _query_parameters(route: Route, schemas: _Schemas) -> list[dict[str, Any]]:
 
 def _response_schema(route: Route, schemas: _Schemas) -> dict[str, Any]:
     if route.response_body:
-        return schemas.field(route.response_class.DESCRIPTOR.fields_by_name[route.response_body])
-    return schemas.ref(route.response_class.DESCRIPTOR)
+        return schemas.field(route.method.output_type.fields_by_name[route.response_body])
+    return schemas.ref(route.method.output_type)
 
 
 def _request_body(route: Route, schemas: _Schemas) -> tuple[dict[str, Any], bool]:
     """The body's schema and whether a body is required. A `*` body leaves out the fields the path
     binds, so that a REQUIRED id in the path is not also asked of the body."""
-    request = route.request_class.DESCRIPTOR
+    request = route.method.input_type
     if route.body != "*":
         field = request.fields_by_name[route.body]
         return schemas.field(field), _REQUIRED in behaviors(field)
@@ -229,7 +224,7 @@ def document(routes: list[Route], *, title: str = "agentmesh", version: str = "v
         base = f"{route.method.containing_service.name}_{route.method.name}"
         seen[base] = seen.get(base, 0) + 1
         op_id = base if seen[base] == 1 else f"{base}_{seen[base]}"
-        own = [_json_path(route.request_class.DESCRIPTOR, v) for v in route.template.variables]
+        own = [_json_path(route.method.input_type, v) for v in route.template.variables]
         names = names_of_shape.setdefault(_VARIABLE.sub("{}", route.template.text), own)
         item = paths.setdefault(_openapi_path(route, names), {})
         if names:

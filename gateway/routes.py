@@ -56,7 +56,9 @@ def parse_template(text: str) -> Template:
         text_no_verb, verb = text.rsplit(":", 1)
     else:
         text_no_verb = text
-    pattern, variables, pos, literal = [], [], 0, 0
+    pattern: list[str] = []
+    variables: list[str] = []
+    pos, literal = 0, 0
     for m in _VARIABLE.finditer(text_no_verb):
         chunk = text_no_verb[pos : m.start()]
         pattern.append(re.escape(chunk))
@@ -123,7 +125,7 @@ class Route:
         if self.body == "*":
             return []
         bound = {v.split(".")[0] for v in self.template.variables} | {self.body}
-        return [f for f in self.request_class.DESCRIPTOR.fields if f.name not in bound]
+        return [f for f in self.method.input_type.fields if f.name not in bound]
 
 
 def _bindings(rule: http_pb2.HttpRule) -> Iterable[http_pb2.HttpRule]:
@@ -185,7 +187,8 @@ def _check_fields(method: descriptor.MethodDescriptor, template: Template, body:
 def resolve_field(
     message: descriptor.Descriptor, path: str, *, owner: str = ""
 ) -> list[descriptor.FieldDescriptor]:
-    fields, current = [], message
+    fields: list[descriptor.FieldDescriptor] = []
+    current: descriptor.Descriptor | None = message
     for name in path.split("."):
         if current is None or name not in current.fields_by_name:
             raise TemplateError(f"{owner}: no field {path!r} in {message.full_name}")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from starlette.responses import StreamingResponse
 
 from gateway import errors
@@ -48,8 +49,8 @@ def ndjson_line(key: str, payload: Any) -> bytes:
 
 
 def stream_response(
-    call: grpc.aio.UnaryStreamCall,
-    first: Any,
+    call: grpc.aio.UnaryStreamCall[Message, Message],
+    first: Message,
     *,
     response_body: str,
     sse: bool,
@@ -58,7 +59,7 @@ def stream_response(
 ) -> StreamingResponse:
     """Streams `first` and the rest of `call`; the call is cancelled when the client goes away."""
 
-    def encode(message: Any) -> bytes:
+    def encode(message: Message) -> bytes:
         payload = to_json(message, response_body)
         return sse_frame(payload) if sse else ndjson_line("result", payload)
 
@@ -67,7 +68,7 @@ def stream_response(
             yield encode(first)
             while True:
                 message = await call.read()
-                if message is grpc.aio.EOF:
+                if not isinstance(message, Message):  # grpc.aio.EOF
                     break
                 yield encode(message)
         except grpc.aio.AioRpcError as exc:
@@ -85,9 +86,12 @@ def stream_response(
     )
 
 
+_NOTHING: tuple[bytes, ...] = ()
+
+
 def empty_stream(*, sse: bool, headers: dict[str, str]) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
-        return
-        yield b""
+        for chunk in _NOTHING:
+            yield chunk
 
     return StreamingResponse(body(), media_type=SSE if sse else NDJSON, headers=headers)

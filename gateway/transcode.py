@@ -2,7 +2,8 @@
 
 Path variables, the body (`*` or one field) and query parameters (the remaining fields, nested with
 dots, repeated by repetition) are merged into one JSON object and parsed with json_format.ParseDict,
-so an unknown field or a malformed value fails the same way wherever it came from.
+so an unknown field or a malformed value fails the same way wherever it came from. Then the
+field_behavior rules apply: OUTPUT_ONLY fields are dropped and a missing REQUIRED field is a 400.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from google.protobuf import descriptor, json_format
 from google.protobuf.message import Message
 
+from gateway import field_behavior
 from gateway.errors import BadInput
 from gateway.routes import Route, TemplateError, resolve_field
 
@@ -55,7 +57,8 @@ def _set_path(target: dict[str, Any], fields: list[descriptor.FieldDescriptor], 
 
 def _field_path(message: descriptor.Descriptor, name: str) -> list[descriptor.FieldDescriptor]:
     """Resolves a dotted path whose segments may be proto names or JSON (lowerCamel) names."""
-    fields, current = [], message
+    fields: list[descriptor.FieldDescriptor] = []
+    current: descriptor.Descriptor | None = message
     for part in name.split("."):
         if current is None:
             raise BadInput(name, "not a field of the request")
@@ -92,7 +95,7 @@ def build_request(
 ) -> Message:
     """The request message for `route`; BadInput (-> 400 naming the field) for any bad part."""
     data: dict[str, Any] = {}
-    descriptor_ = route.request_class.DESCRIPTOR
+    descriptor_ = route.method.input_type
     if route.body == "*":
         parsed = parse_body(body)
         if not isinstance(parsed, dict):
@@ -128,6 +131,8 @@ def build_request(
         raise BadInput(_field_of(str(exc), route), _first_line(str(exc))) from None
     except (TypeError, ValueError, AttributeError) as exc:  # odd shapes json_format does not wrap
         raise BadInput("body", f"cannot parse the request: {exc}") from None
+    field_behavior.clear_output_only(message, keep=route.template.variables)
+    field_behavior.check_required(message, descriptor_)
     return message
 
 

@@ -206,8 +206,9 @@ class ChatSocket:
             frame = json.loads(raw)
         except (TimeoutError, json.JSONDecodeError, KeyError):
             frame = None
-        if isinstance(frame, dict) and frame.get("type") == "auth" and isinstance(frame.get("token"), str):
-            return frame["token"]
+        token = frame.get("token") if isinstance(frame, dict) and frame.get("type") == "auth" else None
+        if isinstance(token, str):
+            return token
         await _reject(ws, 'the first message must be {"type": "auth", "token": ...}')
         return None
 

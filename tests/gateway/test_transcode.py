@@ -60,9 +60,10 @@ async def test_nested_path_variable_with_field_body_and_query_mask(
 
 
 async def test_field_body_for_templates(client: httpx.AsyncClient, auth: dict[str, str], fakes: Any) -> None:
-    r = await client.post("/v1/templates", json={"id": "t1", "displayName": "T"}, headers=auth)
+    r = await client.post("/v1/templates", json={"displayName": "T", "description": "d"}, headers=auth)
     assert r.status_code == 200, r.text
-    assert fakes.agents.last("CreateTemplate").request.template.id == "t1"
+    sent = fakes.agents.last("CreateTemplate").request.template
+    assert (sent.display_name, sent.description) == ("T", "d")
 
 
 async def test_query_parameters_scalar_enum_and_integer(
