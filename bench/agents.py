@@ -39,13 +39,13 @@ from bench.harness import (
     report,
     throughput_figure,
 )
+from services import agents
 from services.agents.models import Agent, AgentVersion, ChangeType
 from services.agents.store import AgentStore
 from services.platform import migrations
 from services.platform.runtime import Runtime
 from services.platform.server import Server
 from services.platform.settings import Settings
-from services.registry import SERVICES
 
 PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
 
@@ -149,7 +149,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
 
         runtime.jwks_source = jwks_source
         await migrations.upgrade(runtime.engine, ["agents"])
-        server = Server(runtime, [await SERVICES["agents"](runtime)], address="127.0.0.1:0")
+        server = Server(runtime, [(await agents.build(runtime)).registration], address="127.0.0.1:0")
         port = await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.AgentServiceStub(channel)

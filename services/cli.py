@@ -27,7 +27,7 @@ from services.platform.runtime import (
 )
 from services.platform.server import BindError, Server, ensure_port_free
 from services.platform.settings import Settings, SettingsError
-from services.registry import SERVICES
+from services.registry import SERVICES, registration
 
 log = logging.getLogger("agentmesh.cli")
 
@@ -96,7 +96,7 @@ async def _run(
             await runtime.close()
     runtime = await Runtime.create(settings, service_name="agentmesh-" + "+".join(names))
     try:
-        registrations = [await SERVICES[name](runtime) for name in names]
+        registrations = [await registration(name, runtime) for name in names]
         server = Server(runtime, registrations, reuse_port=reuse_port)
         if settings.metrics_port:
             # Same interface as gRPC: 0.0.0.0 in a pod, so Prometheus can scrape it from outside.

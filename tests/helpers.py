@@ -18,7 +18,7 @@ import redis as sync_redis
 from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
 from services.platform.settings import Settings
-from services.registry import SERVICES
+from services.registry import registration
 
 
 def free_port() -> int:
@@ -85,7 +85,7 @@ async def start_server(
     """A real grpc.aio server of `services` (registry names or ready registrations) and an insecure
     channel to it. The caller closes it (`await running.close()`) before the runtime."""
     registrations = [
-        s if isinstance(s, ServiceRegistration) else await SERVICES[s](runtime) for s in services
+        s if isinstance(s, ServiceRegistration) else await registration(s, runtime) for s in services
     ]
     server = Server(runtime, registrations, address=address)
     port = await server.start()

@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from agentmesh.agents.v1 import agents_service_pb2, agents_service_pb2_grpc
+from services.agents.cache import CachedStore
+from services.agents.events import EventBus
+from services.agents.service import AgentService
+from services.agents.servicer import AgentServicer
+from services.agents.store import AgentStore
 from services.platform.runtime import Runtime
-from services.platform.server import ServiceRegistration
+from services.platform.server import Built, ServiceRegistration
 
 SERVICE_NAME = agents_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
-async def register(runtime: Runtime) -> ServiceRegistration:
-    from services.agents.cache import CachedStore
-    from services.agents.events import EventBus
-    from services.agents.service import AgentService
-    from services.agents.servicer import AgentServicer
-    from services.agents.store import AgentStore
-
+async def build(runtime: Runtime) -> Built[AgentService]:
     events = EventBus(redis=runtime.redis)
     store = CachedStore(AgentStore(engine=runtime.engine), events)
     service = AgentService(
@@ -25,12 +24,15 @@ async def register(runtime: Runtime) -> ServiceRegistration:
         clock=runtime.clock,
     )
     servicer = AgentServicer(service=service)
-    return ServiceRegistration(
-        name=SERVICE_NAME,
-        add_to_server=lambda server: agents_service_pb2_grpc.add_AgentServiceServicer_to_server(
-            servicer, server
+    return Built(
+        service=service,
+        registration=ServiceRegistration(
+            name=SERVICE_NAME,
+            add_to_server=lambda server: agents_service_pb2_grpc.add_AgentServiceServicer_to_server(
+                servicer, server
+            ),
+            # WatchAgents streams never end by themselves: end them as soon as draining starts.
+            on_drain=[events.close],
+            background=[store.follow_events],
         ),
-        # WatchAgents streams never end by themselves: end them as soon as draining starts.
-        on_drain=[events.close],
-        background=[store.follow_events],
     )

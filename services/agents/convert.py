@@ -21,8 +21,9 @@ def config_from_dict(data: dict[str, Any]) -> pb.AgentConfig:
     return json_format.ParseDict(data, pb.AgentConfig(), ignore_unknown_fields=True)
 
 
-def state_name(state: int) -> str | None:
-    """ "ACTIVE" / "INACTIVE" for the enum value, None for UNSPECIFIED; INVALID_ARGUMENT otherwise."""
+def state_name(state: pb.AgentState.ValueType) -> str | None:
+    """ "ACTIVE" / "INACTIVE" for the enum value, None for UNSPECIFIED; INVALID_ARGUMENT otherwise
+    (proto3 enums are open: a request may carry a number this contract does not name)."""
     if state == pb.AGENT_STATE_UNSPECIFIED:
         return None
     try:
@@ -31,7 +32,7 @@ def state_name(state: int) -> str | None:
         raise errors.InvalidArgument.field("state", f"unknown state {state}") from None
 
 
-def _state_value(name: str) -> int:
+def _state_value(name: str) -> pb.AgentState.ValueType:
     return pb.AgentState.Value(f"AGENT_STATE_{name}")
 
 
@@ -113,6 +114,10 @@ def _value(data: Any) -> struct_pb2.Value:
     else:
         json_format.ParseDict(data, value)
     return value
+
+
+def violation_to_proto(v: errors.Violation) -> pb.ConfigViolation:
+    return pb.ConfigViolation(field=v.subject, description=v.description, limit=v.type)
 
 
 def diff_to_proto(d: FieldDiff) -> pb.FieldDiff:

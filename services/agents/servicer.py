@@ -14,11 +14,13 @@ from services.platform.middleware import principal
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):
-    def __init__(self, *, service: AgentService):
+    def __init__(self, *, service: AgentService) -> None:
         self._service = service
 
     async def CreateAgent(
-        self, request: pb.CreateAgentRequest, context: ServicerContext
+        self,
+        request: pb.CreateAgentRequest,
+        context: ServicerContext[pb.CreateAgentRequest, pb.CreateAgentResponse],
     ) -> pb.CreateAgentResponse:
         agent = request.agent
         created = await self._service.create_agent(
@@ -32,12 +34,18 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         )
         return pb.CreateAgentResponse(agent=convert.agent_to_proto(created))
 
-    async def GetAgent(self, request: pb.GetAgentRequest, context: ServicerContext) -> pb.GetAgentResponse:
+    async def GetAgent(
+        self,
+        request: pb.GetAgentRequest,
+        context: ServicerContext[pb.GetAgentRequest, pb.GetAgentResponse],
+    ) -> pb.GetAgentResponse:
         agent = await self._service.get_agent(principal(), request.agent_id)
         return pb.GetAgentResponse(agent=convert.agent_to_proto(agent))
 
     async def ListAgents(
-        self, request: pb.ListAgentsRequest, context: ServicerContext
+        self,
+        request: pb.ListAgentsRequest,
+        context: ServicerContext[pb.ListAgentsRequest, pb.ListAgentsResponse],
     ) -> pb.ListAgentsResponse:
         page = await self._service.list_agents(
             principal(),
@@ -50,7 +58,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         )
 
     async def UpdateAgent(
-        self, request: pb.UpdateAgentRequest, context: ServicerContext
+        self,
+        request: pb.UpdateAgentRequest,
+        context: ServicerContext[pb.UpdateAgentRequest, pb.UpdateAgentResponse],
     ) -> pb.UpdateAgentResponse:
         updated = await self._service.update_agent(
             principal(),
@@ -62,25 +72,33 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return pb.UpdateAgentResponse(agent=convert.agent_to_proto(updated))
 
     async def DeleteAgent(
-        self, request: pb.DeleteAgentRequest, context: ServicerContext
+        self,
+        request: pb.DeleteAgentRequest,
+        context: ServicerContext[pb.DeleteAgentRequest, pb.DeleteAgentResponse],
     ) -> pb.DeleteAgentResponse:
         await self._service.delete_agent(principal(), request.agent_id, etag=request.etag)
         return pb.DeleteAgentResponse()
 
     async def ActivateAgent(
-        self, request: pb.ActivateAgentRequest, context: ServicerContext
+        self,
+        request: pb.ActivateAgentRequest,
+        context: ServicerContext[pb.ActivateAgentRequest, pb.ActivateAgentResponse],
     ) -> pb.ActivateAgentResponse:
         agent = await self._service.set_state(principal(), request.agent_id, etag=request.etag, active=True)
         return pb.ActivateAgentResponse(agent=convert.agent_to_proto(agent))
 
     async def DeactivateAgent(
-        self, request: pb.DeactivateAgentRequest, context: ServicerContext
+        self,
+        request: pb.DeactivateAgentRequest,
+        context: ServicerContext[pb.DeactivateAgentRequest, pb.DeactivateAgentResponse],
     ) -> pb.DeactivateAgentResponse:
         agent = await self._service.set_state(principal(), request.agent_id, etag=request.etag, active=False)
         return pb.DeactivateAgentResponse(agent=convert.agent_to_proto(agent))
 
     async def ListAgentVersions(
-        self, request: pb.ListAgentVersionsRequest, context: ServicerContext
+        self,
+        request: pb.ListAgentVersionsRequest,
+        context: ServicerContext[pb.ListAgentVersionsRequest, pb.ListAgentVersionsResponse],
     ) -> pb.ListAgentVersionsResponse:
         page = await self._service.list_versions(
             principal(), request.agent_id, page_size_=request.page_size, page_token=request.page_token
@@ -90,13 +108,17 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         )
 
     async def GetAgentVersion(
-        self, request: pb.GetAgentVersionRequest, context: ServicerContext
+        self,
+        request: pb.GetAgentVersionRequest,
+        context: ServicerContext[pb.GetAgentVersionRequest, pb.GetAgentVersionResponse],
     ) -> pb.GetAgentVersionResponse:
         version = await self._service.get_version(principal(), request.agent_id, request.version)
         return pb.GetAgentVersionResponse(version=convert.version_to_proto(version))
 
     async def RollbackAgent(
-        self, request: pb.RollbackAgentRequest, context: ServicerContext
+        self,
+        request: pb.RollbackAgentRequest,
+        context: ServicerContext[pb.RollbackAgentRequest, pb.RollbackAgentResponse],
     ) -> pb.RollbackAgentResponse:
         agent = await self._service.rollback(
             principal(), request.agent_id, version=request.version, etag=request.etag
@@ -104,7 +126,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return pb.RollbackAgentResponse(agent=convert.agent_to_proto(agent))
 
     async def DiffAgentVersions(
-        self, request: pb.DiffAgentVersionsRequest, context: ServicerContext
+        self,
+        request: pb.DiffAgentVersionsRequest,
+        context: ServicerContext[pb.DiffAgentVersionsRequest, pb.DiffAgentVersionsResponse],
     ) -> pb.DiffAgentVersionsResponse:
         diffs = await self._service.diff_versions(
             principal(), request.agent_id, request.from_version, request.to_version
@@ -112,21 +136,22 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return pb.DiffAgentVersionsResponse(diffs=[convert.diff_to_proto(d) for d in diffs])
 
     async def ValidateAgentConfig(
-        self, request: pb.ValidateAgentConfigRequest, context: ServicerContext
+        self,
+        request: pb.ValidateAgentConfigRequest,
+        context: ServicerContext[pb.ValidateAgentConfigRequest, pb.ValidateAgentConfigResponse],
     ) -> pb.ValidateAgentConfigResponse:
         violations = await self._service.validate(
             principal(), request.display_name, convert.config_to_dict(request.config)
         )
         return pb.ValidateAgentConfigResponse(
             valid=not violations,
-            violations=[
-                pb.ConfigViolation(field=v.subject, description=v.description, limit=v.type)
-                for v in violations
-            ],
+            violations=[convert.violation_to_proto(v) for v in violations],
         )
 
     async def ListTemplates(
-        self, request: pb.ListTemplatesRequest, context: ServicerContext
+        self,
+        request: pb.ListTemplatesRequest,
+        context: ServicerContext[pb.ListTemplatesRequest, pb.ListTemplatesResponse],
     ) -> pb.ListTemplatesResponse:
         page = await self._service.list_templates(
             principal(), page_size_=request.page_size, page_token=request.page_token
@@ -136,13 +161,17 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         )
 
     async def GetTemplate(
-        self, request: pb.GetTemplateRequest, context: ServicerContext
+        self,
+        request: pb.GetTemplateRequest,
+        context: ServicerContext[pb.GetTemplateRequest, pb.GetTemplateResponse],
     ) -> pb.GetTemplateResponse:
         template = await self._service.get_template(principal(), request.template_id)
         return pb.GetTemplateResponse(template=convert.template_to_proto(template))
 
     async def CreateTemplate(
-        self, request: pb.CreateTemplateRequest, context: ServicerContext
+        self,
+        request: pb.CreateTemplateRequest,
+        context: ServicerContext[pb.CreateTemplateRequest, pb.CreateTemplateResponse],
     ) -> pb.CreateTemplateResponse:
         t = request.template
         template = await self._service.create_template(
@@ -155,13 +184,17 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         return pb.CreateTemplateResponse(template=convert.template_to_proto(template))
 
     async def DeleteTemplate(
-        self, request: pb.DeleteTemplateRequest, context: ServicerContext
+        self,
+        request: pb.DeleteTemplateRequest,
+        context: ServicerContext[pb.DeleteTemplateRequest, pb.DeleteTemplateResponse],
     ) -> pb.DeleteTemplateResponse:
         await self._service.delete_template(principal(), request.template_id)
         return pb.DeleteTemplateResponse()
 
     async def WatchAgents(
-        self, request: pb.WatchAgentsRequest, context: ServicerContext
+        self,
+        request: pb.WatchAgentsRequest,
+        context: ServicerContext[pb.WatchAgentsRequest, pb.WatchAgentsResponse],
     ) -> AsyncIterator[pb.WatchAgentsResponse]:
         async def subscribed() -> None:
             # Headers go out once the subscription holds, so a watcher knows it misses nothing after.

@@ -36,7 +36,7 @@ from services.identity.tokens import TokenIssuer
 from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
 from services.platform.settings import Settings
-from services.registry import SERVICES
+from services.registry import SERVICES, registration
 from tests.helpers import bearer, free_port
 
 PASSWORD = "fuzz-correct-horse-battery"
@@ -139,7 +139,7 @@ async def _start(settings: Settings, address: str) -> tuple[Runtime, Server, Any
     from gateway.server import HttpServer
 
     runtime = await Runtime.create(settings)
-    registrations = [await SERVICES[name](runtime) for name in SERVICES]
+    registrations = [await registration(name, runtime) for name in SERVICES]
     server = Server(runtime, registrations, address=address)
     await server.start()
     http = HttpServer(create_app(settings), host="127.0.0.1", port=0)
