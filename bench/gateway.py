@@ -57,15 +57,15 @@ class _Orchestration(orch_grpc.OrchestrationServiceServicer):
             n = int(req.message.text or "1")
             run = f"run-{time.monotonic_ns()}"
             yield orch_pb.ChatResponse(
-                event=orch_pb.RunEvent(event_id=1, run_id=run, type=T.RUN_EVENT_TYPE_RUN_STARTED)
+                run_event=orch_pb.RunEvent(event_id=1, run_id=run, type=T.RUN_EVENT_TYPE_RUN_STARTED)
             )
             for i in range(n):
                 ev = orch_pb.RunEvent(
                     event_id=i + 2, run_id=run, type=T.RUN_EVENT_TYPE_MESSAGE_DELTA, text_delta="tok "
                 )
-                yield orch_pb.ChatResponse(event=ev)
+                yield orch_pb.ChatResponse(run_event=ev)
             done = orch_pb.RunEvent(event_id=n + 2, run_id=run, type=T.RUN_EVENT_TYPE_RUN_COMPLETED)
-            yield orch_pb.ChatResponse(event=done)
+            yield orch_pb.ChatResponse(run_event=done)
 
 
 def _raise_fd_limit() -> None:
@@ -233,9 +233,9 @@ async def _grpc_first_delta_and_rate(
         )
         async for reply in call:
             count += 1
-            if not first and reply.event.type == T.RUN_EVENT_TYPE_MESSAGE_DELTA:
+            if not first and reply.run_event.type == T.RUN_EVENT_TYPE_MESSAGE_DELTA:
                 first = time.perf_counter() - start
-            if reply.event.type == T.RUN_EVENT_TYPE_RUN_COMPLETED:
+            if reply.run_event.type == T.RUN_EVENT_TYPE_RUN_COMPLETED:
                 call.cancel()
                 break
         return first, count, time.perf_counter() - start
