@@ -1,21 +1,33 @@
-"""Channels to peer services: one long-lived channel per address, each call with a deadline and the
-caller's identity.
+"""Calls to peer services: one long-lived channel per address, and `call`, the one way to make a call.
 
-Every call made while serving a call forwards the caller's bearer token and request id, and gets the
-caller's remaining deadline capped at `deadline_cap`, or at the timeout the code passes (a long-lived
-stream such as WatchAgents passes its own). Trace
-context travels through OpenTelemetry's client interceptors.
+Every call on a `PeerChannels` channel made while serving a call forwards the caller's bearer token
+and request id, and gets the caller's remaining deadline capped at `deadline_cap`, or at the timeout
+the code passes (a long-lived stream such as WatchAgents passes its own). The channel's interceptor
+does it, so it holds for every call on the channel. Trace context travels through OpenTelemetry's
+client interceptors.
+
+`call` is the call boundary (temporalio's `_rpc_call`, google-api-core's `wrap_errors`): a peer call
+is one line through it whatever its shape, and a failure comes back as the exception its server
+raised (`errors.from_rpc_error`), never as a `grpc.RpcError`:
+
+    reply = await peers.call(stub.GetAgent, request, metadata=md, timeout=5)        # unary
+    async for reply in peers.call(stub.WatchAgents, request, timeout=None): ...     # server stream
+    reply = await peers.call(stub.Upload, requests)                                 # client stream
+    chat = peers.call(stub.Chat, metadata=md); await chat.write(r); await chat.read()  # bidi
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Sequence
+from typing import Any, Generic, TypeVar, overload
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.trace import TracerProvider
 
+from services.platform import errors
 from services.platform.middleware import current_call
 from services.platform.settings import TlsSettings
 
@@ -121,3 +133,149 @@ class PeerChannels:
         for channel in self._channels.values():
             await channel.close()
         self._channels.clear()
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Metadata = Sequence[tuple[str, str | bytes]]
+_AnyCall = (
+    grpc.aio.UnaryUnaryCall[Any, Any]
+    | grpc.aio.UnaryStreamCall[Any, Any]
+    | grpc.aio.StreamUnaryCall[Any, Any]
+    | grpc.aio.StreamStreamCall[Any, Any]
+)
+
+
+class _PeerCall(Generic[Req, Resp]):
+    """What every shape shares: headers, cancellation, and writing (client and bidi streams)."""
+
+    def __init__(self, call: _AnyCall):
+        self._call = call
+
+    async def initial_metadata(self) -> grpc.aio.Metadata:
+        """The server's headers: once they arrive, the server has accepted the call."""
+        try:
+            return await self._call.initial_metadata()
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+
+    async def write(self, request: Req) -> None:
+        """Sends one request of a client or bidi stream. On a stream that has ended, raises how it
+        ended: its failure, or FailedPrecondition when it ended well."""
+        try:
+            await self._call.write(request)  # type: ignore[union-attr]
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+        except (asyncio.InvalidStateError, grpc.aio.UsageError):
+            if not self._call.done():
+                raise
+            raise await self._ended() from None
+
+    async def _ended(self) -> errors.AgentmeshError:
+        code = await self._call.code()
+        if code == grpc.StatusCode.OK:
+            return errors.FailedPrecondition("the stream has already ended", reason="STREAM_ENDED")
+        ended = grpc.aio.AioRpcError(
+            code,
+            await self._call.initial_metadata() or grpc.aio.Metadata(),
+            await self._call.trailing_metadata() or grpc.aio.Metadata(),
+            await self._call.details(),
+        )
+        return errors.from_rpc_error(ended)
+
+    async def done_writing(self) -> None:
+        try:
+            await self._call.done_writing()  # type: ignore[union-attr]
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+
+    def cancel(self) -> bool:
+        return self._call.cancel()
+
+    def cancelled(self) -> bool:
+        return self._call.cancelled()
+
+    def done(self) -> bool:
+        return self._call.done()
+
+
+class Reply(_PeerCall[Req, Resp]):
+    """A unary or client-stream call: await it for the response."""
+
+    def __await__(self) -> Generator[Any, None, Resp]:
+        try:
+            return (yield from self._call.__await__())  # type: ignore[union-attr]
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+
+
+class Replies(_PeerCall[Req, Resp]):
+    """A server or bidi stream: iterate it (or `read()`, None at the end) for the responses."""
+
+    async def read(self) -> Resp | None:
+        try:
+            reply = await self._call.read()  # type: ignore[union-attr]
+        except grpc.RpcError as exc:
+            raise errors.from_rpc_error(exc) from None
+        return None if reply is grpc.aio.EOF else reply  # type: ignore[no-any-return]
+
+    async def __aiter__(self) -> AsyncIterator[Resp]:
+        while (reply := await self.read()) is not None:
+            yield reply
+
+
+@overload
+def call(
+    method: grpc.aio.UnaryUnaryMultiCallable[Req, Resp],
+    request: Req,
+    *,
+    timeout: float | None = None,
+    metadata: Metadata = (),
+    wait_for_ready: bool | None = None,
+) -> Reply[Req, Resp]: ...
+@overload
+def call(
+    method: grpc.aio.StreamUnaryMultiCallable[Req, Resp],
+    request: AsyncIterable[Req] | Iterable[Req] | None = None,
+    *,
+    timeout: float | None = None,
+    metadata: Metadata = (),
+    wait_for_ready: bool | None = None,
+) -> Reply[Req, Resp]: ...
+@overload
+def call(
+    method: grpc.aio.UnaryStreamMultiCallable[Req, Resp],
+    request: Req,
+    *,
+    timeout: float | None = None,
+    metadata: Metadata = (),
+    wait_for_ready: bool | None = None,
+) -> Replies[Req, Resp]: ...
+@overload
+def call(
+    method: grpc.aio.StreamStreamMultiCallable[Req, Resp],
+    request: AsyncIterable[Req] | Iterable[Req] | None = None,
+    *,
+    timeout: float | None = None,
+    metadata: Metadata = (),
+    wait_for_ready: bool | None = None,
+) -> Replies[Req, Resp]: ...
+def call(
+    method: Any,
+    request: Any = None,
+    *,
+    timeout: float | None = None,
+    metadata: Metadata = (),
+    wait_for_ready: bool | None = None,
+) -> Reply[Any, Any] | Replies[Any, Any]:
+    """Starts a call of `method` (a stub attribute, any shape) with `request` (a message, or for a
+    client or bidi stream an iterable of messages or None to `write` them).
+
+    `metadata` is added to what the channel forwards (a background task, outside any call, passes
+    the acting user's token here); `timeout` is capped by the channel as the module docstring says.
+    Every failure, whenever it surfaces (await, read, write, iteration), is the typed exception.
+    """
+    started = method(request, timeout=timeout, metadata=tuple(metadata), wait_for_ready=wait_for_ready)
+    if isinstance(method, grpc.aio.UnaryUnaryMultiCallable | grpc.aio.StreamUnaryMultiCallable):
+        return Reply(started)
+    return Replies(started)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-import grpc
 import redis.asyncio as aioredis
 from google.protobuf import json_format
 from opentelemetry.sdk.trace import TracerProvider
@@ -26,6 +25,7 @@ from services.platform import db, errors, redis_client, telemetry
 from services.platform.auth import JwksSource, TokenVerifier
 from services.platform.pagination import PageTokens
 from services.platform.peers import PeerChannels
+from services.platform.peers import call as call_peer
 from services.platform.settings import Settings, SettingsError
 
 log = logging.getLogger("agentmesh.runtime")
@@ -212,12 +212,12 @@ class Runtime:
         try:
             # wait_for_ready: right after start-up the channel may still be backing off from a
             # refused connection (identity starting later); wait for it within the timeout.
-            response = await stub.GetJwks(
-                identity_service_pb2.GetJwksRequest(), timeout=5, wait_for_ready=True
+            response = await call_peer(
+                stub.GetJwks, identity_service_pb2.GetJwksRequest(), timeout=5, wait_for_ready=True
             )
-        except grpc.aio.AioRpcError as exc:
+        except errors.AgentmeshError as exc:
             # The caller's call fails UNAVAILABLE (retryable), not INTERNAL, while identity is away.
-            raise errors.Unavailable(f"identity's signing keys are unavailable: {exc.code().name}") from None
+            raise errors.Unavailable(f"identity's signing keys are unavailable: {exc.code.name}") from None
         return json_format.MessageToDict(response, preserving_proto_field_name=True)
 
     async def close(self) -> None:
