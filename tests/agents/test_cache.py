@@ -11,8 +11,10 @@ from google.protobuf import field_mask_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from services.agents.cache import CachedStore
+from services.agents.models import Agent
 from tests.agents.conftest import agent
 from tests.agents.test_watch import second_instance  # noqa: F401  (fixture)
+from tests.fakes.agents import FakeStore
 
 
 async def test_a_change_on_another_instance_reaches_cached_reads(serve, make_caller, tenant, second_instance):  # noqa: F811
@@ -59,27 +61,27 @@ async def test_a_change_on_another_instance_reaches_cached_reads(serve, make_cal
         raise AssertionError("another tenant read a cached agent")
 
 
-class SlowStore:
-    def __init__(self, value):
-        self.value = value
-        self.release = asyncio.Event()
-
-    async def get_agent(self, tenant_id, agent_id):
-        old = self.value
-        await self.release.wait()
-        return old
-
-
 async def test_a_read_racing_an_eviction_does_not_refill_with_the_old_agent():
-    from types import SimpleNamespace
-
-    stale = SimpleNamespace(id="a-1", tenant_id="t", version=1)
-    store = SlowStore(stale)
+    store = FakeStore()
+    stale = store.agents["a-1"] = Agent(
+        id="a-1",
+        tenant_id="t",
+        display_name="A",
+        description="",
+        state="ACTIVE",
+        config={},
+        version=1,
+        creator="u",
+        template_id="",
+        create_time_us=1,
+        update_time_us=1,
+    )
+    store.hold = asyncio.Event()
     cache = CachedStore(store, events=None)
     cache.live = True
     read = asyncio.ensure_future(cache.get_agent("t", "a-1"))
     await asyncio.sleep(0)
     cache._evict("a-1")  # a change event arrives while the read is in flight
-    store.release.set()
+    store.hold.set()
     assert (await read) is stale  # the caller gets what the database said then...
     assert "a-1" not in cache._agents  # ...but the cache does not keep it

@@ -2,119 +2,16 @@
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 
 import pytest
 
-from services.agents.models import Agent, AgentEvent, AgentVersion, ChangeType, Template
+from services.agents.models import ChangeType
 from services.agents.service import AgentService
-from services.agents.store import LimitReached, VersionConflict
 from services.platform import errors
 from services.platform.auth import Principal
 from services.platform.pagination import PageTokens
-
-
-class FakeStore:
-    def __init__(self):
-        self.agents: dict[str, Agent] = {}
-        self.deleted: set[str] = set()
-        self.versions: dict[tuple[str, int], AgentVersion] = {}
-        self.templates: dict[str, Template] = {}
-        self.requests: dict[tuple[str, str, str], str] = {}
-        self.counts: dict[str, int] = {}
-        # Simulates another writer moving the agent between read and write.
-        self.interfere = 0
-
-    async def get_agent(self, tenant_id, agent_id):
-        a = self.agents.get(agent_id)
-        if a is None or agent_id in self.deleted or (tenant_id is not None and a.tenant_id != tenant_id):
-            return None
-        return a
-
-    async def agent_exists(self, tenant_id, agent_id, *, include_deleted):
-        a = self.agents.get(agent_id)
-        return bool(
-            a and (tenant_id in (None, a.tenant_id)) and (include_deleted or agent_id not in self.deleted)
-        )
-
-    async def list_agents(self, tenant_id, *, state, after, limit):
-        rows = sorted(
-            (a for a in self.agents.values() if a.tenant_id == tenant_id and a.id not in self.deleted),
-            key=lambda a: (a.create_time_us, a.id),
-        )
-        rows = [
-            a
-            for a in rows
-            if (state is None or a.state == state) and (after is None or (a.create_time_us, a.id) > after)
-        ]
-        return rows[:limit]
-
-    async def count_agents(self, tenant_id):
-        return self.counts.get(tenant_id, 0)
-
-    async def find_request(self, tenant_id, kind, request_id):
-        return self.requests.get((tenant_id, kind, request_id))
-
-    async def create_agent(self, agent, version, *, max_agents, request_id=""):
-        if self.counts.get(agent.tenant_id, 0) >= max_agents:
-            raise LimitReached
-        self.counts[agent.tenant_id] = self.counts.get(agent.tenant_id, 0) + 1
-        if request_id:
-            self.requests[(agent.tenant_id, "agent", request_id)] = agent.id
-        self.agents[agent.id] = agent
-        self.versions[(agent.id, version.version)] = version
-
-    async def write_version(self, agent, version, *, expected_version, delete=False):
-        if self.interfere:
-            self.interfere -= 1
-            current = self.agents[agent.id]
-            self.agents[agent.id] = dataclasses.replace(current, version=current.version + 1)
-        if self.agents[agent.id].version != expected_version:
-            raise VersionConflict
-        self.agents[agent.id] = agent
-        self.versions[(agent.id, version.version)] = version
-        if delete:
-            self.deleted.add(agent.id)
-            self.counts[agent.tenant_id] -= 1
-
-    async def get_version(self, tenant_id, agent_id, version):
-        v = self.versions.get((agent_id, version))
-        return v if v and tenant_id in (None, v.tenant_id) else None
-
-    async def list_versions(self, tenant_id, agent_id, *, before, limit):
-        rows = sorted(
-            (
-                v
-                for (a, n), v in self.versions.items()
-                if a == agent_id and v.tenant_id == tenant_id and (before is None or n < before)
-            ),
-            key=lambda v: -v.version,
-        )
-        return rows[:limit]
-
-    async def get_template(self, tenant_id, template_id):
-        t = self.templates.get(template_id)
-        return t if t and t.tenant_id == tenant_id else None
-
-    async def list_templates(self, tenant_id, *, after, limit):
-        return [t for t in self.templates.values() if t.tenant_id == tenant_id][:limit]
-
-    async def create_template(self, template, *, request_id=""):
-        self.templates[template.id] = template
-
-    async def delete_template(self, tenant_id, template_id):
-        return self.templates.pop(template_id, None) is not None
-
-
-class FakeEvents:
-    def __init__(self):
-        self.published: list[AgentEvent] = []
-
-    async def publish(self, event):
-        self.published.append(event)
-
-    def subscribe(self, tenant_id):  # pragma: no cover - not used here
-        raise NotImplementedError
+from tests.fakes.agents import FakeEvents, FakeStore
 
 
 def owner(tier="pro", tenant="t1"):
@@ -213,3 +110,44 @@ async def test_watch_all_tenants_needs_a_service_identity(parts):
     service, _, _ = parts
     with pytest.raises(errors.PermissionDenied):
         service.watch(owner(), all_tenants=True)
+
+
+async def test_watch_gives_the_tenant_its_own_changes_only_and_a_service_every_tenant(parts):
+    service, _, _ = parts
+    service_identity = Principal(user_id="orch", tenant_id="*", roles=frozenset({"service"}), tier="pro")
+    ready: list[str] = []
+
+    async def on_ready() -> None:
+        ready.append("t1")
+
+    mine = service.watch(owner(), all_tenants=False, on_ready=on_ready)
+    every = service.watch(service_identity, all_tenants=True)
+    # Subscriptions hold only once iteration starts: start both before anything changes.
+    first_mine, first_every = asyncio.ensure_future(anext(mine)), asyncio.ensure_future(anext(every))
+    await asyncio.sleep(0)
+    assert ready == ["t1"]
+    other = await _create(service, owner(tenant="t2"))
+    own = await _create(service)
+    assert (await first_mine).agent_id == own.id
+    assert (await first_every).agent_id == other.id
+    assert (await anext(every)).agent_id == own.id
+    await mine.aclose()
+    await every.aclose()
+
+
+async def test_templates_are_the_tenants_own_and_built_ins_stay(parts):
+    service, _, _ = parts
+    made = await service.create_template(
+        owner(), display_name="T", description="", config={"model": "echo:default"}, request_id="r-1"
+    )
+    again = await service.create_template(
+        owner(), display_name="T2", description="", config={"model": "echo:default"}, request_id="r-1"
+    )
+    assert again.id == made.id  # the same request id replays, it does not create a second one
+    with pytest.raises(errors.NotFound):
+        await service.delete_template(owner(tenant="t2"), made.id)
+    with pytest.raises(errors.FailedPrecondition):
+        await service.delete_template(owner(), "builtin-assistant")
+    await service.delete_template(owner(), made.id)
+    with pytest.raises(errors.NotFound):
+        await service.get_template(owner(), made.id)
