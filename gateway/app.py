@@ -6,19 +6,21 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
+from google.protobuf import message as proto_message
 from google.rpc import code_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
+from opentelemetry.trace import TracerProvider
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
-from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -35,6 +37,10 @@ CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
     "connect-src 'self' ws: wss:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
+
+
+# Called by its path: the grpc_health stubs' HealthStub declares no methods.
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 
 
 class TooLarge(Exception):
@@ -152,13 +158,13 @@ class Gateway:
         metadata = metadata_for(request.headers, request_id, trace_md)
         headers = {"X-Request-Id": request_id}
         try:
-            call = self.upstreams.callable(route)(message, metadata=metadata, timeout=timeout)
             if not route.server_streaming:
-                reply = await call
+                reply = await self.upstreams.unary(route)(message, metadata=metadata, timeout=timeout)
                 return JSONResponse(to_json(reply, route.response_body), headers=headers)
+            call = self.upstreams.server_stream(route)(message, metadata=metadata, timeout=timeout)
             sse = streaming.wants_sse(request.headers.get("accept", ""))
             first = await call.read()
-            if first is grpc.aio.EOF:
+            if not isinstance(first, proto_message.Message):  # grpc.aio.EOF
                 return streaming.empty_stream(sse=sse, headers=headers)
             on_end, span = (span.end if span else (lambda: None)), None
             return streaming.stream_response(
@@ -178,8 +184,12 @@ class Gateway:
         for service in sorted({r.service for r in self.routes}):
             peer = service.split(".")[1]
             try:
-                stub = health_pb2_grpc.HealthStub(self.upstreams.channel(peer))
-                reply = await stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
+                check = self.upstreams.channel(peer).unary_unary(
+                    HEALTH_CHECK,
+                    request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+                    response_deserializer=health_pb2.HealthCheckResponse.FromString,
+                )
+                reply = await check(health_pb2.HealthCheckRequest(service=service), timeout=2.0)
                 states[service] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
             except (grpc.aio.AioRpcError, LookupError) as exc:
                 states[service] = getattr(exc, "code", lambda: "UNAVAILABLE")().__str__()
@@ -210,11 +220,114 @@ def _demo_sign_in() -> dict[str, Any]:
     return {"tenant": DEMO_TENANT, "users": users}
 
 
+VERBS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+# What a browser may send cross-origin: the forwarded headers and the ones the gateway reads itself.
+CORS_HEADERS = [
+    "authorization",
+    "content-type",
+    "x-request-id",
+    "grpc-timeout",
+    "last-event-id",
+    "traceparent",
+    "tracestate",
+]
+
+
+def _operational_routes(gateway: Gateway) -> list[BaseRoute]:
+    """Liveness, readiness (every upstream's gRPC health), the OpenAPI document, the route table."""
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        ok, states = await gateway.ready()
+        return JSONResponse({"ready": ok, "services": states}, status_code=200 if ok else 503)
+
+    async def openapi_json(_: Request) -> Response:
+        return JSONResponse(gateway.openapi())
+
+    async def route_table(_: Request) -> Response:
+        return JSONResponse({"routes": [routes.describe(r) for r in gateway.routes]})
+
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+        Route("/v1/_routes", route_table, methods=["GET"]),
+    ]
+
+
+def _page_routes(settings: Settings) -> list[BaseRoute]:
+    """The chat page: index.html, its static files and its configuration (demo sign-in when embedded)."""
+    page_config = {"demo": _demo_sign_in() if settings.embedded else None}
+
+    async def index(_: Request) -> Response:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def page(_: Request) -> Response:
+        return JSONResponse(page_config, headers={"Cache-Control": "no-cache"})
+
+    return [
+        Route("/", index, methods=["GET"]),
+        Route("/v1/_page", page, methods=["GET"]),
+        Mount("/static", StaticFiles(directory=STATIC), name="static"),
+    ]
+
+
+def _routes(gateway: Gateway, settings: Settings) -> list[BaseRoute]:
+    """Fixed paths first; everything else is matched against the google.api.http routes."""
+    return [
+        *_page_routes(settings),
+        *_operational_routes(gateway),
+        WebSocketRoute("/v1/ws", gateway.chat.endpoint),
+        Route("/{path:path}", gateway, methods=VERBS),
+    ]
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    return [
+        Middleware(SecurityHeaders),
+        Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.gateway.cors_origins),
+            allow_methods=VERBS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
+        ),
+    ]
+
+
+async def _http_error(_: Request, exc: Exception) -> Response:
+    """Starlette's own errors (a static file not found, ...) in the gateway's error body."""
+    assert isinstance(exc, HTTPException)
+    code = code_pb2.NOT_FOUND if exc.status_code == 404 else code_pb2.INVALID_ARGUMENT
+    response = error_response(errors.simple_status(code, str(exc.detail)))
+    response.status_code = exc.status_code
+    return response
+
+
+async def _unexpected(_: Request, exc: Exception) -> Response:
+    log.exception("gateway error", exc_info=exc)
+    return error_response(errors.simple_status(code_pb2.INTERNAL, "internal gateway error"))
+
+
+def _lifespan(upstreams: Upstreams) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """Closes the channels the gateway opened itself when the server stops."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await upstreams.close()
+
+    return lifespan
+
+
 def create_app(
     settings: Settings,
     *,
     channels: Mapping[str, grpc.aio.Channel] | None = None,
-    tracer_provider: Any | None = None,
+    tracer_provider: TracerProvider | None = None,
     route_list: list[routes.Route] | None = None,
     limits: Limits | None = None,
 ) -> Starlette:
@@ -228,78 +341,11 @@ def create_app(
         tracing=Tracing(tracer_provider),
         limits=limits or Limits.from_settings(settings.gateway),
     )
-
-    async def healthz(_: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(_: Request) -> Response:
-        ok, states = await gateway.ready()
-        return JSONResponse({"ready": ok, "services": states}, status_code=200 if ok else 503)
-
-    async def openapi_json(_: Request) -> Response:
-        return JSONResponse(gateway.openapi())
-
-    page_config = {"demo": _demo_sign_in() if settings.embedded else None}
-
-    async def page(_: Request) -> Response:
-        return JSONResponse(page_config, headers={"Cache-Control": "no-cache"})
-
-    async def route_table(_: Request) -> Response:
-        return JSONResponse({"routes": [routes.describe(r) for r in gateway.routes]})
-
-    async def index(_: Request) -> Response:
-        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        code = code_pb2.NOT_FOUND if exc.status_code == 404 else code_pb2.INVALID_ARGUMENT
-        response = error_response(errors.simple_status(code, str(exc.detail)))
-        response.status_code = exc.status_code
-        return response
-
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        log.exception("gateway error", exc_info=exc)
-        return error_response(errors.simple_status(code_pb2.INTERNAL, "internal gateway error"))
-
-    @contextlib.asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        yield
-        await upstreams.close()
-
-    verbs = ["GET", "POST", "PUT", "PATCH", "DELETE"]
     app = Starlette(
-        routes=[
-            Route("/", index, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/openapi.json", openapi_json, methods=["GET"]),
-            Route("/v1/_routes", route_table, methods=["GET"]),
-            Route("/v1/_page", page, methods=["GET"]),
-            WebSocketRoute("/v1/ws", gateway.chat.endpoint),
-            Mount("/static", StaticFiles(directory=STATIC), name="static"),
-            Route("/{path:path}", gateway, methods=verbs),
-        ],
-        middleware=[
-            Middleware(SecurityHeaders),
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.gateway.cors_origins),
-                allow_methods=verbs,
-                allow_headers=[
-                    "authorization",
-                    "content-type",
-                    "x-request-id",
-                    "grpc-timeout",
-                    "last-event-id",
-                    "traceparent",
-                    "tracestate",
-                ],
-                expose_headers=["x-request-id", "retry-after"],
-                max_age=600,
-            ),
-        ],
-        exception_handlers={HTTPException: http_error, Exception: unexpected},
-        lifespan=lifespan,
+        routes=_routes(gateway, settings),
+        middleware=_middleware(settings),
+        exception_handlers={HTTPException: _http_error, Exception: _unexpected},
+        lifespan=_lifespan(upstreams),
     )
     app.state.gateway = gateway
     return app

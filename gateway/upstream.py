@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Mapping
-from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 from opentelemetry import trace
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
@@ -53,7 +53,8 @@ class Upstreams:
         self._settings = settings
         self._given = dict(channels or {})
         self._owned: dict[str, grpc.aio.Channel] = {}
-        self._callables: dict[tuple[str, str], Any] = {}
+        self._unary: dict[tuple[str, str], grpc.aio.UnaryUnaryMultiCallable[Message, Message]] = {}
+        self._streams: dict[tuple[str, str], grpc.aio.UnaryStreamMultiCallable[Message, Message]] = {}
 
     def channel(self, peer: str) -> grpc.aio.Channel:
         if peer in self._given:
@@ -78,34 +79,47 @@ class Upstreams:
     def peers(self) -> list[str]:
         return ["identity", "agents", "conversation", "orchestration"]
 
-    def callable(self, route: Route) -> Any:
+    def unary(self, route: Route) -> grpc.aio.UnaryUnaryMultiCallable[Message, Message]:
+        """The (cached) callable of a unary route's RPC."""
         key = (route.package_key, route.rpc_path)
-        found = self._callables.get(key)
+        found = self._unary.get(key)
         if found is None:
-            channel = self.channel(route.package_key)
-            kind = channel.unary_stream if route.server_streaming else channel.unary_unary
-            found = kind(
+            found = self.channel(route.package_key).unary_unary(
                 route.rpc_path,
                 request_serializer=route.request_class.SerializeToString,
                 response_deserializer=route.response_class.FromString,
             )
-            self._callables[key] = found
+            self._unary[key] = found
+        return found
+
+    def server_stream(self, route: Route) -> grpc.aio.UnaryStreamMultiCallable[Message, Message]:
+        """The (cached) callable of a server-streaming route's RPC."""
+        key = (route.package_key, route.rpc_path)
+        found = self._streams.get(key)
+        if found is None:
+            found = self.channel(route.package_key).unary_stream(
+                route.rpc_path,
+                request_serializer=route.request_class.SerializeToString,
+                response_deserializer=route.response_class.FromString,
+            )
+            self._streams[key] = found
         return found
 
     async def close(self) -> None:
         for channel in self._owned.values():
             await channel.close()
         self._owned.clear()
-        self._callables.clear()
+        self._unary.clear()
+        self._streams.clear()
 
 
 class Tracing:
     """Continues the caller's trace (traceparent) or starts one; without a provider, passes it on."""
 
-    def __init__(self, tracer_provider: Any | None):
+    def __init__(self, tracer_provider: trace.TracerProvider | None):
         self._tracer = tracer_provider.get_tracer("agentmesh.gateway") if tracer_provider else None
 
-    def start(self, name: str, headers: Mapping[str, str]) -> tuple[Any, list[tuple[str, str]]]:
+    def start(self, name: str, headers: Mapping[str, str]) -> tuple[Spans | None, list[tuple[str, str]]]:
         """(span or None, trace metadata to forward); end the span with `span.end()`."""
         carrier = {k: headers[k] for k in ("traceparent", "tracestate") if k in headers}
         if self._tracer is None:
@@ -119,13 +133,13 @@ class Tracing:
         )
         out: dict[str, str] = {}
         _PROPAGATOR.inject(out, context=trace.set_span_in_context(client))
-        return _Spans(server, client), list(out.items())
+        return Spans(server, client), list(out.items())
 
 
-class _Spans:
+class Spans:
     """The gateway's server and client span of one request, ended together."""
 
-    def __init__(self, server: Any, client: Any):
+    def __init__(self, server: trace.Span, client: trace.Span):
         self.server = server
         self.client = client
 

@@ -35,6 +35,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from gateway import errors
+from gateway.upstream import Spans, Tracing, Upstreams
+from services.platform.settings import GatewaySettings
 
 CHAT = "/agentmesh.orchestration.v1.OrchestrationService/Chat"
 WHO_AM_I = "/agentmesh.identity.v1.IdentityService/WhoAmI"
@@ -47,6 +49,7 @@ CLOSE_FULL = 1013
 CLOSE_TOO_BIG = 1009
 
 _T = orch_pb.RunEventType
+_ChatCall = grpc.aio.StreamStreamCall[orch_pb.ChatRequest, orch_pb.ChatResponse]
 _SYSTEM_EVENTS = {
     _T.RUN_EVENT_TYPE_RUN_CREATED: "run_created",
     _T.RUN_EVENT_TYPE_RUN_STARTED: "run_started",
@@ -65,7 +68,7 @@ class Limits:
     heartbeat_seconds: float = 20.0
 
     @classmethod
-    def from_settings(cls, gateway: Any) -> Limits:
+    def from_settings(cls, gateway: GatewaySettings) -> Limits:
         return cls(
             max_frame_bytes=gateway.ws_max_frame_bytes,
             messages_per_minute=gateway.ws_messages_per_minute,
@@ -145,7 +148,12 @@ class ChatSocket:
     """Accepts sockets and enforces the connection limits; one `_Connection` per socket."""
 
     def __init__(
-        self, *, upstreams: Any, limits: Limits, tracing: Any, clock: Callable[[], float] = time.monotonic
+        self,
+        *,
+        upstreams: Upstreams,
+        limits: Limits,
+        tracing: Tracing,
+        clock: Callable[[], float] = time.monotonic,
     ):
         self._upstreams = upstreams
         self.limits = limits
@@ -246,9 +254,9 @@ class _Connection:
         ws: WebSocket,
         *,
         token: str,
-        upstreams: Any,
+        upstreams: Upstreams,
         limits: Limits,
-        tracing: Any,
+        tracing: Tracing,
         clock: Callable[[], float],
     ):
         self._ws = ws
@@ -258,7 +266,7 @@ class _Connection:
         self._tracing = tracing
         self._window = _Window(limits.messages_per_minute, clock)
         self._send_lock = asyncio.Lock()
-        self._streams: dict[str, Any] = {}
+        self._streams: dict[str, _ChatCall] = {}
         self._readers: dict[str, asyncio.Task[None]] = {}
         self._run_sessions: dict[str, str] = {}
         self._last_session = ""
@@ -351,6 +359,7 @@ class _Connection:
         if call is None or call.done():
             span, trace_md = self._tracing.start("WS Chat", {})
             metadata = [("authorization", f"Bearer {self._token}"), *trace_md]
+            chat: grpc.aio.StreamStreamMultiCallable[orch_pb.ChatRequest, orch_pb.ChatResponse]
             chat = self._upstreams.channel("orchestration").stream_stream(
                 CHAT,
                 request_serializer=orch_pb.ChatRequest.SerializeToString,
@@ -366,11 +375,11 @@ class _Connection:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._readers[session]), 5.0)
 
-    async def _read(self, session: str, call: Any, span: Any = None) -> None:
+    async def _read(self, session: str, call: _ChatCall, span: Spans | None = None) -> None:
         try:
             while True:
                 reply = await call.read()
-                if reply is grpc.aio.EOF:
+                if not isinstance(reply, orch_pb.ChatResponse):  # grpc.aio.EOF
                     return
                 message = reply_message(reply)
                 if message.get("run_id"):
