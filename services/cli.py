@@ -18,7 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services import admin_cli
 from services.platform import db, migrations
-from services.platform.middleware import configure_logging
+from services.platform.logs import configure_logging
 from services.platform.runtime import (
     Runtime,
     missing_configuration,
@@ -307,8 +307,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 def cmd_retention(args: argparse.Namespace) -> int:
     """Applies the conversation retention policies once (the service also runs this periodically)."""
-    from services.conversation import build_service
+    from services.conversation.hot_window import HotWindow
     from services.conversation.retention import RetentionJob
+    from services.conversation.store import ConversationStore
 
     settings = _database_settings(args, "retention")
     if not settings.database_url:
@@ -317,8 +318,9 @@ def cmd_retention(args: argparse.Namespace) -> int:
     async def run() -> int:
         runtime = await Runtime.create(settings)
         try:
-            service = build_service(runtime)
-            return await RetentionJob(store=service.store, hot=service.hot).run_once(args.tenant)
+            store = ConversationStore(runtime.engine, autocommit=runtime.autocommit)
+            job = RetentionJob(store=store, hot=HotWindow(runtime.redis), clock=runtime.clock)
+            return await job.run_once(args.tenant)
         finally:
             await runtime.close()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
+from typing import cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -84,7 +85,8 @@ class HotWindow:
         except (RedisError, OSError) as exc:
             log.warning("hot window read failed", extra={"fields": {"error": repr(exc)}})
             return None
-        return [_decode(r) for r in raw]
+        # Without withscores the members come back alone, as bytes (the client does not decode).
+        return [_decode(cast(bytes, r)) for r in raw]
 
     async def fill(self, conversation_id: str, messages: Sequence[Message]) -> None:
         """Writes messages (read from PostgreSQL) into the window, keeping only the newest `size`."""

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
+import uuid
 from typing import Any
 
-# Stored as these strings; the servicer maps them to and from the proto enums.
+# Stored as these strings; convert.py maps them to and from the proto enums.
 ROLES = ("system", "user", "assistant", "tool")
 ACTIVE = "ACTIVE"
 CLOSED = "CLOSED"
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -60,6 +66,23 @@ class NewMessage:
     content: str
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     tool_call_id: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class Appended:
+    """A committed message and its conversation after it; `replayed`: the request_id was already
+    stored, so this is the first append's message and nothing new was written."""
+
+    message: Message
+    conversation: Conversation
+    replayed: bool
+
+
+class AppendRefused(enum.Enum):
+    """Why an append stored nothing: no such conversation in the caller's scope, or it is closed."""
+
+    MISSING = "MISSING"
+    CLOSED = "CLOSED"
 
 
 @dataclasses.dataclass(frozen=True)

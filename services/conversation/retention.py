@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
-from services.conversation.hot_window import HotWindow
-from services.conversation.store import ConversationStore
+from services.conversation.service import HotWindow
 
 log = logging.getLogger("agentmesh.conversation.retention")
 
@@ -22,11 +22,17 @@ RETENTION_INTERVAL_SECONDS = 3600.0
 DAY_US = 86_400 * 1_000_000
 
 
+class RetentionStore(Protocol):
+    async def retention_policies(self, tenant_id: str | None = None) -> list[tuple[str, int]]: ...
+    async def expired_conversations(self, tenant_id: str, *, closed_before: int, limit: int) -> list[str]: ...
+    async def delete_conversations(self, conversation_ids: Sequence[str]) -> int: ...
+
+
 class RetentionJob:
     def __init__(
         self,
         *,
-        store: ConversationStore,
+        store: RetentionStore,
         hot: HotWindow,
         clock: Callable[[], float] = time.time,
         batch: int = 500,

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.conversation.models import Conversation, Message, SearchHit, TenantStats, Totals
-from services.conversation.store import Scope, _conversation, _message, scoped
+from services.conversation.store import _conversation, _message, scoped
 from services.conversation.tables import conversations, messages
 
 _HEADLINE = "StartSel=[[, StopSel=]], MaxWords=30, MinWords=12, MaxFragments=2, FragmentDelimiter=' … '"
@@ -29,12 +29,12 @@ DAY_US = 86_400 * 1_000_000
 RANK_WINDOW = 5_000
 
 
-def _scope_sql(scope: Scope, agent_id: str, params: dict[str, Any]) -> str:
+def _scope_sql(tenant_id: str, only_user: str | None, agent_id: str, params: dict[str, Any]) -> str:
     sql = "m.tenant_id = :tenant"
-    params["tenant"] = scope.tenant_id
-    if scope.user_id is not None:
+    params["tenant"] = tenant_id
+    if only_user is not None:
         sql += " AND c.user_id = :user"
-        params["user"] = scope.user_id
+        params["user"] = only_user
     if agent_id:
         sql += " AND c.agent_id = :agent"
         params["agent"] = agent_id
@@ -46,18 +46,32 @@ class MessageSearch:
         self.engine = engine
 
     async def search(
-        self, scope: Scope, query: str, *, agent_id: str, after: list[Any] | None, limit: int
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        query: str,
+        *,
+        agent_id: str,
+        after: list[Any] | None,
+        limit: int,
     ) -> list[tuple[SearchHit, list[Any]]]:
         """Up to `limit` hits after the cursor, each with its own cursor."""
         read = self._postgres if self.engine.dialect.name == "postgresql" else self._substring
-        hits, cursors = await read(scope, query, agent_id=agent_id, after=after, limit=limit)
+        hits, cursors = await read(tenant_id, only_user, query, agent_id=agent_id, after=after, limit=limit)
         return list(zip(hits, cursors, strict=True))
 
     async def _postgres(
-        self, scope: Scope, query: str, *, agent_id: str, after: list[Any] | None, limit: int
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        query: str,
+        *,
+        agent_id: str,
+        after: list[Any] | None,
+        limit: int,
     ) -> tuple[list[SearchHit], list[list[Any]]]:
         params: dict[str, Any] = {"q": query, "limit": limit}
-        where = _scope_sql(scope, agent_id, params)
+        where = _scope_sql(tenant_id, only_user, agent_id, params)
         keyset = ""
         if after is not None:
             keyset = "WHERE s.score < :score OR (s.score = :score AND s.id > :after_id)"
@@ -105,11 +119,22 @@ class MessageSearch:
         return hits, [[h.score, h.message.id] for h in hits]
 
     async def _substring(
-        self, scope: Scope, query: str, *, agent_id: str, after: list[Any] | None, limit: int
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        query: str,
+        *,
+        agent_id: str,
+        after: list[Any] | None,
+        limit: int,
     ) -> tuple[list[SearchHit], list[list[Any]]]:
         m, c = messages.c, conversations.c
         escaped = query.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        where = [*scoped(scope), m.tenant_id == scope.tenant_id, m.content.like(f"%{escaped}%", escape="\\")]
+        where = [
+            *scoped(tenant_id, only_user),
+            m.tenant_id == tenant_id,
+            m.content.like(f"%{escaped}%", escape="\\"),
+        ]
         if agent_id:
             where.append(c.agent_id == agent_id)
         if after is not None:
@@ -146,13 +171,15 @@ class MessageSearch:
             out[row.id] = (_conversation(_Prefixed(row, "c_")), _message(row))
         return out
 
-    async def stats(self, scope: Scope, *, start_time: int, end_time: int) -> TenantStats:
+    async def stats(
+        self, tenant_id: str, only_user: str | None, *, start_time: int, end_time: int
+    ) -> TenantStats:
         """Conversations (by creation time), messages and tokens (by message time) in [start, end)."""
         c, m = conversations.c, messages.c
         conv_day = c.create_time // DAY_US
         msg_day = m.create_time // DAY_US
-        conv_where = scoped(scope)
-        msg_where = [*scoped(scope), m.tenant_id == scope.tenant_id]
+        conv_where = scoped(tenant_id, only_user)
+        msg_where = [*scoped(tenant_id, only_user), m.tenant_id == tenant_id]
         if start_time:
             conv_where.append(c.create_time >= start_time)
             msg_where.append(m.create_time >= start_time)

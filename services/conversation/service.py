@@ -8,27 +8,21 @@ only their own; anything outside that is NOT_FOUND, exactly like a conversation 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Callable
-from typing import Any
+from collections.abc import AsyncGenerator, Callable, Sequence
+from typing import Any, Protocol
 
 from services.conversation import validation
 from services.conversation.context_window import WindowBuilder
-from services.conversation.hot_window import HotWindow
 from services.conversation.models import (
     ACTIVE,
+    Appended,
+    AppendRefused,
     ContextWindow,
     Conversation,
     Message,
     NewMessage,
     SearchHit,
     TenantStats,
-)
-from services.conversation.search import MessageSearch
-from services.conversation.store import (
-    ConversationClosed,
-    ConversationMissing,
-    ConversationStore,
-    Scope,
     new_id,
 )
 from services.conversation.tokens import TokenCounter
@@ -37,6 +31,77 @@ from services.platform.auth import Principal
 from services.platform.errors import Violation
 from services.platform.pagination import Page, PageTokens, keyset, paginate, position
 from services.platform.validation import Violations, require_id
+
+
+class Store(Protocol):
+    """The system of record. `only_user` None: every user of the tenant; else that user's alone."""
+
+    async def create_conversation(self, conversation: Conversation, *, request_id: str) -> Conversation: ...
+    async def get_conversation(
+        self, tenant_id: str, only_user: str | None, conversation_id: str
+    ) -> Conversation | None: ...
+    async def list_conversations(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        *,
+        agent_id: str,
+        user_id: str,
+        status: str,
+        start_time: int,
+        end_time: int,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[Conversation]: ...
+    async def close_conversation(
+        self, tenant_id: str, only_user: str | None, conversation_id: str, *, now: int
+    ) -> Conversation | None: ...
+    async def delete_conversations(self, conversation_ids: Sequence[str]) -> int: ...
+    async def append_message(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> Appended | AppendRefused: ...
+    async def messages_before(self, conversation_id: str, before: int, *, limit: int) -> list[Message]: ...
+    async def list_messages(
+        self, conversation_id: str, *, after: int, before: int, descending: bool, limit: int
+    ) -> list[Message]: ...
+    async def get_retention_days(self, tenant_id: str) -> int: ...
+    async def set_retention_days(self, tenant_id: str, days: int, *, now: int) -> None: ...
+
+
+class HotWindow(Protocol):
+    """The newest `size` messages of each conversation, for fast reads; never the record."""
+
+    @property
+    def size(self) -> int: ...
+    async def append(self, message: Message) -> None: ...
+    async def read(self, conversation_id: str, *, max_sequence: int, count: int) -> list[Message] | None: ...
+    async def fill(self, conversation_id: str, messages: Sequence[Message]) -> None: ...
+    async def drop(self, *conversation_ids: str) -> None: ...
+
+
+class SearchIndex(Protocol):
+    async def search(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        query: str,
+        *,
+        agent_id: str,
+        after: list[Any] | None,
+        limit: int,
+    ) -> list[tuple[SearchHit, list[Any]]]: ...
+    async def stats(
+        self, tenant_id: str, only_user: str | None, *, start_time: int, end_time: int
+    ) -> TenantStats: ...
+
 
 # A search page is ranked and gets a snippet per hit: a smaller ceiling than other listings.
 SEARCH_MAX_PAGE_SIZE = 100
@@ -54,8 +119,8 @@ class ConversationService:
     def __init__(
         self,
         *,
-        store: ConversationStore,
-        search: MessageSearch,
+        store: Store,
+        search: SearchIndex,
         hot: HotWindow,
         counter: TokenCounter,
         page_tokens: PageTokens,
@@ -76,12 +141,15 @@ class ConversationService:
         return timestamps.micros(self.clock)
 
     @staticmethod
-    def scope(principal: Principal) -> Scope:
-        return Scope(principal.tenant_id, None if principal.is_admin else principal.user_id)
+    def only_user(principal: Principal) -> str | None:
+        """Whose conversations the caller sees: owners and admins the tenant's, members their own."""
+        return None if principal.is_admin else principal.user_id
 
     async def _visible(self, principal: Principal, conversation_id: str) -> Conversation:
         require_id(conversation_id, "conversation_id")
-        conversation = await self.store.get_conversation(self.scope(principal), conversation_id)
+        conversation = await self.store.get_conversation(
+            principal.tenant_id, self.only_user(principal), conversation_id
+        )
         if conversation is None:
             raise _not_found(conversation_id)
         return conversation
@@ -141,12 +209,13 @@ class ConversationService:
     ) -> Page[Conversation]:
         if start_time and end_time and end_time <= start_time:
             raise errors.InvalidArgument.field("end_time", "must be after start_time")
-        scope = self.scope(principal)
+        tenant_id, only_user = principal.tenant_id, self.only_user(principal)
 
         async def fetch(after: tuple[int, str] | None, limit: int) -> list[Conversation]:
             # A member's user filter narrows their own scope: another user's id simply matches nothing.
             return await self.store.list_conversations(
-                scope,
+                tenant_id,
+                only_user,
                 agent_id=agent_id,
                 user_id=user_id,
                 status=status,
@@ -158,7 +227,7 @@ class ConversationService:
 
         return await paginate(
             self.page_tokens,
-            ("conv.list", scope.tenant_id, scope.user_id, agent_id, user_id, status, start_time, end_time),
+            ("conv.list", tenant_id, only_user, agent_id, user_id, status, start_time, end_time),
             page_size=page_size,
             page_token=page_token,
             parse=keyset,
@@ -169,7 +238,7 @@ class ConversationService:
     async def close_conversation(self, principal: Principal, conversation_id: str) -> Conversation:
         require_id(conversation_id, "conversation_id")
         conversation = await self.store.close_conversation(
-            self.scope(principal), conversation_id, now=self._now()
+            principal.tenant_id, self.only_user(principal), conversation_id, now=self._now()
         )
         if conversation is None:
             raise _not_found(conversation_id)
@@ -192,27 +261,27 @@ class ConversationService:
         )
         v.request_id(request_id)
         v.raise_if_any()
-        try:
-            message, conversation, replayed = await self.store.append_message(
-                self.scope(principal),
-                conversation_id,
-                new,
-                token_count=self.counter.count(new.content),
-                request_id=request_id,
-                now=self._now(),
-            )
-        except ConversationMissing:
-            raise _not_found(conversation_id) from None
-        except ConversationClosed:
+        outcome = await self.store.append_message(
+            principal.tenant_id,
+            self.only_user(principal),
+            conversation_id,
+            new,
+            token_count=self.counter.count(new.content),
+            request_id=request_id,
+            now=self._now(),
+        )
+        if outcome is AppendRefused.MISSING:
+            raise _not_found(conversation_id)
+        if outcome is AppendRefused.CLOSED:
             raise errors.FailedPrecondition(
                 f"conversation {conversation_id!r} is closed",
                 [Violation("conversation.status", "appending needs an ACTIVE conversation", "CLOSED")],
                 reason="CONVERSATION_CLOSED",
-            ) from None
-        if not replayed:
+            )
+        if not outcome.replayed:
             # After the commit, and never able to fail the append: Redis only makes reads fast.
-            await self.hot.append(message)
-        return message, conversation
+            await self.hot.append(outcome.message)
+        return outcome.message, outcome.conversation
 
     async def list_messages(
         self,
@@ -331,14 +400,16 @@ class ConversationService:
             f"must be at most {validation.MAX_QUERY_CHARS} characters",
         )
         v.raise_if_any()
-        scope = self.scope(principal)
+        tenant_id, only_user = principal.tenant_id, self.only_user(principal)
 
         async def fetch(after: list[Any] | None, limit: int) -> list[tuple[SearchHit, list[Any]]]:
-            return await self.search_index.search(scope, query, agent_id=agent_id, after=after, limit=limit)
+            return await self.search_index.search(
+                tenant_id, only_user, query, agent_id=agent_id, after=after, limit=limit
+            )
 
         page = await paginate(
             self.page_tokens,
-            ("conv.search", scope.tenant_id, scope.user_id, agent_id, query),
+            ("conv.search", tenant_id, only_user, agent_id, query),
             page_size=page_size,
             page_token=page_token,
             parse=_search_cursor,
@@ -351,7 +422,9 @@ class ConversationService:
     async def tenant_stats(self, principal: Principal, *, start_time: int, end_time: int) -> TenantStats:
         if start_time and end_time and end_time <= start_time:
             raise errors.InvalidArgument.field("end_time", "must be after start_time")
-        return await self.search_index.stats(self.scope(principal), start_time=start_time, end_time=end_time)
+        return await self.search_index.stats(
+            principal.tenant_id, self.only_user(principal), start_time=start_time, end_time=end_time
+        )
 
     # -- retention policy ----------------------------------------------------------------------
 

@@ -1,15 +1,17 @@
 """PostgreSQL (or SQLite) access for conversations, messages and retention policies.
 
-No proto objects and no rules here: the service decides who may see what and passes the scope in.
+No proto objects and no rules here: the service decides who may see what and passes it in as a
+tenant and `only_user` (None: every user of the tenant). Appends have two implementations behind
+`Appends`, chosen once when the store is made: one batched autocommit statement on PostgreSQL, one
+transaction per message on any other database (SQLite, the embedded default).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 import sqlalchemy as sa
@@ -17,31 +19,19 @@ from psycopg.rows import namedtuple_row
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.conversation.models import ACTIVE, CLOSED, Conversation, Message, NewMessage
+from services.conversation.models import (
+    ACTIVE,
+    CLOSED,
+    Appended,
+    AppendRefused,
+    Conversation,
+    Message,
+    NewMessage,
+    new_id,
+)
 from services.conversation.tables import conversations, messages, retention_policies
 from services.platform.batching import Batcher
 from services.platform.db import AutocommitPool
-
-
-class ConversationMissing(Exception):
-    """No such conversation in the caller's scope."""
-
-
-class ConversationClosed(Exception):
-    """The conversation exists but is closed."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Scope:
-    """Whose conversations a caller sees: a tenant, and one user of it unless `user_id` is None."""
-
-    tenant_id: str
-    user_id: str | None
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
 
 # Appends as one statement, one round trip (PostgreSQL), for any number of conversations (one message
 # each): the UPDATE takes each conversation's row lock and numbers its message, the INSERT uses that
@@ -110,34 +100,232 @@ def _message(row: Any) -> Message:
     )
 
 
-def scoped(scope: Scope) -> list[sa.ColumnElement[bool]]:
-    where = [conversations.c.tenant_id == scope.tenant_id]
-    if scope.user_id is not None:
-        where.append(conversations.c.user_id == scope.user_id)
+def scoped(tenant_id: str, only_user: str | None) -> list[sa.ColumnElement[bool]]:
+    where = [conversations.c.tenant_id == tenant_id]
+    if only_user is not None:
+        where.append(conversations.c.user_id == only_user)
     return where
+
+
+async def _get(
+    conn: AsyncConnection, tenant_id: str, only_user: str | None, conversation_id: str
+) -> Conversation | None:
+    row = (
+        await conn.execute(
+            sa.select(conversations).where(
+                *scoped(tenant_id, only_user), conversations.c.id == conversation_id
+            )
+        )
+    ).first()
+    return _conversation(row) if row else None
+
+
+async def _message_by_request_id(
+    conn: AsyncConnection, conversation_id: str, request_id: str
+) -> Message | None:
+    row = (
+        await conn.execute(
+            sa.select(messages).where(
+                messages.c.conversation_id == conversation_id, messages.c.request_id == request_id
+            )
+        )
+    ).first()
+    return _message(row) if row else None
+
+
+async def _not_appended(
+    conn: AsyncConnection, tenant_id: str, only_user: str | None, conversation_id: str, request_id: str
+) -> Appended | AppendRefused:
+    """Why an append matched no conversation row: the UPDATE of either implementation refuses only
+    a conversation outside the scope, a closed one, and (PostgreSQL) a request_id already stored."""
+    conversation = await _get(conn, tenant_id, only_user, conversation_id)
+    if conversation is None:
+        return AppendRefused.MISSING
+    if request_id:
+        replay = await _message_by_request_id(conn, conversation_id, request_id)
+        if replay is not None:
+            return Appended(replay, conversation, replayed=True)
+    return AppendRefused.CLOSED
+
+
+class Appends(Protocol):
+    async def append(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> Appended | AppendRefused:
+        """Commits the next message (or finds the one its request_id already stored).
+
+        Appends to one conversation are serialised by its row lock and each gets the next sequence
+        number; a failure rolls the count back with the message, so sequence numbers have no gaps.
+        """
+        ...
+
+
+class PortableAppends:
+    """Any database SQLAlchemy speaks: one transaction per message."""
+
+    def __init__(self, engine: AsyncEngine):
+        self.engine = engine
+
+    async def append(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> Appended | AppendRefused:
+        c = conversations.c
+        # Leaving the block without a commit (an error) closes the connection, which rolls back.
+        async with self.engine.connect() as conn:
+            transaction = await conn.begin()
+            row = (
+                await conn.execute(
+                    conversations.update()
+                    .where(*scoped(tenant_id, only_user), c.id == conversation_id, c.status == ACTIVE)
+                    .values(
+                        message_count=c.message_count + 1,
+                        token_count=c.token_count + token_count,
+                        update_time=now,
+                        last_message_time=now,
+                    )
+                    .returning(*conversations.c)
+                )
+            ).first()
+            # Under the row lock, so a concurrent twin has either committed (seen) or not begun.
+            if row is None or (
+                request_id and await _message_by_request_id(conn, conversation_id, request_id) is not None
+            ):
+                await transaction.rollback()
+                return await _not_appended(conn, tenant_id, only_user, conversation_id, request_id)
+            message = Message(
+                id=new_id(),
+                conversation_id=conversation_id,
+                sequence=row.message_count,
+                role=new.role,
+                content=new.content,
+                token_count=token_count,
+                metadata=dict(new.metadata),
+                tool_call_id=new.tool_call_id,
+                create_time=now,
+            )
+            await conn.execute(
+                messages.insert().values(
+                    **dataclasses.asdict(message), tenant_id=tenant_id, request_id=request_id
+                )
+            )
+            await transaction.commit()
+        return Appended(message, _conversation(row), replayed=False)
+
+
+class PostgresAppends:
+    """PostgreSQL: the same append as one autocommit statement (`_APPEND_SQL`), shared with the
+    appends to other conversations that arrive meanwhile. What it does not append (missing, closed,
+    a stored request_id, or a twin that committed while this one waited and tripped the unique
+    index) is then told apart by one read."""
+
+    def __init__(self, engine: AsyncEngine, autocommit: AutocommitPool):
+        self.engine = engine
+        self._autocommit = autocommit
+        # Concurrent appends share statements; one conversation appears once per statement, since
+        # an UPDATE changes a row once however many input rows join it.
+        self._batcher: Batcher[dict[str, Any], Any] = Batcher(self._append_rows, key=lambda item: item["cid"])
+
+    async def append(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> Appended | AppendRefused:
+        message_id = new_id()
+        params: dict[str, Any] = {
+            "cid": conversation_id,
+            "tenant": tenant_id,
+            "usr": only_user,
+            "tokens": token_count,
+            "now": now,
+            "rid": request_id,
+            "mid": message_id,
+            "role": new.role,
+            "content": new.content,
+            "metadata": new.metadata,
+            "tool": new.tool_call_id,
+        }
+        row = await self._batcher.submit(params)
+        if row is None:
+            async with self.engine.connect() as conn:
+                return await _not_appended(conn, tenant_id, only_user, conversation_id, request_id)
+        message = Message(
+            id=message_id,
+            conversation_id=conversation_id,
+            sequence=row.message_count,
+            role=new.role,
+            content=new.content,
+            token_count=token_count,
+            metadata=dict(new.metadata),
+            tool_call_id=new.tool_call_id,
+            create_time=now,
+        )
+        return Appended(message, _conversation(row), replayed=False)
+
+    async def _append_rows(self, batch: list[dict[str, Any]]) -> list[Any]:
+        """Runs `_APPEND_SQL` for a batch (one message per conversation); the conversation row of
+        each appended message, or None for each that was not. A unique-index violation undoes the
+        whole statement: the batch is then retried one by one, so only the twin fails."""
+        # One JSON parameter for the whole batch: json.dumps is far cheaper than psycopg's array dumpers.
+        params = {"batch": json.dumps(batch)}
+        try:
+            # The hottest write of the mesh runs on psycopg directly: SQLAlchemy's statement and
+            # result layers cost more than the round trip.
+            async with self._autocommit.connection() as raw, raw.cursor(row_factory=namedtuple_row) as cursor:
+                await cursor.execute(_APPEND_SQL, params)
+                fetched: list[Any] = await cursor.fetchall()
+                rows = {row.mid: row for row in fetched}
+        except psycopg.IntegrityError:
+            if len(batch) > 1:
+                return [await self._append_alone(item) for item in batch]
+            if not batch[0]["rid"]:
+                raise
+            return [None]
+        return [rows.get(item["mid"]) for item in batch]
+
+    async def _append_alone(self, item: dict[str, Any]) -> Any:
+        try:
+            return (await self._append_rows([item]))[0]
+        except Exception as exc:  # that item's failure, not its batch's
+            return exc
 
 
 class ConversationStore:
     def __init__(self, engine: AsyncEngine, *, autocommit: AutocommitPool | None = None):
+        """`autocommit`: the runtime's psycopg pool of autocommit connections, which it has exactly
+        when the database is PostgreSQL; it selects the one-statement appends."""
         self.engine = engine
-        # PostgreSQL: the runtime's psycopg pool of autocommit connections, for the one-statement
-        # append (no BEGIN/COMMIT round trips). Without it appends take the transaction path.
-        self._autocommit = autocommit
-        # Concurrent appends share statements; one conversation appears once per statement, since
-        # an UPDATE changes a row once however many input rows join it.
-        self._appends: Batcher[dict[str, Any], Any] = Batcher(self._append_rows, key=lambda item: item["cid"])
-
-    @property
-    def dialect(self) -> str:
-        return self.engine.dialect.name
+        self.appends: Appends = (
+            PortableAppends(engine) if autocommit is None else PostgresAppends(engine, autocommit)
+        )
 
     # -- conversations -------------------------------------------------------------------------
 
     async def create_conversation(self, conversation: Conversation, *, request_id: str) -> Conversation:
         """Inserts; with a request_id already used by this user, returns that first conversation."""
-        scope = Scope(conversation.tenant_id, conversation.user_id)
         if request_id:
-            existing = await self._by_request_id(scope, request_id)
+            existing = await self._by_request_id(conversation.tenant_id, conversation.user_id, request_id)
             if existing is not None:
                 return existing
         values = dataclasses.asdict(conversation)
@@ -146,36 +334,36 @@ class ConversationStore:
             async with self.engine.begin() as conn:
                 await conn.execute(conversations.insert().values(**values))
         except IntegrityError:
-            existing = await self._by_request_id(scope, request_id) if request_id else None
+            # A twin with the same request_id committed between the check and the insert.
+            if not request_id:
+                raise
+            existing = await self._by_request_id(conversation.tenant_id, conversation.user_id, request_id)
             if existing is None:
                 raise
             return existing
         return conversation
 
-    async def _by_request_id(self, scope: Scope, request_id: str) -> Conversation | None:
+    async def _by_request_id(self, tenant_id: str, user_id: str, request_id: str) -> Conversation | None:
         async with self.engine.connect() as conn:
             row = (
                 await conn.execute(
-                    sa.select(conversations).where(*scoped(scope), conversations.c.request_id == request_id)
+                    sa.select(conversations).where(
+                        *scoped(tenant_id, user_id), conversations.c.request_id == request_id
+                    )
                 )
             ).first()
         return _conversation(row) if row else None
 
-    async def get_conversation(self, scope: Scope, conversation_id: str) -> Conversation | None:
+    async def get_conversation(
+        self, tenant_id: str, only_user: str | None, conversation_id: str
+    ) -> Conversation | None:
         async with self.engine.connect() as conn:
-            return await self._get(conn, scope, conversation_id)
-
-    async def _get(self, conn: AsyncConnection, scope: Scope, conversation_id: str) -> Conversation | None:
-        row = (
-            await conn.execute(
-                sa.select(conversations).where(*scoped(scope), conversations.c.id == conversation_id)
-            )
-        ).first()
-        return _conversation(row) if row else None
+            return await _get(conn, tenant_id, only_user, conversation_id)
 
     async def list_conversations(
         self,
-        scope: Scope,
+        tenant_id: str,
+        only_user: str | None,
         *,
         agent_id: str,
         user_id: str,
@@ -186,7 +374,7 @@ class ConversationStore:
         limit: int,
     ) -> list[Conversation]:
         c = conversations.c
-        where = scoped(scope)
+        where = scoped(tenant_id, only_user)
         if agent_id:
             where.append(c.agent_id == agent_id)
         if user_id:
@@ -207,16 +395,16 @@ class ConversationStore:
             return [_conversation(r) for r in await conn.execute(query)]
 
     async def close_conversation(
-        self, scope: Scope, conversation_id: str, *, now: int
+        self, tenant_id: str, only_user: str | None, conversation_id: str, *, now: int
     ) -> Conversation | None:
         c = conversations.c
         async with self.engine.begin() as conn:
             await conn.execute(
                 conversations.update()
-                .where(*scoped(scope), c.id == conversation_id, c.status == ACTIVE)
+                .where(*scoped(tenant_id, only_user), c.id == conversation_id, c.status == ACTIVE)
                 .values(status=CLOSED, close_time=now, update_time=now)
             )
-            return await self._get(conn, scope, conversation_id)
+            return await _get(conn, tenant_id, only_user, conversation_id)
 
     async def delete_conversations(self, conversation_ids: Sequence[str]) -> int:
         """Erases conversations and their messages; returns how many conversations went."""
@@ -233,172 +421,24 @@ class ConversationStore:
 
     async def append_message(
         self,
-        scope: Scope,
+        tenant_id: str,
+        only_user: str | None,
         conversation_id: str,
         new: NewMessage,
         *,
         token_count: int,
         request_id: str,
         now: int,
-    ) -> tuple[Message, Conversation, bool]:
-        """Commits the next message; returns (message, conversation, replayed).
-
-        The UPDATE of the conversation row takes its row lock, so appends to one conversation are
-        serialised and each gets the next sequence number; a failure rolls the count back with the
-        message, so sequence numbers have no gaps.
-        """
-        c = conversations.c
-        if self.dialect == "postgresql" and self._autocommit is not None:
-            fast = await self._append_postgres(
-                scope, conversation_id, new, token_count=token_count, request_id=request_id, now=now
-            )
-            if fast is not None:
-                return fast
-            # No row: missing, closed or a replay; the general path below tells which.
-        try:
-            async with self.engine.begin() as conn:
-                row = (
-                    await conn.execute(
-                        conversations.update()
-                        .where(*scoped(scope), c.id == conversation_id, c.status == ACTIVE)
-                        .values(
-                            message_count=c.message_count + 1,
-                            token_count=c.token_count + token_count,
-                            update_time=now,
-                            last_message_time=now,
-                        )
-                        .returning(*conversations.c)
-                    )
-                ).first()
-                if row is None:
-                    raise _NotAppendable
-                if request_id:
-                    # Under the row lock, so a concurrent twin has either committed (seen) or not begun.
-                    replay = await self._message_by_request_id(conn, conversation_id, request_id)
-                    if replay is not None:
-                        raise _Replayed(replay)
-                message = Message(
-                    id=new_id(),
-                    conversation_id=conversation_id,
-                    sequence=row.message_count,
-                    role=new.role,
-                    content=new.content,
-                    token_count=token_count,
-                    metadata=dict(new.metadata),
-                    tool_call_id=new.tool_call_id,
-                    create_time=now,
-                )
-                await conn.execute(
-                    messages.insert().values(
-                        **dataclasses.asdict(message), tenant_id=scope.tenant_id, request_id=request_id
-                    )
-                )
-            return message, _conversation(row), False
-        except _Replayed as replayed:
-            conversation = await self.get_conversation(scope, conversation_id)
-            assert conversation is not None
-            return replayed.message, conversation, True
-        except _NotAppendable:
-            async with self.engine.connect() as conn:
-                conversation = await self._get(conn, scope, conversation_id)
-                if conversation is None:
-                    raise ConversationMissing from None
-                if request_id:
-                    replay = await self._message_by_request_id(conn, conversation_id, request_id)
-                    if replay is not None:
-                        return replay, conversation, True
-            raise ConversationClosed from None
-        except IntegrityError:
-            if not request_id:
-                raise
-            async with self.engine.connect() as conn:
-                replay = await self._message_by_request_id(conn, conversation_id, request_id)
-                conversation = await self._get(conn, scope, conversation_id)
-            if replay is None or conversation is None:
-                raise
-            return replay, conversation, True
-
-    async def _append_postgres(
-        self,
-        scope: Scope,
-        conversation_id: str,
-        new: NewMessage,
-        *,
-        token_count: int,
-        request_id: str,
-        now: int,
-    ) -> tuple[Message, Conversation, bool] | None:
-        """The same append in one autocommit statement, shared with the appends to other
-        conversations that arrive meanwhile (`_appends`). None when the statement appended nothing:
-        a missing or closed conversation, or a request_id already stored (a twin that commits while
-        this one waits is caught by the unique index instead)."""
-        params = {
-            "cid": conversation_id,
-            "tenant": scope.tenant_id,
-            "usr": scope.user_id,
-            "tokens": token_count,
-            "now": now,
-            "rid": request_id,
-            "mid": new_id(),
-            "role": new.role,
-            "content": new.content,
-            "metadata": new.metadata,
-            "tool": new.tool_call_id,
-        }
-        row = await self._appends.submit(params)
-        if row is None:
-            return None
-        message = Message(
-            id=params["mid"],
-            conversation_id=conversation_id,
-            sequence=row.message_count,
-            role=new.role,
-            content=new.content,
+    ) -> Appended | AppendRefused:
+        return await self.appends.append(
+            tenant_id,
+            only_user,
+            conversation_id,
+            new,
             token_count=token_count,
-            metadata=dict(new.metadata),
-            tool_call_id=new.tool_call_id,
-            create_time=now,
+            request_id=request_id,
+            now=now,
         )
-        return message, _conversation(row), False
-
-    async def _append_rows(self, batch: list[dict[str, Any]]) -> list[Any]:
-        """Runs `_APPEND_SQL` for a batch (one message per conversation); the conversation row of
-        each appended message, or None for each that was not. A unique-index violation undoes the
-        whole statement: the batch is then retried one by one, so only the twin fails."""
-        # One JSON parameter for the whole batch: json.dumps is far cheaper than psycopg's array dumpers.
-        params = {"batch": json.dumps(batch)}
-        try:
-            # The hottest write of the mesh runs on psycopg directly: SQLAlchemy's statement and
-            # result layers cost more than the round trip.
-            assert self._autocommit is not None
-            async with self._autocommit.connection() as raw, raw.cursor(row_factory=namedtuple_row) as cursor:
-                await cursor.execute(_APPEND_SQL, params)
-                rows = {row.mid: row for row in await cursor.fetchall()}
-        except psycopg.IntegrityError:
-            if len(batch) > 1:
-                return [await self._append_alone(item) for item in batch]
-            if not batch[0]["rid"]:
-                raise
-            return [None]
-        return [rows.get(item["mid"]) for item in batch]
-
-    async def _append_alone(self, item: dict[str, Any]) -> Any:
-        try:
-            return (await self._append_rows([item]))[0]
-        except Exception as exc:  # that item's failure, not its batch's
-            return exc
-
-    async def _message_by_request_id(
-        self, conn: AsyncConnection, conversation_id: str, request_id: str
-    ) -> Message | None:
-        row = (
-            await conn.execute(
-                sa.select(messages).where(
-                    messages.c.conversation_id == conversation_id, messages.c.request_id == request_id
-                )
-            )
-        ).first()
-        return _message(row) if row else None
 
     async def messages_before(self, conversation_id: str, before: int, *, limit: int) -> list[Message]:
         """The `limit` messages just below sequence `before`, newest first (one bounded index read)."""
@@ -480,13 +520,3 @@ class ConversationStore:
         )
         async with self.engine.connect() as conn:
             return [row[0] for row in await conn.execute(query)]
-
-
-class _NotAppendable(Exception):
-    pass
-
-
-class _Replayed(Exception):
-    def __init__(self, message: Message):
-        super().__init__()
-        self.message = message

@@ -12,7 +12,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
-from services.conversation import build_service
+from services.conversation import build
 from services.conversation.hot_window import HotWindow
 from services.conversation.retention import RetentionJob
 from tests.helpers import expect_status
@@ -180,7 +180,7 @@ async def test_retention_erases_only_what_it_should(serve, runtime, make_caller,
     kept_elsewhere = await keeper.create(title="kept")
     await keeper.call("CloseConversation", conversation_id=kept_elsewhere.id)
 
-    service = build_service(runtime)
+    service = (await build(runtime)).service
     job = RetentionJob(store=service.store, hot=service.hot, clock=lambda: time.time() + 6 * 86_400)
     assert await job.run_once(tenant) == 1
     assert await job.run_once("keep-" + tenant) == 0
@@ -202,7 +202,7 @@ async def test_delete_erases_conversation_and_messages(serve, runtime, make_call
     await alice.append(conv.id, "forget me")
     await alice.call("DeleteConversation", conversation_id=conv.id)
     await expect_status(alice.call("GetConversation", conversation_id=conv.id), grpc.StatusCode.NOT_FOUND)
-    assert await build_service(runtime).store.messages_before(conv.id, 10, limit=10) == []
+    assert await (await build(runtime)).service.store.messages_before(conv.id, 10, limit=10) == []
 
 
 async def test_bad_input_is_invalid_argument_and_changes_nothing(serve, make_caller, tenant):

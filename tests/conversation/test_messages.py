@@ -13,12 +13,18 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
+from agentmesh.conversation.v1 import conversation_service_pb2_grpc as pb_grpc
 from services import conversation
 from services.conversation.hot_window import HotWindow
 from services.conversation.models import Message, NewMessage
+from services.conversation.search import MessageSearch
 from services.conversation.service import ConversationService
+from services.conversation.servicer import ConversationServicer
+from services.conversation.store import ConversationStore
+from services.conversation.tokens import ApproximateTokenCounter
 from services.platform import errors
 from services.platform.auth import Principal
+from services.platform.server import ServiceRegistration
 from tests.helpers import expect_status
 from tests.system.faults import sync_url
 
@@ -126,7 +132,24 @@ async def test_redis_down_append_still_succeeds(serve, runtime, make_caller, ten
     # The hot window points at a port nothing listens on; the verifier keeps the working Redis.
     dead = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1, socket_timeout=1)
     try:
-        running = await serve(await conversation.register(runtime, redis=dead))
+        # The graph build() makes, but with the dead Redis behind the hot window.
+        service = ConversationService(
+            store=ConversationStore(runtime.engine, autocommit=runtime.autocommit),
+            search=MessageSearch(runtime.engine),
+            hot=HotWindow(dead),
+            counter=ApproximateTokenCounter(),
+            page_tokens=runtime.page_tokens,
+            clock=runtime.clock,
+        )
+        servicer = ConversationServicer(service=service)
+        running = await serve(
+            ServiceRegistration(
+                name=conversation.SERVICE_NAME,
+                add_to_server=lambda server: pb_grpc.add_ConversationServiceServicer_to_server(
+                    servicer, server
+                ),
+            )
+        )
         alice = make_caller(running.channel, tenant, "alice")
         conv = await alice.create()
         reply = await alice.append(conv.id, "stored anyway")
@@ -193,7 +216,7 @@ def _who(tenant: str, user: str, role: str = "member") -> Principal:
 def _spy_batches(service: ConversationService) -> list[int]:
     """The sizes of the append statements the store sends from now on."""
     sizes: list[int] = []
-    batcher = service.store._appends
+    batcher = service.store.appends._batcher
     run = batcher._run
 
     async def recorded(items: list[Any]) -> Any:
@@ -205,7 +228,7 @@ def _spy_batches(service: ConversationService) -> list[int]:
 
 
 async def test_appends_sharing_a_statement_keep_every_rule(runtime, tenant):
-    service = conversation.build_service(runtime)
+    service = (await conversation.build(runtime)).service
     sizes = _spy_batches(service)
     alice, bob, admin = _who(tenant, "alice"), _who(tenant, "bob"), _who(tenant, "root", "admin")
     stranger = _who(f"{tenant}-other", "alice")
@@ -263,7 +286,7 @@ async def test_a_twin_committed_by_another_process_fails_only_itself(runtime, te
     """Two stores (two processes' batchers) append the same request id while a third connection
     holds the conversation's row lock: both statements pass the replay check, so the later one hits
     the unique index and its whole statement is undone; its other message is appended alone."""
-    first, second = conversation.build_service(runtime), conversation.build_service(runtime)
+    first, second = (await conversation.build(runtime)).service, (await conversation.build(runtime)).service
     alice = _who(tenant, "alice")
     cids = []
     for _ in range(3):
@@ -274,13 +297,13 @@ async def test_a_twin_committed_by_another_process_fails_only_itself(runtime, te
     twin_cid, own_a, own_b = cids
     retried: list[str] = []
     for service in (first, second):
-        alone = service.store._append_alone
+        alone = service.store.appends._append_alone
 
         async def recorded(item: dict[str, Any], alone: Any = alone) -> Any:
             retried.append(item["content"])
             return await alone(item)
 
-        service.store._append_alone = recorded  # type: ignore[method-assign]
+        service.store.appends._append_alone = recorded  # type: ignore[method-assign]
 
     def append(service: ConversationService, cid: str, text: str, request_id: str = "") -> Any:
         return service.append_message(

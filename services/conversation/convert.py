@@ -1,0 +1,121 @@
+"""Proto <-> domain conversions of the conversation service (the servicer's only helpers)."""
+
+from __future__ import annotations
+
+from agentmesh.conversation.v1 import conversation_service_pb2 as pb
+from services.conversation import models
+from services.platform import errors
+from services.platform.timestamps import to_timestamp
+
+_ROLE_TO_PB: dict[str, pb.MessageRole.ValueType] = {
+    "system": pb.MESSAGE_ROLE_SYSTEM,
+    "user": pb.MESSAGE_ROLE_USER,
+    "assistant": pb.MESSAGE_ROLE_ASSISTANT,
+    "tool": pb.MESSAGE_ROLE_TOOL,
+}
+_ROLE_FROM_PB = {v: k for k, v in _ROLE_TO_PB.items()}
+_STATUS_TO_PB: dict[str, pb.ConversationStatus.ValueType] = {
+    models.ACTIVE: pb.CONVERSATION_STATUS_ACTIVE,
+    models.CLOSED: pb.CONVERSATION_STATUS_CLOSED,
+}
+_STATUS_FROM_PB = {v: k for k, v in _STATUS_TO_PB.items()}
+
+
+def conversation_to_proto(c: models.Conversation) -> pb.Conversation:
+    return pb.Conversation(
+        id=c.id,
+        tenant_id=c.tenant_id,
+        user_id=c.user_id,
+        agent_id=c.agent_id,
+        agent_version=c.agent_version,
+        title=c.title,
+        status=_STATUS_TO_PB.get(c.status, pb.CONVERSATION_STATUS_UNSPECIFIED),
+        metadata=c.metadata,
+        message_count=c.message_count,
+        token_count=c.token_count,
+        create_time=to_timestamp(c.create_time),
+        update_time=to_timestamp(c.update_time),
+        last_message_time=to_timestamp(c.last_message_time),
+    )
+
+
+def message_to_proto(m: models.Message) -> pb.Message:
+    return pb.Message(
+        id=m.id,
+        conversation_id=m.conversation_id,
+        sequence=m.sequence,
+        role=_ROLE_TO_PB.get(m.role, pb.MESSAGE_ROLE_UNSPECIFIED),
+        content=m.content,
+        token_count=m.token_count,
+        metadata=m.metadata,
+        tool_call_id=m.tool_call_id,
+        create_time=to_timestamp(m.create_time),
+    )
+
+
+def new_message_from_proto(m: pb.Message) -> models.NewMessage:
+    # An unknown role becomes "", which the service's validation names as the bad field.
+    return models.NewMessage(
+        role=_ROLE_FROM_PB.get(m.role, ""),
+        content=m.content,
+        metadata=dict(m.metadata),
+        tool_call_id=m.tool_call_id,
+    )
+
+
+def status_from_proto(value: pb.ConversationStatus.ValueType) -> str:
+    """ "" for UNSPECIFIED (no filter); INVALID_ARGUMENT for a number the contract does not name."""
+    if value == pb.CONVERSATION_STATUS_UNSPECIFIED:
+        return ""
+    if value not in _STATUS_FROM_PB:
+        raise errors.InvalidArgument.field("status", "is not a known conversation status")
+    return _STATUS_FROM_PB[value]
+
+
+def descending_from_proto(order: pb.SortOrder.ValueType) -> bool:
+    if order not in (pb.SORT_ORDER_UNSPECIFIED, pb.SORT_ORDER_ASCENDING, pb.SORT_ORDER_DESCENDING):
+        raise errors.InvalidArgument.field("order", "is not a known sort order")
+    return order == pb.SORT_ORDER_DESCENDING
+
+
+def context_to_proto(window: models.ContextWindow) -> pb.GetContextResponse:
+    return pb.GetContextResponse(
+        messages=[message_to_proto(m) for m in window.messages],
+        kept=[pb.SequenceRange(first=r.first, last=r.last) for r in window.kept],
+        dropped=[pb.SequenceRange(first=r.first, last=r.last) for r in window.dropped],
+        token_budget=window.token_budget,
+        system_prompt_tokens=window.system_prompt_tokens,
+        total_tokens=window.total_tokens,
+        system_prompt_truncated=window.system_prompt_truncated,
+    )
+
+
+def search_hit_to_proto(hit: models.SearchHit) -> pb.SearchResult:
+    return pb.SearchResult(
+        conversation=conversation_to_proto(hit.conversation),
+        message=message_to_proto(hit.message),
+        snippet=hit.snippet,
+        score=hit.score,
+    )
+
+
+def _totals(t: models.Totals) -> pb.UsageTotals:
+    return pb.UsageTotals(conversations=t.conversations, messages=t.messages, tokens=t.tokens)
+
+
+def stats_to_proto(stats: models.TenantStats) -> pb.GetTenantStatsResponse:
+    return pb.GetTenantStatsResponse(
+        totals=_totals(stats.totals),
+        by_agent=[pb.AgentStats(agent_id=a, totals=_totals(t)) for a, t in stats.by_agent.items()],
+        by_day=[pb.DayStats(day=d, totals=_totals(t)) for d, t in stats.by_day.items()],
+    )
+
+
+def retention_policy_to_proto(days: int) -> pb.RetentionPolicy:
+    return pb.RetentionPolicy(closed_retention_days=days)
+
+
+def retention_days_from_proto(request: pb.UpdateRetentionPolicyRequest) -> int:
+    if not request.HasField("policy"):
+        raise errors.InvalidArgument.field("policy", "is required")
+    return request.policy.closed_retention_days
