@@ -25,7 +25,6 @@ from services.agents.models import (
     Template,
     diff_content,
 )
-from services.agents.store import DuplicateRequest, LimitReached, VersionConflict
 from services.agents.templates import BUILTIN_PREFIX, builtin_templates, find_builtin
 from services.platform import errors, timestamps
 from services.platform.auth import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, Principal
@@ -38,6 +37,18 @@ UPDATABLE_PATHS = frozenset(
 )
 # An update with no etag retries this often when another writer moves the version under it.
 _LAST_WRITER_ATTEMPTS = 5
+
+
+class LimitReached(Exception):
+    """Store.create_agent: the tenant already has its tier's maximum number of agents."""
+
+
+class VersionConflict(Exception):
+    """Store.write_version: the agent moved past the expected version (or was deleted) since it was read."""
+
+
+class DuplicateRequest(Exception):
+    """Store.create_agent/create_template: another create with the same request id committed first."""
 
 
 class Store(Protocol):

@@ -16,6 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from services.agents.models import Agent, AgentVersion, ChangeType, Template
+from services.agents.service import DuplicateRequest, LimitReached, VersionConflict
 
 metadata = sa.MetaData()
 
@@ -75,18 +76,6 @@ counts = sa.Table(
 )
 
 _AGENT_COLUMNS = [c for c in agents.c if c.name != "deleted_at_us"]
-
-
-class LimitReached(Exception):
-    """The tenant already has its tier's maximum number of agents."""
-
-
-class VersionConflict(Exception):
-    """The agent moved past the expected version (or was deleted) since it was read."""
-
-
-class DuplicateRequest(Exception):
-    """Another create with the same request id committed first."""
 
 
 def _agent(row: Any) -> Agent:

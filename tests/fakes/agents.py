@@ -7,7 +7,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from services.agents.models import Agent, AgentEvent, AgentVersion, Template
-from services.agents.store import LimitReached, VersionConflict
+from services.agents.service import LimitReached, VersionConflict
 
 
 class FakeStore:
