@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from bench.harness import Figure, empty_handler, interleaved, machine, report, throughput_figure
-from services.platform.middleware import principal
+from services.platform.auth import principal
 from services.platform.runtime import Runtime
 from services.platform.server import Server, ServiceRegistration
 from services.platform.settings import Settings

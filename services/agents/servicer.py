@@ -10,7 +10,7 @@ from agentmesh.agents.v1 import agents_service_pb2 as pb
 from agentmesh.agents.v1 import agents_service_pb2_grpc as pb_grpc
 from services.agents import convert
 from services.agents.service import AgentService
-from services.platform.middleware import principal
+from services.platform.auth import principal
 
 
 class AgentServicer(pb_grpc.AgentServiceServicer):

@@ -33,7 +33,7 @@ from services.orchestration.models import (
 from services.orchestration.providers import ModelConfig, ProviderError, Providers
 from services.orchestration.store import OrchestrationStore
 from services.platform import errors
-from services.platform.middleware import current_call
+from services.platform.call_context import current_call
 from services.platform.tiers import limits_for
 
 log = logging.getLogger("agentmesh.orchestration.runs")

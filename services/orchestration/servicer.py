@@ -22,7 +22,7 @@ from services.orchestration.events import RunEvents
 from services.orchestration.models import Caller, Run, RunEvent, Session, Usage
 from services.orchestration.service import OrchestrationService
 from services.platform import errors
-from services.platform.middleware import principal
+from services.platform.auth import principal
 
 
 def _ts(seconds: float | None) -> timestamp_pb2.Timestamp | None:

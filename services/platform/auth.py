@@ -8,14 +8,16 @@ how a key rotation reaches every verifier without a restart.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import jwt
 
 from services.platform import errors
+from services.platform.call_context import CallInfo, current_call
 
 # EdDSA (Ed25519) is what identity signs with; ES256 is accepted for keys managed elsewhere.
 ALGORITHMS = ("EdDSA", "ES256")
@@ -210,3 +212,36 @@ def bearer_token(metadata: Iterable[tuple[str, str | bytes]]) -> str | None:
                 return token.strip()
             raise errors.Unauthenticated(INVALID_TOKEN, reason="MALFORMED_TOKEN")
     return None
+
+
+def principal() -> Principal:
+    """The verified caller of the call being served (Unauthenticated when there is none)."""
+    call = current_call.get()
+    if call is None:
+        raise errors.Unauthenticated("no call in progress", reason="TOKEN_REQUIRED")
+    return call.require_principal()
+
+
+class Authentication:
+    """Verifies the bearer token (if any) and puts the Principal on the call.
+
+    Public methods may be called without a token; every other method requires one. A token that is
+    present but bad is rejected even on a public method, so a client learns of it at once.
+    """
+
+    def __init__(self, verifier: TokenVerifier | None, *, public_methods: Collection[str]):
+        self._verifier = verifier
+        self._public = frozenset(public_methods)
+
+    @contextlib.asynccontextmanager
+    async def around(self, call: CallInfo) -> AsyncIterator[None]:
+        token = bearer_token(call.metadata)
+        if token is not None and self._verifier is not None:
+            call.principal = await self._verifier.verify(token)
+        elif call.method not in self._public and not _is_infrastructure(call.method):
+            raise errors.Unauthenticated("this call needs an access token", reason="TOKEN_REQUIRED")
+        yield
+
+
+def _is_infrastructure(method: str) -> bool:
+    return method.startswith(("/grpc.health.v1.", "/grpc.reflection."))

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from services.platform.middleware import CallInfo
+from services.platform.call_context import CallInfo
 
 
 class Metrics:

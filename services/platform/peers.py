@@ -28,7 +28,7 @@ from opentelemetry.instrumentation.grpc import aio_client_interceptors
 from opentelemetry.sdk.trace import TracerProvider
 
 from services.platform import errors
-from services.platform.middleware import current_call
+from services.platform.call_context import current_call
 from services.platform.settings import TlsSettings
 
 FORWARDED = ("authorization", "x-request-id")

@@ -17,9 +17,12 @@ from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.platform import db
+from services.platform.auth import Authentication
+from services.platform.error_mapping import ErrorMapping
 from services.platform.health import HealthMonitor
+from services.platform.interceptor import Pipeline
+from services.platform.logs import AccessLog
 from services.platform.metrics import Metrics
-from services.platform.middleware import AccessLog, Authentication, ErrorMapping, Pipeline
 from services.platform.runtime import Runtime
 from services.platform.settings import TlsSettings
 

@@ -24,7 +24,7 @@ from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as orch_grpc
 from services.orchestration.servicer import status_pb
 from services.platform import errors
-from services.platform.middleware import principal
+from services.platform.auth import principal
 from services.platform.server import ServiceRegistration
 
 T = orch_pb.RunEventType

@@ -14,7 +14,7 @@ from agentmesh.agents.v1 import agents_service_pb2_grpc as apb_grpc
 from agentmesh.conversation.v1 import conversation_service_pb2 as cpb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as cpb_grpc
 from services.platform import errors
-from services.platform.middleware import principal
+from services.platform.auth import principal
 from services.platform.server import ServiceRegistration
 
 

@@ -5,7 +5,7 @@ import dataclasses
 import os
 import sys
 
-from services.platform.middleware import configure_logging
+from services.platform.logs import configure_logging
 from services.platform.runtime import Runtime
 from services.platform.server import Server
 from services.platform.settings import Settings

@@ -9,7 +9,7 @@ from agentmesh.agents.v1 import agents_service_pb2_grpc as agents_grpc
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.platform import errors
-from services.platform.middleware import principal
+from services.platform.auth import principal
 from services.platform.server import ServiceRegistration
 
 

@@ -11,7 +11,7 @@ from prometheus_client import generate_latest
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
-from services.platform.middleware import JsonFormatter
+from services.platform.logs import JsonFormatter
 from tests.helpers import bearer
 from tests.platform.servicers import probe_identity
 

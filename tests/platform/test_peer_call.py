@@ -11,7 +11,8 @@ import pytest
 from google.protobuf.wrappers_pb2 import StringValue
 
 from services.platform import errors, peers
-from services.platform.middleware import ErrorMapping, Pipeline
+from services.platform.error_mapping import ErrorMapping
+from services.platform.interceptor import Pipeline
 from services.platform.settings import TlsSettings
 
 SERVICE = "test.Peer"
