@@ -32,7 +32,7 @@ from services import identity
 from services.identity.passwords import Passwords
 from services.platform import migrations
 from services.platform.auth import ALGORITHMS, REQUIRED_CLAIMS, Principal
-from services.platform.middleware import CallInfo
+from services.platform.call_context import CallInfo
 from services.platform.runtime import Runtime, with_embedded_secrets
 from services.platform.server import Server
 from services.platform.settings import Settings
@@ -80,7 +80,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     figures: list[Figure] = []
     try:
         await migrations.upgrade(runtime.engine, ["identity"])
-        registration = await identity.register(runtime)  # embedded: demo tenant, user_1/1234
+        registration = (await identity.build(runtime)).registration  # embedded: demo tenant, user_1/1234
         plain = Server(runtime, [registration], address="127.0.0.1:0")
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{await plain.start()}")
         servers.append(plain)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import datetime
 import secrets
 import sys
 import time
@@ -73,10 +74,14 @@ async def _with_operator(settings: Settings, work: Callable[[Operator], Awaitabl
         await engine.dispose()
 
 
+def _minute(us: int) -> str:
+    return datetime.datetime.fromtimestamp(us / 1_000_000, datetime.UTC).strftime("%Y-%m-%d %H:%M")
+
+
 def _tenants_list(args: argparse.Namespace) -> Callable[[Operator], Awaitable[str]]:
     async def work(op: Operator) -> str:
         rows = [("NAME", "TIER", "CREATED", "DISPLAY NAME")] + [
-            (t.name, t.tier, t.create_time.strftime("%Y-%m-%d %H:%M"), t.display_name)
+            (t.name, t.tier, _minute(t.create_time), t.display_name)
             for t in await op.list_tenants(operator_principal())
         ]
         width = max(len(r[0]) for r in rows)

@@ -12,7 +12,7 @@ from services.platform.server import Built, ServiceRegistration
 # A service's build(runtime) returns Built; the ServiceRegistration arm is for the services not yet
 # moved to that shape (agentmesh issue 13), and leaves with the last of them.
 SERVICES: dict[str, Callable[[Runtime], Awaitable[Built[Any] | ServiceRegistration]]] = {
-    "identity": identity.register,
+    "identity": identity.build,
     "agents": agents.build,
     "conversation": conversation.register,
     "orchestration": orchestration.register,

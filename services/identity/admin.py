@@ -9,21 +9,19 @@ sessions; a role change voids their access tokens (the next refresh carries the 
 
 from __future__ import annotations
 
-import dataclasses
 import uuid
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
 
 from services.identity import validation as check
-from services.identity.models import USER_ROLES, RequestRecord, Tenant, User
-from services.identity.passwords import Passwords, check_policy
-from services.identity.redis_state import Revocations
-from services.identity.service import fingerprint
-from services.identity.sessions import Sessions, at
-from services.identity.store import Duplicate, IdentityStore
+from services.identity.models import USER_ROLES, Duplicate, RequestRecord, Tenant, User, UserChanges
+from services.identity.passwords import check_policy
+from services.identity.service import Hasher, fingerprint
+from services.identity.sessions import Revoker, Sessions, at
 from services.platform import errors
 from services.platform.auth import ROLE_MEMBER, ROLE_OPERATOR, ROLE_OWNER, ROLE_SERVICE, Principal
-from services.platform.pagination import PageTokens, page_size
+from services.platform.pagination import Page, PageTokens, paginate
+from services.platform.validation import Violations, require_id
 
 USER_PATHS = ("display_name", "roles", "disabled")
 TENANT_PATHS = ("display_name",)
@@ -31,11 +29,30 @@ TENANT_PATHS = ("display_name",)
 UNGRANTABLE_ROLES = (ROLE_SERVICE, ROLE_OPERATOR)
 
 
-@dataclasses.dataclass(frozen=True)
-class UserChanges:
-    display_name: str = ""
-    roles: tuple[str, ...] = ()
-    disabled: bool = False
+class AdminStore(Protocol):
+    """Identity's tables as tenant administration uses them (create raises models.Duplicate)."""
+
+    async def create(self, *, tenant: Tenant | None, user: User, request: RequestRecord | None) -> None: ...
+    async def request(self, kind: str, scope: str, request_id: str) -> RequestRecord | None: ...
+    async def tenant(self, tenant_id: str) -> Tenant | None: ...
+    async def user(self, tenant_id: str, user_id: str) -> User | None: ...
+    async def list_users(
+        self, tenant_id: str, *, after_username: str | None, limit: int, include_disabled: bool
+    ) -> list[User]: ...
+    async def count_active_owners(self, tenant_id: str) -> int: ...
+    async def update_user(
+        self, tenant_id: str, user_id: str, *, expected_version: int, values: Mapping[str, Any], now: int
+    ) -> bool: ...
+    async def delete_user(self, tenant_id: str, user_id: str, *, expected_version: int) -> bool: ...
+    async def update_tenant(
+        self, tenant_id: str, *, expected_version: int, values: Mapping[str, Any], now: int
+    ) -> bool: ...
+
+
+def _username_cursor(raw: Any) -> str:
+    if isinstance(raw, str):
+        return raw
+    raise ValueError("not a username cursor")
 
 
 def _paths(paths: Sequence[str], allowed: tuple[str, ...]) -> list[str]:
@@ -79,13 +96,13 @@ class TenantAdmin:
     def __init__(
         self,
         *,
-        store: IdentityStore,
-        passwords: Passwords,
+        store: AdminStore,
+        passwords: Hasher,
         sessions: Sessions,
-        revocations: Revocations,
+        revocations: Revoker,
         page_tokens: PageTokens,
         clock: Callable[[], float],
-    ):
+    ) -> None:
         self._store = store
         self._passwords = passwords
         self._sessions = sessions
@@ -94,7 +111,7 @@ class TenantAdmin:
         self._clock = clock
 
     async def _target(self, principal: Principal, user_id: str, field: str = "user_id") -> User:
-        check.raise_if(check.resource_id(user_id, field))
+        require_id(user_id, field)
         user = await self._store.user(principal.tenant_id, user_id)
         if user is None:
             raise errors.NotFound(f"user {user_id!r} not found")
@@ -113,9 +130,11 @@ class TenantAdmin:
         request_id: str,
     ) -> User:
         principal.require_admin()
-        check.raise_if(
-            check.username(username), check.display_name(display_name), check.request_id(request_id)
-        )
+        v = Violations()
+        check.username(v, username)
+        check.display_name(v, display_name)
+        v.request_id(request_id)
+        v.raise_if_any()
         wanted = _roles(roles, "roles") if roles else (ROLE_MEMBER,)
         check_policy(password)
         if ROLE_OWNER in wanted and not _is_owner(principal):
@@ -176,20 +195,25 @@ class TenantAdmin:
         return await self._target(principal, user_id)
 
     async def list_users(
-        self, principal: Principal, *, page_size_: int, page_token: str, include_disabled: bool
-    ) -> tuple[list[User], str]:
+        self, principal: Principal, *, page_size: int, page_token: str, include_disabled: bool
+    ) -> Page[User]:
+        """The tenant's users by username (a keyset on the unique username)."""
         principal.require_admin()
-        size = page_size(page_size_)
-        scope = f"identity.ListUsers:{principal.tenant_id}:{int(include_disabled)}"
-        cursor = self._page_tokens.decode(scope, page_token)
-        if cursor is not None and not isinstance(cursor, str):
-            raise errors.InvalidArgument.field("page_token", "is not a valid page token")
-        rows = await self._store.list_users(
-            principal.tenant_id, after_username=cursor, limit=size + 1, include_disabled=include_disabled
+
+        async def fetch(after: str | None, limit: int) -> list[User]:
+            return await self._store.list_users(
+                principal.tenant_id, after_username=after, limit=limit, include_disabled=include_disabled
+            )
+
+        return await paginate(
+            self._page_tokens,
+            ("identity.ListUsers", principal.tenant_id, include_disabled),
+            page_size=page_size,
+            page_token=page_token,
+            parse=_username_cursor,
+            fetch=fetch,
+            cursor_of=lambda user: user.username,
         )
-        page = rows[:size]
-        next_token = self._page_tokens.encode(scope, page[-1].username) if len(rows) > size else ""
-        return page, next_token
 
     async def _keeps_an_owner(self, target: User, *, loses_owner: bool) -> None:
         if target.is_owner and not target.disabled and loses_owner:
@@ -214,7 +238,9 @@ class TenantAdmin:
         self._may_change(principal, target)
         values: dict[str, Any] = {}
         if "display_name" in fields:
-            check.raise_if(check.display_name(changes.display_name, "user.display_name"))
+            v = Violations()
+            check.display_name(v, changes.display_name, "user.display_name")
+            v.raise_if_any()
             values["display_name"] = changes.display_name
         if "roles" in fields:
             roles = _roles(changes.roles, "user.roles")
@@ -273,7 +299,9 @@ class TenantAdmin:
         _check_etag(etag, tenant.etag, "tenant")
         values: dict[str, Any] = {}
         if "display_name" in fields:
-            check.raise_if(check.display_name(display_name, "tenant.display_name"))
+            v = Violations()
+            check.display_name(v, display_name, "tenant.display_name")
+            v.raise_if_any()
             values["display_name"] = display_name
         if not await self._store.update_tenant(
             tenant.id, expected_version=tenant.version, values=values, now=at(self._clock())

@@ -9,10 +9,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 
-from services.identity.models import Tenant, User
+from services.identity.models import Duplicate, Tenant, User
 from services.identity.passwords import Passwords
 from services.identity.sessions import at
-from services.identity.store import Duplicate, IdentityStore
+from services.identity.store import IdentityStore
 from services.platform.auth import ROLE_MEMBER, ROLE_OWNER
 
 DEMO_TENANT = "demo"

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pathlib
 from typing import Any
@@ -20,9 +21,11 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from services.platform.settings import SettingsError
+from services.platform.settings import Settings, SettingsError
 
 ALGORITHM = "EdDSA"
+
+log = logging.getLogger("agentmesh.identity")
 
 
 def _thumbprint(jwk: dict[str, Any]) -> str:
@@ -134,3 +137,25 @@ def ensure_key_file(path: str) -> bool:
     with os.fdopen(fd, "wb") as f:
         f.write(private_pem(Ed25519PrivateKey.generate()))
     return True
+
+
+def signing_key_file(settings: Settings) -> str:
+    """The signing key file to load. Embedded: the data dir's, generated on first start. Elsewhere,
+    refuses to start without the key or the service secret (IssueServiceToken's credential)."""
+    auth = settings.auth
+    if settings.embedded:
+        path = auth.signing_key_file or str(pathlib.Path(settings.data_dir) / "signing_key.pem")
+        if ensure_key_file(path):
+            log.info("generated a signing key", extra={"fields": {"path": path}})
+        return path
+    if not auth.signing_key_file:
+        raise SettingsError(
+            "AGENTMESH_SIGNING_KEY_FILE is required: identity will not start without an Ed25519 "
+            "signing key (PEM) outside the embedded mode"
+        )
+    if not auth.service_secret:
+        raise SettingsError(
+            "AGENTMESH_SERVICE_SECRET is required: identity will not start without the shared service "
+            "secret outside the embedded mode"
+        )
+    return auth.signing_key_file

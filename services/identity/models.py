@@ -1,14 +1,20 @@
-"""Identity's domain objects (plain dataclasses; no SQL, no protobuf)."""
+"""Identity's domain objects: plain dataclasses, roles and tiers as their names (no SQL, no protobuf).
+
+Times are int microseconds since the epoch (services/platform/timestamps.py), 0 meaning unset.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 
 from services.platform.auth import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER
 
 TIERS = ("free", "pro", "enterprise")
 USER_ROLES = (ROLE_OWNER, ROLE_ADMIN, ROLE_MEMBER)
+
+
+class Duplicate(Exception):
+    """A store refused a write on a unique name or request id (taken, or a racing retry)."""
 
 
 def etag_of(version: int) -> str:
@@ -22,8 +28,8 @@ class Tenant:
     display_name: str
     tier: str
     version: int
-    create_time: datetime.datetime
-    update_time: datetime.datetime
+    create_time: int
+    update_time: int
 
     @property
     def etag(self) -> str:
@@ -39,8 +45,8 @@ class User:
     roles: tuple[str, ...]
     disabled: bool
     version: int
-    create_time: datetime.datetime
-    update_time: datetime.datetime
+    create_time: int
+    update_time: int
     password_hash: str = dataclasses.field(default="", repr=False)
 
     @property
@@ -53,15 +59,24 @@ class User:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class UserChanges:
+    """What UpdateUser may change (the mask says which of these apply)."""
+
+    display_name: str = ""
+    roles: tuple[str, ...] = ()
+    disabled: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RefreshRecord:
     token_hash: str
     family_id: str
     user_id: str
     tenant_id: str
-    issued_at: datetime.datetime
-    expires_at: datetime.datetime
-    spent_at: datetime.datetime | None
-    revoked_at: datetime.datetime | None
+    issued_at: int
+    expires_at: int
+    spent_at: int = 0
+    revoked_at: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -84,3 +99,20 @@ class Session:
     refresh_token: str
     access_ttl: int
     refresh_ttl: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SignedIn:
+    tenant: Tenant
+    user: User
+    session: Session
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """What WhoAmI answers: the user and tenant (None for a service caller), roles and tier."""
+
+    user: User | None
+    tenant: Tenant | None
+    roles: tuple[str, ...]
+    tier: str

@@ -8,18 +8,33 @@ asks for that role, so wiring this into a servicer by mistake would not hand ten
 from __future__ import annotations
 
 import getpass
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 
 from services.identity import validation as check
-from services.identity.models import TIERS, Tenant, User
-from services.identity.passwords import Passwords, check_policy
-from services.identity.redis_state import Revocations
-from services.identity.service import tenant_with_owner
-from services.identity.sessions import at, end_sessions
-from services.identity.store import Duplicate, IdentityStore
+from services.identity.models import TIERS, Duplicate, RequestRecord, Tenant, User
+from services.identity.passwords import check_policy
+from services.identity.service import Hasher, tenant_with_owner
+from services.identity.sessions import Revoker, SessionStore, at, end_sessions
 from services.identity.tokens import token_time
 from services.platform import errors
 from services.platform.auth import ROLE_OPERATOR, Principal
+from services.platform.validation import Violations
+
+
+class OperatorStore(SessionStore, Protocol):
+    """Identity's tables as the operator uses them (create raises models.Duplicate)."""
+
+    async def create(self, *, tenant: Tenant | None, user: User, request: RequestRecord | None) -> None: ...
+    async def list_tenants(self) -> list[Tenant]: ...
+    async def tenant_by_name(self, name: str) -> Tenant | None: ...
+    async def user_by_name(self, tenant_id: str, username: str) -> User | None: ...
+    async def update_tenant(
+        self, tenant_id: str, *, expected_version: int, values: Mapping[str, Any], now: int
+    ) -> bool: ...
+    async def set_password_hash(
+        self, user_id: str, password_hash: str, *, now: int, bump_version: bool
+    ) -> None: ...
 
 
 def operator_principal(name: str = "") -> Principal:
@@ -42,18 +57,20 @@ class Operator:
     def __init__(
         self,
         *,
-        store: IdentityStore,
-        passwords: Passwords,
-        revocations: Revocations,
+        store: OperatorStore,
+        passwords: Hasher,
+        revocations: Revoker,
         clock: Callable[[], float],
-    ):
+    ) -> None:
         self._store = store
         self._passwords = passwords
         self._revocations = revocations
         self._clock = clock
 
     async def _tenant(self, name: str) -> Tenant:
-        check.raise_if(check.tenant_name(name, "tenant"))
+        v = Violations()
+        check.tenant_name(v, name, "tenant")
+        v.raise_if_any()
         tenant = await self._store.tenant_by_name(name)
         if tenant is None:
             raise errors.NotFound(f"tenant {name!r} not found")
@@ -68,7 +85,10 @@ class Operator:
     ) -> tuple[Tenant, User]:
         """A tenant on `tier` with its owner `owner`; ALREADY_EXISTS when the name is taken."""
         principal.require_operator()
-        check.raise_if(check.tenant_name(name, "name"), check.username(owner, "owner"))
+        v = Violations()
+        check.tenant_name(v, name, "name")
+        check.username(v, owner, "owner")
+        v.raise_if_any()
         _tier(tier)
         check_policy(password)
         tenant, user = tenant_with_owner(
@@ -103,7 +123,9 @@ class Operator:
         """Sets the user's password and ends every session of theirs."""
         principal.require_operator()
         found = await self._tenant(tenant)
-        check.raise_if(check.username(username))
+        v = Violations()
+        check.username(v, username)
+        v.raise_if_any()
         user = await self._store.user_by_name(found.id, username)
         if user is None:
             raise errors.NotFound(f"user {username!r} not found in tenant {tenant!r}")

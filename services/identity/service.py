@@ -6,30 +6,76 @@ Plain Python: raises platform errors, knows nothing of gRPC.
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
 import hashlib
 import hmac
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from services.identity import validation as check
 from services.identity.keys import KeySet
-from services.identity.models import RequestRecord, Session, Tenant, User
-from services.identity.passwords import Passwords, check_policy
-from services.identity.redis_state import LoginThrottle, Revocations
-from services.identity.sessions import Sessions, at
-from services.identity.store import Duplicate, IdentityStore
+from services.identity.models import (
+    Duplicate,
+    Identity,
+    RefreshRecord,
+    RequestRecord,
+    Session,
+    SignedIn,
+    Tenant,
+    User,
+)
+from services.identity.passwords import Verification, check_policy
+from services.identity.sessions import Revoker, Sessions, at
 from services.identity.tokens import hash_refresh_token, looks_like_refresh_token
 from services.platform import errors
 from services.platform.auth import ALL_TENANTS, ROLE_OWNER, ROLE_SERVICE, Principal
+from services.platform.settings import Settings
+from services.platform.validation import Violations
 
 # One message for unknown tenant, unknown user, disabled user and wrong password: no enumeration.
 LOGIN_FAILED = "invalid tenant, username or password"
 INVALID_REFRESH = "invalid or expired refresh token"
 SERVICE_TIER = "enterprise"
 SIGNUP_TIER = "free"
+
+
+class Store(Protocol):
+    """Identity's tables as sign-up, login and refresh use them; `create` raises models.Duplicate
+    when a unique name or request id is taken."""
+
+    async def create(self, *, tenant: Tenant | None, user: User, request: RequestRecord | None) -> None: ...
+    async def request(self, kind: str, scope: str, request_id: str) -> RequestRecord | None: ...
+    async def tenant(self, tenant_id: str) -> Tenant | None: ...
+    async def user(self, tenant_id: str, user_id: str) -> User | None: ...
+    async def login_candidate(self, tenant_name: str, username: str) -> tuple[Tenant | None, User | None]: ...
+    async def set_password_hash(
+        self, user_id: str, password_hash: str, *, now: int, bump_version: bool
+    ) -> None: ...
+    async def refresh(self, token_hash: str) -> RefreshRecord | None: ...
+    async def spend_refresh(self, token_hash: str, *, now: int) -> bool: ...
+    async def revoke_family(self, family_id: str, *, now: int) -> None: ...
+    async def family_started(self, family_id: str) -> int: ...
+
+
+class Hasher(Protocol):
+    """Password hashing (argon2id in passwords.Passwords)."""
+
+    async def hash(self, password: str) -> str: ...
+    async def verify(self, stored_hash: str | None, password: str) -> Verification: ...
+
+
+class Throttle(Protocol):
+    """Failed-login counters (redis_state.LoginThrottle): `check` raises RESOURCE_EXHAUSTED."""
+
+    async def check(self, tenant: str, username: str, address: str) -> None: ...
+    async def failed(self, tenant: str, username: str, address: str) -> None: ...
+    async def succeeded(self, tenant: str, username: str) -> None: ...
+
+
+def signup_open(settings: Settings) -> bool:
+    """AGENTMESH_SIGNUP, else open only in the embedded mode (a laptop, not a public platform)."""
+    chosen = settings.auth.signup_open
+    return settings.embedded if chosen is None else chosen
 
 
 def fingerprint(*parts: str) -> str:
@@ -43,7 +89,7 @@ def tenant_with_owner(
     username: str,
     display_name: str,
     password_hash: str,
-    now: datetime.datetime,
+    now: int,
 ) -> tuple[Tenant, User]:
     """A new tenant and its first owner (SignUp, and the operator's `tenants create`)."""
     tenant = Tenant(
@@ -70,37 +116,20 @@ def tenant_with_owner(
     return tenant, user
 
 
-@dataclasses.dataclass(frozen=True)
-class SignedIn:
-    tenant: Tenant
-    user: User
-    session: Session
-
-
-@dataclasses.dataclass(frozen=True)
-class Identity:
-    """What WhoAmI answers: the user and tenant (None for a service caller), roles and tier."""
-
-    user: User | None
-    tenant: Tenant | None
-    roles: tuple[str, ...]
-    tier: str
-
-
 class IdentityService:
     def __init__(
         self,
         *,
-        store: IdentityStore,
-        passwords: Passwords,
+        store: Store,
+        passwords: Hasher,
         sessions: Sessions,
-        throttle: LoginThrottle,
-        revocations: Revocations,
+        throttle: Throttle,
+        revocations: Revoker,
         keys: KeySet,
         service_secret: str,
         clock: Callable[[], float],
         signup_open: bool,
-    ):
+    ) -> None:
         self._store = store
         self._passwords = passwords
         self._sessions = sessions
@@ -121,12 +150,12 @@ class IdentityService:
                 "self-service sign-up is closed on this platform: ask its operator for a tenant",
                 reason="SIGNUP_CLOSED",
             )
-        check.raise_if(
-            check.tenant_name(tenant_name),
-            check.username(username),
-            check.display_name(display_name),
-            check.request_id(request_id),
-        )
+        v = Violations()
+        check.tenant_name(v, tenant_name)
+        check.username(v, username)
+        check.display_name(v, display_name)
+        v.request_id(request_id)
+        v.raise_if_any()
         check_policy(password)
         print_ = fingerprint(tenant_name, username, display_name)
         if request_id:
@@ -178,9 +207,11 @@ class IdentityService:
     # --- Login -------------------------------------------------------------------------------
 
     async def login(self, *, tenant: str, username: str, password: str, client_address: str) -> SignedIn:
-        check.raise_if(
-            check.tenant_name(tenant, "tenant"), check.username(username), check.login_password(password)
-        )
+        v = Violations()
+        check.tenant_name(v, tenant, "tenant")
+        check.username(v, username)
+        check.login_password(v, password)
+        v.raise_if_any()
         await self._throttle.check(tenant, username, client_address)
         found_tenant, user = await self._store.login_candidate(tenant, username)
         # Verify even when there is no user (against a dummy hash): the answer's time must not tell.
@@ -204,10 +235,10 @@ class IdentityService:
         token_hash = hash_refresh_token(refresh_token)
         record = await self._store.refresh(token_hash)
         now = self._clock()
-        if record is None or record.revoked_at is not None or record.expires_at <= at(now):
+        if record is None or record.revoked_at or record.expires_at <= at(now):
             raise errors.Unauthenticated(INVALID_REFRESH, reason="INVALID_REFRESH_TOKEN")
         # A spent token coming back means two holders: the thief's or the owner's copy. End them all.
-        if record.spent_at is not None or not await self._store.spend_refresh(token_hash, now=at(now)):
+        if record.spent_at or not await self._store.spend_refresh(token_hash, now=at(now)):
             await self._store.revoke_family(record.family_id, now=at(now))
             raise errors.Unauthenticated(INVALID_REFRESH, reason="REFRESH_TOKEN_REUSED")
         user = await self._store.user(record.tenant_id, record.user_id)
@@ -217,7 +248,7 @@ class IdentityService:
             raise errors.Unauthenticated(INVALID_REFRESH, reason="INVALID_REFRESH_TOKEN")
         started = await self._store.family_started(record.family_id)
         return await self._sessions.start(
-            user, tenant, family_id=record.family_id, family_started=started.timestamp()
+            user, tenant, family_id=record.family_id, family_started=started / 1_000_000
         )
 
     async def logout(self, *, refresh_token: str, principal: Principal | None) -> None:
@@ -253,11 +284,9 @@ class IdentityService:
         return Identity(user, tenant, roles, principal.tier)
 
     async def issue_service_token(self, *, service_name: str, secret: str) -> Session:
-        check.raise_if(
-            None
-            if check.SERVICE_NAME.fullmatch(service_name)
-            else errors.FieldViolation("service_name", "must match [a-z0-9][a-z0-9-]{0,62}")
-        )
+        v = Violations()
+        check.service_name(v, service_name)
+        v.raise_if_any()
         if not (
             secret
             and self._service_secret
@@ -278,7 +307,9 @@ class IdentityService:
     async def change_password(self, principal: Principal, *, old_password: str, new_password: str) -> Session:
         if principal.is_service:
             raise errors.PermissionDenied("a service has no password", reason="SERVICE_CALLER")
-        check.raise_if(check.login_password(old_password, "old_password"))
+        v = Violations()
+        check.login_password(v, old_password, "old_password")
+        v.raise_if_any()
         check_policy(new_password, field="new_password")
         if new_password == old_password:
             raise errors.InvalidArgument.field("new_password", "must differ from the old password")

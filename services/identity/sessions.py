@@ -3,35 +3,50 @@
 from __future__ import annotations
 
 import asyncio
-import datetime
 import logging
 import uuid
 from collections.abc import Callable
+from typing import Protocol
 
 from services.identity.models import RefreshRecord, Session, Tenant, User
-from services.identity.redis_state import Revocations
-from services.identity.store import IdentityStore
 from services.identity.tokens import TokenIssuer, hash_refresh_token, new_refresh_token, token_time
+from services.platform.timestamps import micros
 
 log = logging.getLogger("agentmesh.identity.sessions")
 
 PRUNE_INTERVAL_SECONDS = 3600.0
 
 
-def at(seconds: float) -> datetime.datetime:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC)
+def at(seconds: float) -> int:
+    """A float-seconds instant (a clock reading, a token's iat) as domain time (int microseconds)."""
+    return micros(lambda: seconds)
+
+
+class SessionStore(Protocol):
+    """The refresh tokens' table, as sessions use it."""
+
+    async def add_refresh(self, record: RefreshRecord) -> None: ...
+    async def prune_dead_families(self, *, now: int) -> int: ...
+    async def revoke_user_sessions(self, user_id: str, *, now: int) -> None: ...
+
+
+class Revoker(Protocol):
+    """The revocation marks every verifier reads (Redis)."""
+
+    async def void_tokens_before(self, user_id: str, when: float) -> None: ...
+    async def deny(self, jti: str, *, expires_at: float, now: float) -> None: ...
 
 
 class Sessions:
     def __init__(
         self,
         *,
-        store: IdentityStore,
+        store: SessionStore,
         tokens: TokenIssuer,
-        revocations: Revocations,
+        revocations: Revoker,
         clock: Callable[[], float],
         max_session_seconds: int = 90 * 24 * 3600,
-    ):
+    ) -> None:
         self._store = store
         self.tokens = tokens
         self.max_session_seconds = max_session_seconds
@@ -68,8 +83,6 @@ class Sessions:
                 tenant_id=tenant.id,
                 issued_at=at(now),
                 expires_at=at(expires),
-                spent_at=None,
-                revoked_at=None,
             )
         )
         return Session(access.token, refresh, self.tokens.access_ttl, int(expires - now))
@@ -93,7 +106,7 @@ class Sessions:
         await end_sessions(self._store, self._revocations, user_id, as_of=as_of)
 
 
-async def end_sessions(store: IdentityStore, revocations: Revocations, user_id: str, *, as_of: float) -> None:
+async def end_sessions(store: SessionStore, revocations: Revoker, user_id: str, *, as_of: float) -> None:
     """Sessions.end_all without a token issuer (the operator's CLI holds no signing key)."""
     # Redis first: the access tokens are what stay usable without asking identity.
     await revocations.void_tokens_before(user_id, as_of)

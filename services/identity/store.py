@@ -1,4 +1,8 @@
-"""SQLAlchemy 2 (async Core) access to identity's tables. No rules here: the service decides."""
+"""SQLAlchemy 2 (async Core) access to identity's tables. No rules here: the service decides.
+
+The tables keep their timestamp columns; the domain's int microseconds are converted here, at the
+edge, and nowhere else.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from services.identity.models import RefreshRecord, RequestRecord, Tenant, User
+from services.identity.models import Duplicate, RefreshRecord, RequestRecord, Tenant, User
 
 metadata = sa.MetaData()
 
@@ -59,7 +63,7 @@ request_ids = sa.Table(
     metadata,
     sa.Column("kind", sa.String(20), primary_key=True),
     sa.Column("scope", sa.String(36), primary_key=True),
-    sa.Column("request_id", sa.String(100), primary_key=True),
+    sa.Column("request_id", sa.String(128), primary_key=True),
     sa.Column("fingerprint", sa.String(64), nullable=False),
     sa.Column("tenant_id", sa.String(36), nullable=False),
     sa.Column("user_id", sa.String(36), nullable=False),
@@ -71,28 +75,34 @@ class _Stale(Exception):
     """Rolls a transaction back when its guarded row moved on."""
 
 
-class Duplicate(Exception):
-    """A unique constraint refused the write (taken name or username, or a racing request_id)."""
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
-def utc(value: datetime.datetime) -> datetime.datetime:
+def _column_time(us: int) -> datetime.datetime:
+    return _EPOCH + datetime.timedelta(microseconds=us)
+
+
+def _domain_time(value: datetime.datetime | None) -> int:
+    if value is None:
+        return 0
     # SQLite hands back naive datetimes; everything stored is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    aware = value if value.tzinfo else value.replace(tzinfo=datetime.UTC)
+    return (aware - _EPOCH) // datetime.timedelta(microseconds=1)
 
 
-def _tenant(row: Mapping[str, Any]) -> Tenant:
+def _tenant(row: Mapping[Any, Any]) -> Tenant:
     return Tenant(
         id=row["id"],
         name=row["name"],
         display_name=row["display_name"],
         tier=row["tier"],
         version=row["version"],
-        create_time=utc(row["create_time"]),
-        update_time=utc(row["update_time"]),
+        create_time=_domain_time(row["create_time"]),
+        update_time=_domain_time(row["update_time"]),
     )
 
 
-def _user(row: Mapping[str, Any]) -> User:
+def _user(row: Mapping[Any, Any]) -> User:
     return User(
         id=row["id"],
         tenant_id=row["tenant_id"],
@@ -101,8 +111,8 @@ def _user(row: Mapping[str, Any]) -> User:
         roles=tuple(r for r in row["roles"].split(",") if r),
         disabled=bool(row["disabled"]),
         version=row["version"],
-        create_time=utc(row["create_time"]),
-        update_time=utc(row["update_time"]),
+        create_time=_domain_time(row["create_time"]),
+        update_time=_domain_time(row["update_time"]),
         password_hash=row["password_hash"],
     )
 
@@ -114,8 +124,8 @@ def _tenant_values(t: Tenant) -> dict[str, Any]:
         "display_name": t.display_name,
         "tier": t.tier,
         "version": t.version,
-        "create_time": t.create_time,
-        "update_time": t.update_time,
+        "create_time": _column_time(t.create_time),
+        "update_time": _column_time(t.update_time),
     }
 
 
@@ -129,19 +139,25 @@ def _user_values(u: User) -> dict[str, Any]:
         "roles": ",".join(u.roles),
         "disabled": u.disabled,
         "version": u.version,
-        "create_time": u.create_time,
-        "update_time": u.update_time,
+        "create_time": _column_time(u.create_time),
+        "update_time": _column_time(u.update_time),
     }
 
 
 class IdentityStore:
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
     # --- tenants and users -------------------------------------------------------------------
 
     async def _insert(
-        self, conn: AsyncConnection, *, tenant: Tenant | None, user: User, request: RequestRecord | None, now
+        self,
+        conn: AsyncConnection,
+        *,
+        tenant: Tenant | None,
+        user: User,
+        request: RequestRecord | None,
+        now: datetime.datetime,
     ) -> None:
         if request is not None:
             await conn.execute(
@@ -163,7 +179,9 @@ class IdentityStore:
         """Inserts the user (and its new tenant) and the request_id record in one transaction."""
         try:
             async with self._engine.begin() as conn:
-                await self._insert(conn, tenant=tenant, user=user, request=request, now=user.create_time)
+                await self._insert(
+                    conn, tenant=tenant, user=user, request=request, now=_column_time(user.create_time)
+                )
         except IntegrityError:
             raise Duplicate() from None
 
@@ -255,7 +273,7 @@ class IdentityStore:
             return int((await conn.execute(query)).scalar_one())
 
     async def update_user(
-        self, tenant_id: str, user_id: str, *, expected_version: int, values: Mapping[str, Any], now
+        self, tenant_id: str, user_id: str, *, expected_version: int, values: Mapping[str, Any], now: int
     ) -> bool:
         """Applies `values` if the row is still at `expected_version`; False when it moved on (or is gone)."""
         changes = dict(values)
@@ -264,7 +282,7 @@ class IdentityStore:
         statement = (
             users.update()
             .where(users.c.id == user_id, users.c.tenant_id == tenant_id, users.c.version == expected_version)
-            .values(**changes, version=users.c.version + 1, update_time=now)
+            .values(**changes, version=users.c.version + 1, update_time=_column_time(now))
         )
         async with self._engine.begin() as conn:
             result = await conn.execute(statement)
@@ -289,21 +307,23 @@ class IdentityStore:
         return True
 
     async def update_tenant(
-        self, tenant_id: str, *, expected_version: int, values: Mapping[str, Any], now
+        self, tenant_id: str, *, expected_version: int, values: Mapping[str, Any], now: int
     ) -> bool:
         statement = (
             tenants.update()
             .where(tenants.c.id == tenant_id, tenants.c.version == expected_version)
-            .values(**values, version=tenants.c.version + 1, update_time=now)
+            .values(**values, version=tenants.c.version + 1, update_time=_column_time(now))
         )
         async with self._engine.begin() as conn:
             result = await conn.execute(statement)
         return result.rowcount == 1
 
-    async def set_password_hash(self, user_id: str, password_hash: str, *, now, bump_version: bool) -> None:
+    async def set_password_hash(
+        self, user_id: str, password_hash: str, *, now: int, bump_version: bool
+    ) -> None:
         values: dict[str, Any] = {"password_hash": password_hash}
         if bump_version:
-            values.update(version=users.c.version + 1, update_time=now)
+            values.update(version=users.c.version + 1, update_time=_column_time(now))
         async with self._engine.begin() as conn:
             await conn.execute(users.update().where(users.c.id == user_id).values(**values))
 
@@ -334,8 +354,8 @@ class IdentityStore:
                     family_id=record.family_id,
                     user_id=record.user_id,
                     tenant_id=record.tenant_id,
-                    issued_at=record.issued_at,
-                    expires_at=record.expires_at,
+                    issued_at=_column_time(record.issued_at),
+                    expires_at=_column_time(record.expires_at),
                 )
             )
 
@@ -350,13 +370,13 @@ class IdentityStore:
             family_id=row["family_id"],
             user_id=row["user_id"],
             tenant_id=row["tenant_id"],
-            issued_at=utc(row["issued_at"]),
-            expires_at=utc(row["expires_at"]),
-            spent_at=utc(row["spent_at"]) if row["spent_at"] else None,
-            revoked_at=utc(row["revoked_at"]) if row["revoked_at"] else None,
+            issued_at=_domain_time(row["issued_at"]),
+            expires_at=_domain_time(row["expires_at"]),
+            spent_at=_domain_time(row["spent_at"]),
+            revoked_at=_domain_time(row["revoked_at"]),
         )
 
-    async def spend_refresh(self, token_hash: str, *, now) -> bool:
+    async def spend_refresh(self, token_hash: str, *, now: int) -> bool:
         """Marks a live token spent; False when another call spent or revoked it first."""
         statement = (
             refresh_tokens.update()
@@ -365,44 +385,48 @@ class IdentityStore:
                 refresh_tokens.c.spent_at.is_(None),
                 refresh_tokens.c.revoked_at.is_(None),
             )
-            .values(spent_at=now)
+            .values(spent_at=_column_time(now))
         )
         async with self._engine.begin() as conn:
             result = await conn.execute(statement)
         return result.rowcount == 1
 
-    async def family_started(self, family_id: str) -> datetime.datetime:
+    async def family_started(self, family_id: str) -> int:
         """When the family's first refresh token was issued (its login)."""
         query = sa.select(sa.func.min(refresh_tokens.c.issued_at)).where(
             refresh_tokens.c.family_id == family_id
         )
         async with self._engine.connect() as conn:
-            return utc((await conn.execute(query)).scalar_one())
+            return _domain_time((await conn.execute(query)).scalar_one())
 
-    async def prune_dead_families(self, *, now: datetime.datetime) -> int:
+    async def prune_dead_families(self, *, now: int) -> int:
         """Deletes the refresh tokens of every family whose last token has expired (its session is
         over: rotation never issues past the session maximum); returns how many rows went. A family
         with any live token is kept whole, since its first token dates its session."""
         rt = refresh_tokens.c
-        dead = sa.select(rt.family_id).group_by(rt.family_id).having(sa.func.max(rt.expires_at) < now)
+        dead = (
+            sa.select(rt.family_id)
+            .group_by(rt.family_id)
+            .having(sa.func.max(rt.expires_at) < _column_time(now))
+        )
         async with self._engine.begin() as conn:
             result = await conn.execute(refresh_tokens.delete().where(rt.family_id.in_(dead)))
         return result.rowcount
 
-    async def revoke_family(self, family_id: str, *, now) -> None:
+    async def revoke_family(self, family_id: str, *, now: int) -> None:
         statement = (
             refresh_tokens.update()
             .where(refresh_tokens.c.family_id == family_id, refresh_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=now)
+            .values(revoked_at=_column_time(now))
         )
         async with self._engine.begin() as conn:
             await conn.execute(statement)
 
-    async def revoke_user_sessions(self, user_id: str, *, now) -> None:
+    async def revoke_user_sessions(self, user_id: str, *, now: int) -> None:
         statement = (
             refresh_tokens.update()
             .where(refresh_tokens.c.user_id == user_id, refresh_tokens.c.revoked_at.is_(None))
-            .values(revoked_at=now)
+            .values(revoked_at=_column_time(now))
         )
         async with self._engine.begin() as conn:
             await conn.execute(statement)

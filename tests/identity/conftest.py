@@ -1,6 +1,6 @@
 """Identity test fixtures: a signing key file for identity, a served identity, and helpers.
 
-The shared `runtime` fixture serves the test keys as JWKS; identity's register() replaces that with
+The shared `runtime` fixture serves the test keys as JWKS; identity's build() replaces that with
 its own keys, which is what production does.
 """
 

@@ -139,7 +139,7 @@ async def test_sign_up_conflicts_and_request_id(identity):
             ["display_name"],
         ),
         (
-            pb.SignUpRequest(tenant_name="okname", username="a", password=PASSWORD, request_id="r" * 101),
+            pb.SignUpRequest(tenant_name="okname", username="a", password=PASSWORD, request_id="r" * 129),
             ["request_id"],
         ),
         (pb.SignUpRequest(tenant_name="okname", username="a", password="1234"), ["password"]),

@@ -13,11 +13,20 @@ import sqlalchemy as sa
 from google.protobuf import field_mask_pb2
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
+from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services import identity as identity_service
-from services.identity.redis_state import ThrottleLimits
-from services.identity.store import users
+from services.identity.admin import TenantAdmin
+from services.identity.keys import KeySet
+from services.identity.passwords import Passwords
+from services.identity.redis_state import LoginThrottle, Revocations, ThrottleLimits
+from services.identity.service import IdentityService
+from services.identity.servicer import PUBLIC_RPCS, IdentityServicer
+from services.identity.sessions import Sessions
+from services.identity.store import IdentityStore, users
+from services.identity.tokens import TokenIssuer
 from services.platform import migrations
 from services.platform.runtime import Runtime, with_embedded_secrets
+from services.platform.server import ServiceRegistration
 from services.platform.settings import Settings, SettingsError
 from tests.helpers import expect_status
 from tests.identity.conftest import PASSWORD, Identity, field_violations, retry_delay
@@ -103,9 +112,57 @@ async def test_success_clears_the_username_counter(identity):
     assert await identity.login(account.tenant.name, "owner", PASSWORD)
 
 
+def throttled_identity(runtime: Runtime, limits: ThrottleLimits) -> ServiceRegistration:
+    """Identity as build() wires it, but with `limits` on its login throttle."""
+    auth = runtime.settings.auth
+    keys = KeySet.load(auth.signing_key_file)
+    store = IdentityStore(runtime.engine)
+    passwords = Passwords()
+    revocations = Revocations(runtime.redis, access_ttl=auth.access_token_ttl_seconds)
+    sessions = Sessions(
+        store=store,
+        tokens=TokenIssuer(
+            keys=keys,
+            issuer=auth.issuer,
+            audience=auth.audience,
+            access_ttl=auth.access_token_ttl_seconds,
+            refresh_ttl=auth.refresh_token_ttl_seconds,
+        ),
+        revocations=revocations,
+        clock=runtime.clock,
+    )
+    servicer = IdentityServicer(
+        service=IdentityService(
+            store=store,
+            passwords=passwords,
+            sessions=sessions,
+            throttle=LoginThrottle(runtime.redis, limits),
+            revocations=revocations,
+            keys=keys,
+            service_secret=auth.service_secret,
+            clock=runtime.clock,
+            signup_open=True,
+        ),
+        admin=TenantAdmin(
+            store=store,
+            passwords=passwords,
+            sessions=sessions,
+            revocations=revocations,
+            page_tokens=runtime.page_tokens,
+            clock=runtime.clock,
+        ),
+    )
+    name = identity_service.SERVICE_NAME
+    return ServiceRegistration(
+        name=name,
+        add_to_server=lambda server: pb_grpc.add_IdentityServiceServicer_to_server(servicer, server),
+        public_methods=frozenset(f"/{name}/{rpc}" for rpc in PUBLIC_RPCS),
+    )
+
+
 async def test_throttle_per_address(serve, runtime):
-    registration = await identity_service.register(
-        runtime, throttle_limits=ThrottleLimits(per_username=100, per_address=4, window_seconds=60)
+    registration = throttled_identity(
+        runtime, ThrottleLimits(per_username=100, per_address=4, window_seconds=60)
     )
     running = await serve(registration)
     identity = Identity(running.channel, running.address)
@@ -169,16 +226,16 @@ async def test_production_refuses_to_start_without_key_or_secret(runtime):
         runtime.settings, auth=dataclasses.replace(auth, signing_key_file="")
     )
     with pytest.raises(SettingsError, match="AGENTMESH_SIGNING_KEY_FILE"):
-        await identity_service.register(runtime)
+        await identity_service.build(runtime)
     runtime.settings = dataclasses.replace(
         runtime.settings, auth=dataclasses.replace(auth, service_secret="")
     )
     with pytest.raises(SettingsError, match="AGENTMESH_SERVICE_SECRET"):
-        await identity_service.register(runtime)
+        await identity_service.build(runtime)
 
 
 async def test_demo_data_only_in_embedded_mode(serve, runtime, tmp_path):
-    # Production (the shared PostgreSQL runtime): register() creates nothing.
+    # Production (the shared PostgreSQL runtime): build() creates nothing.
     running = await serve("identity")
     production = Identity(running.channel, running.address)
     error = await expect_status(production.login("demo", "user_1", "1234"))
@@ -192,13 +249,11 @@ async def test_demo_data_only_in_embedded_mode(serve, runtime, tmp_path):
     try:
         await migrations.upgrade(embedded.engine, ["identity"])
         assert not (tmp_path / "signing_key.pem").exists()
-        await identity_service.register(embedded)
+        await identity_service.build(embedded)
         assert (tmp_path / "signing_key.pem").stat().st_mode & 0o777 == 0o600
         key_before = (tmp_path / "signing_key.pem").read_bytes()
-        await identity_service.register(embedded)  # idempotent: same key, no duplicate users
+        await identity_service.build(embedded)  # idempotent: same key, no duplicate users
         assert (tmp_path / "signing_key.pem").read_bytes() == key_before
-        from services.identity.store import IdentityStore
-
         store = IdentityStore(embedded.engine)
         tenant = await store.tenant_by_name("demo")
         assert tenant is not None and tenant.tier == "pro"

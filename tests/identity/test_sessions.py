@@ -15,6 +15,7 @@ from google.protobuf import field_mask_pb2
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from services.identity.keys import KeySet, private_pem
 from services.identity.store import IdentityStore, refresh_tokens
+from services.platform.timestamps import micros
 from tests.helpers import bearer, expect_status
 from tests.identity.conftest import PASSWORD, field_violations
 from tests.identity.test_tokens import claims_for
@@ -218,7 +219,7 @@ async def test_sessions_that_are_over_are_pruned_whole(identity, runtime):
             .values(expires_at=past)
         )
 
-    assert await store.prune_dead_families(now=now) == 2
+    assert await store.prune_dead_families(now=micros(now.timestamp)) == 2
     async with runtime.engine.connect() as conn:
         left = (await conn.execute(sa.select(rt.family_id).where(rt.user_id == account.user.id))).all()
     assert {r.family_id for r in left} == {kept_family} and len(left) == 2

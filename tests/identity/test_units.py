@@ -1,26 +1,23 @@
-"""Unit tests without gRPC or a database: policy, parsing, keys, and refresh expiry with a fake store
-and a fake clock."""
+"""Unit tests without gRPC or a database: policy, parsing, keys, and refresh expiry with the fakes
+of tests/fakes/identity.py and a fake clock."""
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-from typing import Any
-
-import fakeredis
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from services.identity.keys import KeySet, ensure_key_file, private_pem
-from services.identity.models import RefreshRecord, Tenant, User
-from services.identity.passwords import Passwords, check_policy
-from services.identity.redis_state import LoginThrottle, Revocations, client_address
+from services.identity.models import Tenant, User
+from services.identity.passwords import check_policy
+from services.identity.redis_state import client_address
 from services.identity.service import IdentityService
 from services.identity.sessions import Sessions
 from services.identity.tokens import TokenIssuer, token_time
 from services.platform import errors
 from services.platform.settings import SettingsError
+from services.platform.timestamps import micros
+from tests.fakes.identity import FakeHasher, FakeIdentityStore, FakeRevocations, FakeThrottle
 
 
 @pytest.mark.parametrize(
@@ -88,45 +85,11 @@ def test_bad_key_files_are_settings_errors(tmp_path):
         KeySet.load(str(garbage))
 
 
-class FakeStore:
-    """Just what RefreshToken uses, in memory."""
-
-    def __init__(self, user: User, tenant: Tenant):
-        self.user_ = user
-        self.tenant_ = tenant
-        self.tokens: dict[str, RefreshRecord] = {}
-
-    async def add_refresh(self, record):
-        self.tokens[record.token_hash] = record
-
-    async def refresh(self, token_hash):
-        return self.tokens.get(token_hash)
-
-    async def spend_refresh(self, token_hash, *, now):
-        record = self.tokens[token_hash]
-        if record.spent_at or record.revoked_at:
-            return False
-        self.tokens[token_hash] = dataclasses.replace(record, spent_at=now)
-        return True
-
-    async def family_started(self, family_id):
-        return min(r.issued_at for r in self.tokens.values() if r.family_id == family_id)
-
-    async def revoke_family(self, family_id, *, now):
-        for h, r in self.tokens.items():
-            if r.family_id == family_id:
-                self.tokens[h] = dataclasses.replace(r, revoked_at=now)
-
-    async def user(self, tenant_id, user_id):
-        return self.user_
-
-    async def tenant(self, tenant_id):
-        return self.tenant_
-
-
-def _refreshing(now: list[float], *, max_session_seconds: int = 90 * 24 * 3600) -> tuple[Any, ...]:
-    """A user, a tenant, Sessions and the IdentityService over FakeStore and the clock `now[0]`."""
-    when = datetime.datetime.fromtimestamp(now[0], datetime.UTC)
+def _refreshing(
+    now: list[float], *, max_session_seconds: int = 90 * 24 * 3600
+) -> tuple[User, Tenant, Sessions, IdentityService, FakeIdentityStore]:
+    """A user, a tenant, Sessions and the IdentityService over the fakes and the clock `now[0]`."""
+    when = micros(lambda: now[0])
     tenant = Tenant(
         id="t", name="acme", display_name="", tier="pro", version=1, create_time=when, update_time=when
     )
@@ -141,12 +104,13 @@ def _refreshing(now: list[float], *, max_session_seconds: int = 90 * 24 * 3600) 
         create_time=when,
         update_time=when,
     )
-    store = FakeStore(user, tenant)
-    redis = fakeredis.FakeAsyncRedis()
+    store = FakeIdentityStore()
+    store.tenants[tenant.id] = tenant
+    store.users[user.id] = user
     clock = lambda: now[0]  # noqa: E731
-    revocations = Revocations(redis, access_ttl=900)
+    revocations = FakeRevocations()
     sessions = Sessions(
-        store=store,  # type: ignore[arg-type]
+        store=store,
         tokens=TokenIssuer(
             keys=KeySet(Ed25519PrivateKey.generate()),
             issuer="i",
@@ -159,36 +123,35 @@ def _refreshing(now: list[float], *, max_session_seconds: int = 90 * 24 * 3600) 
         max_session_seconds=max_session_seconds,
     )
     service = IdentityService(
-        store=store,  # type: ignore[arg-type]
-        passwords=Passwords(),
+        store=store,
+        passwords=FakeHasher(),
         sessions=sessions,
-        throttle=LoginThrottle(redis),
+        throttle=FakeThrottle(),
         revocations=revocations,
         keys=sessions.tokens.keys,
         service_secret="s",
         clock=clock,
         signup_open=False,
     )
-    return user, tenant, sessions, service, redis
+    return user, tenant, sessions, service, store
 
 
 async def test_refresh_tokens_expire_by_the_clock():
     now = [1_700_000_000.0]
-    user, tenant, sessions, service, redis = _refreshing(now)
+    user, tenant, sessions, service, _ = _refreshing(now)
     first = await sessions.start(user, tenant)
     now[0] += 3599
     second = await service.refresh(refresh_token=first.refresh_token)
     now[0] += 3600
     with pytest.raises(errors.Unauthenticated):
         await service.refresh(refresh_token=second.refresh_token)
-    await redis.aclose()
 
 
 async def test_rotation_never_outlives_the_maximum_session():
     """Refreshing every 50 minutes (refresh tokens live an hour) keeps a session alive only until
     its maximum, counted from the login; the last token's lifetime says how long is left."""
     now = [1_700_000_000.0]
-    user, tenant, sessions, service, redis = _refreshing(now, max_session_seconds=3 * 3600)
+    user, tenant, sessions, service, _ = _refreshing(now, max_session_seconds=3 * 3600)
     login = now[0]
     session = await sessions.start(user, tenant)
     lifetimes = []
@@ -204,4 +167,3 @@ async def test_rotation_never_outlives_the_maximum_session():
     assert now[0] - login <= 3 * 3600 + 3000
     assert lifetimes[0] == 3600 and 0 < lifetimes[-1] < 3600
     assert lifetimes[-1] == int(login + 3 * 3600 - (now[0] - 3000))
-    await redis.aclose()
