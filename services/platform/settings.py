@@ -1,6 +1,10 @@
 """Settings, read once from an environment mapping (tests pass a plain dict).
 
-Every variable is listed in the README's configuration table; keep the two in step.
+Each setting is declared once, as a field of a frozen dataclass (starlette's
+`DEBUG = config("DEBUG", cast=bool, default=False)`): `setting(variable, default, parse=..., doc=...)`
+names the variable, its parser, its default (and how the README shows it when the default depends on
+the mode) and what it means. `Settings.from_env` and `SETTINGS` (the README's configuration table,
+which tests/test_docs.py compares with `markdown_table()`) both come from those declarations.
 """
 
 from __future__ import annotations
@@ -8,49 +12,135 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+D = TypeVar("D")
 
 
 class SettingsError(ValueError):
     """A variable is missing or malformed; the message names it."""
 
 
-def _number(env: Mapping[str, str], name: str, default: Any, kind: type, positive: bool) -> Any:
-    raw = env.get(name, "")
-    if raw == "":
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        what = "an integer" if kind is int else "a number"
-        raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
-    if positive and value <= 0:
-        raise SettingsError(f"{name} must be positive, got {raw!r}")
-    return value
+# A parser gets the variable's name (for the error) and its non-empty raw value.
+Parser = Callable[[str, str], Any]
 
 
-def _int(env: Mapping[str, str], name: str, default: int, *, positive: bool = False) -> int:
-    return int(_number(env, name, default, int, positive))
+def text(name: str, raw: str) -> str:
+    return raw
 
 
-def _float(env: Mapping[str, str], name: str, default: float, *, positive: bool = False) -> float:
-    return float(_number(env, name, default, float, positive))
+def upper(name: str, raw: str) -> str:
+    return raw.upper()
 
 
-def _signup(env: Mapping[str, str]) -> bool | None:
-    raw = env.get("AGENTMESH_SIGNUP", "")
-    if raw not in ("", "open", "closed"):
-        raise SettingsError(f"AGENTMESH_SIGNUP must be open or closed, got {raw!r}")
-    return None if raw == "" else raw == "open"
+def _number(kind: type[int] | type[float], *, positive: bool) -> Parser:
+    def parse(name: str, raw: str) -> int | float:
+        try:
+            value = kind(raw)
+        except ValueError:
+            what = "an integer" if kind is int else "a number"
+            raise SettingsError(f"{name} must be {what}, got {raw!r}") from None
+        if positive and value <= 0:
+            raise SettingsError(f"{name} must be positive, got {raw!r}")
+        return value
+
+    return parse
+
+
+integer = _number(int, positive=False)
+positive_integer = _number(int, positive=True)
+number = _number(float, positive=False)
+positive_number = _number(float, positive=True)
+
+
+def csv(name: str, raw: str) -> tuple[str, ...]:
+    return tuple(part for part in raw.split(",") if part)
+
+
+def choice(*allowed: str, message: str = "") -> Parser:
+    def parse(name: str, raw: str) -> str:
+        if raw not in allowed:
+            raise SettingsError(f"{name} must be {message or ' or '.join(allowed)}, got {raw!r}")
+        return raw
+
+    return parse
+
+
+def open_or_closed(name: str, raw: str) -> bool:
+    return choice("open", "closed")(name, raw) == "open"
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One variable: what reads it (`parse`), its default as the README shows it, and its meaning."""
+
+    variable: str
+    parse: Parser
+    shown: str
+    doc: str
+
+
+def _shown(default: object) -> str:
+    if default in ("", (), None):
+        return "none"
+    if isinstance(default, float) and default.is_integer():
+        default = int(default)
+    return f"`{default}`"
+
+
+def setting(variable: str, default: T, *, doc: str, parse: Parser = text, shown: str = "") -> T:
+    """A dataclass field read from `variable` (unset or empty: `default`); `shown` is the README's
+    default when the plain value would mislead (it depends on the mode, or 0 means off)."""
+    spec = Setting(variable, parse, shown or _shown(default), doc)
+    return dataclasses.field(default=default, metadata={"setting": spec})  # type: ignore[no-any-return]
+
+
+def _read(cls: type[D], env: Mapping[str, str]) -> D:
+    values: dict[str, Any] = {}
+    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+        spec: Setting | None = field.metadata.get("setting")
+        if spec is not None:
+            raw = env.get(spec.variable, "")
+            if raw != "":
+                values[field.name] = spec.parse(spec.variable, raw)
+        elif _is_group(field):
+            values[field.name] = _read(field.default_factory, env)  # type: ignore[misc]
+    return cls(**values)
+
+
+def _is_group(field: dataclasses.Field[Any]) -> bool:
+    return field.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(
+        field.default_factory
+    )
+
+
+def _declared(cls: type[Any]) -> Iterator[Setting]:
+    for field in dataclasses.fields(cls):
+        if "setting" in field.metadata:
+            yield field.metadata["setting"]
+        elif _is_group(field):
+            yield from _declared(field.default_factory)  # type: ignore[arg-type]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class TlsSettings:
-    cert_file: str = ""
-    key_file: str = ""
-    # With a CA, servers require client certificates and channels present ours: mutual TLS.
-    ca_file: str = ""
+    cert_file: str = setting(
+        "AGENTMESH_TLS_CERT_FILE",
+        "",
+        doc="TLS for the server and for channels to peers: the certificate (PEM)",
+    )
+    key_file: str = setting(
+        "AGENTMESH_TLS_KEY_FILE",
+        "",
+        doc="TLS for the server and for channels to peers: its private key (PEM)",
+    )
+    ca_file: str = setting(
+        "AGENTMESH_TLS_CA_FILE",
+        "",
+        doc="with the two above: mutual TLS (clients must present a certificate from this CA)",
+    )
 
     @property
     def enabled(self) -> bool:
@@ -63,95 +153,238 @@ class TlsSettings:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class AuthSettings:
-    issuer: str = "agentmesh"
-    audience: str = "agentmesh"
-    access_token_ttl_seconds: int = 900
-    refresh_token_ttl_seconds: int = 30 * 24 * 3600
-    # A session (a refresh token family) ends this long after its login, however often it is
-    # refreshed: a stolen refresh token kept alive by rotation dies with it.
-    session_max_seconds: int = 90 * 24 * 3600
-    # PEM Ed25519 private key identity signs with; earlier keys stay published in the JWKS.
-    signing_key_file: str = ""
-    previous_signing_key_files: tuple[str, ...] = ()
-    # Shared secret that exchanges for a service token (IssueServiceToken).
-    service_secret: str = ""
-    # HMAC key for page tokens.
-    page_token_secret: str = ""
-    # How long a verifier trusts a "not revoked" answer before asking Redis again.
-    revocation_cache_seconds: float = 1.0
-    # AGENTMESH_SIGNUP: whether SignUp creates tenants; None: open in the embedded mode, else closed
-    # (an operator creates tenants with `agentmesh admin tenants create`).
-    signup_open: bool | None = None
+    issuer: str = setting("AGENTMESH_JWT_ISSUER", "agentmesh", doc="`iss` of access tokens")
+    audience: str = setting("AGENTMESH_JWT_AUDIENCE", "agentmesh", doc="`aud` of access tokens")
+    access_token_ttl_seconds: int = setting(
+        "AGENTMESH_ACCESS_TOKEN_TTL_SECONDS", 900, parse=integer, doc="access token lifetime"
+    )
+    refresh_token_ttl_seconds: int = setting(
+        "AGENTMESH_REFRESH_TOKEN_TTL_SECONDS",
+        30 * 24 * 3600,
+        parse=integer,
+        doc="refresh token lifetime (each rotation issues a new one)",
+    )
+    # A stolen refresh token kept alive by rotation dies with its session.
+    session_max_seconds: int = setting(
+        "AGENTMESH_SESSION_MAX_SECONDS",
+        90 * 24 * 3600,
+        parse=positive_integer,
+        doc="a session ends this long after its login however often it is refreshed; then log in again",
+    )
+    signing_key_file: str = setting(
+        "AGENTMESH_SIGNING_KEY_FILE",
+        "",
+        shown="generated in the data dir (embedded only)",
+        doc="identity's Ed25519 private key (PEM)",
+    )
+    previous_signing_key_files: tuple[str, ...] = setting(
+        "AGENTMESH_PREVIOUS_SIGNING_KEY_FILES",
+        (),
+        parse=csv,
+        doc="comma-separated older keys, still published in the JWKS during a rollover",
+    )
+    service_secret: str = setting(
+        "AGENTMESH_SERVICE_SECRET",
+        "",
+        shown="generated (embedded only)",
+        doc="exchanged for service tokens (IssueServiceToken)",
+    )
+    page_token_secret: str = setting(
+        "AGENTMESH_PAGE_TOKEN_SECRET", "", shown="generated (embedded only)", doc="HMAC key of page tokens"
+    )
+    revocation_cache_seconds: float = setting(
+        "AGENTMESH_REVOCATION_CACHE_SECONDS",
+        1.0,
+        parse=number,
+        doc='how long a verifier trusts a "token not revoked" answer',
+    )
+    # None: open in the embedded mode, else closed.
+    signup_open: bool | None = setting(
+        "AGENTMESH_SIGNUP",
+        None,
+        parse=open_or_closed,
+        shown="`open` embedded, `closed` otherwise",
+        doc="`closed`: SignUp is PERMISSION_DENIED; the operator creates tenants with `agentmesh admin`",
+    )
+
+
+_PEER = "this process (embedded)"
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class PeerSettings:
-    identity: str = ""
-    agents: str = ""
-    conversation: str = ""
-    orchestration: str = ""
-    # Cap on any call to a peer; the caller's remaining deadline wins when shorter.
-    deadline_seconds: float = 10.0
+    identity: str = setting(
+        "AGENTMESH_IDENTITY_ADDR", "", shown=_PEER, doc="identity's address (`host:port`)"
+    )
+    agents: str = setting("AGENTMESH_AGENTS_ADDR", "", shown=_PEER, doc="agents' address (`host:port`)")
+    conversation: str = setting(
+        "AGENTMESH_CONVERSATION_ADDR", "", shown=_PEER, doc="conversation's address (`host:port`)"
+    )
+    orchestration: str = setting(
+        "AGENTMESH_ORCHESTRATION_ADDR", "", shown=_PEER, doc="orchestration's address (`host:port`)"
+    )
+    deadline_seconds: float = setting(
+        "AGENTMESH_PEER_DEADLINE_SECONDS",
+        10.0,
+        parse=number,
+        doc="cap on any call to a peer (the caller's remaining deadline wins when shorter)",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class GatewaySettings:
-    # Origins allowed by CORS; empty: none (the embedded mode adds its own origin).
-    cors_origins: tuple[str, ...] = ()
-    max_body_bytes: int = 1024 * 1024
-    # Deadline of a unary call when the request has no Grpc-Timeout header.
-    default_timeout_seconds: float = 30.0
-    ws_max_frame_bytes: int = 64 * 1024
-    ws_messages_per_minute: int = 60
-    ws_connections_per_user: int = 10
-    ws_max_connections: int = 10_000
-    ws_heartbeat_seconds: float = 20.0
+    cors_origins: tuple[str, ...] = setting(
+        "AGENTMESH_CORS_ORIGINS",
+        (),
+        parse=csv,
+        shown="none (the embedded mode allows its own page)",
+        doc="comma-separated origins the gateway allows",
+    )
+    max_body_bytes: int = setting(
+        "AGENTMESH_GATEWAY_MAX_BODY_BYTES", 1024 * 1024, parse=integer, doc="larger request bodies get 413"
+    )
+    default_timeout_seconds: float = setting(
+        "AGENTMESH_GATEWAY_DEFAULT_TIMEOUT_SECONDS",
+        30.0,
+        parse=number,
+        doc="deadline of a unary call when the request sends no `Grpc-Timeout`",
+    )
+    ws_max_frame_bytes: int = setting(
+        "AGENTMESH_WS_MAX_FRAME_BYTES",
+        64 * 1024,
+        parse=integer,
+        doc="larger WebSocket frames close the socket (1009)",
+    )
+    ws_messages_per_minute: int = setting(
+        "AGENTMESH_WS_MESSAGES_PER_MINUTE",
+        60,
+        parse=integer,
+        doc="per connection; more get a `RATE_LIMIT` error event",
+    )
+    ws_connections_per_user: int = setting(
+        "AGENTMESH_WS_CONNECTIONS_PER_USER", 10, parse=integer, doc="more close with 4429"
+    )
+    ws_max_connections: int = setting(
+        "AGENTMESH_WS_MAX_CONNECTIONS", 10_000, parse=integer, doc="in total per gateway process"
+    )
+    ws_heartbeat_seconds: float = setting(
+        "AGENTMESH_WS_HEARTBEAT_SECONDS", 20.0, parse=number, doc="WebSocket ping interval"
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ProviderSettings:
     """Model providers (orchestration)."""
 
-    # Delay between echo tokens; None: 30 ms in the embedded mode (a person sees it stream), else 0.
-    echo_delay_ms: int | None = None
-    # An OpenAI-compatible API root, for example https://api.openai.com/v1 or http://localhost:11434/v1.
-    openai_base_url: str = "https://api.openai.com/v1"
-    openai_api_key: str = ""
-    openai_connect_timeout_seconds: float = 5.0
-    # The longest silence allowed between two chunks of a streamed answer.
-    openai_read_timeout_seconds: float = 60.0
+    # None: 30 ms in the embedded mode (a person sees it stream), else 0.
+    echo_delay_ms: int | None = setting(
+        "AGENTMESH_ECHO_DELAY_MS",
+        None,
+        parse=integer,
+        shown="`30` embedded, `0` otherwise",
+        doc="delay between the echo provider's tokens, so a person sees the answer stream",
+    )
+    openai_base_url: str = setting(
+        "AGENTMESH_OPENAI_BASE_URL",
+        "https://api.openai.com/v1",
+        doc="any OpenAI-compatible API root (vLLM, Ollama, llama.cpp server) for `openai:*` models",
+    )
+    openai_api_key: str = setting("AGENTMESH_OPENAI_API_KEY", "", doc="sent as the bearer key to that API")
+    openai_connect_timeout_seconds: float = setting(
+        "AGENTMESH_OPENAI_CONNECT_TIMEOUT_SECONDS",
+        5.0,
+        parse=number,
+        doc="connect timeout of the provider call",
+    )
+    openai_read_timeout_seconds: float = setting(
+        "AGENTMESH_OPENAI_READ_TIMEOUT_SECONDS",
+        60.0,
+        parse=number,
+        doc="the longest silence allowed between two chunks of an answer",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RunSettings:
     """Runs (orchestration)."""
 
-    # Every run holds a Redis lease its instance renews every fifth of this; when it lapses (the
-    # instance died), any instance fails the run. Longer: fewer renewals, a dead run ends later.
-    lease_seconds: float = 10.0
-    # How often every instance looks for runs whose lease lapsed (also once at start-up).
-    sweep_interval_seconds: float = 5.0
-    # How long a finished run's events stay readable by JoinRun.
-    event_retention_seconds: int = 3600
+    # Longer: fewer renewals, but a dead instance's runs end later.
+    lease_seconds: float = setting(
+        "AGENTMESH_RUN_LEASE_SECONDS",
+        10.0,
+        parse=positive_number,
+        doc="a run's Redis lease, renewed by its instance every fifth of this; once it lapses (the instance died) any instance fails the run",
+    )
+    sweep_interval_seconds: float = setting(
+        "AGENTMESH_RUN_SWEEP_SECONDS",
+        5.0,
+        parse=positive_number,
+        doc="how often every orchestration instance looks for runs whose lease lapsed (also once at start-up)",
+    )
+    event_retention_seconds: int = setting(
+        "AGENTMESH_RUN_EVENT_RETENTION_SECONDS",
+        3600,
+        parse=positive_integer,
+        doc="how long a finished run's events stay readable by `JoinRun`",
+    )
+
+
+_EXPORTERS = ("none", "console", "otlp", "file", "memory")
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Settings:
+    # Set by embedded_defaults (`agentmesh up`), not by a variable.
     embedded: bool = False
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int = 50051
-    http_host: str = "127.0.0.1"
-    http_port: int = 8080
-    data_dir: str = ".agentmesh"
-    database_url: str = ""
-    redis_url: str = ""
-    log_level: str = "INFO"
-    otel_exporter: str = "none"
-    # With otel_exporter "file": where finished spans are appended, one JSON object per line.
-    otel_file: str = ""
-    metrics_port: int = 0
-    shutdown_grace_seconds: float = 10.0
-    health_interval_seconds: float = 1.0
+    grpc_host: str = setting("AGENTMESH_GRPC_HOST", "127.0.0.1", doc="gRPC listen address")
+    grpc_port: int = setting("AGENTMESH_GRPC_PORT", 50051, parse=integer, doc="gRPC port")
+    http_host: str = setting("AGENTMESH_HTTP_HOST", "127.0.0.1", doc="gateway listen address")
+    http_port: int = setting("AGENTMESH_HTTP_PORT", 8080, parse=integer, doc="gateway port")
+    data_dir: str = setting(
+        "AGENTMESH_DATA_DIR", ".agentmesh", doc="embedded mode: SQLite file, generated keys and secrets"
+    )
+    database_url: str = setting(
+        "DATABASE_URL",
+        "",
+        shown="SQLite in the data dir",
+        doc="SQLAlchemy URL; `postgresql+psycopg://…` for PostgreSQL",
+    )
+    redis_url: str = setting(
+        "REDIS_URL", "", shown="in-process fakeredis", doc="`redis://host:port/db` for a real Redis"
+    )
+    log_level: str = setting(
+        "AGENTMESH_LOG_LEVEL",
+        "INFO",
+        parse=upper,
+        doc="JSON logs, one object per line, with request id, tenant and trace id",
+    )
+    # "memory" is for tests (spans kept in the process); the README does not offer it.
+    otel_exporter: str = setting(
+        "AGENTMESH_OTEL_EXPORTER",
+        "none",
+        parse=choice(*_EXPORTERS, message="none, console, otlp or file"),
+        doc="`none` (join callers' sampled traces only), `console`, `otlp` (needs `opentelemetry-exporter-otlp`) or `file`",
+    )
+    otel_file: str = setting(
+        "AGENTMESH_OTEL_FILE",
+        "",
+        doc="with `file`: each finished span is appended here as one JSON line (trace_id, span_id, parent_span_id, name, service.name, kind, status)",
+    )
+    metrics_port: int = setting(
+        "AGENTMESH_METRICS_PORT", 0, parse=integer, shown="`0` (off)", doc="Prometheus metrics on this port"
+    )
+    shutdown_grace_seconds: float = setting(
+        "AGENTMESH_SHUTDOWN_GRACE_SECONDS",
+        10.0,
+        parse=number,
+        doc="SIGTERM: how long in-flight calls and streams may finish",
+    )
+    health_interval_seconds: float = setting(
+        "AGENTMESH_HEALTH_INTERVAL_SECONDS",
+        1.0,
+        parse=number,
+        doc="how often health probes PostgreSQL and Redis",
+    )
     tls: TlsSettings = dataclasses.field(default_factory=TlsSettings)
     auth: AuthSettings = dataclasses.field(default_factory=AuthSettings)
     peers: PeerSettings = dataclasses.field(default_factory=PeerSettings)
@@ -171,86 +404,12 @@ class Settings:
         return f"sqlite+aiosqlite:///{path}"
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: object) -> Settings:
-        """Reads AGENTMESH_* (plus DATABASE_URL and REDIS_URL); keyword overrides win (CLI flags)."""
-        env = os.environ if env is None else env
-        exporter = env.get("AGENTMESH_OTEL_EXPORTER", "none")
-        if exporter not in ("none", "console", "otlp", "file", "memory"):
-            raise SettingsError(
-                f"AGENTMESH_OTEL_EXPORTER must be none, console, otlp or file, got {exporter!r}"
-            )
-        otel_file = env.get("AGENTMESH_OTEL_FILE", "")
-        if exporter == "file" and not otel_file:
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Reads every declared variable; keyword overrides (CLI flags) win over the environment."""
+        settings = dataclasses.replace(_read(cls, os.environ if env is None else env), **overrides)
+        if settings.otel_exporter == "file" and not settings.otel_file:
             raise SettingsError("AGENTMESH_OTEL_EXPORTER=file needs AGENTMESH_OTEL_FILE (a file path)")
-        previous = tuple(p for p in env.get("AGENTMESH_PREVIOUS_SIGNING_KEY_FILES", "").split(",") if p)
-        values: dict[str, object] = dict(
-            grpc_host=env.get("AGENTMESH_GRPC_HOST", "127.0.0.1"),
-            grpc_port=_int(env, "AGENTMESH_GRPC_PORT", 50051),
-            http_host=env.get("AGENTMESH_HTTP_HOST", "127.0.0.1"),
-            http_port=_int(env, "AGENTMESH_HTTP_PORT", 8080),
-            data_dir=env.get("AGENTMESH_DATA_DIR", ".agentmesh"),
-            database_url=env.get("DATABASE_URL", ""),
-            redis_url=env.get("REDIS_URL", ""),
-            log_level=env.get("AGENTMESH_LOG_LEVEL", "INFO").upper(),
-            otel_exporter=exporter,
-            otel_file=otel_file,
-            metrics_port=_int(env, "AGENTMESH_METRICS_PORT", 0),
-            shutdown_grace_seconds=_float(env, "AGENTMESH_SHUTDOWN_GRACE_SECONDS", 10.0),
-            health_interval_seconds=_float(env, "AGENTMESH_HEALTH_INTERVAL_SECONDS", 1.0),
-            tls=TlsSettings(
-                cert_file=env.get("AGENTMESH_TLS_CERT_FILE", ""),
-                key_file=env.get("AGENTMESH_TLS_KEY_FILE", ""),
-                ca_file=env.get("AGENTMESH_TLS_CA_FILE", ""),
-            ),
-            auth=AuthSettings(
-                issuer=env.get("AGENTMESH_JWT_ISSUER", "agentmesh"),
-                audience=env.get("AGENTMESH_JWT_AUDIENCE", "agentmesh"),
-                access_token_ttl_seconds=_int(env, "AGENTMESH_ACCESS_TOKEN_TTL_SECONDS", 900),
-                refresh_token_ttl_seconds=_int(env, "AGENTMESH_REFRESH_TOKEN_TTL_SECONDS", 30 * 24 * 3600),
-                session_max_seconds=_int(env, "AGENTMESH_SESSION_MAX_SECONDS", 90 * 24 * 3600, positive=True),
-                signing_key_file=env.get("AGENTMESH_SIGNING_KEY_FILE", ""),
-                previous_signing_key_files=previous,
-                service_secret=env.get("AGENTMESH_SERVICE_SECRET", ""),
-                page_token_secret=env.get("AGENTMESH_PAGE_TOKEN_SECRET", ""),
-                revocation_cache_seconds=_float(env, "AGENTMESH_REVOCATION_CACHE_SECONDS", 1.0),
-                signup_open=_signup(env),
-            ),
-            peers=PeerSettings(
-                identity=env.get("AGENTMESH_IDENTITY_ADDR", ""),
-                agents=env.get("AGENTMESH_AGENTS_ADDR", ""),
-                conversation=env.get("AGENTMESH_CONVERSATION_ADDR", ""),
-                orchestration=env.get("AGENTMESH_ORCHESTRATION_ADDR", ""),
-                deadline_seconds=_float(env, "AGENTMESH_PEER_DEADLINE_SECONDS", 10.0),
-            ),
-            gateway=GatewaySettings(
-                cors_origins=tuple(o for o in env.get("AGENTMESH_CORS_ORIGINS", "").split(",") if o),
-                max_body_bytes=_int(env, "AGENTMESH_GATEWAY_MAX_BODY_BYTES", 1024 * 1024),
-                default_timeout_seconds=_float(env, "AGENTMESH_GATEWAY_DEFAULT_TIMEOUT_SECONDS", 30.0),
-                ws_max_frame_bytes=_int(env, "AGENTMESH_WS_MAX_FRAME_BYTES", 64 * 1024),
-                ws_messages_per_minute=_int(env, "AGENTMESH_WS_MESSAGES_PER_MINUTE", 60),
-                ws_connections_per_user=_int(env, "AGENTMESH_WS_CONNECTIONS_PER_USER", 10),
-                ws_max_connections=_int(env, "AGENTMESH_WS_MAX_CONNECTIONS", 10_000),
-                ws_heartbeat_seconds=_float(env, "AGENTMESH_WS_HEARTBEAT_SECONDS", 20.0),
-            ),
-            providers=ProviderSettings(
-                echo_delay_ms=_int(env, "AGENTMESH_ECHO_DELAY_MS", -1)
-                if env.get("AGENTMESH_ECHO_DELAY_MS")
-                else None,
-                openai_base_url=env.get("AGENTMESH_OPENAI_BASE_URL", "https://api.openai.com/v1"),
-                openai_api_key=env.get("AGENTMESH_OPENAI_API_KEY", ""),
-                openai_connect_timeout_seconds=_float(env, "AGENTMESH_OPENAI_CONNECT_TIMEOUT_SECONDS", 5.0),
-                openai_read_timeout_seconds=_float(env, "AGENTMESH_OPENAI_READ_TIMEOUT_SECONDS", 60.0),
-            ),
-            runs=RunSettings(
-                lease_seconds=_float(env, "AGENTMESH_RUN_LEASE_SECONDS", 10.0, positive=True),
-                sweep_interval_seconds=_float(env, "AGENTMESH_RUN_SWEEP_SECONDS", 5.0, positive=True),
-                event_retention_seconds=_int(
-                    env, "AGENTMESH_RUN_EVENT_RETENTION_SECONDS", 3600, positive=True
-                ),
-            ),
-        )
-        values.update(overrides)
-        return cls(**values)  # type: ignore[arg-type]
+        return settings
 
     def embedded_defaults(self) -> Settings:
         """The embedded mode: peers are this process, secrets live in the data directory."""
@@ -268,3 +427,14 @@ class Settings:
         )
         gateway = dataclasses.replace(self.gateway, cors_origins=origins)
         return dataclasses.replace(self, embedded=True, peers=peers, gateway=gateway)
+
+
+# Every variable, in the order of the README's configuration table.
+SETTINGS: tuple[Setting, ...] = tuple(_declared(Settings))
+
+
+def markdown_table() -> str:
+    """The README's configuration table, rendered from the declarations."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{s.variable}` | {s.shown} | {s.doc} |" for s in SETTINGS]
+    return "\n".join(lines)
