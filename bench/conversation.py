@@ -85,7 +85,7 @@ async def _serve(url: str, redis_url: str, key_file: str, port: int, empty_port:
         return _jwks(key)
 
     runtime.jwks_source = jwks
-    registrations = [await conversation.register(runtime)]
+    registrations = [(await conversation.build(runtime)).registration]
     server = Server(runtime, registrations, address=f"127.0.0.1:{port}", reuse_port=True)
     await server.start()
     async with empty_server(empty_port, reuse_port=True):
@@ -214,8 +214,8 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     children: list[asyncio.subprocess.Process] = []
     try:
         await migrations.upgrade(runtime.engine, ["conversation"])
-        registration = await conversation.register(runtime)
-        server = Server(runtime, [registration], address="127.0.0.1:0")
+        built = await conversation.build(runtime)
+        server = Server(runtime, [built.registration], address="127.0.0.1:0")
         port = await server.start()
         channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
         stub = pb_grpc.ConversationServiceStub(channel)
@@ -271,7 +271,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             await c.close()
         await stop_children(*children)
         children = []
-        service = conversation.build_service(runtime)
+        service = built.service
         who = Principal(user_id="writer", tenant_id=tenant, roles=frozenset({"owner"}), tier="enterprise")
         new = NewMessage(role="user", content=message.content)
 
