@@ -4,9 +4,10 @@
     python -m bench --smoke            # every benchmark at minimal sizes (seconds; what CI runs)
     python -m bench --only agents gateway --output /tmp/b.md
 
-Each benchmark gets a fresh PostgreSQL database (created on --pg-server, dropped after) and a Redis
-database of its own (one of 1-15, taken like the tests take theirs, flushed before and after; taken
-per benchmark, so a test session elsewhere that takes the same index overlaps for minutes at most). The report holds,
+Each benchmark gets a fresh PostgreSQL database (created on --pg-server, dropped after) and an empty
+Redis: the run starts a `redis-server` of its own on a free port (nothing on disk) and flushes it
+between benchmarks, so no Redis it did not start is ever emptied (or pass --redis-url to use and
+flush one you name). The report holds,
 per figure, the ratio measured in the same run against its reference, the issue's target beside it,
 the machine and this exact command. It is only ever written by this command.
 """
@@ -22,6 +23,7 @@ import os
 import pathlib
 import platform
 import shlex
+import subprocess
 import sys
 import time
 import traceback
@@ -38,7 +40,6 @@ from bench import platform as platform_bench
 from bench.harness import Figure
 
 PG_SERVER = os.environ.get("AGENTMESH_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS_SERVER = os.environ.get("AGENTMESH_BENCH_REDIS_URL", "redis://127.0.0.1:6379")
 OUTPUT = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 
@@ -124,16 +125,6 @@ def fresh_database(server: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def take_redis_database(server: str) -> str:
-    """One of databases 1-15, round-robin on the same counter the test sessions use."""
-    admin = sync_redis.Redis.from_url(server + "/0")
-    try:
-        index = int(admin.incr("agentmesh:test:db-counter")) % 15 + 1
-    finally:
-        admin.close()
-    return f"{server}/{index}"
-
-
 def flush(redis_url: str) -> None:
     client = sync_redis.Redis.from_url(redis_url)
     try:
@@ -169,7 +160,7 @@ async def run_one(bench: Benchmark, *, smoke: bool, pg_server: str, redis_url: s
         with contextlib.ExitStack() as stack:
             if bench.storage:
                 url = stack.enter_context(fresh_database(pg_server))
-                redis_url = redis_url or take_redis_database(REDIS_SERVER)
+                assert redis_url, "run_all provides a Redis"
                 flush(redis_url)
                 stack.callback(flush, redis_url)
                 run_argv = [*argv, "--database-url", url, "--redis-url", redis_url]
@@ -207,6 +198,7 @@ def load_average() -> str:
 
 
 def _versions(server: str, redis_url: str) -> tuple[str, str]:
+    """PostgreSQL's and Redis's versions (Redis's from the binary when the run started its own)."""
     try:
         with psycopg.connect(server) as conn:
             row = conn.execute("SHOW server_version").fetchone()
@@ -214,6 +206,9 @@ def _versions(server: str, redis_url: str) -> tuple[str, str]:
     except Exception as exc:
         pg = f"unreachable ({type(exc).__name__})"
     try:
+        if not redis_url:
+            out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
+            return pg, out.split("v=", 1)[1].split()[0] if "v=" in out else "?"
         client = sync_redis.Redis.from_url(redis_url)
         rd = str(client.info("server").get("redis_version", "?"))
         client.close()
@@ -302,11 +297,29 @@ def render(
 async def run_all(args: argparse.Namespace) -> list[Outcome]:
     chosen = [b for b in BENCHMARKS if not args.only or b.name in args.only]
     outcomes = []
-    for bench in chosen:
-        outcomes.append(
-            await run_one(bench, smoke=args.smoke, pg_server=args.pg_server, redis_url=args.redis_url or None)
-        )
+    with contextlib.ExitStack() as stack:
+        redis_url = args.redis_url or stack.enter_context(own_redis())
+        for bench in chosen:
+            outcomes.append(
+                await run_one(bench, smoke=args.smoke, pg_server=args.pg_server, redis_url=redis_url)
+            )
     return outcomes
+
+
+@contextlib.contextmanager
+def own_redis() -> Iterator[str]:
+    """A redis-server of this run's own (free port, temporary directory), stopped at the end."""
+    import tempfile
+
+    from tests.helpers import RedisServer, free_port
+
+    with tempfile.TemporaryDirectory(prefix="agentmesh-bench-redis-") as directory:
+        server = RedisServer(pathlib.Path(directory), free_port())
+        server.start()
+        try:
+            yield server.url
+        finally:
+            server.close()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -319,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--redis-url",
         default="",
-        help="a Redis database to use and flush (default: one of 1-15 per benchmark)",
+        help="a Redis database to use and flush (default: a redis-server this run starts)",
     )
     args = parser.parse_args(argv)
     command = shlex.join(["python", "-m", "bench", *argv])
@@ -331,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     begin = time.perf_counter()
     outcomes = asyncio.run(run_all(args))
     total = time.perf_counter() - begin
-    postgres, redis_version = _versions(args.pg_server, args.redis_url or REDIS_SERVER)
+    postgres, redis_version = _versions(args.pg_server, args.redis_url)
     report = render(
         outcomes,
         command=command,
