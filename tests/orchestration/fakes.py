@@ -1,10 +1,10 @@
-"""In-memory AgentService and ConversationService with just the calls orchestration makes, served
-by real grpc.aio servers (the serve fixture), so orchestration talks to them over real channels."""
+"""In-memory AgentService (and, from tests/fakes/conversation.py, ConversationService) with just the
+calls orchestration makes, served by real grpc.aio servers (the serve fixture), so orchestration talks
+to them over real channels."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import uuid
 
 import grpc
@@ -16,6 +16,7 @@ from agentmesh.conversation.v1 import conversation_service_pb2_grpc as cpb_grpc
 from services.platform import errors
 from services.platform.auth import principal
 from services.platform.server import ServiceRegistration
+from tests.fakes.conversation import FakeConversation
 
 
 class FakeAgents(apb_grpc.AgentServiceServicer):
@@ -78,84 +79,6 @@ class FakeAgents(apb_grpc.AgentServiceServicer):
                 yield apb.WatchAgentsResponse(event=await queue.get())
         finally:
             self.watchers.remove(queue)
-
-
-@dataclasses.dataclass
-class FakeConversationData:
-    tenant: str
-    user: str
-    agent_id: str
-    agent_version: int
-    closed: bool = False
-    messages: list[cpb.Message] = dataclasses.field(default_factory=list)
-
-
-class FakeConversation(cpb_grpc.ConversationServiceServicer):
-    def __init__(self) -> None:
-        self.conversations: dict[str, FakeConversationData] = {}
-        self.by_request: dict[str, cpb.Message] = {}
-        self.calls: list[tuple[str, str, str]] = []  # (method, tenant, user) of the token seen
-
-    def _get(self, conversation_id: str) -> FakeConversationData:
-        p = principal()
-        conv = self.conversations.get(conversation_id)
-        if conv is None or conv.tenant != p.tenant_id:
-            raise errors.NotFound("conversation not found")
-        return conv
-
-    def _record(self, method: str) -> None:
-        p = principal()
-        self.calls.append((method, p.tenant_id, p.user_id))
-
-    async def CreateConversation(self, request, context):  # type: ignore[no-untyped-def]
-        self._record("CreateConversation")
-        p = principal()
-        conversation_id = uuid.uuid4().hex
-        self.conversations[conversation_id] = FakeConversationData(
-            p.tenant_id, p.user_id, request.agent_id, request.agent_version
-        )
-        return cpb.CreateConversationResponse(
-            conversation=cpb.Conversation(id=conversation_id, tenant_id=p.tenant_id)
-        )
-
-    async def CloseConversation(self, request, context):  # type: ignore[no-untyped-def]
-        self._record("CloseConversation")
-        conv = self._get(request.conversation_id)
-        conv.closed = True
-        return cpb.CloseConversationResponse(conversation=cpb.Conversation(id=request.conversation_id))
-
-    async def AppendMessage(self, request, context):  # type: ignore[no-untyped-def]
-        self._record("AppendMessage")
-        conv = self._get(request.conversation_id)
-        if conv.closed:
-            raise errors.FailedPrecondition("conversation is closed")
-        if not request.message.content:
-            raise errors.InvalidArgument.field("message.content", "must not be empty")
-        key = f"{request.conversation_id}/{request.request_id}"
-        if request.request_id and key in self.by_request:
-            return cpb.AppendMessageResponse(message=self.by_request[key])
-        message = cpb.Message()
-        message.CopyFrom(request.message)
-        message.id = uuid.uuid4().hex
-        message.conversation_id = request.conversation_id
-        message.sequence = len(conv.messages) + 1
-        conv.messages.append(message)
-        if request.request_id:
-            self.by_request[key] = message
-        return cpb.AppendMessageResponse(message=message)
-
-    async def GetContext(self, request, context):  # type: ignore[no-untyped-def]
-        self._record("GetContext")
-        conv = self._get(request.conversation_id)
-        if request.token_budget <= 0:
-            raise errors.InvalidArgument.field("token_budget", "must be positive")
-        system = cpb.Message(role=cpb.MESSAGE_ROLE_SYSTEM, content=request.system_prompt, sequence=0)
-        return cpb.GetContextResponse(messages=[system, *conv.messages], token_budget=request.token_budget)
-
-    async def ListMessages(self, request, context):  # type: ignore[no-untyped-def]
-        self._record("ListMessages")
-        conv = self._get(request.conversation_id)
-        return cpb.ListMessagesResponse(messages=conv.messages)
 
 
 def registrations(agents: FakeAgents, conversation: FakeConversation) -> list[ServiceRegistration]:
