@@ -14,7 +14,7 @@ from services.platform.server import Built, ServiceRegistration
 SERVICES: dict[str, Callable[[Runtime], Awaitable[Built[Any] | ServiceRegistration]]] = {
     "identity": identity.build,
     "agents": agents.build,
-    "conversation": conversation.register,
+    "conversation": conversation.build,
     "orchestration": orchestration.register,
 }
 
