@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
@@ -54,7 +55,7 @@ class InvalidArgument(AgentmeshError):
     code = grpc.StatusCode.INVALID_ARGUMENT
     default_reason = "INVALID_ARGUMENT"
 
-    def __init__(self, message: str, violations: Iterable[FieldViolation] = (), **kw):
+    def __init__(self, message: str, violations: Iterable[FieldViolation] = (), **kw: Any):
         super().__init__(message, **kw)
         self.violations = list(violations)
 
@@ -87,7 +88,7 @@ class FailedPrecondition(AgentmeshError):
     code = grpc.StatusCode.FAILED_PRECONDITION
     default_reason = "FAILED_PRECONDITION"
 
-    def __init__(self, message: str, violations: Iterable[Violation] = (), **kw):
+    def __init__(self, message: str, violations: Iterable[Violation] = (), **kw: Any):
         super().__init__(message, **kw)
         self.violations = list(violations)
 
@@ -145,7 +146,7 @@ class ResourceExhausted(AgentmeshError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
     default_reason = "RATE_LIMITED"
 
-    def __init__(self, message: str, *, retry_after: float, violations: Iterable[Violation] = (), **kw):
+    def __init__(self, message: str, *, retry_after: float, violations: Iterable[Violation] = (), **kw: Any):
         super().__init__(message, **kw)
         self.retry_after = max(0.0, retry_after)
         self.violations = list(violations)
@@ -226,11 +227,12 @@ def to_status(error: AgentmeshError) -> grpc.Status:
 
 def status_proto_of(error: grpc.RpcError) -> status_pb2.Status:
     """The google.rpc.Status a failed call carried, or one built from its code and details."""
+    # A failed call is both a grpc.RpcError and a grpc.Call; the stubs type the two apart.
     proto = rpc_status.from_call(error)  # type: ignore[arg-type]
     if proto is not None:
         return proto
-    code = error.code()  # type: ignore[attr-defined]
-    return status_pb2.Status(code=code.value[0] if code else code_pb2.UNKNOWN, message=error.details() or "")  # type: ignore[attr-defined]
+    code = error.code()
+    return status_pb2.Status(code=code.value[0] if code else code_pb2.UNKNOWN, message=error.details() or "")
 
 
 def from_rpc_error(error: grpc.RpcError) -> AgentmeshError:
@@ -263,7 +265,7 @@ def from_rpc_error(error: grpc.RpcError) -> AgentmeshError:
             retry = error_details_pb2.RetryInfo()
             detail.Unpack(retry)
             retry_after = retry.retry_delay.ToNanoseconds() / 1e9
-    kw = {"reason": reason, "metadata": metadata}
+    kw: dict[str, Any] = {"reason": reason, "metadata": metadata}
     if cls is InvalidArgument:
         err: AgentmeshError = InvalidArgument(proto.message, field_violations, **kw)
     elif cls is FailedPrecondition:

@@ -14,7 +14,8 @@ from grpc_health.v1 import health, health_pb2
 
 log = logging.getLogger("agentmesh.health")
 
-Probe = Callable[[], Awaitable[None]]
+# What a probe returns is ignored; raising means unreachable.
+Probe = Callable[[], Awaitable[object]]
 
 
 class HealthMonitor:

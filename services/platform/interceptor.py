@@ -33,13 +33,13 @@ class Pipeline(grpc.aio.ServerInterceptor):
     def __init__(self, middlewares: list[Any]):
         self._middlewares = list(middlewares)
         # Wrapped handlers by (method, inner handler): built once, not on every call.
-        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler] = {}
+        self._wrapped: dict[tuple[str, int], grpc.RpcMethodHandler[Any, Any]] = {}
 
     async def intercept_service(
         self,
         continuation: Callable[[grpc.HandlerCallDetails], Any],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler | None:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
@@ -49,7 +49,7 @@ class Pipeline(grpc.aio.ServerInterceptor):
             wrapped = self._wrapped[key] = self._wrap(handler_call_details.method, handler)
         return wrapped
 
-    def _wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def _wrap(self, method: str, handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
                 self._unary(method, handler.unary_unary),
@@ -68,13 +68,17 @@ class Pipeline(grpc.aio.ServerInterceptor):
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
+        if handler.stream_stream is None:
+            raise TypeError(f"{method}: a handler of none of the four RPC shapes")
         return grpc.stream_stream_rpc_method_handler(
             self._stream(method, handler.stream_stream),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _start(self, method: str, context: ServicerContext) -> tuple[CallInfo, contextvars.Token]:
+    def _start(
+        self, method: str, context: ServicerContext[Any, Any]
+    ) -> tuple[CallInfo, contextvars.Token[CallInfo | None]]:
         metadata = tuple(context.invocation_metadata() or ())
         remaining = context.time_remaining()
         call = CallInfo(
@@ -94,7 +98,7 @@ class Pipeline(grpc.aio.ServerInterceptor):
             yield
 
     def _unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def handle(request: Any, context: ServicerContext) -> Any:
+        async def handle(request: Any, context: ServicerContext[Any, Any]) -> Any:
             call, token = self._start(method, context)
             try:
                 async with self._chain(call):
@@ -107,7 +111,7 @@ class Pipeline(grpc.aio.ServerInterceptor):
         return handle
 
     def _stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def handle(request: Any, context: ServicerContext) -> AsyncIterator[Any]:
+        async def handle(request: Any, context: ServicerContext[Any, Any]) -> AsyncIterator[Any]:
             call, token = self._start(method, context)
             try:
                 async with self._chain(call):

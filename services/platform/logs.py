@@ -28,9 +28,14 @@ class AccessLog:
         try:
             yield
         except BaseException:
-            code = call.context.code() or grpc.StatusCode.CANCELLED
-            if isinstance(code, int):  # grpc.aio exposes the raw cython code before abort completes
-                code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+            # grpc.aio gives None before any status, and the raw cython code before abort completes.
+            raw: grpc.StatusCode | int | None = call.context.code()
+            if raw is None:
+                code = grpc.StatusCode.CANCELLED
+            elif isinstance(raw, int):
+                code = next((c for c in grpc.StatusCode if c.value[0] == raw), grpc.StatusCode.UNKNOWN)
+            else:
+                code = raw
             raise
         finally:
             log.info(

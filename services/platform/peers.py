@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Sequence
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar, cast, overload
 
 import grpc
 from opentelemetry.instrumentation.grpc import aio_client_interceptors
@@ -53,9 +53,9 @@ class _Forwarding(
         call = current_call.get()
         if call is not None:
             for key, value in call.metadata:
-                if key in self._forwarded and key not in metadata:
+                if key in self._forwarded and key not in metadata.keys():
                     metadata.add(key, value)
-            if "x-request-id" not in metadata:
+            if "x-request-id" not in metadata.keys():
                 metadata.add("x-request-id", call.request_id)
             if call.deadline is not None:
                 timeout = min(timeout, max(0.0, call.deadline - time.monotonic()))
@@ -119,7 +119,8 @@ class PeerChannels:
             return existing
         interceptors: list[Any] = [_Forwarding(self._cap, pass_trace=self._tracer_provider is None)]
         if self._tracer_provider is not None:
-            interceptors += aio_client_interceptors(tracer_provider=self._tracer_provider)
+            # OpenTelemetry's instrumentation declares no types for it.
+            interceptors += aio_client_interceptors(tracer_provider=self._tracer_provider)  # type: ignore[no-untyped-call]
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
         creds = channel_credentials(self._tls)
         if creds is None:
@@ -204,7 +205,7 @@ class Reply(_PeerCall[Req, Resp]):
 
     def __await__(self) -> Generator[Any, None, Resp]:
         try:
-            return (yield from self._call.__await__())  # type: ignore[union-attr]
+            return cast(Resp, (yield from self._call.__await__()))  # type: ignore[union-attr]
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
 
@@ -217,7 +218,7 @@ class Replies(_PeerCall[Req, Resp]):
             reply = await self._call.read()  # type: ignore[union-attr]
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
-        return None if reply is grpc.aio.EOF else reply  # type: ignore[no-any-return]
+        return None if reply is grpc.aio.EOF else cast(Resp, reply)
 
     async def __aiter__(self) -> AsyncIterator[Resp]:
         while (reply := await self.read()) is not None:

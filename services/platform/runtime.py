@@ -40,7 +40,8 @@ def embedded_secrets(data_dir: str) -> dict[str, str]:
     """Secrets of the embedded mode, made once and kept in the data directory (mode 0600)."""
     path = pathlib.Path(data_dir) / "secrets.json"
     if path.exists():
-        return json.loads(path.read_text())
+        stored: dict[str, str] = json.loads(path.read_text())
+        return stored
     path.parent.mkdir(parents=True, exist_ok=True)
     values = {"service_secret": secrets.token_urlsafe(32), "page_token_secret": secrets.token_urlsafe(32)}
     path.touch(mode=0o600)

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import signal
 import socket
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any, Generic, TypeVar
 
 import grpc
@@ -38,7 +38,7 @@ class ServiceRegistration:
     # Full method names ("/pkg.Service/Method") callable without an access token.
     public_methods: frozenset[str] = frozenset()
     # Started once the server listens (background jobs); cancelled before the runtime closes.
-    background: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
+    background: list[Callable[[], Coroutine[Any, Any, None]]] = dataclasses.field(default_factory=list)
     on_stop: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
     # Run when stopping begins, before in-flight calls drain: end endless streams (watches) here.
     on_drain: list[Callable[[], Awaitable[None]]] = dataclasses.field(default_factory=list)
@@ -116,7 +116,8 @@ class Server:
         self._server = grpc.aio.server(
             interceptors=[
                 *(
-                    [aio_server_interceptor(tracer_provider=runtime.tracer_provider)]
+                    # OpenTelemetry's instrumentation declares no types for it.
+                    [aio_server_interceptor(tracer_provider=runtime.tracer_provider)]  # type: ignore[no-untyped-call]
                     if runtime.tracing
                     else []
                 ),

@@ -13,7 +13,7 @@ import dataclasses
 import os
 import pathlib
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 T = TypeVar("T")
 D = TypeVar("D")
@@ -69,7 +69,7 @@ def choice(*allowed: str, message: str = "") -> Parser:
 
 
 def open_or_closed(name: str, raw: str) -> bool:
-    return choice("open", "closed")(name, raw) == "open"
+    return bool(choice("open", "closed")(name, raw) == "open")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,7 +94,7 @@ def setting(variable: str, default: T, *, doc: str, parse: Parser = text, shown:
     """A dataclass field read from `variable` (unset or empty: `default`); `shown` is the README's
     default when the plain value would mislead (it depends on the mode, or 0 means off)."""
     spec = Setting(variable, parse, shown or _shown(default), doc)
-    return dataclasses.field(default=default, metadata={"setting": spec})  # type: ignore[no-any-return]
+    return dataclasses.field(default=default, metadata={"setting": spec})
 
 
 def _read(cls: type[D], env: Mapping[str, str]) -> D:
@@ -106,7 +106,7 @@ def _read(cls: type[D], env: Mapping[str, str]) -> D:
             if raw != "":
                 values[field.name] = spec.parse(spec.variable, raw)
         elif _is_group(field):
-            values[field.name] = _read(field.default_factory, env)  # type: ignore[misc]
+            values[field.name] = _read(cast(type[Any], field.default_factory), env)
     return cls(**values)
 
 
