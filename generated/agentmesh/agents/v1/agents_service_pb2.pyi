@@ -98,6 +98,30 @@ TRUNCATION_STRATEGY_DROP_OLDEST: TruncationStrategy.ValueType  # 1
 """Drop the oldest messages first; the system prompt stays; a tool call stays with its result."""
 Global___TruncationStrategy: _TypeAlias = TruncationStrategy  # noqa: Y015
 
+class _ToolExecution:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolExecutionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolExecution.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_EXECUTION_UNSPECIFIED: _ToolExecution.ValueType  # 0
+    """Not set: TOOL_EXECUTION_CLIENT (configs stored before tools had an execution read as this)."""
+    TOOL_EXECUTION_CLIENT: _ToolExecution.ValueType  # 1
+    """The client runs the call: the run waits in RUN_STATE_REQUIRES_ACTION for SubmitToolOutputs."""
+    TOOL_EXECUTION_HTTP: _ToolExecution.ValueType  # 2
+    """agentmesh POSTs the call to the tool's url, signed with the tenant's tool signing secret."""
+
+class ToolExecution(_ToolExecution, metaclass=_ToolExecutionEnumTypeWrapper):
+    """Who runs a tool's calls."""
+
+TOOL_EXECUTION_UNSPECIFIED: ToolExecution.ValueType  # 0
+"""Not set: TOOL_EXECUTION_CLIENT (configs stored before tools had an execution read as this)."""
+TOOL_EXECUTION_CLIENT: ToolExecution.ValueType  # 1
+"""The client runs the call: the run waits in RUN_STATE_REQUIRES_ACTION for SubmitToolOutputs."""
+TOOL_EXECUTION_HTTP: ToolExecution.ValueType  # 2
+"""agentmesh POSTs the call to the tool's url, signed with the tenant's tool signing secret."""
+Global___ToolExecution: _TypeAlias = ToolExecution  # noqa: Y015
+
 class _ChangeType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -147,10 +171,24 @@ class Tool(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     PARAMETERS_FIELD_NUMBER: _builtins.int
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    URL_FIELD_NUMBER: _builtins.int
+    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
+    REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """[a-zA-Z0-9_-]{1,64}, unique within the agent."""
     description: _builtins.str
     """Tells the model when and why to call the tool."""
+    execution: Global___ToolExecution.ValueType
+    """Who runs the calls; UNSPECIFIED is read as TOOL_EXECUTION_CLIENT."""
+    url: _builtins.str
+    """TOOL_EXECUTION_HTTP only, and required there: where agentmesh POSTs the call. https, or http
+    to a host listed in AGENTMESH_TOOL_ALLOWED_HOSTS. Client tools have no url.
+    """
+    timeout_ms: _builtins.int
+    """TOOL_EXECUTION_HTTP only: how long a call may take; 0 means 10,000. At most the tier's maximum."""
+    requires_approval: _builtins.bool
+    """Each call waits for a person's decision (DecideToolCalls) before it runs."""
     @_builtins.property
     def parameters(self) -> _struct_pb2.Struct:
         """A JSON Schema object describing the tool's arguments."""
@@ -161,10 +199,14 @@ class Tool(_message.Message):
         name: _builtins.str = ...,
         description: _builtins.str = ...,
         parameters: _struct_pb2.Struct | None = ...,
+        execution: Global___ToolExecution.ValueType = ...,
+        url: _builtins.str = ...,
+        timeout_ms: _builtins.int = ...,
+        requires_approval: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["parameters", b"parameters"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "name", b"name", "parameters", b"parameters"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "execution", b"execution", "name", b"name", "parameters", b"parameters", "requires_approval", b"requires_approval", "timeout_ms", b"timeout_ms", "url", b"url"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
