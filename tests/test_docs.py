@@ -36,7 +36,7 @@ def test_tier_table_matches_the_code():
             rows[cells[0]] = cells
     assert set(rows) == set(TIERS)
     for name, tier in TIERS.items():
-        _, agents, models, tools, context, rpm, runs = rows[name]
+        _, agents, models, tools, context, rpm, runs, steps, calls, timeout, seconds = rows[name]
         number = lambda s: int(s.replace(",", ""))  # noqa: E731
         assert number(agents) == tier.max_agents
         assert sorted(re.findall(r"`([^`]+)`", models)) == sorted(tier.allowed_models)
@@ -44,3 +44,7 @@ def test_tier_table_matches_the_code():
         assert number(context) == tier.max_context_tokens
         assert number(rpm) == tier.requests_per_minute
         assert number(runs) == tier.concurrent_runs
+        assert number(steps) == tier.max_steps_per_run
+        assert number(calls) == tier.max_tool_calls_per_step
+        assert number(timeout) == tier.max_tool_timeout_ms
+        assert number(seconds) == tier.max_run_seconds

@@ -1,7 +1,7 @@
 """The tier table: the one place the limits of free, pro and enterprise are written down.
 
 Identity puts the tier's name in the token; agents, orchestration and the rate limiter read the
-limits from here. The README's tier table mirrors this (tests/test_tiers.py keeps them in step).
+limits from here. The README's tier table mirrors this (tests/test_docs.py keeps them in step).
 """
 
 from __future__ import annotations
@@ -21,6 +21,12 @@ class TierLimits:
     max_context_tokens: int
     requests_per_minute: int
     concurrent_runs: int
+    # A run's agent loop: model steps, tool calls one step may ask for, wall-clock seconds.
+    max_steps_per_run: int
+    max_tool_calls_per_step: int
+    max_run_seconds: int
+    # An http tool's timeout_ms may not exceed this.
+    max_tool_timeout_ms: int
     min_temperature: float = 0.0
     max_temperature: float = 2.0
 
@@ -40,6 +46,10 @@ TIERS: dict[str, TierLimits] = {
             max_context_tokens=8_000,
             requests_per_minute=60,
             concurrent_runs=2,
+            max_steps_per_run=4,
+            max_tool_calls_per_step=4,
+            max_run_seconds=120,
+            max_tool_timeout_ms=10_000,
         ),
         TierLimits(
             name="pro",
@@ -49,6 +59,10 @@ TIERS: dict[str, TierLimits] = {
             max_context_tokens=64_000,
             requests_per_minute=600,
             concurrent_runs=10,
+            max_steps_per_run=16,
+            max_tool_calls_per_step=16,
+            max_run_seconds=600,
+            max_tool_timeout_ms=30_000,
         ),
         TierLimits(
             name="enterprise",
@@ -58,6 +72,10 @@ TIERS: dict[str, TierLimits] = {
             max_context_tokens=200_000,
             requests_per_minute=6_000,
             concurrent_runs=100,
+            max_steps_per_run=64,
+            max_tool_calls_per_step=64,
+            max_run_seconds=1_800,
+            max_tool_timeout_ms=120_000,
         ),
     )
 }
