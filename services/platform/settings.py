@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar, cast
 
@@ -329,6 +330,44 @@ class RunSettings:
     )
 
 
+def hosts(name: str, raw: str) -> tuple[str, ...]:
+    """Comma-separated `host` or `host:port` entries (IPv6 in brackets), lower-cased."""
+    out = []
+    for entry in (part.strip().lower() for part in raw.split(",")):
+        if not entry:
+            continue
+        parts = urllib.parse.urlsplit(f"//{entry}")
+        try:
+            parts.port  # noqa: B018 -- raises on a malformed port
+        except ValueError:
+            raise SettingsError(f"{name}: bad port in {entry!r}") from None
+        if not parts.hostname or parts.username is not None or parts.path or parts.query:
+            raise SettingsError(f"{name} takes host or host:port entries, got {entry!r}")
+        out.append(entry)
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ToolSettings:
+    """Tools that agentmesh calls over HTTP (agents checks their urls, the outbound client their addresses)."""
+
+    allowed_hosts: tuple[str, ...] = setting(
+        "AGENTMESH_TOOL_ALLOWED_HOSTS",
+        (),
+        parse=hosts,
+        doc="comma-separated `host` or `host:port`: http tools may use plain `http://` to these, and their addresses may be private or loopback",
+    )
+
+    def allows(self, host: str, port: int) -> bool:
+        """Whether `host` (as in a URL, IPv6 without brackets) on `port` is listed, by name or name:port."""
+        host = host.lower()
+        for entry in self.allowed_hosts:
+            parts = urllib.parse.urlsplit(f"//{entry}")
+            if parts.hostname == host and parts.port in (None, port):
+                return True
+        return False
+
+
 _EXPORTERS = ("none", "console", "otlp", "file", "memory")
 
 
@@ -391,6 +430,7 @@ class Settings:
     gateway: GatewaySettings = dataclasses.field(default_factory=GatewaySettings)
     providers: ProviderSettings = dataclasses.field(default_factory=ProviderSettings)
     runs: RunSettings = dataclasses.field(default_factory=RunSettings)
+    tools: ToolSettings = dataclasses.field(default_factory=ToolSettings)
 
     @property
     def grpc_address(self) -> str:
