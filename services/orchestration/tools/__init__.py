@@ -1,0 +1,1 @@
+"""Tool execution of runs: HTTP tools that agentmesh calls itself (`http.HttpToolExecutor`)."""
