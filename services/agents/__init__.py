@@ -22,6 +22,7 @@ async def build(runtime: Runtime) -> Built[AgentService]:
         events=events,
         page_tokens=runtime.page_tokens,
         clock=runtime.clock,
+        tool_hosts=runtime.settings.tools,
     )
     servicer = AgentServicer(service=service)
     return Built(

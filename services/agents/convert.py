@@ -14,11 +14,22 @@ from services.platform.timestamps import to_timestamp
 
 
 def config_to_dict(config: pb.AgentConfig) -> dict[str, Any]:
-    return json_format.MessageToDict(config, preserving_proto_field_name=True)
+    """The stored form of a request's config (models.py); a tool's execution CLIENT is left out, so
+    it reads the same as unset. A number this contract does not name stays (validation rejects it)."""
+    data = json_format.MessageToDict(config, preserving_proto_field_name=True)
+    for tool in data.get("tools", []):
+        if tool.get("execution") == "TOOL_EXECUTION_CLIENT":
+            del tool["execution"]
+    return data
 
 
 def config_from_dict(data: dict[str, Any]) -> pb.AgentConfig:
-    return json_format.ParseDict(data, pb.AgentConfig(), ignore_unknown_fields=True)
+    """The proto of a stored config; a tool without an execution reads as TOOL_EXECUTION_CLIENT."""
+    config = json_format.ParseDict(data, pb.AgentConfig(), ignore_unknown_fields=True)
+    for tool in config.tools:
+        if tool.execution == pb.TOOL_EXECUTION_UNSPECIFIED:
+            tool.execution = pb.TOOL_EXECUTION_CLIENT
+    return config
 
 
 def state_name(state: pb.AgentState.ValueType) -> str | None:

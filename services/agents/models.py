@@ -4,7 +4,7 @@ An agent's content (what a version freezes) is a JSON-shaped dict:
     {"display_name": str, "description": str, "state": "ACTIVE"|"INACTIVE", "config": {...}}
 where config is the AgentConfig in its proto-JSON form with proto field names and without default
 values (so a key present means "set"): model, system_prompt, temperature, max_output_tokens, tools,
-context_policy, metadata, busy_policy.
+context_policy, metadata, busy_policy. A tool's execution is absent for client tools (see `Tool`).
 """
 
 from __future__ import annotations
@@ -38,6 +38,56 @@ class ChangeType(enum.StrEnum):
     DEACTIVATED = "DEACTIVATED"
     ROLLED_BACK = "ROLLED_BACK"
     DELETED = "DELETED"
+
+
+class ToolExecution(enum.StrEnum):
+    """Who runs a tool's calls: the client (the run waits for its output) or agentmesh, over HTTP."""
+
+    CLIENT = "CLIENT"
+    HTTP = "HTTP"
+
+
+# A tool's execution as stored in a config (proto-JSON names). Absent means CLIENT: configs stored
+# before tools had an execution, and the stored form of every client tool (so that sending CLIENT
+# explicitly or leaving it unset is no change in a diff).
+EXECUTION_KEY = {ToolExecution.HTTP: "TOOL_EXECUTION_HTTP"}
+_EXECUTION_OF_KEY = {
+    "TOOL_EXECUTION_UNSPECIFIED": ToolExecution.CLIENT,
+    "TOOL_EXECUTION_CLIENT": ToolExecution.CLIENT,
+    "TOOL_EXECUTION_HTTP": ToolExecution.HTTP,
+}
+# An http tool's timeout when its timeout_ms is 0.
+DEFAULT_TOOL_TIMEOUT_MS = 10_000
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Tool:
+    """One entry of config["tools"], read."""
+
+    name: str
+    description: str = ""
+    # A JSON Schema object; None when the tool takes no declared arguments.
+    parameters: dict[str, Any] | None = None
+    execution: ToolExecution = ToolExecution.CLIENT
+    url: str = ""
+    timeout_ms: int = 0
+    requires_approval: bool = False
+
+    @classmethod
+    def from_config(cls, data: dict[str, Any]) -> Tool:
+        """A stored tool entry; ValueError for an execution this version does not know."""
+        execution = data.get("execution", "TOOL_EXECUTION_CLIENT")
+        if execution not in _EXECUTION_OF_KEY:
+            raise ValueError(f"unknown execution {execution!r}")
+        return cls(
+            name=data.get("name", ""),
+            description=data.get("description", ""),
+            parameters=data.get("parameters"),
+            execution=_EXECUTION_OF_KEY[execution],
+            url=data.get("url", ""),
+            timeout_ms=int(data.get("timeout_ms", 0)),
+            requires_approval=bool(data.get("requires_approval", False)),
+        )
 
 
 def etag_of(version: int) -> str:

@@ -29,12 +29,15 @@ from services.agents.templates import BUILTIN_PREFIX, builtin_templates, find_bu
 from services.platform import errors, timestamps
 from services.platform.auth import ROLE_ADMIN, ROLE_MEMBER, ROLE_OWNER, Principal
 from services.platform.pagination import Page, PageTokens, keyset, paginate, position
+from services.platform.settings import ToolSettings
 from services.platform.tiers import limits_for
 from services.platform.validation import require_id, require_request_id
 
 UPDATABLE_PATHS = frozenset(
     {"display_name", "description", "config", *(f"config.{f}" for f in CONFIG_FIELDS)}
 )
+# AGENTMESH_TOOL_ALLOWED_HOSTS unset: plain http to no host.
+_NO_TOOL_HOSTS = ToolSettings()
 # An update with no etag retries this often when another writer moves the version under it.
 _LAST_WRITER_ATTEMPTS = 5
 
@@ -122,8 +125,10 @@ class AgentService:
         page_tokens: PageTokens,
         clock: Callable[[], float] = time.time,
         new_id: Callable[[], str] = lambda: str(uuid.uuid4()),
+        tool_hosts: ToolSettings = _NO_TOOL_HOSTS,
     ):
         self._store = store
+        self._tool_hosts = tool_hosts
         self._events = events
         self._pages = page_tokens
         self._clock = clock
@@ -223,7 +228,8 @@ class AgentService:
         limits = limits_for(p.tier)
         out = [
             errors.Violation(v.field, v.description)
-            for v in validation.check_names(display_name, "") + validation.check_config(config)
+            for v in validation.check_names(display_name, "")
+            + validation.check_config(config, tool_hosts=self._tool_hosts)
         ]
         # A field already wrong in format is not reported again as over a tier limit.
         flagged = {v.subject for v in out}
@@ -241,7 +247,11 @@ class AgentService:
     def _check_content(self, p: Principal, content: dict[str, Any], *, prefix: str) -> None:
         """Format rules (INVALID_ARGUMENT) first, then the tier (FAILED_PRECONDITION)."""
         bad = validation.check_names(content["display_name"], content["description"], prefix=prefix)
-        bad += validation.check_config(content["config"], prefix=f"{prefix}.config" if prefix else "config")
+        bad += validation.check_config(
+            content["config"],
+            tool_hosts=self._tool_hosts,
+            prefix=f"{prefix}.config" if prefix else "config",
+        )
         if bad:
             raise errors.InvalidArgument(
                 f"{len(bad)} invalid field(s): {bad[0].field}: {bad[0].description}", bad
@@ -546,7 +556,7 @@ class AgentService:
             if existing is not None:
                 return await self.get_template(p, existing)
         bad = validation.check_names(display_name, description, prefix="template")
-        bad += validation.check_config(config, prefix="template.config")
+        bad += validation.check_config(config, tool_hosts=self._tool_hosts, prefix="template.config")
         if bad:
             raise errors.InvalidArgument(
                 f"{len(bad)} invalid field(s): {bad[0].field}: {bad[0].description}", bad

@@ -7,11 +7,14 @@ Config dicts are in the proto-JSON form described in models.py.
 from __future__ import annotations
 
 import re
+import urllib.parse
 from typing import Any
 
 import jsonschema
 
+from services.agents.models import DEFAULT_TOOL_TIMEOUT_MS, Tool, ToolExecution
 from services.platform.errors import FieldViolation, Violation
+from services.platform.settings import ToolSettings
 from services.platform.tiers import TierLimits
 
 PROVIDERS = ("echo", "openai")
@@ -22,6 +25,7 @@ MAX_METADATA_ENTRIES = 32
 MAX_METADATA_KEY = 64
 MAX_METADATA_VALUE = 1024
 MAX_TOOL_DESCRIPTION = 1024
+MAX_TOOL_URL = 2048
 _TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _MODEL = re.compile(r"([a-z0-9_-]+):([A-Za-z0-9._:/-]{1,128})")
 
@@ -31,6 +35,7 @@ LIMIT_MODELS = "allowed_models"
 LIMIT_TOOLS = "max_tools"
 LIMIT_CONTEXT = "max_context_tokens"
 LIMIT_TEMPERATURE = "temperature_range"
+LIMIT_TOOL_TIMEOUT = "max_tool_timeout_ms"
 
 
 def _join(prefix: str, name: str) -> str:
@@ -52,8 +57,11 @@ def check_names(display_name: str, description: str, *, prefix: str = "") -> lis
     return out
 
 
-def check_config(config: dict[str, Any], *, prefix: str = "config") -> list[FieldViolation]:
-    """The format rules of a config (tier limits are `check_tier`)."""
+def check_config(
+    config: dict[str, Any], *, tool_hosts: ToolSettings, prefix: str = "config"
+) -> list[FieldViolation]:
+    """The format rules of a config (tier limits are `check_tier`); `tool_hosts` says where an http
+    tool may use plain http."""
     out: list[FieldViolation] = []
 
     def bad(field: str, description: str) -> None:
@@ -88,6 +96,8 @@ def check_config(config: dict[str, Any], *, prefix: str = "config") -> list[Fiel
         problem = schema_problem(tool.get("parameters"))
         if problem:
             bad(f"tools[{i}].parameters", problem)
+        for field, description in _execution_problems(tool, tool_hosts):
+            bad(f"tools[{i}].{field}", description)
     policy = config.get("context_policy", {})
     if policy.get("max_context_tokens", 0) < 0:
         bad("context_policy.max_context_tokens", "must not be negative")
@@ -103,6 +113,46 @@ def check_config(config: dict[str, Any], *, prefix: str = "config") -> list[Fiel
     return out
 
 
+def _execution_problems(raw: dict[str, Any], hosts: ToolSettings) -> list[tuple[str, str]]:
+    """(field, description) of what is wrong with a tool's execution, url and timeout_ms."""
+    try:
+        tool = Tool.from_config(raw)
+    except ValueError as exc:
+        return [("execution", str(exc))]
+    out = []
+    if tool.timeout_ms < 0:
+        out.append(("timeout_ms", f"must not be negative (0 means {DEFAULT_TOOL_TIMEOUT_MS:,})"))
+    if tool.execution is ToolExecution.CLIENT:
+        if tool.url:
+            out.append(("url", "client tools have no url; an http tool (execution TOOL_EXECUTION_HTTP) has"))
+    elif not tool.url:
+        out.append(("url", "is required for an http tool: where agentmesh POSTs the call"))
+    else:
+        problem = url_problem(tool.url, hosts)
+        if problem:
+            out.append(("url", problem))
+    return out
+
+
+def url_problem(url: str, hosts: ToolSettings) -> str:
+    """Why an http tool may not be called at `url` ("" when it may): https anywhere (the address is
+    checked on each call), plain http only to a host in AGENTMESH_TOOL_ALLOWED_HOSTS."""
+    if len(url) > MAX_TOOL_URL:
+        return f"must be at most {MAX_TOOL_URL} characters"
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return "has a malformed port"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an absolute URL, for example https://tools.example.com/search"
+    if parts.scheme == "https" or hosts.allows(parts.hostname, port or 80):
+        return ""
+    return (
+        f"must be https; plain http only to a host in AGENTMESH_TOOL_ALLOWED_HOSTS ({parts.hostname} is not)"
+    )
+
+
 def schema_problem(parameters: Any) -> str:
     """Why `parameters` is not a JSON Schema object ("" when it is, or when it is absent)."""
     if parameters is None:
@@ -114,8 +164,9 @@ def schema_problem(parameters: Any) -> str:
     try:
         jsonschema.Draft202012Validator.check_schema(parameters)
     except jsonschema.SchemaError as exc:
-        where = "/".join(str(p) for p in exc.absolute_path)
-        return f"is not a valid JSON Schema: {exc.message}" + (f" (at {where})" if where else "")
+        # The JSON pointer into the schema, so a long schema's author finds the broken keyword.
+        where = "".join(f"/{p}" for p in exc.absolute_path) or "/"
+        return f"is not a valid JSON Schema at {where}: {exc.message}"
     return ""
 
 
@@ -140,6 +191,17 @@ def check_tier(config: dict[str, Any], limits: TierLimits, *, prefix: str = "con
                 LIMIT_TOOLS,
             )
         )
+    # The raw entries: a dry run (ValidateAgentConfig) checks the tier of a config bad in format too.
+    for i, tool in enumerate(config.get("tools", [])):
+        timeout_ms = tool.get("timeout_ms", 0)
+        if isinstance(timeout_ms, int) and timeout_ms > limits.max_tool_timeout_ms:
+            out.append(
+                Violation(
+                    _join(prefix, f"tools[{i}].timeout_ms"),
+                    f"{timeout_ms} ms; the {limits.name} tier allows {limits.max_tool_timeout_ms}",
+                    LIMIT_TOOL_TIMEOUT,
+                )
+            )
     tokens = config.get("context_policy", {}).get("max_context_tokens", 0)
     if tokens > limits.max_context_tokens:
         out.append(
