@@ -36,6 +36,8 @@ from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from gateway import errors
 from gateway.upstream import Spans, Tracing, Upstreams
+from services.platform import errors as platform_errors
+from services.platform import peers
 from services.platform.settings import GatewaySettings
 
 CHAT = "/agentmesh.orchestration.v1.OrchestrationService/Chat"
@@ -49,7 +51,7 @@ CLOSE_FULL = 1013
 CLOSE_TOO_BIG = 1009
 
 _T = orch_pb.RunEventType
-_ChatCall = grpc.aio.StreamStreamCall[orch_pb.ChatRequest, orch_pb.ChatResponse]
+_ChatCall = peers.Replies[orch_pb.ChatRequest, orch_pb.ChatResponse]
 _SYSTEM_EVENTS = {
     _T.RUN_EVENT_TYPE_RUN_CREATED: "run_created",
     _T.RUN_EVENT_TYPE_RUN_STARTED: "run_started",
@@ -222,18 +224,21 @@ class ChatSocket:
 
     async def _verify(self, ws: WebSocket, token: str) -> str:
         """The user id of a valid token (checked by identity), or "" after closing with 4401."""
-        channel = self._upstreams.channel("identity")
-        call = channel.unary_unary(
+        who_am_i: grpc.aio.UnaryUnaryMultiCallable[identity_pb.WhoAmIRequest, identity_pb.WhoAmIResponse]
+        who_am_i = self._upstreams.channel("identity").unary_unary(
             WHO_AM_I,
             request_serializer=identity_pb.WhoAmIRequest.SerializeToString,
             response_deserializer=identity_pb.WhoAmIResponse.FromString,
         )
         try:
-            reply = await call(
-                identity_pb.WhoAmIRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=10.0
+            reply = await peers.call(
+                who_am_i,
+                identity_pb.WhoAmIRequest(),
+                metadata=[("authorization", f"Bearer {token}")],
+                timeout=10.0,
             )
-        except grpc.aio.AioRpcError as exc:
-            status = errors.status_of_rpc_error(exc)
+        except platform_errors.AgentmeshError as exc:
+            status = platform_errors.status_proto(exc)
             if status.code == code_pb2.UNAUTHENTICATED:
                 await _reject(ws, status.message or "invalid access token")
             else:
@@ -365,12 +370,12 @@ class _Connection:
                 request_serializer=orch_pb.ChatRequest.SerializeToString,
                 response_deserializer=orch_pb.ChatResponse.FromString,
             )
-            call = chat(metadata=metadata)
+            call = peers.call(chat, metadata=metadata)
             self._streams[session] = call
             self._readers[session] = asyncio.get_running_loop().create_task(self._read(session, call, span))
         try:
             await call.write(request)
-        except (grpc.aio.AioRpcError, grpc.aio.UsageError, asyncio.InvalidStateError):
+        except platform_errors.AgentmeshError:
             # The stream ended; its reader reports why. The next message opens a new one.
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(asyncio.shield(self._readers[session]), 5.0)
@@ -379,15 +384,15 @@ class _Connection:
         try:
             while True:
                 reply = await call.read()
-                if not isinstance(reply, orch_pb.ChatResponse):  # grpc.aio.EOF
+                if reply is None:
                     return
                 message = reply_message(reply)
                 if message.get("run_id"):
                     self._run_sessions[message["run_id"]] = session
                 await self.send(message)
-        except grpc.aio.AioRpcError as exc:
-            if exc.code() != grpc.StatusCode.CANCELLED or not call.cancelled():
-                await self.send(error_of_status(errors.status_of_rpc_error(exc)))
+        except platform_errors.AgentmeshError as exc:
+            if exc.code != grpc.StatusCode.CANCELLED or not call.cancelled():
+                await self.send(error_of_status(platform_errors.status_proto(exc)))
         finally:
             if self._streams.get(session) is call:
                 del self._streams[session]

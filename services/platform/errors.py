@@ -214,15 +214,19 @@ def _pack(message: object) -> any_pb2.Any:
     return packed
 
 
-def to_status(error: AgentmeshError) -> grpc.Status:
-    """The grpc.Status (with google.rpc.Status details in trailers) for a domain error."""
+def status_proto(error: AgentmeshError) -> status_pb2.Status:
+    """The google.rpc.Status of a domain error: its code, message, ErrorInfo and typed details."""
     info = error_details_pb2.ErrorInfo(reason=error.reason, domain=DOMAIN, metadata=error.metadata)
-    proto = status_pb2.Status(
+    return status_pb2.Status(
         code=error.code.value[0],
         message=error.message,
         details=[_pack(info), *(_pack(d) for d in error.details())],
     )
-    return rpc_status.to_status(proto)
+
+
+def to_status(error: AgentmeshError) -> grpc.Status:
+    """The grpc.Status (with google.rpc.Status details in trailers) for a domain error."""
+    return rpc_status.to_status(status_proto(error))
 
 
 def status_proto_of(error: grpc.RpcError) -> status_pb2.Status:
