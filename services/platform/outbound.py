@@ -121,16 +121,17 @@ class ResponseTooLarge(OutboundError):
         self.limit = limit
 
 
-# Order matters: Python counts 0.0.0.0/8, 127/8 and 169.254/16 as private too; the narrower rule
-# names the cause. The last rule catches what is not globally routable and named by none of the
-# others (100.64/10 shared address space holds a cloud metadata service too; 192.0.2/24; 240/4).
+# Order matters: Python counts 0.0.0.0/8, 127/8, 169.254/16 and 240/4 as private too; the narrower
+# rule names the cause. The last rule catches what is not globally routable and named by none of the
+# others (100.64/10 shared address space holds a cloud metadata service too).
 _RULES: tuple[tuple[Callable[[IPAddress], bool], type[AddressRefused]], ...] = (
     (lambda ip: ip.is_unspecified, UnspecifiedAddress),
     (lambda ip: ip.is_loopback, LoopbackAddress),
     (lambda ip: ip.is_link_local, LinkLocalAddress),
     (lambda ip: ip.is_multicast, MulticastAddress),
+    (lambda ip: ip.is_reserved, ReservedAddress),
     (lambda ip: ip.is_private, PrivateAddress),
-    (lambda ip: ip.is_reserved or not ip.is_global, ReservedAddress),
+    (lambda ip: not ip.is_global, ReservedAddress),
 )
 
 
