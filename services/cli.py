@@ -12,6 +12,7 @@ import pathlib
 import signal
 import sys
 from collections.abc import AsyncIterator, Callable
+from types import FrameType
 
 import sqlalchemy.exc
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -161,7 +162,7 @@ def _fork_workers(count: int, target: Callable[[], int]) -> int:
                 os._exit(code)
         children.append(pid)
 
-    def forward(signum, _frame):  # type: ignore[no-untyped-def]
+    def forward(signum: int, _frame: FrameType | None) -> None:
         for child in children:
             try:
                 os.kill(child, signum)

@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
+from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
@@ -46,7 +47,7 @@ class AgentmeshError(Exception):
         self.reason = reason or self.default_reason
         self.metadata = dict(metadata or {})
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         """google.rpc detail messages besides ErrorInfo."""
         return []
 
@@ -63,7 +64,7 @@ class InvalidArgument(AgentmeshError):
     def field(cls, field: str, description: str) -> InvalidArgument:
         return cls(f"{field}: {description}", [FieldViolation(field, description)])
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [
             error_details_pb2.BadRequest(
                 field_violations=[
@@ -92,7 +93,7 @@ class FailedPrecondition(AgentmeshError):
         super().__init__(message, **kw)
         self.violations = list(violations)
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         if not self.violations:
             return []
         return [
@@ -112,7 +113,7 @@ class QuotaExceeded(FailedPrecondition):
 
     default_reason = "QUOTA_EXCEEDED"
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         return [
             error_details_pb2.QuotaFailure(
                 violations=[
@@ -151,10 +152,10 @@ class ResourceExhausted(AgentmeshError):
         self.retry_after = max(0.0, retry_after)
         self.violations = list(violations)
 
-    def details(self) -> list[object]:
+    def details(self) -> list[Message]:
         delay = duration_pb2.Duration()
         delay.FromNanoseconds(int(self.retry_after * 1e9))
-        out: list[object] = [error_details_pb2.RetryInfo(retry_delay=delay)]
+        out: list[Message] = [error_details_pb2.RetryInfo(retry_delay=delay)]
         if self.violations:
             out.append(
                 error_details_pb2.QuotaFailure(
@@ -208,9 +209,9 @@ _BY_CODE: dict[grpc.StatusCode, type[AgentmeshError]] = {
 }
 
 
-def _pack(message: object) -> any_pb2.Any:
+def _pack(message: Message) -> any_pb2.Any:
     packed = any_pb2.Any()
-    packed.Pack(message)  # type: ignore[arg-type]
+    packed.Pack(message)
     return packed
 
 
@@ -232,7 +233,7 @@ def to_status(error: AgentmeshError) -> grpc.Status:
 def status_proto_of(error: grpc.RpcError) -> status_pb2.Status:
     """The google.rpc.Status a failed call carried, or one built from its code and details."""
     # A failed call is both a grpc.RpcError and a grpc.Call; the stubs type the two apart.
-    proto = rpc_status.from_call(error)  # type: ignore[arg-type]
+    proto = rpc_status.from_call(error)  # type: ignore[arg-type]  # a failed call is also a grpc.Call
     if proto is not None:
         return proto
     code = error.code()

@@ -37,7 +37,7 @@ async def upgrade(engine: AsyncEngine, services: list[str]) -> list[str]:
         if cfg is None:
             continue
 
-        def run(connection, cfg: Config = cfg) -> None:  # type: ignore[no-untyped-def]
+        def run(connection: Connection, cfg: Config = cfg) -> None:
             cfg.attributes["connection"] = connection
             command.upgrade(cfg, "head")
 

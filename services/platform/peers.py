@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Generator, Iterable, Sequence
 from typing import Any, Generic, TypeVar, cast, overload
 
 import grpc
@@ -67,16 +67,26 @@ class _Forwarding(
             wait_for_ready=details.wait_for_ready,
         )
 
-    async def intercept_unary_unary(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    # One body for the four shapes: only the call details change, so the continuation and the call
+    # it returns pass through untyped (their generic parameters differ per shape).
+    async def intercept_unary_unary(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_unary_stream(self, continuation, details, request):  # type: ignore[no-untyped-def]
+    async def intercept_unary_stream(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request: Any
+    ) -> Any:
         return await continuation(self._details(details), request)
 
-    async def intercept_stream_unary(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_unary(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
-    async def intercept_stream_stream(self, continuation, details, request_iterator):  # type: ignore[no-untyped-def]
+    async def intercept_stream_stream(
+        self, continuation: Callable[..., Any], details: grpc.aio.ClientCallDetails, request_iterator: Any
+    ) -> Any:
         return await continuation(self._details(details), request_iterator)
 
 
@@ -120,7 +130,7 @@ class PeerChannels:
         interceptors: list[Any] = [_Forwarding(self._cap, pass_trace=self._tracer_provider is None)]
         if self._tracer_provider is not None:
             # OpenTelemetry's instrumentation declares no types for it.
-            interceptors += aio_client_interceptors(tracer_provider=self._tracer_provider)  # type: ignore[no-untyped-call]
+            interceptors += aio_client_interceptors(tracer_provider=self._tracer_provider)  # type: ignore[no-untyped-call]  # OTel's grpc instrumentation ships no annotations
         options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 * 1024 * 1024)]
         creds = channel_credentials(self._tls)
         if creds is None:
@@ -146,6 +156,12 @@ _AnyCall = (
     | grpc.aio.StreamStreamCall[Any, Any]
 )
 
+# What each shape adds to the common call: requests are written to client and bidi streams only,
+# a single response is awaited from unary and client-stream calls, responses are read from streams.
+_Writable = grpc.aio.StreamUnaryCall[Any, Any] | grpc.aio.StreamStreamCall[Any, Any]
+_Awaitable = grpc.aio.UnaryUnaryCall[Any, Any] | grpc.aio.StreamUnaryCall[Any, Any]
+_Readable = grpc.aio.UnaryStreamCall[Any, Any] | grpc.aio.StreamStreamCall[Any, Any]
+
 
 class _PeerCall(Generic[Req, Resp]):
     """What every shape shares: headers, cancellation, and writing (client and bidi streams)."""
@@ -164,7 +180,7 @@ class _PeerCall(Generic[Req, Resp]):
         """Sends one request of a client or bidi stream. On a stream that has ended, raises how it
         ended: its failure, or FailedPrecondition when it ended well."""
         try:
-            await self._call.write(request)  # type: ignore[union-attr]
+            await cast(_Writable, self._call).write(request)
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
         except (asyncio.InvalidStateError, grpc.aio.UsageError):
@@ -186,7 +202,7 @@ class _PeerCall(Generic[Req, Resp]):
 
     async def done_writing(self) -> None:
         try:
-            await self._call.done_writing()  # type: ignore[union-attr]
+            await cast(_Writable, self._call).done_writing()
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
 
@@ -205,7 +221,7 @@ class Reply(_PeerCall[Req, Resp]):
 
     def __await__(self) -> Generator[Any, None, Resp]:
         try:
-            return cast(Resp, (yield from self._call.__await__()))  # type: ignore[union-attr]
+            return cast(Resp, (yield from cast(_Awaitable, self._call).__await__()))
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
 
@@ -215,7 +231,7 @@ class Replies(_PeerCall[Req, Resp]):
 
     async def read(self) -> Resp | None:
         try:
-            reply = await self._call.read()  # type: ignore[union-attr]
+            reply = await cast(_Readable, self._call).read()
         except grpc.RpcError as exc:
             raise errors.from_rpc_error(exc) from None
         return None if reply is grpc.aio.EOF else cast(Resp, reply)

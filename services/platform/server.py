@@ -117,7 +117,7 @@ class Server:
             interceptors=[
                 *(
                     # OpenTelemetry's instrumentation declares no types for it.
-                    [aio_server_interceptor(tracer_provider=runtime.tracer_provider)]  # type: ignore[no-untyped-call]
+                    [aio_server_interceptor(tracer_provider=runtime.tracer_provider)]  # type: ignore[no-untyped-call]  # OTel's grpc instrumentation ships no annotations
                     if runtime.tracing
                     else []
                 ),

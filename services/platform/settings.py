@@ -14,10 +14,13 @@ import os
 import pathlib
 import urllib.parse
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 T = TypeVar("T")
-D = TypeVar("D")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+D = TypeVar("D", bound="DataclassInstance")
 
 
 class SettingsError(ValueError):
@@ -100,7 +103,7 @@ def setting(variable: str, default: T, *, doc: str, parse: Parser = text, shown:
 
 def _read(cls: type[D], env: Mapping[str, str]) -> D:
     values: dict[str, Any] = {}
-    for field in dataclasses.fields(cls):  # type: ignore[arg-type]
+    for field in dataclasses.fields(cls):
         spec: Setting | None = field.metadata.get("setting")
         if spec is not None:
             raw = env.get(spec.variable, "")
@@ -122,7 +125,7 @@ def _declared(cls: type[Any]) -> Iterator[Setting]:
         if "setting" in field.metadata:
             yield field.metadata["setting"]
         elif _is_group(field):
-            yield from _declared(field.default_factory)  # type: ignore[arg-type]
+            yield from _declared(cast(type[Any], field.default_factory))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
