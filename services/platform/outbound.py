@@ -25,6 +25,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, I
 import httpcore
 import httpx
 
+from services.platform.settings import ToolSettings
+
 DEFAULT_MAX_RESPONSE_BYTES = 65_536
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -158,15 +160,10 @@ async def system_resolver(host: str, port: int) -> list[str]:
 class _PinningBackend(httpcore.AsyncNetworkBackend):
     """Resolves, checks every answer, and connects to a checked address: the socket never sees a name."""
 
-    def __init__(self, inner: httpcore.AsyncNetworkBackend, resolver: Resolver, allowed: frozenset[str]):
+    def __init__(self, inner: httpcore.AsyncNetworkBackend, resolver: Resolver, allowed: ToolSettings):
         self._inner = inner
         self._resolver = resolver
         self._allowed = allowed
-
-    def _is_allowed(self, host: str, port: int) -> bool:
-        name = host.lower()
-        bracketed = f"[{name}]" if ":" in name else name
-        return bool({name, bracketed, f"{bracketed}:{port}"} & self._allowed)
 
     async def connect_tcp(
         self,
@@ -179,7 +176,7 @@ class _PinningBackend(httpcore.AsyncNetworkBackend):
         addresses = await self._resolver(host, port)
         if not addresses:
             raise UnresolvableHost(host, "no addresses")
-        if not self._is_allowed(host, port):
+        if not self._allowed.allows(host, port):
             for address in addresses:
                 refused = refusal(host, address)
                 if refused is not None:
@@ -306,11 +303,10 @@ class OutboundClient:
         user_agent: str = "agentmesh",
     ):
         self.max_response_bytes = max_response_bytes
-        backend = _PinningBackend(
-            network_backend or httpcore.AnyIOBackend(),
-            resolver,
-            frozenset(h.strip().lower() for h in allowed_hosts if h.strip()),
-        )
+        # The same matching as the agents' url check, so a url it accepts for a listed host is
+        # not refused here (and no unlisted one passes).
+        allowed = ToolSettings(allowed_hosts=tuple(h.strip().lower() for h in allowed_hosts if h.strip()))
+        backend = _PinningBackend(network_backend or httpcore.AnyIOBackend(), resolver, allowed)
         self._client = httpx.AsyncClient(
             transport=_PinnedTransport(backend, ssl_context or httpx.create_ssl_context()),
             follow_redirects=False,

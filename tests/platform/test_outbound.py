@@ -289,3 +289,14 @@ async def test_only_http_and_https(clients: list[OutboundClient]) -> None:
     with pytest.raises(OutboundError, match="scheme 'ftp'"):
         await post(client, "ftp://127.0.0.1/tool")
     assert backend.connects == []
+
+
+async def test_an_allowed_ipv6_host_is_written_in_brackets(clients: list[OutboundClient]) -> None:
+    backend = RecordingBackend()
+    client = OutboundClient(allowed_hosts=("[::1]",), network_backend=backend)
+    clients.append(client)
+    port = free_port()
+    # Past the rules to the socket: nothing listens there, so the connection itself fails.
+    with pytest.raises(OutboundConnectError):
+        await post(client, f"http://[::1]:{port}/tool")
+    assert backend.connects == [("::1", port)]
