@@ -27,15 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from bench.harness import Figure, figure
-from services.orchestration import build
 from services.orchestration.config import OrchestrationOptions
+from services.orchestration.events import stream_client
 from services.orchestration.providers import ChatMessage, EchoProvider, ModelConfig, Providers
 from services.platform import migrations
 from services.platform.runtime import Runtime
 from services.platform.server import Server
 from services.platform.settings import Settings
 from tests.conftest import TestKeys
-from tests.helpers import bearer
+from tests.helpers import bearer, build_orchestration
 from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
 
 
@@ -87,15 +87,17 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
 
     echo = EchoProvider(delay_seconds=0)
-    orch = build(
+    redis = stream_client(settings.redis_url, max_connections=OrchestrationOptions().max_stream_readers)
+    orch = build_orchestration(
         runtime,
+        redis=redis,
         options=OrchestrationOptions(),
         providers=Providers({"echo": echo}),
         service_token=service_token,
     )
     server = Server(runtime, [orch.registration], address="127.0.0.1:0")
     port = await server.start()
-    await asyncio.wait_for(orch.agents.watching.wait(), 5)
+    await asyncio.wait_for(orch.service.agents.watching.wait(), 5)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     stub = pb_grpc.OrchestrationServiceStub(channel)
     # Enterprise allows 100 concurrent runs per tenant: the concurrent streams are spread over tenants.
@@ -218,6 +220,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         await channel.close()
         await server.stop(0)
         await fakes.stop(0)
+        await redis.aclose()
         await runtime.close()
         await base.close()
 

@@ -15,7 +15,7 @@ SERVICES: dict[str, Callable[[Runtime], Awaitable[Built[Any] | ServiceRegistrati
     "identity": identity.build,
     "agents": agents.build,
     "conversation": conversation.build,
-    "orchestration": orchestration.register,
+    "orchestration": orchestration.build,
 }
 
 

@@ -8,15 +8,28 @@ import dataclasses
 import socket
 import subprocess
 import time
-from collections.abc import AsyncIterable, Awaitable
+from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 import redis as sync_redis
+import redis.asyncio as aioredis
 
+from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc
+from services.orchestration import SERVICE_NAME as ORCHESTRATION
+from services.orchestration.agent_cache import AgentCache
+from services.orchestration.clients import AgentsClient, ConversationClient
+from services.orchestration.config import OrchestrationOptions
+from services.orchestration.events import RunEvents
+from services.orchestration.limits import RunLimits
+from services.orchestration.providers import Providers
+from services.orchestration.runs import RunManager
+from services.orchestration.service import OrchestrationService
+from services.orchestration.servicer import OrchestrationServicer
+from services.orchestration.store import OrchestrationStore
 from services.platform.runtime import Runtime
-from services.platform.server import Server, ServiceRegistration
+from services.platform.server import Built, Server, ServiceRegistration
 from services.platform.settings import Settings
 from services.registry import registration
 
@@ -137,3 +150,66 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def build_orchestration(
+    runtime: Runtime,
+    *,
+    redis: aioredis.Redis,
+    options: OrchestrationOptions,
+    providers: Providers,
+    service_token: Callable[[], Awaitable[str]],
+) -> Built[OrchestrationService]:
+    """Orchestration as `services.orchestration.build` wires it, with the test's timings, providers
+    and service token (no identity), on `redis` (its stream pool, which the caller closes)."""
+    peers = runtime.settings.peers
+    events = RunEvents(
+        redis, block_ms=options.read_block_ms, retention_seconds=options.event_retention_seconds
+    )
+    limits = RunLimits(redis, slot_ttl_seconds=options.lease_ttl_seconds, clock=runtime.clock)
+    agents = AgentCache(
+        AgentsClient(runtime.peers.channel(peers.agents), timeout=options.peer_timeout_seconds),
+        service_token=service_token,
+        max_size=options.agent_cache_size,
+        backoff_initial=options.watch_backoff_initial_seconds,
+        backoff_max=options.watch_backoff_max_seconds,
+        stream_seconds=options.watch_stream_seconds,
+    )
+    conversation = ConversationClient(
+        runtime.peers.channel(peers.conversation), timeout=options.peer_timeout_seconds
+    )
+    store = OrchestrationStore(runtime.engine)
+    runs = RunManager(
+        store=store,
+        events=events,
+        limits=limits,
+        agents=agents,
+        conversation=conversation,
+        providers=providers,
+        options=options,
+        clock=runtime.clock,
+    )
+    service = OrchestrationService(
+        store=store,
+        events=events,
+        limits=limits,
+        runs=runs,
+        agents=agents,
+        conversation=conversation,
+        redis=redis,
+        page_tokens=runtime.page_tokens,
+        options=options,
+        clock=runtime.clock,
+    )
+    servicer = OrchestrationServicer(service, events)
+    return Built(
+        service=service,
+        registration=ServiceRegistration(
+            name=ORCHESTRATION,
+            add_to_server=lambda server: (
+                orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
+            ),
+            background=[agents.run_watch, runs.run_sweeper],
+            on_stop=[runs.shutdown],
+        ),
+    )

@@ -7,6 +7,8 @@ cancel flag. Entries are compact JSON of the domain RunEvent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,11 +17,24 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from services.orchestration.models import CancelMode, EventType, RunError, RunEvent, Usage
+from services.platform import errors
 
 EVENTS_KEY = "runs:{run_id}:events"
 LEASE_KEY = "runs:{run_id}:lease"
 CANCEL_KEY = "runs:{run_id}:cancel"
 SESSION_RUNS_KEY = "sessions:{session_id}:runs"
+
+
+def stream_client(url: str, *, max_connections: int) -> aioredis.Redis:
+    """Orchestration's own Redis pool (events, leases, limits): every live stream being read holds a
+    connection during its blocking XREAD, so it needs far more than the shared client's."""
+    return aioredis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=2,
+        socket_timeout=5,
+        max_connections=max_connections,
+    )
 
 
 class StaleWriter(Exception):
@@ -64,19 +79,40 @@ def decode(entry_id: bytes, raw: bytes) -> RunEvent:
 class RunEvents:
     """Appends and reads run event streams; also holds a run's lease and cancel flag."""
 
-    def __init__(
-        self,
-        redis: aioredis.Redis,
-        *,
-        block_ms: int,
-        retention_seconds: int,
-        reader: aioredis.Redis | None = None,
-    ):
+    def __init__(self, redis: aioredis.Redis, *, block_ms: int, retention_seconds: int):
         self._redis = redis
-        # Blocking reads hold a connection each for up to block_ms; `reader` may be a separate pool.
-        self._reader = reader or redis
         self._block_ms = block_ms
         self._retention = retention_seconds
+        # Blocking reads in flight (each holds a connection for up to block_ms).
+        self._reads = 0
+        self._no_reads = asyncio.Event()
+        self._no_reads.set()
+        self._closing = False
+
+    async def _read(self, streams: dict[str, bytes | str], count: int) -> Any:
+        if self._closing:
+            # The server has stopped: a read starting now would open a connection nobody closes.
+            raise errors.Unavailable("the orchestration instance is stopping", reason="STOPPING")
+        self._reads += 1
+        self._no_reads.clear()
+        try:
+            return await self._redis.xread(streams, count=count, block=self._block_ms)  # type: ignore[arg-type]
+        finally:
+            self._reads -= 1
+            if not self._reads:
+                self._no_reads.set()
+
+    async def reads_finished(self) -> None:
+        """Returns once no blocking read holds a connection (at most one block time and a margin)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._no_reads.wait(), self._block_ms / 1000 + 1)
+
+    async def close(self) -> None:
+        """Closes the client (when it is this object's own pool): after the server's drain, once the
+        reads its stop cancelled have handed their connections back."""
+        self._closing = True
+        await self.reads_finished()
+        await self._redis.aclose()
 
     async def append(self, event: RunEvent) -> None:
         key = EVENTS_KEY.format(run_id=event.run_id)
@@ -106,7 +142,7 @@ class RunEvents:
         key = EVENTS_KEY.format(run_id=run_id)
         last = f"0-{after_event_id}"
         while True:
-            reply = await self._reader.xread({key: last}, count=256, block=self._block_ms)
+            reply = await self._read({key: last}, 256)
             for _key, entries in reply or ():
                 for entry_id, fields in entries:
                     last = entry_id
@@ -131,7 +167,7 @@ class RunEvents:
     async def follow_session(self, session_id: str, position: bytes) -> AsyncIterator[str]:
         key = SESSION_RUNS_KEY.format(session_id=session_id)
         while True:
-            reply = await self._reader.xread({key: position}, count=64, block=self._block_ms)
+            reply = await self._read({key: position}, 64)
             for _key, entries in reply or ():
                 for entry_id, fields in entries:
                     position = entry_id

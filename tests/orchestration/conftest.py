@@ -11,15 +11,17 @@ from typing import Any
 
 import grpc
 import pytest
+import redis.asyncio as aioredis
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from services.orchestration import Orchestration, build
 from services.orchestration.config import OrchestrationOptions
+from services.orchestration.events import stream_client
 from services.orchestration.providers import EchoProvider, Providers
+from services.orchestration.service import OrchestrationService
 from services.platform.runtime import Runtime
 from services.platform.server import Server
-from tests.helpers import bearer, build_runtime, start_server
+from tests.helpers import bearer, build_orchestration, build_runtime, start_server
 from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
 
 FAST = OrchestrationOptions(
@@ -40,7 +42,8 @@ class Mesh:
     stub: pb_grpc.OrchestrationServiceStub
     agents: FakeAgents
     conversation: FakeConversation
-    orch: Orchestration
+    orch: OrchestrationService
+    redis: aioredis.Redis
     runtime: Runtime
     server: Server
     channel: grpc.aio.Channel
@@ -94,19 +97,21 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
         async def service_token() -> str:
             return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
 
-        orch = build(
+        redis = stream_client(runtime.settings.redis_url, max_connections=options.max_stream_readers)
+        built = build_orchestration(
             runtime,
+            redis=redis,
             options=options,
             providers=providers or Providers({"echo": EchoProvider(delay_seconds=echo_delay)}),
             service_token=service_token,
-            close_on_stop=False,
         )
-        running = await start_server(runtime, orch.registration)
+        running = await start_server(runtime, built.registration)
         mesh = Mesh(
             pb_grpc.OrchestrationServiceStub(running.channel),
             agents,
             conversation,
-            orch,
+            built.service,
+            redis,
             runtime,
             running.server,
             running.channel,
@@ -114,7 +119,7 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
             tenant,
         )
         cleanups.append(mesh)
-        await asyncio.wait_for(orch.agents.watching.wait(), 5)
+        await asyncio.wait_for(built.service.agents.watching.wait(), 5)
         return mesh
 
     yield make
@@ -126,5 +131,5 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
     if others:
         await asyncio.wait(others, timeout=0.5)
     for mesh in reversed(cleanups):
-        await mesh.orch.close()
+        await mesh.redis.aclose()
         await mesh.runtime.close()
