@@ -12,7 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
-from services.orchestration.clients import AgentsClient, snapshot
+from services.orchestration.clients import AgentsClient
+from services.orchestration.convert import agent_from_proto
 from services.orchestration.models import AgentSnapshot
 
 log = logging.getLogger("agentmesh.orchestration.agents")
@@ -77,7 +78,7 @@ class AgentCache:
         if event.change_type == agents_pb.CHANGE_TYPE_DELETED or not event.HasField("agent"):
             self._entries.pop(event.agent_id, None)
             return
-        self._put(snapshot(event.agent, event.tenant_id))
+        self._put(agent_from_proto(event.agent, event.tenant_id))
 
     async def run_watch(self) -> None:
         """The background subscriber: reconnects with exponential backoff for as long as it runs."""

@@ -10,32 +10,12 @@ import logging
 from collections.abc import AsyncIterator
 
 from services.orchestration.events import RunEvents
-from services.orchestration.models import Caller, RunEvent
+from services.orchestration.models import Action, CancelAction, RunEvent, SendAction
 from services.orchestration.service import OrchestrationService
 from services.platform import errors
+from services.platform.auth import Principal
 
 log = logging.getLogger("agentmesh.orchestration.chat")
-
-
-@dataclasses.dataclass(frozen=True)
-class SendAction:
-    text: str
-    request_id: str
-    busy_policy: int
-
-
-@dataclasses.dataclass(frozen=True)
-class CancelAction:
-    run_id: str
-
-
-@dataclasses.dataclass(frozen=True)
-class ResumeAction:
-    run_id: str
-    after_event_id: int
-
-
-Action = SendAction | CancelAction | ResumeAction
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +27,7 @@ class ChatFailure:
 
 
 class ChatSession:
-    def __init__(self, service: OrchestrationService, events: RunEvents, caller: Caller, session_id: str):
+    def __init__(self, service: OrchestrationService, events: RunEvents, caller: Principal, session_id: str):
         self._service = service
         self._events = events
         self._caller = caller

@@ -20,40 +20,14 @@ from agentmesh.conversation.v1 import conversation_service_pb2 as conv_pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as conv_grpc
 from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
-from services.orchestration.models import AgentSnapshot, BusyPolicy
+from services.orchestration.convert import Role, agent_from_proto, context_from_proto, role_to_proto
+from services.orchestration.models import AgentSnapshot
 from services.orchestration.providers import ChatMessage
 from services.platform import errors
-
-_ROLES = {
-    conv_pb.MESSAGE_ROLE_SYSTEM: "system",
-    conv_pb.MESSAGE_ROLE_USER: "user",
-    conv_pb.MESSAGE_ROLE_ASSISTANT: "assistant",
-    conv_pb.MESSAGE_ROLE_TOOL: "tool",
-}
-ROLE_USER = conv_pb.MESSAGE_ROLE_USER
-ROLE_ASSISTANT = conv_pb.MESSAGE_ROLE_ASSISTANT
 
 
 def auth(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
-
-
-def snapshot(agent: agents_pb.Agent, tenant_id: str) -> AgentSnapshot:
-    config = agent.config
-    return AgentSnapshot(
-        id=agent.id,
-        tenant_id=tenant_id,
-        version=agent.version,
-        active=agent.state == agents_pb.AGENT_STATE_ACTIVE,
-        model=config.model or "echo:default",
-        system_prompt=config.system_prompt,
-        temperature=config.temperature if config.HasField("temperature") else None,
-        max_output_tokens=config.max_output_tokens,
-        max_context_tokens=config.context_policy.max_context_tokens,
-        busy_policy=BusyPolicy(config.busy_policy)
-        if config.busy_policy in BusyPolicy._value2member_map_
-        else BusyPolicy.UNSPECIFIED,
-    )
 
 
 class AgentsClient:
@@ -68,7 +42,7 @@ class AgentsClient:
             )
         except grpc.aio.AioRpcError as exc:
             raise errors.from_rpc_error(exc) from None
-        return snapshot(reply.agent, tenant_id)
+        return agent_from_proto(reply.agent, tenant_id)
 
     def watch(self, *, token: str, timeout: float) -> AsyncIterator[agents_pb.AgentEvent | None]:
         """WatchAgents(all_tenants=true) with a service token; ends (or raises) when the stream does.
@@ -128,7 +102,7 @@ class ConversationClient:
         self,
         conversation_id: str,
         *,
-        role: int,
+        role: Role,
         content: str,
         metadata: dict[str, str],
         request_id: str,
@@ -138,7 +112,7 @@ class ConversationClient:
             self._stub.AppendMessage,
             conv_pb.AppendMessageRequest(
                 conversation_id=conversation_id,
-                message=conv_pb.Message(role=role, content=content, metadata=metadata),
+                message=conv_pb.Message(role=role_to_proto(role), content=content, metadata=metadata),
                 request_id=request_id,
             ),
             token,
@@ -155,11 +129,7 @@ class ConversationClient:
             ),
             token,
         )
-        return [
-            ChatMessage(_ROLES.get(m.role, "user"), m.content)
-            for m in reply.messages
-            if m.content or m.role != conv_pb.MESSAGE_ROLE_SYSTEM
-        ]
+        return context_from_proto(list(reply.messages))
 
 
 class ServiceTokens:

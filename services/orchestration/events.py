@@ -37,6 +37,11 @@ def stream_client(url: str, *, max_connections: int) -> aioredis.Redis:
     )
 
 
+# The event type codes in the stream entries (unchanged, so instances of every version read them).
+EVENT_TYPE_CODES = {t: code for code, t in enumerate(EventType, start=1)}
+_EVENT_TYPES = {code: t for t, code in EVENT_TYPE_CODES.items()}
+
+
 class StaleWriter(Exception):
     """An event id was already taken: another party (the lease sweeper) wrote this run's end."""
 
@@ -45,7 +50,7 @@ def encode(event: RunEvent) -> bytes:
     data: dict[str, Any] = {
         "r": event.run_id,
         "s": event.session_id,
-        "t": int(event.type),
+        "t": EVENT_TYPE_CODES[event.type],
         "v": event.agent_version,
     }
     data["at"] = event.event_time
@@ -66,7 +71,7 @@ def decode(entry_id: bytes, raw: bytes) -> RunEvent:
         event_id=int(entry_id.split(b"-", 1)[1]),
         run_id=data["r"],
         session_id=data["s"],
-        type=EventType(data["t"]),
+        type=_EVENT_TYPES[data["t"]],
         text_delta=data.get("d", ""),
         final_message=data.get("f", ""),
         usage=Usage(*data["u"]) if "u" in data else None,

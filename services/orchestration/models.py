@@ -1,6 +1,7 @@
 """Domain objects of orchestration: sessions, runs, run events, and the agent config a run uses.
 
-Plain dataclasses: the servicer converts them to and from protos, the store to and from rows.
+Plain dataclasses and enums by name (no proto numbers): convert.py maps them to and from protos, the
+store to and from rows.
 """
 
 from __future__ import annotations
@@ -9,44 +10,44 @@ import dataclasses
 import enum
 
 
-class SessionState(enum.IntEnum):
-    ACTIVE = 1
-    ENDED = 2
+class SessionState(enum.StrEnum):
+    ACTIVE = "ACTIVE"
+    ENDED = "ENDED"
 
 
-class RunState(enum.IntEnum):
-    QUEUED = 1
-    RUNNING = 2
-    COMPLETED = 3
-    FAILED = 4
-    CANCELLED = 5
+class RunState(enum.StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
 
     @property
     def terminal(self) -> bool:
-        return self >= RunState.COMPLETED
+        return self not in (RunState.QUEUED, RunState.RUNNING)
 
 
-class EventType(enum.IntEnum):
-    RUN_CREATED = 1
-    RUN_STARTED = 2
-    MESSAGE_DELTA = 3
-    MESSAGE_COMPLETED = 4
-    RUN_COMPLETED = 5
-    RUN_FAILED = 6
-    RUN_CANCELLED = 7
+class EventType(enum.StrEnum):
+    RUN_CREATED = "RUN_CREATED"
+    RUN_STARTED = "RUN_STARTED"
+    MESSAGE_DELTA = "MESSAGE_DELTA"
+    MESSAGE_COMPLETED = "MESSAGE_COMPLETED"
+    RUN_COMPLETED = "RUN_COMPLETED"
+    RUN_FAILED = "RUN_FAILED"
+    RUN_CANCELLED = "RUN_CANCELLED"
 
     @property
     def terminal(self) -> bool:
         return self in (EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELLED)
 
 
-class BusyPolicy(enum.IntEnum):
-    # Values match agentmesh.agents.v1.BusyPolicy.
-    UNSPECIFIED = 0
-    REJECT = 1
-    ENQUEUE = 2
-    INTERRUPT = 3
-    ROLLBACK = 4
+class BusyPolicy(enum.StrEnum):
+    """What a message does to a session that already has a run (None: the agent's, else REJECT)."""
+
+    REJECT = "REJECT"
+    ENQUEUE = "ENQUEUE"
+    INTERRUPT = "INTERRUPT"
+    ROLLBACK = "ROLLBACK"
 
 
 class CancelMode(enum.StrEnum):
@@ -128,15 +129,31 @@ class AgentSnapshot:
     temperature: float | None = None
     max_output_tokens: int = 0
     max_context_tokens: int = 0
-    busy_policy: BusyPolicy = BusyPolicy.UNSPECIFIED
+    busy_policy: BusyPolicy | None = None
 
 
 @dataclasses.dataclass(frozen=True)
-class Caller:
-    """Who a run acts for: kept with the run so its background work calls peers as that user."""
+class SendAction:
+    """Chat: a message (SendMessage's fields)."""
 
-    tenant_id: str
-    user_id: str
-    token: str
-    tier: str
-    is_admin: bool = False
+    text: str
+    request_id: str
+    busy_policy: BusyPolicy | None
+
+
+@dataclasses.dataclass(frozen=True)
+class CancelAction:
+    """Chat: cancel a run (the session's run in progress when run_id is empty)."""
+
+    run_id: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumeAction:
+    """Chat: the events of a run after after_event_id (JoinRun's fields)."""
+
+    run_id: str
+    after_event_id: int
+
+
+Action = SendAction | CancelAction | ResumeAction

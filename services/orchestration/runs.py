@@ -15,12 +15,11 @@ import uuid
 from collections.abc import Callable
 
 from services.orchestration.agent_cache import AgentCache
-from services.orchestration.clients import ROLE_ASSISTANT, ROLE_USER, ConversationClient
+from services.orchestration.clients import ConversationClient
 from services.orchestration.config import OrchestrationOptions
 from services.orchestration.events import RunEvents, StaleWriter
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import (
-    Caller,
     CancelMode,
     EventType,
     Run,
@@ -33,6 +32,7 @@ from services.orchestration.models import (
 from services.orchestration.providers import ModelConfig, ProviderError, Providers
 from services.orchestration.store import OrchestrationStore
 from services.platform import errors
+from services.platform.auth import Principal
 from services.platform.call_context import current_call
 from services.platform.tiers import limits_for
 
@@ -47,7 +47,7 @@ class _Lost(Exception):
 class _Handle:
     run: Run
     session: Session
-    caller: Caller
+    caller: Principal
     wait_for: list[str]
     next_event_id: int
     task: asyncio.Task[None] | None = None
@@ -88,7 +88,7 @@ class RunManager:
     # Starting and cancelling ------------------------------------------------------------------------
 
     def launch(
-        self, run: Run, session: Session, caller: Caller, *, wait_for: list[str], next_event_id: int
+        self, run: Run, session: Session, caller: Principal, *, wait_for: list[str], next_event_id: int
     ) -> None:
         """Starts the run's worker in the background, outside the current call's context."""
         handle = _Handle(run, session, caller, wait_for, next_event_id)
@@ -188,7 +188,7 @@ class RunManager:
         run_tag = {"run_id": h.run.id}
         user_message_id = await self._conversation.append(
             session.conversation_id,
-            role=ROLE_USER,
+            role="user",
             content=h.run.input_text,
             metadata=run_tag,
             request_id=f"run:{h.run.id}:user",
@@ -217,7 +217,7 @@ class RunManager:
         usage = usage or Usage(0, len(h.text))
         assistant_id = await self._conversation.append(
             session.conversation_id,
-            role=ROLE_ASSISTANT,
+            role="assistant",
             content=answer,
             metadata={**run_tag, "agent_version": str(agent.version)},
             request_id=f"run:{h.run.id}:assistant",
@@ -246,7 +246,7 @@ class RunManager:
             try:
                 assistant_id = await self._conversation.append(
                     h.session.conversation_id,
-                    role=ROLE_ASSISTANT,
+                    role="assistant",
                     content=partial,
                     metadata={"run_id": h.run.id, "agent_version": str(h.agent_version), "partial": "true"},
                     request_id=f"run:{h.run.id}:assistant",

@@ -1,7 +1,7 @@
 """The orchestration domain: sessions, runs, busy policies, limits, cancel and resume.
 
 Plain Python over the store, the event streams, the run manager and the peer clients; raises the
-platform's errors. The tenant and user always come from the Caller (built from the verified token).
+platform's errors. The tenant and user always come from the Principal (built from the verified token).
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from services.orchestration.events import RunEvents
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import (
     BusyPolicy,
-    Caller,
     CancelMode,
     EventType,
     Run,
@@ -35,6 +34,7 @@ from services.orchestration.models import (
 from services.orchestration.runs import RunManager
 from services.orchestration.store import OrchestrationStore
 from services.platform import errors
+from services.platform.auth import Principal
 from services.platform.errors import FieldViolation, Violation
 from services.platform.pagination import PageTokens, paginate
 from services.platform.tiers import limits_for
@@ -72,7 +72,9 @@ class OrchestrationService:
 
     # Sessions ---------------------------------------------------------------------------------------
 
-    async def start_session(self, caller: Caller, *, agent_id: str, title: str, request_id: str) -> Session:
+    async def start_session(
+        self, caller: Principal, *, agent_id: str, title: str, request_id: str
+    ) -> Session:
         require_id(agent_id, "agent_id")
         if len(title) > MAX_TITLE:
             raise errors.InvalidArgument.field("title", f"must be at most {MAX_TITLE} characters")
@@ -113,7 +115,7 @@ class OrchestrationService:
         await self._store.insert_session(session, request_id=request_id)
         return session
 
-    async def _visible_session(self, caller: Caller, session_id: str) -> Session:
+    async def _visible_session(self, caller: Principal, session_id: str) -> Session:
         require_id(session_id, "session_id")
         session = await self._store.get_session(caller.tenant_id, session_id)
         # Another tenant's session, or (for a member) another user's, does not exist for this caller.
@@ -121,11 +123,11 @@ class OrchestrationService:
             raise errors.NotFound(f"session {session_id} not found", reason="SESSION_NOT_FOUND")
         return session
 
-    async def get_session(self, caller: Caller, session_id: str) -> Session:
+    async def get_session(self, caller: Principal, session_id: str) -> Session:
         return await self._visible_session(caller, session_id)
 
     async def list_sessions(
-        self, caller: Caller, *, page_size_: int, page_token: str, agent_id: str
+        self, caller: Principal, *, page_size_: int, page_token: str, agent_id: str
     ) -> tuple[list[Session], str]:
         async def fetch(after: tuple[float, str] | None, limit: int) -> list[Session]:
             return await self._store.list_sessions(
@@ -147,7 +149,7 @@ class OrchestrationService:
         )
         return page.items, page.next_page_token
 
-    async def end_session(self, caller: Caller, session_id: str) -> Session:
+    async def end_session(self, caller: Principal, session_id: str) -> Session:
         session = await self._visible_session(caller, session_id)
         if session.state is SessionState.ENDED:
             return session
@@ -165,7 +167,13 @@ class OrchestrationService:
     # Runs -------------------------------------------------------------------------------------------
 
     async def send_message(
-        self, caller: Caller, *, session_id: str, text: str, request_id: str, busy_policy: int
+        self,
+        caller: Principal,
+        *,
+        session_id: str,
+        text: str,
+        request_id: str,
+        busy_policy: BusyPolicy | None,
     ) -> Run:
         """Starts (or queues) the run for a message; a repeated request_id returns the first run."""
         violations = []
@@ -175,8 +183,6 @@ class OrchestrationService:
             violations.append(
                 FieldViolation("text", f"must be at most {self._options.max_message_bytes} bytes")
             )
-        if busy_policy not in BusyPolicy._value2member_map_:
-            violations.append(FieldViolation("busy_policy", f"unknown busy policy {busy_policy}"))
         if violations:
             raise errors.InvalidArgument(
                 "; ".join(f"{v.field}: {v.description}" for v in violations), violations
@@ -200,7 +206,7 @@ class OrchestrationService:
                 [Violation("agent.state", "the agent must be ACTIVE", "AGENT_INACTIVE")],
                 reason="AGENT_INACTIVE",
             )
-        policy = BusyPolicy(busy_policy) or agent.busy_policy or BusyPolicy.REJECT
+        policy = busy_policy or agent.busy_policy or BusyPolicy.REJECT
         tier = limits_for(caller.tier)
         await self._limits.check_rate(caller.tenant_id, tier)
         async with self._session_lock(session.id):
@@ -266,7 +272,7 @@ class OrchestrationService:
             if await self._redis.get(key) == token:
                 await self._redis.delete(key)
 
-    async def _visible_run(self, caller: Caller, run_id: str) -> Run:
+    async def _visible_run(self, caller: Principal, run_id: str) -> Run:
         require_id(run_id, "run_id")
         run = await self._store.get_run(caller.tenant_id, run_id)
         if run is None or (run.user_id != caller.user_id and not caller.is_admin):
@@ -278,11 +284,11 @@ class OrchestrationService:
             return run
         return dataclasses.replace(run, last_event_id=await self._events.last_event_id(run.id))
 
-    async def get_run(self, caller: Caller, run_id: str) -> Run:
+    async def get_run(self, caller: Principal, run_id: str) -> Run:
         return await self._live_view(await self._visible_run(caller, run_id))
 
     async def list_runs(
-        self, caller: Caller, *, session_id: str, page_size_: int, page_token: str
+        self, caller: Principal, *, session_id: str, page_size_: int, page_token: str
     ) -> tuple[list[Run], str]:
         session = await self._visible_session(caller, session_id)
 
@@ -300,7 +306,7 @@ class OrchestrationService:
         )
         return [await self._live_view(r) for r in page.items], page.next_page_token
 
-    async def cancel_run(self, caller: Caller, run_id: str) -> Run:
+    async def cancel_run(self, caller: Principal, run_id: str) -> Run:
         run = await self._visible_run(caller, run_id)
         if run.state.terminal:
             raise errors.FailedPrecondition(
@@ -312,7 +318,7 @@ class OrchestrationService:
         await self._wait_for_end(run.id)
         return await self.get_run(caller, run_id)
 
-    async def active_run_id(self, caller: Caller, session_id: str) -> str:
+    async def active_run_id(self, caller: Principal, session_id: str) -> str:
         session = await self._visible_session(caller, session_id)
         live = await self._store.live_runs(session.id)
         if not live:
@@ -333,7 +339,7 @@ class OrchestrationService:
         """The run's events after `after_event_id`, live until its end (for a run just created)."""
         return self._events.tail(run_id, after_event_id)
 
-    async def join_run(self, caller: Caller, run_id: str, after_event_id: int) -> AsyncIterator[RunEvent]:
+    async def join_run(self, caller: Principal, run_id: str, after_event_id: int) -> AsyncIterator[RunEvent]:
         """Checks the request, then returns the stream of the run's events after `after_event_id`."""
         if after_event_id < 0:
             raise errors.InvalidArgument.field("after_event_id", "must not be negative")

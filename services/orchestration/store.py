@@ -53,7 +53,18 @@ runs = sa.Table(
     sa.Column("end_time", sa.Float(precision=53)),
 )
 
-LIVE_STATES = (int(RunState.QUEUED), int(RunState.RUNNING))
+# The stored codes of the states (the rows' SmallInteger columns).
+SESSION_STATE_CODES = {SessionState.ACTIVE: 1, SessionState.ENDED: 2}
+RUN_STATE_CODES = {
+    RunState.QUEUED: 1,
+    RunState.RUNNING: 2,
+    RunState.COMPLETED: 3,
+    RunState.FAILED: 4,
+    RunState.CANCELLED: 5,
+}
+_SESSION_STATES = {code: state for state, code in SESSION_STATE_CODES.items()}
+_RUN_STATES = {code: state for state, code in RUN_STATE_CODES.items()}
+LIVE_STATES = (RUN_STATE_CODES[RunState.QUEUED], RUN_STATE_CODES[RunState.RUNNING])
 
 
 def _session(row: Any) -> Session:
@@ -65,7 +76,7 @@ def _session(row: Any) -> Session:
         agent_version=row.agent_version,
         conversation_id=row.conversation_id,
         title=row.title or "",
-        state=SessionState(row.state),
+        state=_SESSION_STATES[row.state],
         active_run_id=row.active_run_id or "",
         create_time=row.create_time,
         update_time=row.update_time,
@@ -79,7 +90,7 @@ def _run(row: Any) -> Run:
         tenant_id=row.tenant_id,
         session_id=row.session_id,
         user_id=row.user_id,
-        state=RunState(row.state),
+        state=_RUN_STATES[row.state],
         agent_version=row.agent_version or 0,
         input_text=row.input_text,
         user_message_id=row.user_message_id or "",
@@ -110,7 +121,7 @@ class OrchestrationStore:
             "agent_version": session.agent_version,
             "conversation_id": session.conversation_id,
             "title": session.title,
-            "state": int(session.state),
+            "state": SESSION_STATE_CODES[session.state],
             "active_run_id": None,
             "request_id": request_id or None,
             "create_time": session.create_time,
@@ -163,9 +174,9 @@ class OrchestrationStore:
             .where(
                 sessions.c.id == session_id,
                 sessions.c.tenant_id == tenant_id,
-                sessions.c.state == int(SessionState.ACTIVE),
+                sessions.c.state == SESSION_STATE_CODES[SessionState.ACTIVE],
             )
-            .values(state=int(SessionState.ENDED), end_time=now, update_time=now)
+            .values(state=SESSION_STATE_CODES[SessionState.ENDED], end_time=now, update_time=now)
         )
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount == 1
@@ -189,7 +200,7 @@ class OrchestrationStore:
                     tenant_id=run.tenant_id,
                     session_id=run.session_id,
                     user_id=run.user_id,
-                    state=int(run.state),
+                    state=RUN_STATE_CODES[run.state],
                     agent_version=run.agent_version,
                     input_text=run.input_text,
                     request_id=request_id or None,
@@ -244,8 +255,8 @@ class OrchestrationStore:
         """QUEUED -> RUNNING; False when the run is no longer queued (cancelled or swept)."""
         stmt = (
             runs.update()
-            .where(runs.c.id == run_id, runs.c.state == int(RunState.QUEUED))
-            .values(state=int(RunState.RUNNING), agent_version=agent_version, start_time=now)
+            .where(runs.c.id == run_id, runs.c.state == RUN_STATE_CODES[RunState.QUEUED])
+            .values(state=RUN_STATE_CODES[RunState.RUNNING], agent_version=agent_version, start_time=now)
         )
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount == 1
@@ -267,7 +278,11 @@ class OrchestrationStore:
         from_states: Iterable[int] = LIVE_STATES,
     ) -> bool:
         """Moves a live run to its end state; False when another party (the sweeper) got there first."""
-        values: dict[str, Any] = {"state": int(state), "end_time": now, "last_event_id": last_event_id}
+        values: dict[str, Any] = {
+            "state": RUN_STATE_CODES[state],
+            "end_time": now,
+            "last_event_id": last_event_id,
+        }
         if usage is not None:
             values.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
         if error is not None:

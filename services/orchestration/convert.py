@@ -1,0 +1,162 @@
+"""Every proto <-> domain conversion of orchestration: its own messages, the agents and conversation
+messages it reads from its peers, and the Chat actions. Enums travel by name; times through
+services/platform/timestamps.py."""
+
+from __future__ import annotations
+
+from google.protobuf import timestamp_pb2
+from google.rpc import status_pb2
+
+from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
+from agentmesh.conversation.v1 import conversation_service_pb2 as conv_pb
+from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
+from services.orchestration.models import (
+    Action,
+    AgentSnapshot,
+    BusyPolicy,
+    CancelAction,
+    ResumeAction,
+    Run,
+    RunError,
+    RunEvent,
+    SendAction,
+    Session,
+    Usage,
+)
+from services.orchestration.providers import ChatMessage
+from services.platform import errors
+from services.platform.timestamps import to_timestamp as _to_timestamp
+
+
+def to_timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
+    return None if seconds is None else _to_timestamp(round(seconds * 1_000_000))
+
+
+# Roles as the providers name them ("system", "user", "assistant", "tool").
+Role = str
+
+
+def usage_to_proto(usage: Usage | None) -> pb.Usage | None:
+    if usage is None:
+        return None
+    return pb.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+
+
+def _error_to_proto(error: RunError | None) -> pb.RunError | None:
+    return None if error is None else pb.RunError(code=error.code, message=error.message)
+
+
+def session_to_proto(s: Session) -> pb.Session:
+    return pb.Session(
+        id=s.id,
+        agent_id=s.agent_id,
+        agent_version=s.agent_version,
+        conversation_id=s.conversation_id,
+        user_id=s.user_id,
+        state=pb.SessionState.Value(f"SESSION_STATE_{s.state.value}"),
+        active_run_id=s.active_run_id,
+        create_time=to_timestamp(s.create_time),
+        update_time=to_timestamp(s.update_time),
+        end_time=to_timestamp(s.end_time),
+    )
+
+
+def run_to_proto(r: Run) -> pb.Run:
+    return pb.Run(
+        id=r.id,
+        session_id=r.session_id,
+        state=pb.RunState.Value(f"RUN_STATE_{r.state.value}"),
+        agent_version=r.agent_version,
+        user_message_id=r.user_message_id,
+        assistant_message_id=r.assistant_message_id,
+        usage=usage_to_proto(r.usage),
+        error=_error_to_proto(r.error),
+        last_event_id=r.last_event_id,
+        create_time=to_timestamp(r.create_time),
+        start_time=to_timestamp(r.start_time),
+        end_time=to_timestamp(r.end_time),
+    )
+
+
+def event_to_proto(e: RunEvent) -> pb.RunEvent:
+    return pb.RunEvent(
+        event_id=e.event_id,
+        run_id=e.run_id,
+        session_id=e.session_id,
+        type=pb.RunEventType.Value(f"RUN_EVENT_TYPE_{e.type.value}"),
+        text_delta=e.text_delta,
+        final_message=e.final_message,
+        usage=usage_to_proto(e.usage),
+        error=_error_to_proto(e.error),
+        agent_version=e.agent_version,
+        event_time=to_timestamp(e.event_time),
+    )
+
+
+def status_pb(error: errors.AgentmeshError) -> status_pb2.Status:
+    """The google.rpc.Status a unary call failing with `error` carries (code, message, details)."""
+    # to_status is the one mapping of domain errors; its trailers hold the serialized Status.
+    trailers = dict(errors.to_status(error).trailing_metadata)
+    return status_pb2.Status.FromString(trailers["grpc-status-details-bin"])
+
+
+def _busy_policy(value: int) -> BusyPolicy | None:
+    """None for BUSY_POLICY_UNSPECIFIED; a number no BusyPolicy has raises nothing (None too)."""
+    if value == agents_pb.BUSY_POLICY_UNSPECIFIED or value not in agents_pb.BusyPolicy.values():
+        return None
+    return BusyPolicy(agents_pb.BusyPolicy.Name(value).removeprefix("BUSY_POLICY_"))
+
+
+def busy_policy_from_proto(value: int, field: str = "busy_policy") -> BusyPolicy | None:
+    """A request's busy policy: None when unspecified, INVALID_ARGUMENT when it names none."""
+    if value not in agents_pb.BusyPolicy.values():
+        raise errors.InvalidArgument.field(field, f"unknown busy policy {value}")
+    return _busy_policy(value)
+
+
+def action_from_proto(request: pb.ChatRequest) -> Action | None:
+    """The action a ChatRequest carries; None when it carries none (ignored, as before)."""
+    kind = request.WhichOneof("action")
+    if kind == "message":
+        m = request.message
+        return SendAction(m.text, m.request_id, busy_policy_from_proto(m.busy_policy, "message.busy_policy"))
+    if kind == "cancel":
+        return CancelAction(request.cancel.run_id)
+    if kind == "resume":
+        return ResumeAction(request.resume.run_id, request.resume.after_event_id)
+    return None
+
+
+def agent_from_proto(agent: agents_pb.Agent, tenant_id: str) -> AgentSnapshot:
+    config = agent.config
+    return AgentSnapshot(
+        id=agent.id,
+        tenant_id=tenant_id,
+        version=agent.version,
+        active=agent.state == agents_pb.AGENT_STATE_ACTIVE,
+        model=config.model or "echo:default",
+        system_prompt=config.system_prompt,
+        temperature=config.temperature if config.HasField("temperature") else None,
+        max_output_tokens=config.max_output_tokens,
+        max_context_tokens=config.context_policy.max_context_tokens,
+        busy_policy=_busy_policy(config.busy_policy),
+    )
+
+
+def role_to_proto(role: Role) -> conv_pb.MessageRole.ValueType:
+    return conv_pb.MessageRole.Value(f"MESSAGE_ROLE_{role.upper()}")
+
+
+def context_from_proto(messages: list[conv_pb.Message]) -> list[ChatMessage]:
+    """The context window as providers take it; an empty system prompt is left out."""
+    return [
+        ChatMessage(
+            conv_pb.MessageRole.Name(m.role).removeprefix("MESSAGE_ROLE_").lower()
+            if m.role
+            in (conv_pb.MESSAGE_ROLE_SYSTEM, conv_pb.MESSAGE_ROLE_ASSISTANT, conv_pb.MESSAGE_ROLE_TOOL)
+            else "user",
+            m.content,
+        )
+        for m in messages
+        if m.content or m.role != conv_pb.MESSAGE_ROLE_SYSTEM
+    ]
