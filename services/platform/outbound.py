@@ -90,6 +90,10 @@ class ReservedAddress(AddressRefused):
     description = "a reserved or otherwise not globally routable address"
 
 
+class InvalidUrl(OutboundError):
+    rule = "url"
+
+
 class UnresolvableHost(OutboundError):
     rule = "dns"
 
@@ -154,6 +158,8 @@ async def system_resolver(host: str, port: int) -> list[str]:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except socket.gaierror as exc:
         raise UnresolvableHost(host, exc.strerror or str(exc)) from exc
+    except UnicodeError as exc:  # a label the idna codec refuses (empty, over 63 characters)
+        raise UnresolvableHost(host, str(exc)) from exc
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
@@ -216,7 +222,12 @@ def _translate(exc: Exception) -> OutboundError:
     return OutboundError(f"{type(exc).__name__}: {exc}")
 
 
-_HTTPCORE_ERRORS = (httpcore.NetworkError, httpcore.TimeoutException, httpcore.ProtocolError)
+_HTTPCORE_ERRORS = (
+    httpcore.NetworkError,
+    httpcore.TimeoutException,
+    httpcore.ProtocolError,
+    httpcore.UnsupportedProtocol,
+)
 
 
 class _Body(httpx.AsyncByteStream):
@@ -278,6 +289,19 @@ class _PinnedTransport(httpx.AsyncBaseTransport):
         await self._pool.aclose()
 
 
+def _parse(url: str) -> httpx.URL:
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.host  # decodes an xn-- name: idna refuses a bad one here
+    except (httpx.InvalidURL, ValueError) as exc:  # ValueError: idna's refusals of a host name
+        raise InvalidUrl(f"invalid url: {exc}") from exc
+    if parsed.scheme not in ("http", "https"):
+        raise InvalidUrl(f"unsupported scheme {parsed.scheme!r}: only http and https")
+    if not host:
+        raise InvalidUrl("invalid url: no host")
+    return parsed
+
+
 @dataclasses.dataclass(frozen=True)
 class OutboundResponse:
     status: int
@@ -328,12 +352,10 @@ class OutboundClient:
 
         Raises an `OutboundError`: the address rules, `RedirectRefused` for any 3xx,
         `ResponseTooLarge`, `OutboundTimeout`, `OutboundConnectError`. A 4xx/5xx is returned."""
-        scheme = url.split(":", 1)[0].lower()
-        if scheme not in ("http", "https"):
-            raise OutboundError(f"unsupported scheme {scheme!r}: only http and https")
+        target = _parse(url)
         try:
             async with asyncio.timeout(timeout_seconds):
-                return await self._send(method, url, timeout_seconds, content, headers)
+                return await self._send(method, target, timeout_seconds, content, headers)
         except TimeoutError as exc:
             raise OutboundTimeout(f"timed out after {timeout_seconds:g} s") from exc
         except httpx.HTTPError as exc:  # an invalid URL or scheme, refused by httpx before sending
@@ -342,7 +364,7 @@ class OutboundClient:
     async def _send(
         self,
         method: str,
-        url: str,
+        url: httpx.URL,
         timeout_seconds: float,
         content: bytes | None,
         headers: Mapping[str, str] | None,

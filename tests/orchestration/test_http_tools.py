@@ -148,3 +148,9 @@ def test_verify_signature() -> None:
     assert not verify_signature(SECRET, "", body, header, now=1_700_000_000)
     assert not verify_signature(SECRET, "1700000000", body, header.removeprefix("sha256="), now=1_700_000_000)
     assert verify_signature(SECRET, "1700000000", body, header, now=1_700_000_400, tolerance_seconds=600)
+
+
+async def test_a_url_that_does_not_parse(executor: HttpToolExecutor) -> None:
+    result = await run(executor, "http://[::1/tool")
+    assert result.failure is ToolFailure.INVALID_URL and result.is_error
+    assert "invalid url" in result.output

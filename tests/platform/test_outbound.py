@@ -21,6 +21,7 @@ from cryptography.x509.oid import NameOID
 from services.orchestration.tools.http import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign
 from services.platform.outbound import (
     AddressRefused,
+    InvalidUrl,
     LinkLocalAddress,
     LoopbackAddress,
     MulticastAddress,
@@ -33,6 +34,7 @@ from services.platform.outbound import (
     RedirectRefused,
     ReservedAddress,
     ResponseTooLarge,
+    UnresolvableHost,
     UnspecifiedAddress,
     refusal,
 )
@@ -282,12 +284,29 @@ async def test_nothing_listening_is_a_connect_error(clients: list[OutboundClient
         await post(client, f"http://127.0.0.1:{free_port()}/tool")
 
 
-async def test_only_http_and_https(clients: list[OutboundClient]) -> None:
+@pytest.mark.parametrize(
+    ("url", "error"),
+    [
+        ("ftp://127.0.0.1/tool", InvalidUrl),
+        ("", InvalidUrl),
+        ("http://", InvalidUrl),
+        ("https://:80/", InvalidUrl),
+        ("http://[::1", InvalidUrl),
+        ("https://xn--a.com/", InvalidUrl),
+        # httpx takes these; the name's encoding for DNS refuses them.
+        ("https://a..b/", UnresolvableHost),
+        ("https://" + "a" * 300 + ".com/", UnresolvableHost),
+        ("https://exa mple.invalid/", UnresolvableHost),
+    ],
+)
+async def test_a_bad_url_is_a_typed_error(
+    clients: list[OutboundClient], url: str, error: type[OutboundError]
+) -> None:
     backend = RecordingBackend()
-    client = OutboundClient(allowed_hosts=("127.0.0.1",), network_backend=backend)
+    client = OutboundClient(network_backend=backend)
     clients.append(client)
-    with pytest.raises(OutboundError, match="scheme 'ftp'"):
-        await post(client, "ftp://127.0.0.1/tool")
+    with pytest.raises(error):
+        await post(client, url)
     assert backend.connects == []
 
 

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from services.orchestration.tools.models import HttpTool, ToolCallRequest, ToolFailure, ToolResult
 from services.platform.outbound import (
     AddressRefused,
+    InvalidUrl,
     OutboundClient,
     OutboundConnectError,
     OutboundError,
@@ -110,6 +111,8 @@ class HttpToolExecutor:
 
 def _failure_of(exc: OutboundError) -> ToolFailure:
     match exc:
+        case InvalidUrl():
+            return ToolFailure.INVALID_URL
         case AddressRefused():
             return ToolFailure.ADDRESS_REFUSED
         case OutboundTimeout():

@@ -36,6 +36,7 @@ class HttpTool:
 class ToolFailure(enum.StrEnum):
     """Why a call gave an error result: a stable name for events, metrics and tests."""
 
+    INVALID_URL = "INVALID_URL"
     ADDRESS_REFUSED = "ADDRESS_REFUSED"
     TIMEOUT = "TIMEOUT"
     CONNECT_ERROR = "CONNECT_ERROR"
