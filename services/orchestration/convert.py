@@ -104,7 +104,9 @@ def _busy_policy(value: int) -> BusyPolicy | None:
     """None for BUSY_POLICY_UNSPECIFIED; a number no BusyPolicy has raises nothing (None too)."""
     if value == agents_pb.BUSY_POLICY_UNSPECIFIED or value not in agents_pb.BusyPolicy.values():
         return None
-    return BusyPolicy(agents_pb.BusyPolicy.Name(value).removeprefix("BUSY_POLICY_"))
+    return BusyPolicy(
+        agents_pb.BusyPolicy.Name(agents_pb.BusyPolicy.ValueType(value)).removeprefix("BUSY_POLICY_")
+    )
 
 
 def busy_policy_from_proto(value: int, field: str = "busy_policy") -> BusyPolicy | None:
