@@ -29,6 +29,7 @@ from gateway.transcode import build_request, to_json
 from gateway.upstream import Tracing, Upstreams, metadata_for, parse_timeout, request_id_of
 from gateway.websocket import ChatSocket, Limits
 from services.platform.settings import Settings
+from services.platform.tiers import TIERS
 
 log = logging.getLogger("agentmesh.gateway")
 STATIC = pathlib.Path(__file__).parent / "static"
@@ -260,6 +261,9 @@ def _operational_routes(gateway: Gateway) -> list[BaseRoute]:
 def _page_routes(settings: Settings) -> list[BaseRoute]:
     """The chat page: index.html, its static files and its configuration (demo sign-in when embedded)."""
     page_config = {"demo": _demo_sign_in() if settings.embedded else None}
+    # The tiers' allowed models ("provider:model" patterns) by tier name, for the agent editor's
+    # model field: no RPC says which models a tier allows, and the table is the same everywhere.
+    tier_models = {"models": {name: list(limits.allowed_models) for name, limits in TIERS.items()}}
 
     async def index(_: Request) -> Response:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -267,9 +271,13 @@ def _page_routes(settings: Settings) -> list[BaseRoute]:
     async def page(_: Request) -> Response:
         return JSONResponse(page_config, headers={"Cache-Control": "no-cache"})
 
+    async def models(_: Request) -> Response:
+        return JSONResponse(tier_models)
+
     return [
         Route("/", index, methods=["GET"]),
         Route("/v1/_page", page, methods=["GET"]),
+        Route("/v1/_models", models, methods=["GET"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 

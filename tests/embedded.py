@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from tests.helpers import free_port
@@ -32,8 +32,10 @@ class Embedded:
 
 
 @contextlib.contextmanager
-def run_embedded(data_dir: Path, *, echo_delay_ms: int = 0) -> Iterator[Embedded]:
-    """Starts `agentmesh up` with a clean environment; asserts it exits 0 on SIGTERM."""
+def run_embedded(
+    data_dir: Path, *, echo_delay_ms: int = 0, env_extra: Mapping[str, str] | None = None
+) -> Iterator[Embedded]:
+    """Starts `agentmesh up` with a clean environment (plus `env_extra`); asserts it exits 0 on SIGTERM."""
     running = Embedded(free_port(), free_port())
     env = {
         k: v
@@ -41,6 +43,7 @@ def run_embedded(data_dir: Path, *, echo_delay_ms: int = 0) -> Iterator[Embedded
         if not k.startswith("AGENTMESH_") and k not in ("DATABASE_URL", "REDIS_URL")
     }
     env["AGENTMESH_ECHO_DELAY_MS"] = str(echo_delay_ms)
+    env.update(env_extra or {})
     proc = subprocess.Popen(
         [
             str(BIN / "agentmesh"),

@@ -1,0 +1,367 @@
+// The page's wiring: sign-in and sign-out, the views, the chat frames, the keyboard.
+import { api, claims } from "./api.js";
+import { ChatSocket, TERMINAL } from "./ws.js";
+import { bubble, setText, appendText, finish, stored, scrollDown } from "./render.js";
+import * as sessions from "./sessions.js";
+import { listAgents, renderAgents, AgentEditor } from "./agents.js";
+
+const store = window.sessionStorage;
+const $ = (sel) => document.querySelector(sel);
+const EDITORS = ["owner", "admin"];
+
+let socket = null;
+let page = { demo: null, models: {} };
+let current = JSON.parse(store.getItem("session") || "null");
+let activeRun = null;
+let agents = [];
+const bubbles = new Map(); // run_id -> element
+
+function toast(text, kind = "error") {
+  const el = $("#toast");
+  el.textContent = text;
+  el.className = kind;
+  el.hidden = false;
+  clearTimeout(toast.timer);
+  // Success goes away quickly; an error stays long enough to read.
+  toast.timer = setTimeout(() => (el.hidden = true), kind === "ok" ? 2000 : 6000);
+}
+function clearToast() {
+  clearTimeout(toast.timer);
+  $("#toast").hidden = true;
+}
+
+function setPill(state) {
+  const pill = $("#socket-state");
+  pill.textContent = state;
+  pill.className = "pill " + state;
+}
+
+const canEdit = () => (claims(api.token() || "").roles || []).some((r) => EDITORS.includes(r));
+const agentName = (id) => agents.find((a) => a.id === id)?.displayName || "Agent " + (id || "").slice(0, 8);
+
+function setRunning(runId) {
+  activeRun = runId;
+  $("#stop").disabled = !runId;
+}
+
+// ---- chat frames ----
+function runBubble(runId) {
+  let el = bubbles.get(runId);
+  if (!el) {
+    el = bubble("assistant", "", { streaming: true });
+    bubbles.set(runId, el);
+  }
+  return el;
+}
+
+const handlers = {
+  error(m) {
+    if (m.error_code === "UNAUTHENTICATED") return; // the socket refreshes and reconnects
+    toast(`${m.error_code}: ${m.error_message}` + (m.retry_after ? ` (retry in ${m.retry_after}s)` : ""));
+  },
+  system_event(m) {
+    if (!current || m.session_id !== current.id) return;
+    if (m.event === "run_created" || m.event === "run_started") {
+      setRunning(m.run_id);
+      runBubble(m.run_id);
+    } else if (TERMINAL.includes(m.event)) {
+      const el = bubbles.get(m.run_id);
+      if (el) finish(el, m.event, m.error);
+      if (m.event === "run_failed") toast("The answer failed: " + (m.error?.message || "unknown error"));
+      if (activeRun === m.run_id) setRunning(null);
+      refreshSessions();
+    }
+  },
+  agent_response(m) {
+    if (!current || m.session_id !== current.id) return;
+    const el = runBubble(m.run_id);
+    if (m.delta !== undefined) appendText(el, m.delta);
+    if (m.final !== undefined) setText(el, m.final);
+    scrollDown();
+  },
+  pong() {},
+};
+
+// ---- sessions ----
+async function refreshSessions() {
+  try {
+    const list = await sessions.listSessions();
+    if (!api.token()) return;
+    sessions.renderSessions(list, { agentName, currentId: current?.id, open: openSession, end: endSession });
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+function showChat() {
+  $("#agent-view").hidden = true;
+  $("#chat-view").hidden = false;
+}
+
+// Shows a session: its stored history, then its unfinished run (if any) continued over the socket
+// from the last event the page has, so a reload or a second tab picks the answer up where it is.
+async function showSession() {
+  showChat();
+  $("#messages").textContent = "";
+  bubbles.clear();
+  setRunning(null);
+  if (!current) return;
+  $("#chat-title").textContent = "Chat with " + (current.title || agentName(current.agentId));
+  const ended = current.state === "SESSION_STATE_ENDED";
+  $("#composer").disabled = ended;
+  $("#send").disabled = ended;
+  const shown = current.id;
+  const [messages, run] = await Promise.all([
+    sessions.history(current.conversationId),
+    sessions.activeRun(current.id).catch(() => null), // no run to continue is the safe answer
+  ]);
+  if (!api.token() || current?.id !== shown) return;
+  for (const m of messages) {
+    // The live run's answer is not stored yet, except as a partial; it streams in below instead.
+    if (run && m.metadata?.run_id === run.id) continue;
+    stored(m);
+  }
+  if (run) {
+    setRunning(run.id);
+    runBubble(run.id);
+    socket.follow(run.id, current.id, 0);
+  }
+}
+
+async function openSession(s) {
+  current = {
+    id: s.id,
+    conversationId: s.conversationId,
+    agentId: s.agentId,
+    title: agentName(s.agentId),
+    state: s.state,
+  };
+  store.setItem("session", JSON.stringify(current));
+  try {
+    await showSession();
+    await refreshSessions();
+    renderAgentList();
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+async function endSession(s) {
+  try {
+    await sessions.endSession(s.id);
+    if (current?.id === s.id) {
+      current.state = "SESSION_STATE_ENDED";
+      store.setItem("session", JSON.stringify(current));
+      $("#composer").disabled = true;
+      $("#send").disabled = true;
+    }
+    toast("Session ended", "ok");
+    await refreshSessions();
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+async function startSession(agent) {
+  try {
+    const { session } = await api.call("OrchestrationService.StartSession", { agentId: agent.id });
+    await openSession(session);
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+// ---- agents ----
+function renderAgentList() {
+  renderAgents(agents, { currentAgentId: current?.agentId, canEdit: canEdit(), chat: startSession, edit: editAgent });
+}
+
+async function loadAgents() {
+  const list = await listAgents();
+  if (!api.token()) return; // signed out while the list was on its way
+  agents = list;
+  renderAgentList();
+}
+
+const editor = new AgentEditor({ toast, changed: () => loadAgents().catch((e) => toast(e.message)) });
+
+async function editAgent(agent) {
+  try {
+    const tier = (claims(api.token()).tier || "").toLowerCase();
+    await editor.open(agent, { canEdit: canEdit(), models: page.models[tier] || [] });
+    $("#chat-view").hidden = true;
+    $("#agent-view").hidden = false;
+    $("#f-displayName").focus();
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+// ---- signing in and out ----
+// Empties everything a signed-in user saw, so the next person at this browser sees nothing of it.
+function clearView() {
+  for (const id of ["#agents", "#sessions", "#search-results", "#messages", "#versions", "#diff"]) $(id).textContent = "";
+  bubbles.clear();
+  agents = [];
+  setRunning(null);
+  $("#chat-title").textContent = "Pick an agent to start a session";
+  for (const f of ["#chat-form", "#create-agent", "#signin-form", "#search-form", "#agent-form"]) $(f).reset();
+  $("#composer").disabled = true;
+  $("#send").disabled = true;
+  showChat();
+}
+
+function toSignIn(reason) {
+  if (socket) socket.close();
+  socket = null;
+  current = null;
+  clearView();
+  clearToast();
+  setPill("offline");
+  $("#app-view").hidden = true;
+  $("#signin-view").hidden = false;
+  $("#signout").hidden = true;
+  $("#whoami").textContent = "";
+  const msg = $("#signin-message");
+  msg.textContent = reason || "";
+  msg.hidden = !reason;
+}
+
+async function signOut() {
+  await api.logout();
+  toSignIn();
+}
+
+async function enter() {
+  $("#signin-view").hidden = true;
+  $("#signin-message").hidden = true;
+  $("#app-view").hidden = false;
+  $("#signout").hidden = false;
+  $("#create-agent").hidden = !canEdit();
+  $("#whoami").textContent = store.getItem("user") || "";
+  api.schedule();
+  socket = new ChatSocket({
+    token: () => api.token(),
+    handlers,
+    onState: setPill,
+    onAuthFailed: () => api.refresh(),
+  });
+  setPill("reconnecting");
+  socket.open();
+  try {
+    await loadAgents();
+    await Promise.all([showSession(), refreshSessions()]);
+  } catch (e) {
+    if (e.status === 401) toSignIn(e.message);
+    else toast(e.message);
+  }
+}
+
+// The embedded mode (agentmesh up) publishes its demo sign-in; a production gateway publishes none.
+async function loadPage() {
+  const [config, tiers] = await Promise.all([fetch("/v1/_page"), fetch("/v1/_models")].map((r) => r.then((x) => x.json())));
+  page = { ...config, models: tiers.models || {} };
+  const { demo } = page;
+  if (!demo) return;
+  const form = $("#signin-form");
+  form.tenant.defaultValue = demo.tenant;
+  form.username.defaultValue = demo.users[0].username;
+  const hint = $("#demo-hint");
+  hint.textContent =
+    `Demo (agentmesh up): tenant ${demo.tenant}, ` + demo.users.map((u) => `${u.username} / ${u.password}`).join(" or ");
+  hint.hidden = false;
+}
+
+function send() {
+  const input = $("#composer");
+  const content = input.value.trim();
+  if (!content || !current || input.disabled) return;
+  if (!socket.send({ type: "chat_message", session_id: current.id, content, request_id: crypto.randomUUID() })) {
+    toast("Not connected yet; try again in a moment.");
+    return;
+  }
+  bubble("user", content);
+  input.value = "";
+}
+
+function stop() {
+  if (!activeRun) return;
+  if (!socket.send({ type: "cancel", run_id: activeRun, session_id: current?.id })) {
+    api.call("OrchestrationService.CancelRun", { runId: activeRun }).catch((e) => toast(e.message));
+  }
+}
+
+function wire() {
+  api.onSignedOut = (reason) => toSignIn(reason);
+  // A new access token: the socket's upstream streams must carry it from now on.
+  api.onTokens = () => socket?.reopen();
+  $("#signin-form").onsubmit = async (e) => {
+    e.preventDefault();
+    const f = new FormData(e.target);
+    try {
+      const reply = await api.call("IdentityService.Login", {
+        tenant: f.get("tenant"),
+        username: f.get("username"),
+        password: f.get("password"),
+      });
+      api.keep(reply.tokens);
+      store.setItem("user", f.get("username") + " @ " + f.get("tenant"));
+      e.target.reset(); // no password left in the page
+      await enter();
+    } catch (err) {
+      toast(err.message);
+    }
+  };
+  $("#create-agent").onsubmit = async (e) => {
+    e.preventDefault();
+    const input = e.target.displayName;
+    try {
+      // A new agent starts from the built-in assistant template (echo model), ready to chat.
+      await api.call("AgentService.CreateAgent", {
+        agent: { displayName: input.value },
+        templateId: "builtin-assistant",
+        requestId: crypto.randomUUID(),
+      });
+      input.value = "";
+      await loadAgents();
+    } catch (err) {
+      toast(err.message);
+    }
+  };
+  $("#search-form").onsubmit = async (e) => {
+    e.preventDefault();
+    try {
+      const results = await sessions.search(e.target.query.value);
+      const list = await sessions.listSessions();
+      sessions.renderResults(results, (r) => {
+        const s = list.find((x) => x.conversationId === r.conversation?.id);
+        if (s) openSession(s);
+        else toast("That conversation has no session of yours to open.");
+      });
+    } catch (err) {
+      toast(err.message);
+    }
+  };
+  $("#chat-form").onsubmit = (e) => {
+    e.preventDefault();
+    send();
+  };
+  $("#composer").addEventListener("keydown", (e) => {
+    if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      send();
+    }
+  });
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && activeRun) stop();
+  });
+  $("#stop").onclick = stop;
+  $("#agent-close").onclick = showChat;
+  $("#signout").onclick = () => signOut();
+}
+
+document.addEventListener("DOMContentLoaded", async () => {
+  await Promise.all([api.load(), loadPage()]);
+  wire();
+  if (api.token()) await enter();
+});

@@ -1,0 +1,93 @@
+// The chat WebSocket (/v1/ws, docs/gateway.md): reconnects by itself and resumes every unfinished
+// run from the last event id the page has. Frames go to handlers by type, so a new frame type
+// (tool calls, branches) is one more entry in the handlers object, not a change here.
+
+export const TERMINAL = ["run_completed", "run_failed", "run_cancelled"];
+
+export class ChatSocket {
+  // handlers: {[frame type]: (frame) => void}; onState("online" | "reconnecting" | "offline").
+  constructor({ token, handlers, onState, onAuthFailed }) {
+    this.token = token;
+    this.handlers = handlers;
+    this.onState = onState;
+    this.onAuthFailed = onAuthFailed;
+    this.runs = new Map(); // run_id -> {session_id, last, done}
+    this.backoff = 500;
+    this.closedByUs = false;
+    this.ws = null;
+  }
+
+  open() {
+    this.closedByUs = false;
+    const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/ws";
+    const ws = new WebSocket(url, ["agentmesh.v1", "bearer." + this.token()]);
+    this.ws = ws;
+    ws.onmessage = (e) => this.receive(ws, JSON.parse(e.data));
+    ws.onclose = (e) => {
+      if (ws !== this.ws) return; // a socket replaced by reopen()
+      if (this.closedByUs) return this.onState("offline");
+      if (e.code === 4401) {
+        // The token was refused: a refresh gets a new one (or signs out), then try again.
+        this.onState("reconnecting");
+        this.onAuthFailed().then(
+          () => this.open(),
+          () => this.onState("offline"),
+        );
+        return;
+      }
+      this.onState("reconnecting");
+      setTimeout(() => !this.closedByUs && this.open(), this.backoff);
+      this.backoff = Math.min(this.backoff * 2, 8000);
+    };
+  }
+
+  // A new token: the socket keeps the one it was opened with for the streams it opens later, so
+  // it is replaced; unfinished runs resume on the new one.
+  reopen() {
+    if (this.closedByUs) return;
+    const old = this.ws;
+    this.open();
+    if (old) old.close(1000);
+  }
+
+  close() {
+    this.closedByUs = true;
+    if (this.ws) this.ws.close(1000);
+  }
+
+  // Follows a run the page learned of elsewhere (ListRuns after a reload) from `after`.
+  follow(runId, sessionId, after = 0) {
+    const r = this.runs.get(runId) || { session_id: sessionId, last: after, done: false };
+    this.runs.set(runId, r);
+    this.send({ type: "resume", session_id: sessionId, run_id: runId, after_event_id: r.last });
+  }
+
+  receive(ws, m) {
+    if (this.closedByUs || ws !== this.ws) return; // in flight when the user signed out or we reopened
+    if (m.type === "system_event" && m.event === "connected") {
+      this.backoff = 500;
+      this.onState("online");
+      for (const [run_id, r] of this.runs) {
+        if (!r.done) this.send({ type: "resume", session_id: r.session_id, run_id, after_event_id: r.last });
+      }
+      return;
+    }
+    if (m.run_id && m.event_id) {
+      const r = this.runs.get(m.run_id) || { session_id: m.session_id, last: 0, done: false };
+      if (m.event_id <= r.last) return; // already seen: never show a duplicate
+      r.last = m.event_id;
+      if (TERMINAL.includes(m.event)) r.done = true;
+      this.runs.set(m.run_id, r);
+    }
+    const handler = this.handlers[m.type];
+    if (handler) handler(m);
+  }
+
+  send(obj) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
+      this.ws.send(JSON.stringify(obj));
+      return true;
+    }
+    return false;
+  }
+}
