@@ -76,6 +76,62 @@ MESSAGE_ROLE_TOOL: MessageRole.ValueType  # 4
 """The result of a tool call; needs tool_call_id."""
 Global___MessageRole: _TypeAlias = MessageRole  # noqa: Y015
 
+class _UsageSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_SOURCE_UNSPECIFIED: _UsageSource.ValueType  # 0
+    """Not set; read as USAGE_SOURCE_ESTIMATED."""
+    USAGE_SOURCE_PROVIDER: _UsageSource.ValueType  # 1
+    """Reported by the model provider."""
+    USAGE_SOURCE_ESTIMATED: _UsageSource.ValueType  # 2
+    """Counted by agentmesh's tokenizer because the provider reported none."""
+
+class UsageSource(_UsageSource, metaclass=_UsageSourceEnumTypeWrapper):
+    """Where a message's token counts come from."""
+
+USAGE_SOURCE_UNSPECIFIED: UsageSource.ValueType  # 0
+"""Not set; read as USAGE_SOURCE_ESTIMATED."""
+USAGE_SOURCE_PROVIDER: UsageSource.ValueType  # 1
+"""Reported by the model provider."""
+USAGE_SOURCE_ESTIMATED: UsageSource.ValueType  # 2
+"""Counted by agentmesh's tokenizer because the provider reported none."""
+Global___UsageSource: _TypeAlias = UsageSource  # noqa: Y015
+
+class _UsageGrouping:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageGroupingEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageGrouping.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_GROUPING_UNSPECIFIED: _UsageGrouping.ValueType  # 0
+    """Not set; GetUsage refuses it."""
+    USAGE_GROUPING_USER: _UsageGrouping.ValueType  # 1
+    """By the user whose conversation it is."""
+    USAGE_GROUPING_AGENT: _UsageGrouping.ValueType  # 2
+    """By agent."""
+    USAGE_GROUPING_MODEL: _UsageGrouping.ValueType  # 3
+    """By model."""
+    USAGE_GROUPING_DAY: _UsageGrouping.ValueType  # 4
+    """By UTC day."""
+
+class UsageGrouping(_UsageGrouping, metaclass=_UsageGroupingEnumTypeWrapper):
+    """A key GetUsage splits its rows by."""
+
+USAGE_GROUPING_UNSPECIFIED: UsageGrouping.ValueType  # 0
+"""Not set; GetUsage refuses it."""
+USAGE_GROUPING_USER: UsageGrouping.ValueType  # 1
+"""By the user whose conversation it is."""
+USAGE_GROUPING_AGENT: UsageGrouping.ValueType  # 2
+"""By agent."""
+USAGE_GROUPING_MODEL: UsageGrouping.ValueType  # 3
+"""By model."""
+USAGE_GROUPING_DAY: UsageGrouping.ValueType  # 4
+"""By UTC day."""
+Global___UsageGrouping: _TypeAlias = UsageGrouping  # noqa: Y015
+
 class _SortOrder:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -233,6 +289,7 @@ class Message(_message.Message):
     METADATA_FIELD_NUMBER: _builtins.int
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Assigned by the service."""
     conversation_id: _builtins.str
@@ -257,6 +314,13 @@ class Message(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the message was committed."""
 
+    @_builtins.property
+    def usage(self) -> Global___MessageUsage:
+        """What producing the message consumed. Accepted on append of assistant messages only
+        (INVALID_ARGUMENT on any other role); stored with the message and added to the usage
+        aggregates by the same statement.
+        """
+
     def __init__(
         self,
         *,
@@ -269,14 +333,75 @@ class Message(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         tool_call_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        usage: Global___MessageUsage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "conversation_id", b"conversation_id", "create_time", b"create_time", "id", b"id", "metadata", b"metadata", "role", b"role", "sequence", b"sequence", "token_count", b"token_count", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "conversation_id", b"conversation_id", "create_time", b"create_time", "id", b"id", "metadata", b"metadata", "role", b"role", "sequence", b"sequence", "token_count", b"token_count", "tool_call_id", b"tool_call_id", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class MessageUsage(_message.Message):
+    """The consumption of one assistant message (one model answer)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    prompt_tokens: _builtins.int
+    """Tokens the model read; not negative."""
+    completion_tokens: _builtins.int
+    """Tokens the model wrote; not negative."""
+    total_tokens: _builtins.int
+    """prompt_tokens + completion_tokens, computed by the service."""
+    model: _builtins.str
+    """The "provider:model" that answered; required with usage."""
+    source: Global___UsageSource.ValueType
+    """Whether the counts were reported by the provider or estimated."""
+    tool_calls: _builtins.int
+    """Tool calls the answer made; not negative."""
+    duration_ms: _builtins.int
+    """Wall-clock time of the model call in milliseconds; not negative."""
+    cost_micros: _builtins.int
+    """The cost in millionths of the price currency unit, from the model's price in force when the
+    message was stored (0 for a model without a price); never rewritten.
+    """
+    run_id: _builtins.str
+    """The run that produced the message, if any."""
+    user_id: _builtins.str
+    """The user the usage is counted for: always the conversation's user."""
+    def __init__(
+        self,
+        *,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        total_tokens: _builtins.int = ...,
+        model: _builtins.str = ...,
+        source: Global___UsageSource.ValueType = ...,
+        tool_calls: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+        run_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "cost_micros", b"cost_micros", "duration_ms", b"duration_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "run_id", b"run_id", "source", b"source", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___MessageUsage: _TypeAlias = MessageUsage  # noqa: Y015
 
 @_typing.final
 class CreateConversationRequest(_message.Message):
@@ -1175,3 +1300,238 @@ class UpdateRetentionPolicyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateRetentionPolicyResponse: _TypeAlias = UpdateRetentionPolicyResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """What usage to sum; every filter is optional."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    GROUP_BY_FIELD_NUMBER: _builtins.int
+    TENANT_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """Only this user's usage (owners and admins; members always see their own)."""
+    agent_id: _builtins.str
+    """Only usage of conversations with this agent."""
+    model: _builtins.str
+    """Only usage of this "provider:model"."""
+    tenant: _builtins.str
+    """Another tenant's id: the platform operator only (`agentmesh admin usage`); empty: the caller's."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """The inclusive lower bound, at a UTC midnight (usage is kept per UTC day); unset: the start
+        of this UTC month.
+        """
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """The exclusive upper bound, at a UTC midnight and after start_time; unset: the start of next
+        UTC month.
+        """
+
+    @_builtins.property
+    def group_by(self) -> _containers.RepeatedScalarFieldContainer[Global___UsageGrouping.ValueType]:
+        """The keys to split the rows by, each at most once; empty: one row per (user, agent, model, day)."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        user_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        group_by: _abc.Iterable[Global___UsageGrouping.ValueType] | None = ...,
+        tenant: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "end_time", b"end_time", "group_by", b"group_by", "model", b"model", "start_time", b"start_time", "tenant", b"tenant", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageRow(_message.Message):
+    """Sums of usage; the keys not grouped by are empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    DAY_FIELD_NUMBER: _builtins.int
+    MESSAGES_FIELD_NUMBER: _builtins.int
+    PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
+    COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    COST_MICROS_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    """The user, when grouped by USER."""
+    agent_id: _builtins.str
+    """The agent, when grouped by AGENT."""
+    model: _builtins.str
+    """The model, when grouped by MODEL."""
+    day: _builtins.str
+    """The UTC day YYYY-MM-DD, when grouped by DAY."""
+    messages: _builtins.int
+    """Assistant messages with usage."""
+    prompt_tokens: _builtins.int
+    """Prompt tokens."""
+    completion_tokens: _builtins.int
+    """Completion tokens."""
+    total_tokens: _builtins.int
+    """Prompt plus completion tokens."""
+    tool_calls: _builtins.int
+    """Tool calls."""
+    cost_micros: _builtins.int
+    """Cost in millionths of the price currency unit."""
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        agent_id: _builtins.str = ...,
+        model: _builtins.str = ...,
+        day: _builtins.str = ...,
+        messages: _builtins.int = ...,
+        prompt_tokens: _builtins.int = ...,
+        completion_tokens: _builtins.int = ...,
+        total_tokens: _builtins.int = ...,
+        tool_calls: _builtins.int = ...,
+        cost_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "completion_tokens", b"completion_tokens", "cost_micros", b"cost_micros", "day", b"day", "messages", b"messages", "model", b"model", "prompt_tokens", b"prompt_tokens", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageRow: _TypeAlias = UsageRow  # noqa: Y015
+
+@_typing.final
+class Quota(_message.Message):
+    """A tenant's monthly quota and its use this UTC month."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_TOKENS_FIELD_NUMBER: _builtins.int
+    USED_TOKENS_FIELD_NUMBER: _builtins.int
+    REMAINING_TOKENS_FIELD_NUMBER: _builtins.int
+    LIMIT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    USED_COST_MICROS_FIELD_NUMBER: _builtins.int
+    RESET_TIME_FIELD_NUMBER: _builtins.int
+    limit_tokens: _builtins.int
+    """Tokens a month; 0 means unlimited."""
+    used_tokens: _builtins.int
+    """Tokens used this month."""
+    remaining_tokens: _builtins.int
+    """Tokens left this month (0 when used up; 0 with limit_tokens 0 means unlimited)."""
+    limit_cost_micros: _builtins.int
+    """Cost a month in millionths of the price currency unit; 0 means unlimited."""
+    used_cost_micros: _builtins.int
+    """Cost this month in millionths of the price currency unit."""
+    @_builtins.property
+    def reset_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the next UTC month, when the used amounts start again from 0."""
+
+    def __init__(
+        self,
+        *,
+        limit_tokens: _builtins.int = ...,
+        used_tokens: _builtins.int = ...,
+        remaining_tokens: _builtins.int = ...,
+        limit_cost_micros: _builtins.int = ...,
+        used_cost_micros: _builtins.int = ...,
+        reset_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_time", b"reset_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_cost_micros", b"limit_cost_micros", "limit_tokens", b"limit_tokens", "remaining_tokens", b"remaining_tokens", "reset_time", b"reset_time", "used_cost_micros", b"used_cost_micros", "used_tokens", b"used_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Quota: _TypeAlias = Quota  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    """Usage over the period."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOTALS_FIELD_NUMBER: _builtins.int
+    ROWS_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def totals(self) -> Global___UsageRow:
+        """Everything that matched, keys empty."""
+
+    @_builtins.property
+    def rows(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageRow]:
+        """One row per group, ordered by the group keys."""
+
+    @_builtins.property
+    def quota(self) -> Global___Quota:
+        """The tenant's quota this month (not limited by the period or the filters)."""
+
+    def __init__(
+        self,
+        *,
+        totals: Global___UsageRow | None = ...,
+        rows: _abc.Iterable[Global___UsageRow] | None = ...,
+        quota: Global___Quota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "totals", b"totals"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "rows", b"rows", "totals", b"totals"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class CheckQuotaRequest(_message.Message):
+    """Checks the caller's tenant's monthly quota."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckQuotaRequest: _TypeAlias = CheckQuotaRequest  # noqa: Y015
+
+@_typing.final
+class CheckQuotaResponse(_message.Message):
+    """The quota, when some of it remains."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    QUOTA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def quota(self) -> Global___Quota:
+        """The tenant's quota this month."""
+
+    def __init__(
+        self,
+        *,
+        quota: Global___Quota | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CheckQuotaResponse: _TypeAlias = CheckQuotaResponse  # noqa: Y015

@@ -87,6 +87,16 @@ class ConversationServiceStub:
                 request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetTenantStatsRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetTenantStatsResponse.FromString,
                 _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/agentmesh.conversation.v1.ConversationService/GetUsage',
+                request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.CheckQuota = channel.unary_unary(
+                '/agentmesh.conversation.v1.ConversationService/CheckQuota',
+                request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.CheckQuotaRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.CheckQuotaResponse.FromString,
+                _registered_method=True)
         self.GetRetentionPolicy = channel.unary_unary(
                 '/agentmesh.conversation.v1.ConversationService/GetRetentionPolicy',
                 request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetRetentionPolicyRequest.SerializeToString,
@@ -179,6 +189,24 @@ class ConversationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetUsage(self, request, context):
+        """Tokens and cost over a period (default: this UTC month), summed from the per-day aggregates
+        that each assistant message's usage adds to as it is stored; grouped and filtered on request,
+        with the tenant's monthly quota. Owners and admins see the tenant's usage, members their own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CheckQuota(self, request, context):
+        """Internal (orchestration, at run admission): the caller's tenant's monthly quota. Answers the
+        quota while tokens remain; RESOURCE_EXHAUSTED with a QuotaFailure ("monthly_tokens" or
+        "monthly_cost") and RetryInfo up to the reset time once the month's usage reached the limit.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetRetentionPolicy(self, request, context):
         """How many days closed conversations are kept (owner and admin only). A singleton of the
         caller's tenant; the old top-level path stays for one release.
@@ -246,6 +274,16 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.GetTenantStats,
                     request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetTenantStatsRequest.FromString,
                     response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetTenantStatsResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'CheckQuota': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckQuota,
+                    request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.CheckQuotaRequest.FromString,
+                    response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.CheckQuotaResponse.SerializeToString,
             ),
             'GetRetentionPolicy': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRetentionPolicy,
@@ -531,6 +569,60 @@ class ConversationService:
             '/agentmesh.conversation.v1.ConversationService/GetTenantStats',
             agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetTenantStatsRequest.SerializeToString,
             agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetTenantStatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.conversation.v1.ConversationService/GetUsage',
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetUsageRequest.SerializeToString,
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckQuota(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.conversation.v1.ConversationService/CheckQuota',
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.CheckQuotaRequest.SerializeToString,
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.CheckQuotaResponse.FromString,
             options,
             channel_credentials,
             insecure,

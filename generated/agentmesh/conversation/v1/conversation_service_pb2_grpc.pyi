@@ -63,6 +63,16 @@ class ConversationServiceStub:
     owners and admins, a member's own otherwise. A singleton of the caller's tenant; the old
     top-level path stays for one release.
     """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetUsageRequest, _conversation_service_pb2.GetUsageResponse]
+    """Tokens and cost over a period (default: this UTC month), summed from the per-day aggregates
+    that each assistant message's usage adds to as it is stored; grouped and filtered on request,
+    with the tenant's monthly quota. Owners and admins see the tenant's usage, members their own.
+    """
+    CheckQuota: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.CheckQuotaRequest, _conversation_service_pb2.CheckQuotaResponse]
+    """Internal (orchestration, at run admission): the caller's tenant's monthly quota. Answers the
+    quota while tokens remain; RESOURCE_EXHAUSTED with a QuotaFailure ("monthly_tokens" or
+    "monthly_cost") and RetryInfo up to the reset time once the month's usage reached the limit.
+    """
     GetRetentionPolicy: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetRetentionPolicyRequest, _conversation_service_pb2.GetRetentionPolicyResponse]
     """How many days closed conversations are kept (owner and admin only). A singleton of the
     caller's tenant; the old top-level path stays for one release.
@@ -104,6 +114,16 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     """Conversations, messages and tokens, by agent and by day, over a time range: the tenant's for
     owners and admins, a member's own otherwise. A singleton of the caller's tenant; the old
     top-level path stays for one release.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetUsageRequest, _conversation_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """Tokens and cost over a period (default: this UTC month), summed from the per-day aggregates
+    that each assistant message's usage adds to as it is stored; grouped and filtered on request,
+    with the tenant's monthly quota. Owners and admins see the tenant's usage, members their own.
+    """
+    CheckQuota: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.CheckQuotaRequest, _conversation_service_pb2.CheckQuotaResponse]  # type: ignore[assignment]
+    """Internal (orchestration, at run admission): the caller's tenant's monthly quota. Answers the
+    quota while tokens remain; RESOURCE_EXHAUSTED with a QuotaFailure ("monthly_tokens" or
+    "monthly_cost") and RetryInfo up to the reset time once the month's usage reached the limit.
     """
     GetRetentionPolicy: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetRetentionPolicyRequest, _conversation_service_pb2.GetRetentionPolicyResponse]  # type: ignore[assignment]
     """How many days closed conversations are kept (owner and admin only). A singleton of the
@@ -203,6 +223,28 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Conversations, messages and tokens, by agent and by day, over a time range: the tenant's for
         owners and admins, a member's own otherwise. A singleton of the caller's tenant; the old
         top-level path stays for one release.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _conversation_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_service_pb2.GetUsageResponse, _abc.Awaitable[_conversation_service_pb2.GetUsageResponse]]:
+        """Tokens and cost over a period (default: this UTC month), summed from the per-day aggregates
+        that each assistant message's usage adds to as it is stored; grouped and filtered on request,
+        with the tenant's monthly quota. Owners and admins see the tenant's usage, members their own.
+        """
+
+    @_abc_1.abstractmethod
+    def CheckQuota(
+        self,
+        request: _conversation_service_pb2.CheckQuotaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_service_pb2.CheckQuotaResponse, _abc.Awaitable[_conversation_service_pb2.CheckQuotaResponse]]:
+        """Internal (orchestration, at run admission): the caller's tenant's monthly quota. Answers the
+        quota while tokens remain; RESOURCE_EXHAUSTED with a QuotaFailure ("monthly_tokens" or
+        "monthly_cost") and RetryInfo up to the reset time once the month's usage reached the limit.
         """
 
     @_abc_1.abstractmethod
