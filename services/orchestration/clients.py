@@ -1,16 +1,15 @@
 """Calls orchestration makes to its peers (agents, conversation, identity), through the generated
-stubs over the runtime's peer channels.
+stubs over the runtime's peer channels and `peers.call`, the one peer-call boundary (a failure comes
+back as the exception its server raised).
 
 Every call passes the acting user's token explicitly and an explicit timeout: runs execute in
 background tasks, outside the call that started them, where the channel has no call to forward.
-Failures come back as the platform's typed exceptions (`from_rpc_error`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import grpc
 
@@ -23,7 +22,7 @@ from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
 from services.orchestration.convert import Role, agent_from_proto, context_from_proto, role_to_proto
 from services.orchestration.models import AgentSnapshot
 from services.orchestration.providers import ChatMessage
-from services.platform import errors
+from services.platform import errors, peers
 
 
 def auth(token: str) -> tuple[tuple[str, str], ...]:
@@ -36,12 +35,12 @@ class AgentsClient:
         self._timeout = timeout
 
     async def get_agent(self, agent_id: str, *, token: str, tenant_id: str) -> AgentSnapshot:
-        try:
-            reply = await self._stub.GetAgent(
-                agents_pb.GetAgentRequest(agent_id=agent_id), metadata=auth(token), timeout=self._timeout
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise errors.from_rpc_error(exc) from None
+        reply = await peers.call(
+            self._stub.GetAgent,
+            agents_pb.GetAgentRequest(agent_id=agent_id),
+            metadata=auth(token),
+            timeout=self._timeout,
+        )
         return agent_from_proto(reply.agent, tenant_id)
 
     def watch(self, *, token: str, timeout: float) -> AsyncIterator[agents_pb.AgentEvent | None]:
@@ -51,8 +50,11 @@ class AgentsClient:
         """
 
         async def events() -> AsyncIterator[agents_pb.AgentEvent | None]:
-            call = self._stub.WatchAgents(
-                agents_pb.WatchAgentsRequest(all_tenants=True), metadata=auth(token), timeout=timeout
+            call = peers.call(
+                self._stub.WatchAgents,
+                agents_pb.WatchAgentsRequest(all_tenants=True),
+                metadata=auth(token),
+                timeout=timeout,
             )
             try:
                 await call.initial_metadata()
@@ -70,30 +72,26 @@ class ConversationClient:
         self._stub = conv_grpc.ConversationServiceStub(channel)
         self._timeout = timeout
 
-    async def _call(self, method: Callable[..., Any], request: Any, token: str) -> Any:
-        try:
-            return await method(request, metadata=auth(token), timeout=self._timeout)
-        except grpc.aio.AioRpcError as exc:
-            raise errors.from_rpc_error(exc) from None
-
     async def create(
         self, *, agent_id: str, agent_version: int, title: str, request_id: str, token: str
     ) -> str:
-        reply = await self._call(
+        reply = await peers.call(
             self._stub.CreateConversation,
             conv_pb.CreateConversationRequest(
                 agent_id=agent_id, agent_version=agent_version, title=title, request_id=request_id
             ),
-            token,
+            metadata=auth(token),
+            timeout=self._timeout,
         )
         return reply.conversation.id
 
     async def close(self, conversation_id: str, *, token: str) -> None:
         try:
-            await self._call(
+            await peers.call(
                 self._stub.CloseConversation,
                 conv_pb.CloseConversationRequest(conversation_id=conversation_id),
-                token,
+                metadata=auth(token),
+                timeout=self._timeout,
             )
         except errors.FailedPrecondition:
             pass  # already closed
@@ -108,26 +106,28 @@ class ConversationClient:
         request_id: str,
         token: str,
     ) -> str:
-        reply = await self._call(
+        reply = await peers.call(
             self._stub.AppendMessage,
             conv_pb.AppendMessageRequest(
                 conversation_id=conversation_id,
                 message=conv_pb.Message(role=role_to_proto(role), content=content, metadata=metadata),
                 request_id=request_id,
             ),
-            token,
+            metadata=auth(token),
+            timeout=self._timeout,
         )
         return reply.message.id
 
     async def context(
         self, conversation_id: str, *, token_budget: int, system_prompt: str, token: str
     ) -> list[ChatMessage]:
-        reply = await self._call(
+        reply = await peers.call(
             self._stub.GetContext,
             conv_pb.GetContextRequest(
                 conversation_id=conversation_id, token_budget=token_budget, system_prompt=system_prompt
             ),
-            token,
+            metadata=auth(token),
+            timeout=self._timeout,
         )
         return context_from_proto(list(reply.messages))
 
@@ -147,13 +147,11 @@ class ServiceTokens:
     async def __call__(self) -> str:
         if self._token and time.monotonic() < self._valid_until:
             return self._token
-        try:
-            reply = await self._stub.IssueServiceToken(
-                identity_pb.IssueServiceTokenRequest(service_name=self._name, secret=self._secret),
-                timeout=self._timeout,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise errors.from_rpc_error(exc) from None
+        reply = await peers.call(
+            self._stub.IssueServiceToken,
+            identity_pb.IssueServiceTokenRequest(service_name=self._name, secret=self._secret),
+            timeout=self._timeout,
+        )
         lifetime = reply.tokens.access_token_lifetime.ToTimedelta().total_seconds() or 300
         self._token = reply.tokens.access_token
         self._valid_until = time.monotonic() + lifetime * 0.8
