@@ -290,6 +290,7 @@ class Message(_message.Message):
     TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Assigned by the service."""
     conversation_id: _builtins.str
@@ -303,8 +304,10 @@ class Message(_message.Message):
     token_count: _builtins.int
     """Computed by the service's token counter."""
     tool_call_id: _builtins.str
-    """On an assistant message: the tool call it makes; on a tool message: the call it answers.
-    A call and its results are kept or dropped together by GetContext.
+    """On a tool message (required there): the call it answers (a ToolCallRef.id of an earlier
+    assistant message). On an assistant message: a single call it makes, the form before
+    tool_calls; new writers use tool_calls. A call and its results are kept or dropped together
+    by GetContext.
     """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
@@ -321,6 +324,12 @@ class Message(_message.Message):
         aggregates by the same statement.
         """
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCallRef]:
+        """On an assistant message only: the tool calls the model made in it (content may then be
+        empty). GetContext returns such a message only together with a tool message for each call.
+        """
+
     def __init__(
         self,
         *,
@@ -334,14 +343,45 @@ class Message(_message.Message):
         tool_call_id: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         usage: Global___MessageUsage | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCallRef] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "conversation_id", b"conversation_id", "create_time", b"create_time", "id", b"id", "metadata", b"metadata", "role", b"role", "sequence", b"sequence", "token_count", b"token_count", "tool_call_id", b"tool_call_id", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "conversation_id", b"conversation_id", "create_time", b"create_time", "id", b"id", "metadata", b"metadata", "role", b"role", "sequence", b"sequence", "token_count", b"token_count", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Message: _TypeAlias = Message  # noqa: Y015
+
+@_typing.final
+class ToolCallRef(_message.Message):
+    """One tool call an assistant message makes, as the model asked for it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The call's id; unique within the message; the tool message with this tool_call_id answers it."""
+    name: _builtins.str
+    """The tool's name."""
+    arguments_json: _builtins.str
+    """The arguments, a JSON object text."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "id", b"id", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCallRef: _TypeAlias = ToolCallRef  # noqa: Y015
 
 @_typing.final
 class MessageUsage(_message.Message):

@@ -69,6 +69,14 @@ class _RunStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunState.Val
     """Ended by an error (Run.error says which), or its worker died."""
     RUN_STATE_CANCELLED: _RunState.ValueType  # 5
     """Ended by CancelRun, EndSession or a busy policy; a partial answer is kept."""
+    RUN_STATE_REQUIRES_ACTION: _RunState.ValueType  # 6
+    """Waiting for the client's results of the client tool calls in Run.pending_tool_calls
+    (SubmitToolOutputs), until Run.wait_expire_time. No worker holds the run meanwhile.
+    """
+    RUN_STATE_REQUIRES_APPROVAL: _RunState.ValueType  # 7
+    """Waiting for a person's decision on the calls in Run.pending_tool_calls that need approval
+    (DecideToolCalls), until Run.wait_expire_time. No worker holds the run meanwhile.
+    """
 
 class RunState(_RunState, metaclass=_RunStateEnumTypeWrapper):
     """Where a run is in its life."""
@@ -85,6 +93,14 @@ RUN_STATE_FAILED: RunState.ValueType  # 4
 """Ended by an error (Run.error says which), or its worker died."""
 RUN_STATE_CANCELLED: RunState.ValueType  # 5
 """Ended by CancelRun, EndSession or a busy policy; a partial answer is kept."""
+RUN_STATE_REQUIRES_ACTION: RunState.ValueType  # 6
+"""Waiting for the client's results of the client tool calls in Run.pending_tool_calls
+(SubmitToolOutputs), until Run.wait_expire_time. No worker holds the run meanwhile.
+"""
+RUN_STATE_REQUIRES_APPROVAL: RunState.ValueType  # 7
+"""Waiting for a person's decision on the calls in Run.pending_tool_calls that need approval
+(DecideToolCalls), until Run.wait_expire_time. No worker holds the run meanwhile.
+"""
 Global___RunState: _TypeAlias = RunState  # noqa: Y015
 
 class _RunEventType:
@@ -109,6 +125,20 @@ class _RunEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RunEvent
     """The run ended with error set; the last event of the run."""
     RUN_EVENT_TYPE_RUN_CANCELLED: _RunEventType.ValueType  # 7
     """The run was cancelled; the last event of the run."""
+    RUN_EVENT_TYPE_TOOL_CALLS_REQUESTED: _RunEventType.ValueType  # 8
+    """The model called client tools; tool_calls holds them and the run waits for SubmitToolOutputs.
+    SendMessage and JoinRun streams end after it; Chat goes on.
+    """
+    RUN_EVENT_TYPE_APPROVAL_REQUESTED: _RunEventType.ValueType  # 9
+    """The model called tools that need approval; tool_calls holds them and the run waits for
+    DecideToolCalls. SendMessage and JoinRun streams end after it; Chat goes on.
+    """
+    RUN_EVENT_TYPE_TOOL_CALL_STARTED: _RunEventType.ValueType  # 10
+    """agentmesh began executing an http tool call; tool_calls holds that one call."""
+    RUN_EVENT_TYPE_TOOL_CALL_COMPLETED: _RunEventType.ValueType  # 11
+    """A tool call has its result (from the tool, the client, a denial or a refused argument);
+    tool_calls holds that one call with output, is_error and duration_ms.
+    """
 
 class RunEventType(_RunEventType, metaclass=_RunEventTypeEnumTypeWrapper):
     """What a RunEvent reports."""
@@ -129,7 +159,65 @@ RUN_EVENT_TYPE_RUN_FAILED: RunEventType.ValueType  # 6
 """The run ended with error set; the last event of the run."""
 RUN_EVENT_TYPE_RUN_CANCELLED: RunEventType.ValueType  # 7
 """The run was cancelled; the last event of the run."""
+RUN_EVENT_TYPE_TOOL_CALLS_REQUESTED: RunEventType.ValueType  # 8
+"""The model called client tools; tool_calls holds them and the run waits for SubmitToolOutputs.
+SendMessage and JoinRun streams end after it; Chat goes on.
+"""
+RUN_EVENT_TYPE_APPROVAL_REQUESTED: RunEventType.ValueType  # 9
+"""The model called tools that need approval; tool_calls holds them and the run waits for
+DecideToolCalls. SendMessage and JoinRun streams end after it; Chat goes on.
+"""
+RUN_EVENT_TYPE_TOOL_CALL_STARTED: RunEventType.ValueType  # 10
+"""agentmesh began executing an http tool call; tool_calls holds that one call."""
+RUN_EVENT_TYPE_TOOL_CALL_COMPLETED: RunEventType.ValueType  # 11
+"""A tool call has its result (from the tool, the client, a denial or a refused argument);
+tool_calls holds that one call with output, is_error and duration_ms.
+"""
 Global___RunEventType: _TypeAlias = RunEventType  # noqa: Y015
+
+class _ToolCallStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ToolCallStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ToolCallStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    TOOL_CALL_STATUS_UNSPECIFIED: _ToolCallStatus.ValueType  # 0
+    """Not set; never sent."""
+    TOOL_CALL_STATUS_AWAITING_APPROVAL: _ToolCallStatus.ValueType  # 1
+    """Waits for a person's decision (DecideToolCalls)."""
+    TOOL_CALL_STATUS_AWAITING_OUTPUT: _ToolCallStatus.ValueType  # 2
+    """Waits for the client's result (SubmitToolOutputs)."""
+    TOOL_CALL_STATUS_RUNNING: _ToolCallStatus.ValueType  # 3
+    """agentmesh is executing it (http tools)."""
+    TOOL_CALL_STATUS_COMPLETED: _ToolCallStatus.ValueType  # 4
+    """Has its result in output (is_error says whether it is an error result)."""
+    TOOL_CALL_STATUS_DENIED: _ToolCallStatus.ValueType  # 5
+    """A person denied it; output holds the reason the model is told."""
+    TOOL_CALL_STATUS_EXPIRED: _ToolCallStatus.ValueType  # 6
+    """The run's wait expired before the call was answered."""
+    TOOL_CALL_STATUS_CANCELLED: _ToolCallStatus.ValueType  # 7
+    """The run was cancelled before the call was answered."""
+
+class ToolCallStatus(_ToolCallStatus, metaclass=_ToolCallStatusEnumTypeWrapper):
+    """Where one tool call is in its life."""
+
+TOOL_CALL_STATUS_UNSPECIFIED: ToolCallStatus.ValueType  # 0
+"""Not set; never sent."""
+TOOL_CALL_STATUS_AWAITING_APPROVAL: ToolCallStatus.ValueType  # 1
+"""Waits for a person's decision (DecideToolCalls)."""
+TOOL_CALL_STATUS_AWAITING_OUTPUT: ToolCallStatus.ValueType  # 2
+"""Waits for the client's result (SubmitToolOutputs)."""
+TOOL_CALL_STATUS_RUNNING: ToolCallStatus.ValueType  # 3
+"""agentmesh is executing it (http tools)."""
+TOOL_CALL_STATUS_COMPLETED: ToolCallStatus.ValueType  # 4
+"""Has its result in output (is_error says whether it is an error result)."""
+TOOL_CALL_STATUS_DENIED: ToolCallStatus.ValueType  # 5
+"""A person denied it; output holds the reason the model is told."""
+TOOL_CALL_STATUS_EXPIRED: ToolCallStatus.ValueType  # 6
+"""The run's wait expired before the call was answered."""
+TOOL_CALL_STATUS_CANCELLED: ToolCallStatus.ValueType  # 7
+"""The run was cancelled before the call was answered."""
+Global___ToolCallStatus: _TypeAlias = ToolCallStatus  # noqa: Y015
 
 @_typing.final
 class Session(_message.Message):
@@ -265,6 +353,9 @@ class Run(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     START_TIME_FIELD_NUMBER: _builtins.int
     END_TIME_FIELD_NUMBER: _builtins.int
+    PENDING_TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    WAIT_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    STEPS_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Assigned by the service."""
     session_id: _builtins.str
@@ -279,6 +370,10 @@ class Run(_message.Message):
     """The stored answer; empty until it is stored."""
     last_event_id: _builtins.int
     """The id of the run's newest event."""
+    steps: _builtins.int
+    """Model calls made so far (1 for a run that answered without tools); at most the tier's
+    max_steps_per_run.
+    """
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens used so far."""
@@ -299,6 +394,16 @@ class Run(_message.Message):
     def end_time(self) -> _timestamp_pb2.Timestamp:
         """When the run ended; unset while it is live."""
 
+    @_builtins.property
+    def pending_tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """REQUIRES_ACTION / REQUIRES_APPROVAL: the calls of the current step still waiting for an answer."""
+
+    @_builtins.property
+    def wait_expire_time(self) -> _timestamp_pb2.Timestamp:
+        """REQUIRES_ACTION / REQUIRES_APPROVAL: when the wait ends; the run then fails with
+        DEADLINE_EXCEEDED and its pending calls become EXPIRED. Unset otherwise.
+        """
+
     def __init__(
         self,
         *,
@@ -314,14 +419,77 @@ class Run(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         start_time: _timestamp_pb2.Timestamp | None = ...,
         end_time: _timestamp_pb2.Timestamp | None = ...,
+        pending_tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        wait_expire_time: _timestamp_pb2.Timestamp | None = ...,
+        steps: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "start_time", b"start_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "start_time", b"start_time", "usage", b"usage", "wait_expire_time", b"wait_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "assistant_message_id", b"assistant_message_id", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "last_event_id", b"last_event_id", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "usage", b"usage", "user_message_id", b"user_message_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "assistant_message_id", b"assistant_message_id", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "last_event_id", b"last_event_id", "pending_tool_calls", b"pending_tool_calls", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage", "user_message_id", b"user_message_id", "wait_expire_time", b"wait_expire_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Run: _TypeAlias = Run  # noqa: Y015
+
+@_typing.final
+class ToolCall(_message.Message):
+    """One call of a tool by the model, and its result once it has one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    IS_ERROR_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
+    REQUIRES_APPROVAL_FIELD_NUMBER: _builtins.int
+    EXECUTION_FIELD_NUMBER: _builtins.int
+    STEP_FIELD_NUMBER: _builtins.int
+    id: _builtins.str
+    """The call's id, as the model named it (unique within the run); answers name it."""
+    name: _builtins.str
+    """The agent's tool the model called."""
+    arguments_json: _builtins.str
+    """The arguments as a JSON object text (after an approver's edit, the edited ones)."""
+    status: Global___ToolCallStatus.ValueType
+    """Where the call is in its life."""
+    output: _builtins.str
+    """The result the model sees, once the call has one."""
+    is_error: _builtins.bool
+    """The result is an error (the tool failed, timed out, was refused, denied, or its arguments did
+    not match the tool's schema); the model is told so.
+    """
+    duration_ms: _builtins.int
+    """How long an http tool took, in milliseconds; 0 for other calls."""
+    requires_approval: _builtins.bool
+    """The tool needs a person's approval before it runs."""
+    execution: _agents_service_pb2.ToolExecution.ValueType
+    """Who runs the call: the client or agentmesh (http)."""
+    step: _builtins.int
+    """The run's model step (1, 2, ...) that made the call."""
+    def __init__(
+        self,
+        *,
+        id: _builtins.str = ...,
+        name: _builtins.str = ...,
+        arguments_json: _builtins.str = ...,
+        status: Global___ToolCallStatus.ValueType = ...,
+        output: _builtins.str = ...,
+        is_error: _builtins.bool = ...,
+        duration_ms: _builtins.int = ...,
+        requires_approval: _builtins.bool = ...,
+        execution: _agents_service_pb2.ToolExecution.ValueType = ...,
+        step: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arguments_json", b"arguments_json", "duration_ms", b"duration_ms", "execution", b"execution", "id", b"id", "is_error", b"is_error", "name", b"name", "output", b"output", "requires_approval", b"requires_approval", "status", b"status", "step", b"step"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolCall: _TypeAlias = ToolCall  # noqa: Y015
 
 @_typing.final
 class RunEvent(_message.Message):
@@ -339,6 +507,7 @@ class RunEvent(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """1, 2, 3, ... within the run."""
     run_id: _builtins.str
@@ -365,6 +534,12 @@ class RunEvent(_message.Message):
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When the event happened."""
 
+    @_builtins.property
+    def tool_calls(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolCall]:
+        """TOOL_CALLS_REQUESTED / APPROVAL_REQUESTED: the calls waiting for an answer;
+        TOOL_CALL_STARTED / TOOL_CALL_COMPLETED: the one call started or completed.
+        """
+
     def __init__(
         self,
         *,
@@ -378,10 +553,11 @@ class RunEvent(_message.Message):
         error: Global___RunError | None = ...,
         agent_version: _builtins.int = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_time", b"event_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "error", b"error", "event_id", b"event_id", "event_time", b"event_time", "final_message", b"final_message", "run_id", b"run_id", "session_id", b"session_id", "text_delta", b"text_delta", "type", b"type", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "error", b"error", "event_id", b"event_id", "event_time", b"event_time", "final_message", b"final_message", "run_id", b"run_id", "session_id", b"session_id", "text_delta", b"text_delta", "tool_calls", b"tool_calls", "type", b"type", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -659,6 +835,8 @@ class ChatRequest(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     CANCEL_FIELD_NUMBER: _builtins.int
     RESUME_FIELD_NUMBER: _builtins.int
+    TOOL_OUTPUTS_FIELD_NUMBER: _builtins.int
+    TOOL_DECISIONS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """Required on the first message of the stream; later messages may leave it empty."""
     @_builtins.property
@@ -673,6 +851,16 @@ class ChatRequest(_message.Message):
     def resume(self) -> Global___ChatResume:
         """Replay a run's events after an event id (as JoinRun)."""
 
+    @_builtins.property
+    def tool_outputs(self) -> Global___SubmitToolOutputsRequest:
+        """Answer a run's client tool calls (as SubmitToolOutputs); a rejection's status echoes run_id."""
+
+    @_builtins.property
+    def tool_decisions(self) -> Global___DecideToolCallsRequest:
+        """Decide a run's calls that need approval (as DecideToolCalls); a rejection's status echoes
+        run_id.
+        """
+
     def __init__(
         self,
         *,
@@ -680,12 +868,14 @@ class ChatRequest(_message.Message):
         message: Global___ChatMessage | None = ...,
         cancel: Global___ChatCancel | None = ...,
         resume: Global___ChatResume | None = ...,
+        tool_outputs: Global___SubmitToolOutputsRequest | None = ...,
+        tool_decisions: Global___DecideToolCallsRequest | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "message", b"message", "resume", b"resume"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "message", b"message", "resume", b"resume", "tool_decisions", b"tool_decisions", "tool_outputs", b"tool_outputs"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "message", b"message", "resume", b"resume", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "cancel", b"cancel", "message", b"message", "resume", b"resume", "session_id", b"session_id", "tool_decisions", b"tool_decisions", "tool_outputs", b"tool_outputs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["message", "cancel", "resume"]  # noqa: Y015
+    _WhichOneofReturnType_action: _TypeAlias = _typing.Literal["message", "cancel", "resume", "tool_outputs", "tool_decisions"]  # noqa: Y015
     _WhichOneofArgType_action: _TypeAlias = _typing.Literal["action", b"action"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_action) -> _WhichOneofReturnType_action | None: ...
 
@@ -1024,3 +1214,218 @@ class JoinRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___JoinRunResponse: _TypeAlias = JoinRunResponse  # noqa: Y015
+
+@_typing.final
+class SubmitToolOutputsRequest(_message.Message):
+    """The client's results of a run's client tool calls."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run; it must be RUN_STATE_REQUIRES_ACTION."""
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolOutput]:
+        """One or more results, each naming a pending call of the run. The last pending call answered
+        continues the run.
+        """
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        outputs: _abc.Iterable[Global___ToolOutput] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["outputs", b"outputs", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitToolOutputsRequest: _TypeAlias = SubmitToolOutputsRequest  # noqa: Y015
+
+@_typing.final
+class ToolOutput(_message.Message):
+    """The result of one client tool call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    OUTPUT_FIELD_NUMBER: _builtins.int
+    IS_ERROR_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """A pending call of the run (Run.pending_tool_calls[].id)."""
+    output: _builtins.str
+    """What the model is told; at most the configured size."""
+    is_error: _builtins.bool
+    """The client could not run the call; output says why."""
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        output: _builtins.str = ...,
+        is_error: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["is_error", b"is_error", "output", b"output", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ToolOutput: _TypeAlias = ToolOutput  # noqa: Y015
+
+@_typing.final
+class SubmitToolOutputsResponse(_message.Message):
+    """The run after the results were recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run: RUNNING once every call of the step is answered, else still waiting."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubmitToolOutputsResponse: _TypeAlias = SubmitToolOutputsResponse  # noqa: Y015
+
+@_typing.final
+class DecideToolCallsRequest(_message.Message):
+    """A person's decisions on a run's calls that need approval."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    DECISIONS_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """The run; it must be RUN_STATE_REQUIRES_APPROVAL."""
+    @_builtins.property
+    def decisions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ToolDecision]:
+        """One or more decisions, each naming a call awaiting approval. The last decision taken
+        continues the run. Only the session's user or a tenant owner or admin decides.
+        """
+
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        decisions: _abc.Iterable[Global___ToolDecision] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["decisions", b"decisions", "run_id", b"run_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideToolCallsRequest: _TypeAlias = DecideToolCallsRequest  # noqa: Y015
+
+@_typing.final
+class ToolDecision(_message.Message):
+    """The decision on one call."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOOL_CALL_ID_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    DENY_REASON_FIELD_NUMBER: _builtins.int
+    EDITED_ARGUMENTS_JSON_FIELD_NUMBER: _builtins.int
+    tool_call_id: _builtins.str
+    """A call of the run awaiting approval."""
+    approve: _builtins.bool
+    """true: run the call as the model asked (false is refused: deny with a reason instead)."""
+    deny_reason: _builtins.str
+    """Do not run it; the model is told this reason as the call's error result."""
+    edited_arguments_json: _builtins.str
+    """Run it with these arguments instead (a JSON object, checked against the tool's schema)."""
+    def __init__(
+        self,
+        *,
+        tool_call_id: _builtins.str = ...,
+        approve: _builtins.bool = ...,
+        deny_reason: _builtins.str = ...,
+        edited_arguments_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "decision", b"decision", "deny_reason", b"deny_reason", "edited_arguments_json", b"edited_arguments_json"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "decision", b"decision", "deny_reason", b"deny_reason", "edited_arguments_json", b"edited_arguments_json", "tool_call_id", b"tool_call_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_decision: _TypeAlias = _typing.Literal["approve", "deny_reason", "edited_arguments_json"]  # noqa: Y015
+    _WhichOneofArgType_decision: _TypeAlias = _typing.Literal["decision", b"decision"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_decision) -> _WhichOneofReturnType_decision | None: ...
+
+Global___ToolDecision: _TypeAlias = ToolDecision  # noqa: Y015
+
+@_typing.final
+class DecideToolCallsResponse(_message.Message):
+    """The run after the decisions were recorded."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run(self) -> Global___Run:
+        """The run: RUNNING once every call of the step is decided, else still waiting."""
+
+    def __init__(
+        self,
+        *,
+        run: Global___Run | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideToolCallsResponse: _TypeAlias = DecideToolCallsResponse  # noqa: Y015
+
+@_typing.final
+class RotateToolSigningSecretRequest(_message.Message):
+    """Replaces the caller's tenant's tool signing secret (owner and admin only)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateToolSigningSecretRequest: _TypeAlias = RotateToolSigningSecretRequest  # noqa: Y015
+
+@_typing.final
+class RotateToolSigningSecretResponse(_message.Message):
+    """The new secret, shown only here and only once."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SECRET_FIELD_NUMBER: _builtins.int
+    secret: _builtins.str
+    """64 hex characters; the HMAC key is this text (its UTF-8 bytes). http tool calls are signed
+    with it from now on; give it to the tool servers.
+    """
+    def __init__(
+        self,
+        *,
+        secret: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["secret", b"secret"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RotateToolSigningSecretResponse: _TypeAlias = RotateToolSigningSecretResponse  # noqa: Y015
