@@ -36,7 +36,7 @@ def test_tier_table_matches_the_code():
             rows[cells[0]] = cells
     assert set(rows) == set(TIERS)
     for name, tier in TIERS.items():
-        _, agents, models, tools, context, rpm, runs, steps, calls, timeout, seconds = rows[name]
+        _, agents, models, tools, context, rpm, runs, steps, calls, timeout, seconds, monthly = rows[name]
         number = lambda s: int(s.replace(",", ""))  # noqa: E731
         assert number(agents) == tier.max_agents
         assert sorted(re.findall(r"`([^`]+)`", models)) == sorted(tier.allowed_models)
@@ -48,3 +48,4 @@ def test_tier_table_matches_the_code():
         assert number(calls) == tier.max_tool_calls_per_step
         assert number(timeout) == tier.max_tool_timeout_ms
         assert number(seconds) == tier.max_run_seconds
+        assert (0 if monthly == "unlimited" else number(monthly)) == tier.monthly_tokens

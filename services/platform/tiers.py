@@ -27,6 +27,9 @@ class TierLimits:
     max_run_seconds: int
     # An http tool's timeout_ms may not exceed this.
     max_tool_timeout_ms: int
+    # Tokens (prompt + completion) a tenant may use per UTC month; 0 means unlimited. An operator
+    # may set a tenant's own quota instead (conversation's tenant_quotas).
+    monthly_tokens: int
     min_temperature: float = 0.0
     max_temperature: float = 2.0
 
@@ -49,6 +52,7 @@ TIERS: dict[str, TierLimits] = {
             max_steps_per_run=4,
             max_tool_calls_per_step=4,
             max_run_seconds=120,
+            monthly_tokens=200_000,
             max_tool_timeout_ms=10_000,
         ),
         TierLimits(
@@ -62,6 +66,7 @@ TIERS: dict[str, TierLimits] = {
             max_steps_per_run=16,
             max_tool_calls_per_step=16,
             max_run_seconds=600,
+            monthly_tokens=20_000_000,
             max_tool_timeout_ms=30_000,
         ),
         TierLimits(
@@ -75,6 +80,7 @@ TIERS: dict[str, TierLimits] = {
             max_steps_per_run=64,
             max_tool_calls_per_step=64,
             max_run_seconds=1_800,
+            monthly_tokens=0,
             max_tool_timeout_ms=120_000,
         ),
     )
