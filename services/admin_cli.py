@@ -57,7 +57,7 @@ def _password(stdin: TextIO, out: TextIO, whose: str) -> str:
 
 async def _with_operator(settings: Settings, work: Callable[[Operator], Awaitable[str]]) -> str:
     engine = db.create_engine(settings.effective_database_url)
-    redis = redis_client.create_redis(settings.redis_url)
+    redis = redis_client.create_redis(settings.redis_url, mode=settings.redis_mode)
     try:
         if settings.embedded:
             # As `agentmesh up` does: the operator may create the first tenant before the first start.

@@ -1,11 +1,49 @@
-"""The Redis client: a real server when REDIS_URL is set, in-process fakeredis otherwise."""
+"""The Redis client: a real server (or a Redis Cluster) when REDIS_URL is set, in-process fakeredis
+otherwise.
+
+In cluster mode every key names its object in a hash tag (`{conversation:<id>}:hot`,
+`{run:<id>}:lease`), so whatever one object's operation touches lives in one slot; work over many
+objects is split by slot (`slot_groups`). docs/operations.md, "Redis Cluster", has the whole picture.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.crc import key_slot
+
+from services.platform.settings import SettingsError
+
+MODES = ("standalone", "cluster")
 
 
-def create_redis(url: str) -> aioredis.Redis:
+def create_redis(url: str, *, mode: str = "standalone") -> aioredis.Redis:
+    """The client for `url`. With mode "cluster" it is redis-py's cluster client, which learns the
+    slot map from the node `url` names and sends each command to the node owning its keys.
+
+    The cluster client is typed as `aioredis.Redis`: both take the same command methods, and callers
+    (some not yet cluster-aware) need one type; what differs (cross-slot work) goes through
+    `is_cluster`/`slot_groups`.
+    """
+    if mode not in MODES:
+        raise SettingsError(f"AGENTMESH_REDIS_MODE must be standalone or cluster, got {mode!r}")
+    if mode == "cluster":
+        if not url:
+            raise SettingsError("AGENTMESH_REDIS_MODE=cluster needs REDIS_URL (one node of the cluster)")
+        # No blocking pool in redis-py's cluster client: past max_connections per node a command
+        # fails with MaxConnectionsError (a ConnectionError, so UNAVAILABLE), it does not wait.
+        cluster = RedisCluster.from_url(
+            url,
+            max_connections=512,
+            decode_responses=False,
+            socket_connect_timeout=2,
+            socket_timeout=5,
+            health_check_interval=10,
+        )
+        return cast(aioredis.Redis, cluster)
     if url:
         # A blocking pool: past max_connections a command waits (up to 5 s) for a free connection
         # instead of failing, so a burst degrades into latency, not errors.
@@ -22,3 +60,20 @@ def create_redis(url: str) -> aioredis.Redis:
     import fakeredis
 
     return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+
+
+def is_cluster(redis: object) -> bool:
+    return isinstance(redis, RedisCluster)
+
+
+def slot_groups(redis: object, keys: Sequence[str | bytes]) -> list[list[int]]:
+    """Indexes of `keys` grouped so that each group may go into one multi-key command or script:
+    one group on a single server, one per hash slot on a cluster (first appearance order)."""
+    if not keys:
+        return []
+    if not is_cluster(redis):
+        return [list(range(len(keys)))]
+    groups: dict[int, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key_slot(key.encode() if isinstance(key, str) else key), []).append(i)
+    return list(groups.values())

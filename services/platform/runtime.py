@@ -126,9 +126,12 @@ def revocation_check(
         jti = str(claims["jti"])
         if cache_seconds and fresh.get(jti, float("-inf")) > clock():
             return None
-        denied, valid_after = await redis.mget(
-            DENIED_JTI_KEY.format(jti=jti), VALID_AFTER_KEY.format(user_id=claims["sub"])
-        )
+        # Two objects (a token, a user), so two hash slots on a cluster: a non-transactional
+        # pipeline is one round trip on a single server and one per owning node on a cluster.
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.get(DENIED_JTI_KEY.format(jti=jti))
+            pipe.get(VALID_AFTER_KEY.format(user_id=claims["sub"]))
+            denied, valid_after = await pipe.execute()
         if denied is not None:
             return "logged out"
         if valid_after is not None and float(claims["iat"]) < float(valid_after):
@@ -186,7 +189,7 @@ class Runtime:
         if not settings.auth.page_token_secret:
             raise SettingsError("AGENTMESH_PAGE_TOKEN_SECRET is required outside the embedded mode")
         engine = db.create_engine(settings.effective_database_url)
-        redis = redis_client.create_redis(settings.redis_url)
+        redis = redis_client.create_redis(settings.redis_url, mode=settings.redis_mode)
         provider = telemetry.create_tracer_provider(
             service_name, settings.otel_exporter, span_exporter=span_exporter, file_path=settings.otel_file
         )

@@ -394,6 +394,12 @@ class Settings:
     redis_url: str = setting(
         "REDIS_URL", "", shown="in-process fakeredis", doc="`redis://host:port/db` for a real Redis"
     )
+    redis_mode: str = setting(
+        "AGENTMESH_REDIS_MODE",
+        "standalone",
+        parse=choice("standalone", "cluster"),
+        doc="`cluster`: REDIS_URL names one node of a Redis Cluster (docs/operations.md, Redis Cluster)",
+    )
     log_level: str = setting(
         "AGENTMESH_LOG_LEVEL",
         "INFO",
