@@ -161,7 +161,10 @@ export class AgentEditor {
       displayName: f.displayName.value,
       config: { model: f.model.value, systemPrompt: f.systemPrompt.value, temperature, tools },
     };
-    const mask = Object.values(FIELDS).join(",");
+    // A FieldMask in JSON takes lowerCamelCase paths.
+    const mask = Object.values(FIELDS)
+      .map((f) => f.replace(/_([a-z])/g, (_, c) => c.toUpperCase()))
+      .join(",");
     try {
       const reply = await api.call("AgentService.UpdateAgent", { agent, updateMask: mask });
       this.fill(reply.agent);

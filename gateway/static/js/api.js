@@ -135,8 +135,12 @@ export const api = {
     let path = route.path.replace(/\{([^}=]+)(=[^}]*)?\}/g, (_, v) => encodeURIComponent(take(rest, v) ?? ""));
     let body;
     if (route.body === "*") body = JSON.stringify(rest);
-    else if (route.body) body = JSON.stringify(rest[camel(route.body)] ?? {});
-    else {
+    else if (route.body) {
+      body = JSON.stringify(rest[camel(route.body)] ?? {});
+      delete rest[camel(route.body)];
+    }
+    // Whatever the path and the body do not carry goes in the query (updateMask of a PATCH).
+    if (route.body !== "*") {
       const q = new URLSearchParams();
       for (const [k, v] of Object.entries(rest)) if (v !== undefined && v !== "") q.append(k, v);
       if ([...q].length) path += "?" + q;
