@@ -1,16 +1,18 @@
 """The small helpers every test directory shares, one of each: a free port, a caller's bearer
 metadata, "this call fails with that status", a runtime and a real server on port 0 for a test, and
-a `redis-server` of the suite's own."""
+a `redis-server` (or a three-master Redis Cluster) of the suite's own."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import random
 import socket
 import subprocess
 import time
 from collections.abc import AsyncIterable, Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import grpc
 import redis as sync_redis
@@ -107,14 +109,18 @@ async def start_server(
     return RunningServer(server, grpc.aio.insecure_channel(bound), bound)
 
 
+# "standalone" (default) or "cluster": which Redis the suite starts and the services are set for.
+REDIS_MODE = os.environ.get("AGENTMESH_TEST_REDIS_MODE", "standalone")
+
+
 class RedisServer:
     """`redis-server` on a port of its own, with nothing on disk: the tests may flush it, kill -9
     and restart it freely, which they must never do to a Redis they did not start."""
 
     OPTIONS = ("--save", "", "--appendonly", "no", "--daemonize", "no", "--dir")
 
-    def __init__(self, directory: Path, port: int):
-        self.dir, self.port = directory, port
+    def __init__(self, directory: Path, port: int, *options: str):
+        self.dir, self.port, self.options = directory, port, options
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -123,7 +129,16 @@ class RedisServer:
 
     def start(self) -> None:
         self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", *self.OPTIONS, str(self.dir)],
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                *self.OPTIONS,
+                str(self.dir),
+                *self.options,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -150,6 +165,107 @@ class RedisServer:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(10)
+
+
+def _cluster_port() -> int:
+    """A free port whose cluster bus port (+10000) is free too, so below the ephemeral range."""
+    for _ in range(200):
+        port = random.randint(20000, 29999)
+        try:
+            for candidate in (port, port + 10000):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a Redis Cluster node")
+
+
+class RedisCluster:
+    """Three cluster-enabled `redis-server`s (masters, no replicas) of the suite's own, slots spread
+    by `redis-cli --cluster create`; nothing on disk but the nodes' cluster config files in
+    `directory` (the caller removes it). The tests may flush every node."""
+
+    def __init__(self, directory: Path, masters: int = 3):
+        ports: list[int] = []
+        while len(ports) < masters:
+            port = _cluster_port()
+            if port not in ports:
+                ports.append(port)
+        self.nodes = [
+            RedisServer(
+                directory,
+                port,
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                str(directory / f"nodes-{port}.conf"),
+                "--cluster-node-timeout",
+                "5000",
+            )
+            for port in ports
+        ]
+
+    @property
+    def url(self) -> str:
+        """One node, as REDIS_URL names it; the client learns the others from it."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            timeout=30,
+        )
+        # `create` returns once the slots are assigned; every node must also have heard of the others.
+        deadline = time.monotonic() + 20
+        for node in self.nodes:
+            client = sync_redis.Redis(port=node.port)
+            try:
+                while client.cluster("info").get("cluster_state") != "ok" or len(
+                    client.cluster("nodes")
+                ) < len(self.nodes):
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"the test Redis Cluster did not come up (node {node.port})")
+                    time.sleep(0.05)
+            finally:
+                client.close()
+
+    def close(self) -> None:
+        for node in self.nodes:
+            node.close()
+
+
+def sync_redis_client(url: str) -> sync_redis.Redis:
+    """A blocking client of the suite's Redis, in the suite's mode (on a cluster it follows MOVED;
+    typed as Redis, as the services type theirs)."""
+    if REDIS_MODE == "cluster":
+        return cast(sync_redis.Redis, sync_redis.RedisCluster.from_url(url))
+    return sync_redis.Redis.from_url(url)
+
+
+def flush_redis(url: str) -> None:
+    """Empties the suite's own Redis: FLUSHALL on every master of a cluster, FLUSHDB on a server.
+    Only for the Redis the session started (the flushable_redis_url fixture)."""
+    client = sync_redis_client(url)
+    try:
+        if isinstance(client, sync_redis.RedisCluster):
+            client.flushall(target_nodes=sync_redis.RedisCluster.PRIMARIES)
+        else:
+            client.flushdb()
+    finally:
+        client.close()
 
 
 def build_orchestration(
@@ -209,7 +325,7 @@ def build_orchestration(
             add_to_server=lambda server: (
                 orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
             ),
-            background=[agents.run_watch, runs.run_sweeper],
+            background=[agents.run_watch, runs.sweeper.run],
             on_stop=[runs.shutdown],
         ),
     )

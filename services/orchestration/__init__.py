@@ -81,7 +81,7 @@ async def build(runtime: Runtime) -> Built[OrchestrationService]:
             add_to_server=lambda server: (
                 orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
             ),
-            background=[agents.run_watch, runs.run_sweeper],
+            background=[agents.run_watch, runs.sweeper.run],
             on_stop=[runs.shutdown, events.close] if own else [runs.shutdown],
         ),
     )

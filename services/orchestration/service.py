@@ -22,6 +22,7 @@ from services.orchestration.config import OrchestrationOptions
 from services.orchestration.events import RunEvents
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import (
+    AgentSnapshot,
     BusyPolicy,
     CancelMode,
     EventType,
@@ -35,9 +36,9 @@ from services.orchestration.runs import RunManager
 from services.orchestration.store import OrchestrationStore
 from services.platform import errors
 from services.platform.auth import Principal
-from services.platform.errors import FieldViolation, Violation
+from services.platform.errors import Violation
 from services.platform.pagination import PageTokens, paginate
-from services.platform.tiers import limits_for
+from services.platform.tiers import TierLimits, limits_for
 from services.platform.validation import require_id, require_request_id
 
 MAX_TITLE = 256
@@ -176,26 +177,37 @@ class OrchestrationService:
         busy_policy: BusyPolicy | None,
     ) -> Run:
         """Starts (or queues) the run for a message; a repeated request_id returns the first run."""
-        violations = []
+        self._check_message(text, request_id)
+        session = await self._visible_session(caller, session_id)
+        if request_id and (existing := await self._store.run_by_request(session.id, request_id)):
+            return existing
+        agent = await self._messageable_agent(caller, session)
+        policy = busy_policy or agent.busy_policy or BusyPolicy.REJECT
+        tier = limits_for(caller.tier)
+        await self._limits.check_rate(caller.tenant_id, tier)
+        async with self._session_lock(session.id):
+            # Checked again under the lock: the same request may have been admitted meanwhile.
+            if request_id and (existing := await self._store.run_by_request(session.id, request_id)):
+                return existing
+            live = await self._store.live_runs(session.id)
+            run = await self._admit(caller, session, agent, text, request_id, policy, tier, live)
+            await self._launch(run, session, caller, policy, live)
+        return run
+
+    def _check_message(self, text: str, request_id: str) -> None:
         if not text.strip():
-            violations.append(FieldViolation("text", "must not be empty"))
-        elif len(text.encode()) > self._options.max_message_bytes:
-            violations.append(
-                FieldViolation("text", f"must be at most {self._options.max_message_bytes} bytes")
-            )
-        if violations:
-            raise errors.InvalidArgument(
-                "; ".join(f"{v.field}: {v.description}" for v in violations), violations
+            raise errors.InvalidArgument.field("text", "must not be empty")
+        if len(text.encode()) > self._options.max_message_bytes:
+            raise errors.InvalidArgument.field(
+                "text", f"must be at most {self._options.max_message_bytes} bytes"
             )
         require_request_id(request_id)
-        session = await self._visible_session(caller, session_id)
-        if request_id:
-            existing = await self._store.run_by_request(session.id, request_id)
-            if existing is not None:
-                return existing
+
+    async def _messageable_agent(self, caller: Principal, session: Session) -> AgentSnapshot:
+        """The session's agent, when the session is active and its agent too."""
         if session.state is not SessionState.ACTIVE:
             raise errors.FailedPrecondition(
-                f"session {session_id} has ended",
+                f"session {session.id} has ended",
                 [Violation("session.state", "messages need an ACTIVE session", "SESSION_ENDED")],
                 reason="SESSION_ENDED",
             )
@@ -206,56 +218,67 @@ class OrchestrationService:
                 [Violation("agent.state", "the agent must be ACTIVE", "AGENT_INACTIVE")],
                 reason="AGENT_INACTIVE",
             )
-        policy = busy_policy or agent.busy_policy or BusyPolicy.REJECT
-        tier = limits_for(caller.tier)
-        await self._limits.check_rate(caller.tenant_id, tier)
-        async with self._session_lock(session.id):
-            if request_id:
-                existing = await self._store.run_by_request(session.id, request_id)
-                if existing is not None:
-                    return existing
-            live = await self._store.live_runs(session.id)
-            if live and policy is BusyPolicy.REJECT:
-                raise errors.FailedPrecondition(
-                    "the session already has a run in progress",
-                    [Violation("session.active_run_id", f"run {live[-1].id} is in progress", "SESSION_BUSY")],
-                    reason="SESSION_BUSY",
-                )
-            run = Run(
-                id=str(uuid.uuid4()),
-                tenant_id=caller.tenant_id,
-                session_id=session.id,
-                user_id=caller.user_id,
-                state=RunState.QUEUED,
-                agent_version=agent.version,
-                input_text=text,
-                last_event_id=1,
-                create_time=self._clock(),
+        return agent
+
+    async def _admit(
+        self,
+        caller: Principal,
+        session: Session,
+        agent: AgentSnapshot,
+        text: str,
+        request_id: str,
+        policy: BusyPolicy,
+        tier: TierLimits,
+        live: list[Run],
+    ) -> Run:
+        """Under the session lock: the busy-policy decision, the tenant's concurrency slot, the
+        run's lease and its row. Nothing is left reserved when it refuses."""
+        if live and policy is BusyPolicy.REJECT:
+            raise errors.FailedPrecondition(
+                "the session already has a run in progress",
+                [Violation("session.active_run_id", f"run {live[-1].id} is in progress", "SESSION_BUSY")],
+                reason="SESSION_BUSY",
             )
-            await self._limits.reserve(caller.tenant_id, run.id, tier)
-            try:
-                await self._events.take_lease(run.id, self.runs.instance_id, self._options.lease_ttl_seconds)
-                await self._store.insert_run(run, request_id=request_id)
-            except BaseException:
-                await self._limits.release(caller.tenant_id, run.id)
-                raise
-            await self._events.append(
-                RunEvent(
-                    event_id=1,
-                    run_id=run.id,
-                    session_id=session.id,
-                    type=EventType.RUN_CREATED,
-                    agent_version=agent.version,
-                    event_time=run.create_time,
-                )
-            )
-            await self._events.announce(session.id, run.id)
-            if live and policy in (BusyPolicy.INTERRUPT, BusyPolicy.ROLLBACK):
-                mode = CancelMode.KEEP if policy is BusyPolicy.INTERRUPT else CancelMode.DISCARD
-                for previous in live:
-                    await self.runs.request_cancel(previous.id, mode)
-            self.runs.launch(run, session, caller, wait_for=[r.id for r in live], next_event_id=2)
+        run = Run(
+            id=str(uuid.uuid4()),
+            tenant_id=caller.tenant_id,
+            session_id=session.id,
+            user_id=caller.user_id,
+            state=RunState.QUEUED,
+            agent_version=agent.version,
+            input_text=text,
+            last_event_id=1,
+            create_time=self._clock(),
+        )
+        await self._limits.reserve(caller.tenant_id, run.id, tier)
+        try:
+            await self._events.take_lease(run.id, self.runs.instance_id, self._options.lease_ttl_seconds)
+            await self._store.insert_run(run, request_id=request_id)
+        except BaseException:
+            await self._limits.release(caller.tenant_id, run.id)
+            raise
         return run
+
+    async def _launch(
+        self, run: Run, session: Session, caller: Principal, policy: BusyPolicy, live: list[Run]
+    ) -> None:
+        """Announces the admitted run, cancels the runs it replaces, and starts its worker."""
+        await self._events.append(
+            RunEvent(
+                event_id=1,
+                run_id=run.id,
+                session_id=session.id,
+                type=EventType.RUN_CREATED,
+                agent_version=run.agent_version,
+                event_time=run.create_time,
+            )
+        )
+        await self._events.announce(session.id, run.id)
+        if live and policy in (BusyPolicy.INTERRUPT, BusyPolicy.ROLLBACK):
+            mode = CancelMode.KEEP if policy is BusyPolicy.INTERRUPT else CancelMode.DISCARD
+            for previous in live:
+                await self.runs.request_cancel(previous.id, mode)
+        self.runs.launch(run, session, caller, wait_for=[r.id for r in live], next_event_id=2)
 
     @contextlib.asynccontextmanager
     async def _session_lock(self, session_id: str) -> AsyncIterator[None]:

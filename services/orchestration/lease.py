@@ -1,0 +1,53 @@
+"""The lease keeper: renews the leases of this instance's runs, and hands them cancels requested on
+other instances (the cancel flag rides along with the renewal)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from services.orchestration.events import RunEvents
+from services.orchestration.limits import RunLimits
+from services.orchestration.models import CancelMode
+from services.orchestration.worker import RunHandle
+
+
+class LeaseKeeper:
+    def __init__(
+        self,
+        *,
+        events: RunEvents,
+        limits: RunLimits,
+        owner: str,
+        ttl_seconds: float,
+        renew_seconds: float,
+        poll_seconds: float,
+        on_cancel: Callable[[str, CancelMode], None],
+    ):
+        self._events = events
+        self._limits = limits
+        self._owner = owner
+        self._ttl = ttl_seconds
+        self._renew = renew_seconds
+        self._poll = poll_seconds
+        self._on_cancel = on_cancel
+
+    async def keep(self, h: RunHandle) -> None:
+        """Until cancelled: renews the run's lease and concurrency slot; a lost lease abandons the run."""
+        last_renew = time.monotonic()
+        while True:
+            await asyncio.sleep(self._poll)
+            if time.monotonic() - last_renew >= self._renew:
+                held, mode = await self._events.renew_lease(h.run.id, self._owner, self._ttl)
+                await self._limits.refresh(h.caller.tenant_id, h.run.id)
+                last_renew = time.monotonic()
+                if not held:
+                    h.abandoned = True
+                    if h.task is not None:
+                        h.task.cancel()
+                    return
+            else:
+                mode = await self._events.cancel_requested(h.run.id)
+            if mode is not None:
+                self._on_cancel(h.run.id, mode)

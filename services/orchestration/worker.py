@@ -1,0 +1,271 @@
+"""The run worker: executes one run, from its start to its terminal event.
+
+A run is: prepare (wait for the runs before it, start, store the user message, read the context),
+one model step (`model_step`: call the provider, stream its deltas, store the answer), complete.
+The worker never decides *whether* a run runs (the service admits it) nor keeps its lease (the
+lease keeper does): it only turns an admitted run into events and stored messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+
+from services.orchestration.agent_cache import AgentCache
+from services.orchestration.clients import ConversationClient
+from services.orchestration.events import RunEvents, StaleWriter
+from services.orchestration.limits import RunLimits
+from services.orchestration.models import (
+    AgentSnapshot,
+    CancelMode,
+    EventType,
+    Run,
+    RunError,
+    RunEvent,
+    RunState,
+    Session,
+    Usage,
+)
+from services.orchestration.providers import ChatMessage, ModelConfig, ProviderError, Providers
+from services.orchestration.store import OrchestrationStore
+from services.platform import errors
+from services.platform.auth import Principal
+from services.platform.tiers import limits_for
+
+log = logging.getLogger("agentmesh.orchestration.runs")
+
+
+class Lost(Exception):
+    """This instance no longer owns the run (its lease lapsed and the sweeper ended it)."""
+
+
+@dataclasses.dataclass
+class RunHandle:
+    """One run executing on this instance: what the worker, the lease keeper and the manager share."""
+
+    run: Run
+    session: Session
+    caller: Principal
+    wait_for: list[str]
+    next_event_id: int
+    task: asyncio.Task[None] | None = None
+    cancel_mode: CancelMode | None = None
+    # Set once the answer is complete: a cancel arriving later is too late.
+    finishing: bool = False
+    abandoned: bool = False
+    stopping: bool = False
+    agent_version: int = 0
+    text: list[str] = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepResult:
+    """What one model step produced: the stored answer and what it cost."""
+
+    answer: str
+    usage: Usage
+    assistant_message_id: str
+
+
+class RunWorker:
+    def __init__(
+        self,
+        *,
+        store: OrchestrationStore,
+        events: RunEvents,
+        limits: RunLimits,
+        agents: AgentCache,
+        conversation: ConversationClient,
+        providers: Providers,
+        clock: Callable[[], float] = time.time,
+    ):
+        self._store = store
+        self._events = events
+        self._limits = limits
+        self._agents = agents
+        self._conversation = conversation
+        self._providers = providers
+        self._clock = clock
+
+    async def work(self, h: RunHandle) -> None:
+        """Executes the run; however it ends, the run's end is stored and announced."""
+        try:
+            await self._execute(h)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if h.abandoned or task is None:
+                raise
+            task.uncancel()
+            if h.stopping:
+                await self._end(
+                    h, RunState.FAILED, RunError("UNAVAILABLE", "the orchestration instance stopped")
+                )
+            elif h.cancel_mode is not None:
+                await self._end(h, RunState.CANCELLED, RunError("CANCELLED", "the run was cancelled"))
+            else:
+                raise
+        except Lost:
+            log.warning("run lost its lease", extra={"fields": {"run_id": h.run.id}})
+        except ProviderError as exc:
+            await self._end(h, RunState.FAILED, RunError(exc.code, exc.message))
+        except errors.AgentmeshError as exc:
+            await self._end(h, RunState.FAILED, RunError(exc.code.name, exc.message))
+        except Exception as exc:
+            log.exception("run failed", extra={"fields": {"run_id": h.run.id}})
+            await self._end(h, RunState.FAILED, RunError("INTERNAL", f"internal error: {type(exc).__name__}"))
+
+    async def _execute(self, h: RunHandle) -> None:
+        agent, messages = await self._prepare(h)
+        step = await self.model_step(h, agent, messages)
+        await self._complete(h, step)
+
+    async def _prepare(self, h: RunHandle) -> tuple[AgentSnapshot, list[ChatMessage]]:
+        """Waits for the runs before it, starts the run, stores the user message, reads the context."""
+        for previous in h.wait_for:
+            await self._wait_until_ended(h.caller.tenant_id, previous)
+        caller, session = h.caller, h.session
+        agent = await self._agents.get(session.agent_id, tenant_id=caller.tenant_id, token=caller.token)
+        h.agent_version = agent.version
+        if not await self._store.start_run(h.run.id, agent_version=agent.version, now=self._clock()):
+            raise Lost()
+        await self._store.set_active_run(session.id, h.run.id, self._clock())
+        await self._emit(h, EventType.RUN_STARTED)
+        user_message_id = await self._conversation.append(
+            session.conversation_id,
+            role="user",
+            content=h.run.input_text,
+            metadata={"run_id": h.run.id},
+            request_id=f"run:{h.run.id}:user",
+            token=caller.token,
+        )
+        await self._store.update_run(h.run.id, user_message_id=user_message_id)
+        budget = agent.max_context_tokens or limits_for(caller.tier).max_context_tokens
+        messages = await self._conversation.context(
+            session.conversation_id,
+            token_budget=budget,
+            system_prompt=agent.system_prompt,
+            token=caller.token,
+        )
+        return agent, messages
+
+    async def model_step(self, h: RunHandle, agent: AgentSnapshot, messages: list[ChatMessage]) -> StepResult:
+        """One call of the model: streams its deltas as events, then stores and announces the answer."""
+        provider, model = self._providers.resolve(agent.model)
+        config = ModelConfig(
+            model=model, temperature=agent.temperature, max_output_tokens=agent.max_output_tokens
+        )
+        usage: Usage | None = None
+        async for delta in provider.stream(config, messages):
+            if delta.usage is not None:
+                usage = delta.usage
+            if delta.text:
+                await self._emit(h, EventType.MESSAGE_DELTA, text_delta=delta.text)
+        h.finishing = True
+        answer = "".join(h.text)
+        usage = usage or Usage(0, len(h.text))
+        assistant_id = await self._conversation.append(
+            h.session.conversation_id,
+            role="assistant",
+            content=answer,
+            metadata={"run_id": h.run.id, "agent_version": str(agent.version)},
+            request_id=f"run:{h.run.id}:assistant",
+            token=h.caller.token,
+        )
+        await self._emit(h, EventType.MESSAGE_COMPLETED, final_message=answer, usage=usage)
+        return StepResult(answer, usage, assistant_id)
+
+    async def _complete(self, h: RunHandle, step: StepResult) -> None:
+        if not await self._store.finish_run(
+            h.run.id,
+            state=RunState.COMPLETED,
+            now=self._clock(),
+            last_event_id=h.next_event_id,
+            usage=step.usage,
+            assistant_message_id=step.assistant_message_id,
+        ):
+            raise Lost()
+        # The session is free before the terminal event, so whoever sees the event finds it free.
+        await self._after(h)
+        await self._emit(h, EventType.RUN_COMPLETED, usage=step.usage)
+
+    async def _emit(self, h: RunHandle, type_: EventType, **fields: object) -> None:
+        event = RunEvent(
+            event_id=h.next_event_id,
+            run_id=h.run.id,
+            session_id=h.run.session_id,
+            type=type_,
+            agent_version=h.agent_version,
+            event_time=self._clock(),
+            **fields,  # type: ignore[arg-type]  # the optional event fields, by name
+        )
+        # A cancel must not cut a write in half: event ids and the stored partial answer have to
+        # match exactly what the stream holds, so the write completes before the cancel proceeds.
+        write = asyncio.ensure_future(self._events.append(event))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                await write
+                self._written(h, event)
+            raise
+        except StaleWriter:
+            raise Lost() from None
+        self._written(h, event)
+
+    @staticmethod
+    def _written(h: RunHandle, event: RunEvent) -> None:
+        h.next_event_id = event.event_id + 1
+        if event.text_delta:
+            h.text.append(event.text_delta)
+
+    async def _end(self, h: RunHandle, state: RunState, error: RunError) -> None:
+        """Ends a run that did not complete: stores its partial answer (unless discarded) and says why."""
+        partial = "".join(h.text)
+        keep = partial and h.cancel_mode is not CancelMode.DISCARD and not h.finishing
+        assistant_id = ""
+        if keep:
+            try:
+                assistant_id = await self._conversation.append(
+                    h.session.conversation_id,
+                    role="assistant",
+                    content=partial,
+                    metadata={"run_id": h.run.id, "agent_version": str(h.agent_version), "partial": "true"},
+                    request_id=f"run:{h.run.id}:assistant",
+                    token=h.caller.token,
+                )
+            except errors.AgentmeshError as exc:
+                log.warning(
+                    "partial answer not stored", extra={"fields": {"run_id": h.run.id, "error": exc.message}}
+                )
+        ended = await self._store.finish_run(
+            h.run.id,
+            state=state,
+            now=self._clock(),
+            last_event_id=h.next_event_id,
+            error=error,
+            assistant_message_id=assistant_id,
+        )
+        if ended:
+            await self._after(h)
+            with contextlib.suppress(Lost):
+                await self._emit(
+                    h,
+                    EventType.RUN_CANCELLED if state is RunState.CANCELLED else EventType.RUN_FAILED,
+                    error=error,
+                    final_message=partial if keep else "",
+                )
+
+    async def _after(self, h: RunHandle) -> None:
+        await self._store.set_active_run(h.session.id, None, self._clock(), only_if=h.run.id)
+        await self._limits.release(h.caller.tenant_id, h.run.id)
+
+    async def _wait_until_ended(self, tenant_id: str, run_id: str) -> None:
+        run = await self._store.get_run(tenant_id, run_id)
+        if run is None or run.state.terminal:
+            return
+        async for _event in self._events.tail(run_id, 0):
+            pass
