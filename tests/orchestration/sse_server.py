@@ -1,12 +1,26 @@
 """A tiny OpenAI-compatible /v1/chat/completions server (asyncio, port 0) speaking the real SSE
 chunk format. The request's model picks the behaviour: "ok", "fail-mid" (connection dropped after
-two chunks), "stall" (silence after two chunks), "flaky" (HTTP 503 once, then ok), "unauthorized"."""
+two chunks), "stall" (silence after two chunks), "flaky" (HTTP 503 once, then ok), "unauthorized",
+"tools" (two parallel tool calls, their deltas interleaved and each call's arguments split over
+several chunks, as OpenAI streams them; once the last message is a tool result, a text answer
+naming the results)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import json
+
+# Two calls as OpenAI streams them: the first piece of each has id, type and name; the arguments
+# come in pieces, the two calls interleaved.
+TOOL_CALL_PIECES = [
+    {"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}},
+    {"index": 0, "function": {"arguments": '{"ci'}},
+    {"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": '{"tz"'}},
+    {"index": 0, "function": {"arguments": 'ty": "Par'}},
+    {"index": 1, "function": {"arguments": ': "UTC"}'}},
+    {"index": 0, "function": {"arguments": 'is"}'}},
+]
 
 
 class SseServer:
@@ -65,14 +79,34 @@ class SseServer:
             writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
             await writer.drain()
 
+        if model == "tools":
+            await self._tools(body, send)
+        elif not await self._words(model, send):
+            return  # drop the connection without the terminating chunk
+        writer.write(b"0\r\n\r\n")
+        await writer.drain()
+
+    async def _tools(self, body: dict, send) -> None:
+        messages = body["messages"]
+        if messages[-1]["role"] == "tool":
+            results = [m["content"] for m in messages if m["role"] == "tool"]
+            await send(json.dumps({"choices": [{"index": 0, "delta": {"content": "Results: "}}]}))
+            await send(json.dumps({"choices": [{"index": 0, "delta": {"content": "; ".join(results)}}]}))
+        else:
+            for piece in TOOL_CALL_PIECES:
+                await send(json.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]}))
+            await send(json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
+        await send(json.dumps({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 9}}))
+        await send("[DONE]")
+
+    async def _words(self, model: str, send) -> bool:
         words = ["Hello", " from", " the", " model", "."]
         for i, word in enumerate(words):
             if i == 2 and model == "fail-mid":
-                return  # drop the connection without the terminating chunk
+                return False
             if i == 2 and model == "stall":
                 await asyncio.sleep(30)
             await send(json.dumps({"choices": [{"index": 0, "delta": {"content": word}}]}))
         await send(json.dumps({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}}))
         await send("[DONE]")
-        writer.write(b"0\r\n\r\n")
-        await writer.drain()
+        return True

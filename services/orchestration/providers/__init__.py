@@ -9,6 +9,8 @@ from services.orchestration.providers.base import (
     Provider,
     ProviderError,
     Providers,
+    ToolCall,
+    ToolSpec,
 )
 from services.orchestration.providers.echo import EchoProvider
 from services.orchestration.providers.openai import OpenAIProvider
@@ -23,6 +25,8 @@ __all__ = [
     "Provider",
     "ProviderError",
     "Providers",
+    "ToolCall",
+    "ToolSpec",
     "from_settings",
 ]
 

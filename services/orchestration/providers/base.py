@@ -1,18 +1,43 @@
-"""The model provider interface: agent config and context in, text deltas (and usage) out."""
+"""The model provider interface: agent config, its tools and the context in; text deltas, the
+model's tool calls and usage out. Tool calls travel both ways: an assistant message carries the
+calls the model made, a "tool" message the result of one of them."""
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import AsyncIterator, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 from services.orchestration.models import Usage
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolCall:
+    """One call the model made: its id (the model's, or the provider's stand-in), the tool's name
+    and the arguments as the JSON text the model wrote (not parsed: the loop validates it)."""
+
+    id: str
+    name: str
+    arguments_json: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolSpec:
+    """A tool as the model is told about it; `parameters` is its JSON schema."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
 class ChatMessage:
     role: str  # "system" | "user" | "assistant" | "tool"
     content: str
+    # assistant: the calls the model made in this message (content may be empty then).
+    tool_calls: tuple[ToolCall, ...] = ()
+    # tool: the call this message is the result of.
+    tool_call_id: str = ""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -21,12 +46,17 @@ class ModelConfig:
     model: str
     temperature: float | None = None
     max_output_tokens: int = 0
+    # What the model may call; empty: a plain chat.
+    tools: tuple[ToolSpec, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Delta:
     text: str
     usage: Usage | None = None
+    # Complete calls, in the model's order, on one delta once the answer is whole (a provider
+    # streams a call's arguments in pieces; the loop only acts on whole calls).
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class ProviderError(Exception):

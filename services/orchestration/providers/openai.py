@@ -1,6 +1,11 @@
 """`openai`: any OpenAI-compatible /chat/completions endpoint with `stream: true` (OpenAI, vLLM,
 Ollama, llama.cpp server), read as server-sent events.
 
+Tools go out as `tools` (function tools); the model's calls come back as streamed `tool_calls` deltas,
+several per answer, told apart by index, a call's arguments spread over many chunks: they are put
+together here and handed on whole, on the last delta. A tool result goes back as a "tool" message
+after the assistant message that holds its call.
+
 Connect and read timeouts bound every wait; a failure before the first token is retried (nothing has
 been shown yet), a failure after it is not (the client has already seen part of the answer).
 """
@@ -15,7 +20,14 @@ from typing import Any
 import httpx
 
 from services.orchestration.models import Usage
-from services.orchestration.providers.base import ChatMessage, Delta, ModelConfig, ProviderError
+from services.orchestration.providers.base import (
+    ChatMessage,
+    Delta,
+    ModelConfig,
+    ProviderError,
+    ToolCall,
+    ToolSpec,
+)
 
 _RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
 
@@ -32,6 +44,57 @@ def _status_code(status: int) -> str:
     if status >= 500:
         return "UNAVAILABLE"
     return "INVALID_ARGUMENT"
+
+
+def _message(m: ChatMessage) -> dict[str, Any]:
+    if m.role == "tool":
+        return {"role": "tool", "tool_call_id": m.tool_call_id, "content": m.content}
+    if m.role == "assistant" and m.tool_calls:
+        return {
+            "role": "assistant",
+            # OpenAI takes null for a message that only calls tools; some servers refuse "".
+            "content": m.content or None,
+            "tool_calls": [
+                {"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments_json}}
+                for c in m.tool_calls
+            ],
+        }
+    return {"role": m.role, "content": m.content}
+
+
+def _tool(t: ToolSpec) -> dict[str, Any]:
+    function: dict[str, Any] = {"name": t.name, "parameters": dict(t.parameters) or {"type": "object"}}
+    if t.description:
+        function["description"] = t.description
+    return {"type": "function", "function": function}
+
+
+class _CallParts:
+    """One streamed call being put together: the first piece names it, later ones add arguments."""
+
+    def __init__(self) -> None:
+        self.id = ""
+        self.name = ""
+        self.arguments: list[str] = []
+
+    def add(self, piece: dict[str, Any]) -> None:
+        self.id = self.id or str(piece.get("id") or "")
+        function = piece.get("function") or {}
+        self.name = self.name or str(function.get("name") or "")
+        if function.get("arguments"):
+            self.arguments.append(str(function["arguments"]))
+
+
+def _tool_calls(parts: dict[int, _CallParts]) -> tuple[ToolCall, ...]:
+    calls = []
+    for index in sorted(parts):
+        part = parts[index]
+        if not part.name:
+            raise ProviderError("UNAVAILABLE", f"model provider sent tool call {index} without a name")
+        # Some servers leave the id out; the loop needs one to match results to calls.
+        call_id = part.id or f"call_{index}"
+        calls.append(ToolCall(id=call_id, name=part.name, arguments_json="".join(part.arguments) or "{}"))
+    return tuple(calls)
 
 
 class _Retry(Exception):
@@ -72,10 +135,12 @@ class OpenAIProvider:
     def _body(self, config: ModelConfig, messages: list[ChatMessage]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": config.model,
-            "messages": [{"role": m.role, "content": m.content} for m in messages],
+            "messages": [_message(m) for m in messages],
             "stream": True,
             "stream_options": {"include_usage": True},
         }
+        if config.tools:
+            body["tools"] = [_tool(t) for t in config.tools]
         if config.temperature is not None:
             body["temperature"] = config.temperature
         if config.max_output_tokens > 0:
@@ -115,13 +180,15 @@ class OpenAIProvider:
                         retryable=response.status_code in _RETRYABLE_STATUS,
                     )
                 usage: Usage | None = None
+                calls: dict[int, _CallParts] = {}
                 async for line in response.aiter_lines():
                     if not line.startswith("data:"):
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
-                        if usage is not None:
-                            yield Delta("", usage)
+                        tool_calls = _tool_calls(calls)
+                        if usage is not None or tool_calls:
+                            yield Delta("", usage, tool_calls=tool_calls)
                         return
                     try:
                         chunk = json.loads(data)
@@ -139,10 +206,13 @@ class OpenAIProvider:
                         u = chunk["usage"]
                         usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
                     for choice in chunk.get("choices") or ():
-                        text = (choice.get("delta") or {}).get("content")
-                        if text:
+                        delta = choice.get("delta") or {}
+                        for piece in delta.get("tool_calls") or ():
+                            calls.setdefault(int(piece.get("index") or 0), _CallParts()).add(piece)
+                        content = delta.get("content")
+                        if content:
                             started = True
-                            yield Delta(text)
+                            yield Delta(str(content))
                 raise fail("UNAVAILABLE", "model provider ended the stream without [DONE]", retryable=True)
         except httpx.ConnectTimeout:
             raise fail(
