@@ -47,7 +47,7 @@ async def test_newcomer_signs_in_creates_an_agent_and_chats(tmp_path: pathlib.Pa
                 await expect(page.locator("#chat-title")).to_contain_text("My first agent")
 
                 question = "what does a service mesh do for agents"
-                await page.fill("#chat-form input[name=content]", question)
+                await page.fill("#composer", question)
                 await page.click("#send")
                 answer = page.locator(".msg.assistant").last
                 await expect(answer).to_have_class("msg assistant streaming")  # deltas arriving

@@ -64,7 +64,7 @@ async def test_sign_in_chat_reload_history_and_sign_out(live: Any, fakes: Any, c
             await expect(page.locator("#chat-title")).to_contain_text("Browser agent")
 
             question = "tell me something nice about streaming"
-            await page.fill("#chat-form input[name=content]", question)
+            await page.fill("#composer", question)
             await page.click("#send")
             answer = page.locator(".msg.assistant").last
             await expect(answer).to_have_class("msg assistant streaming")  # deltas arriving
@@ -90,6 +90,9 @@ async def test_sign_in_chat_reload_history_and_sign_out(live: Any, fakes: Any, c
             await page.reload()
             await expect(page.locator("#app-view")).to_be_hidden()
             assert question not in await page.content()
-            assert not console_errors, console_errors
+            # The fake upstreams implement no ListSessions, ListRuns or Logout (501): the page
+            # goes on without them; any other console error fails the test.
+            unexpected = [e for e in console_errors if "status of 501" not in e]
+            assert not unexpected, unexpected
         finally:
             await browser.close()
