@@ -52,18 +52,18 @@ export function renderSessions(sessions, { agentName, currentId, open, end }) {
     b.append(title, meta);
     b.onclick = () => open(s);
     li.appendChild(b);
-    li.append(...sessionActions(s, end));
+    li.append(...sessionActions(s, end, agentName(s.agentId)));
     list.appendChild(li);
   }
 }
 
-function sessionActions(s, end) {
+function sessionActions(s, end, name) {
   if (s.state === "SESSION_STATE_ENDED") return [];
   const b = document.createElement("button");
   b.type = "button";
   b.className = "small";
   b.textContent = "End";
-  b.setAttribute("aria-label", "End session with " + (s.agentId || ""));
+  b.setAttribute("aria-label", "End session with " + name);
   b.onclick = () => end(s);
   return [b];
 }
