@@ -11,6 +11,7 @@ from services.conversation.service import ConversationService
 from services.conversation.servicer import ConversationServicer
 from services.conversation.store import ConversationStore
 from services.conversation.tokens import ApproximateTokenCounter
+from services.platform.metrics import USAGE
 from services.platform.runtime import Runtime
 from services.platform.server import Built, ServiceRegistration
 
@@ -26,6 +27,7 @@ async def build(runtime: Runtime) -> Built[ConversationService]:
         hot=hot,
         counter=ApproximateTokenCounter(),
         page_tokens=runtime.page_tokens,
+        meter=USAGE,
         clock=runtime.clock,
     )
     servicer = ConversationServicer(service=service)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
+
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from services.conversation import models
 from services.platform import errors
@@ -50,6 +53,81 @@ def message_to_proto(m: models.Message) -> pb.Message:
         metadata=m.metadata,
         tool_call_id=m.tool_call_id,
         create_time=to_timestamp(m.create_time),
+        usage=None if m.usage is None else usage_to_proto(m.usage),
+    )
+
+
+_SOURCE_TO_PB: dict[str, pb.UsageSource.ValueType] = {
+    models.PROVIDER: pb.USAGE_SOURCE_PROVIDER,
+    models.ESTIMATED: pb.USAGE_SOURCE_ESTIMATED,
+}
+_SOURCE_FROM_PB = {v: k for k, v in _SOURCE_TO_PB.items()}
+_GROUPING_FROM_PB: dict[int, str] = {
+    pb.USAGE_GROUPING_USER: "user",
+    pb.USAGE_GROUPING_AGENT: "agent",
+    pb.USAGE_GROUPING_MODEL: "model",
+    pb.USAGE_GROUPING_DAY: "day",
+}
+
+
+def usage_to_proto(u: models.MessageUsage) -> pb.MessageUsage:
+    return pb.MessageUsage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        total_tokens=u.total_tokens,
+        model=u.model,
+        source=_SOURCE_TO_PB.get(u.source, pb.USAGE_SOURCE_UNSPECIFIED),
+        tool_calls=u.tool_calls,
+        duration_ms=u.duration_ms,
+        cost_micros=u.cost_micros,
+        run_id=u.run_id,
+        user_id=u.user_id,
+    )
+
+
+def usage_from_proto(u: pb.MessageUsage) -> models.MessageUsage:
+    # total_tokens, cost_micros and user_id are output only: the service computes and assigns them.
+    # An unknown source becomes "", which validation names; UNSPECIFIED reads as ESTIMATED.
+    source = (
+        models.ESTIMATED if u.source == pb.USAGE_SOURCE_UNSPECIFIED else _SOURCE_FROM_PB.get(u.source, "")
+    )
+    return models.MessageUsage(
+        prompt_tokens=u.prompt_tokens,
+        completion_tokens=u.completion_tokens,
+        model=u.model,
+        source=source,
+        tool_calls=u.tool_calls,
+        duration_ms=u.duration_ms,
+        run_id=u.run_id,
+    )
+
+
+def groupings_from_proto(values: Sequence[int]) -> list[str]:
+    """By name; an unknown or UNSPECIFIED number becomes its own text, which the service refuses
+    with the field's index."""
+    return [_GROUPING_FROM_PB.get(v, str(v)) for v in values]
+
+
+def usage_row_to_proto(r: models.UsageRow) -> pb.UsageRow:
+    return pb.UsageRow(**dataclasses.asdict(r))
+
+
+def quota_to_proto(q: models.Quota) -> pb.Quota:
+    return pb.Quota(
+        limit_tokens=q.limit_tokens,
+        used_tokens=q.used_tokens,
+        remaining_tokens=q.remaining_tokens,
+        limit_cost_micros=q.limit_cost_micros,
+        used_cost_micros=q.used_cost_micros,
+        reset_time=to_timestamp(q.reset_time),
+    )
+
+
+def usage_response_to_proto(u: models.Usage) -> pb.GetUsageResponse:
+    return pb.GetUsageResponse(
+        totals=usage_row_to_proto(u.totals),
+        rows=[usage_row_to_proto(r) for r in u.rows],
+        quota=quota_to_proto(u.quota),
     )
 
 
@@ -60,6 +138,7 @@ def new_message_from_proto(m: pb.Message) -> models.NewMessage:
         content=m.content,
         metadata=dict(m.metadata),
         tool_call_id=m.tool_call_id,
+        usage=usage_from_proto(m.usage) if m.HasField("usage") else None,
     )
 
 

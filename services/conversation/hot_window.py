@@ -6,6 +6,11 @@ Redis only makes reads fast; PostgreSQL is the system of record. Every Redis err
 commit simply does not happen. Readers check that what they get is exactly the sequence numbers
 they expect, so a window with holes (a write lost while Redis was down, a FLUSHALL, a restart) is
 noticed and refilled from PostgreSQL rather than served.
+
+The key carries the conversation in a hash tag (`{conversation:<id>}:hot`), so on a Redis Cluster
+whatever touches one conversation stays in one slot; the batched append, which touches many, is split
+by slot. (Until step 14 the key was `conversation:hot:<id>`: windows under the old name are simply
+never read again and expire within their TTL; the next read rebuilds each from PostgreSQL.)
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from redis.exceptions import RedisError
 
 from services.conversation.models import Message
 from services.platform.batching import Batcher
+from services.platform.redis_client import is_cluster, slot_groups
 
 log = logging.getLogger("agentmesh.conversation.hot_window")
 
-KEY = "conversation:hot:{conversation_id}"
+KEY = "{{conversation:{conversation_id}}}:hot"
 
 # Adds each message to its conversation's window, if that window exists: a missing window is rebuilt
 # whole by the next reader, so an append never creates a window that holds just its own message.
@@ -66,12 +72,27 @@ class HotWindow:
         """Adds a committed message to its conversation's window, if the window exists."""
         await self._appends.submit(message)
 
-    async def _append_many(self, batch: list[Message]) -> list[None]:
+    def _script_call(self, batch: Sequence[Message]) -> tuple[list[str], list[int | bytes]]:
         args: list[int | bytes] = [self.size, self.ttl_seconds]
         for m in batch:
             args += [m.sequence, _encode(m)]
+        return [self.key(m.conversation_id) for m in batch], args
+
+    async def _append_many(self, batch: list[Message]) -> list[None]:
         try:
-            await self._append_script(keys=[self.key(m.conversation_id) for m in batch], args=args)
+            if not is_cluster(self.redis):
+                keys, args = self._script_call(batch)
+                await self._append_script(keys=keys, args=args)
+            else:
+                # A script's keys must share one slot: one call per slot, pipelined (one round trip
+                # per node). EVAL, not EVALSHA: after a failover the new master may not know the
+                # script, and a NOSCRIPT inside a pipeline would cost a second pass.
+                keys = [self.key(m.conversation_id) for m in batch]
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for group in slot_groups(self.redis, keys):
+                        group_keys, args = self._script_call([batch[i] for i in group])
+                        pipe.eval(_APPEND_IF_PRESENT, len(group_keys), *group_keys, *args)
+                    await pipe.execute()
         except (RedisError, OSError) as exc:
             log.warning("hot window append failed", extra={"fields": {"error": repr(exc)}})
         return [None] * len(batch)

@@ -11,6 +11,15 @@ from typing import Any
 ROLES = ("system", "user", "assistant", "tool")
 ACTIVE = "ACTIVE"
 CLOSED = "CLOSED"
+# Where a message's token counts come from.
+PROVIDER = "PROVIDER"
+ESTIMATED = "ESTIMATED"
+USAGE_SOURCES = (PROVIDER, ESTIMATED)
+# GetUsage's group keys, in the order rows are sorted by.
+GROUPINGS = ("user", "agent", "model", "day")
+DAY_US = 86_400 * 1_000_000
+# A price is a whole number of micro-units per million tokens; a cost is micro-units.
+PER_MILLION = 1_000_000
 
 
 def new_id() -> str:
@@ -37,6 +46,43 @@ class Conversation:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class MessageUsage:
+    """What one assistant message consumed. `cost_micros` and `user_id` are set by the store when
+    the message is committed (the price in force then; the conversation's user)."""
+
+    prompt_tokens: int
+    completion_tokens: int
+    model: str
+    source: str = ESTIMATED
+    tool_calls: int = 0
+    duration_ms: int = 0
+    run_id: str = ""
+    cost_micros: int = 0
+    user_id: str = ""
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def cost_at(self, price: Price | None) -> int:
+        """Rounded to the nearest micro-unit; the store's SQL computes the same on PostgreSQL."""
+        if price is None:
+            return 0
+        raw = self.prompt_tokens * price.input_micros + self.completion_tokens * price.output_micros
+        return (raw + PER_MILLION // 2) // PER_MILLION
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Price:
+    """A model's price per million tokens, in micro-units of the price currency."""
+
+    model: str
+    input_micros: int
+    output_micros: int
+    update_time: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Message:
     id: str
     conversation_id: str
@@ -47,15 +93,19 @@ class Message:
     metadata: dict[str, str]
     tool_call_id: str
     create_time: int
+    usage: MessageUsage | None = None
 
     def to_json(self) -> dict[str, Any]:
         # Shallow: dataclasses.asdict deep-copies, a cost on every append for a dict about to be
         # serialised.
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        data["usage"] = None if self.usage is None else dataclasses.asdict(self.usage)
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Message:
-        return cls(**data)
+        usage = data.get("usage")
+        return cls(**{**data, "usage": None if usage is None else MessageUsage(**usage)})
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -66,6 +116,7 @@ class NewMessage:
     content: str
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     tool_call_id: str = ""
+    usage: MessageUsage | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,3 +183,56 @@ class TenantStats:
     by_agent: dict[str, Totals]
     # "YYYY-MM-DD" (UTC) -> totals, in day order.
     by_day: dict[str, Totals]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class UsageRow:
+    """Sums of usage; the keys not grouped by are ""."""
+
+    user_id: str = ""
+    agent_id: str = ""
+    model: str = ""
+    day: str = ""
+    messages: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+    tool_calls: int = 0
+    cost_micros: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuotaLimit:
+    """A tenant's own monthly limits set by the operator (0: unlimited); else its tier's apply."""
+
+    tokens: int
+    cost_micros: int = 0
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Quota:
+    limit_tokens: int
+    used_tokens: int
+    limit_cost_micros: int
+    used_cost_micros: int
+    # Microseconds: the start of the next UTC month.
+    reset_time: int
+
+    @property
+    def remaining_tokens(self) -> int:
+        return max(0, self.limit_tokens - self.used_tokens) if self.limit_tokens else 0
+
+    def exhausted(self) -> str:
+        """The name of the limit used up ("" while both have room)."""
+        if self.limit_tokens and self.used_tokens >= self.limit_tokens:
+            return "monthly_tokens"
+        if self.limit_cost_micros and self.used_cost_micros >= self.limit_cost_micros:
+            return "monthly_cost"
+        return ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Usage:
+    totals: UsageRow
+    rows: list[UsageRow]
+    quota: Quota

@@ -7,6 +7,7 @@ only their own; anything outside that is NOT_FOUND, exactly like a conversation 
 
 from __future__ import annotations
 
+import datetime
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from typing import Any, Protocol
@@ -15,14 +16,21 @@ from services.conversation import validation
 from services.conversation.context_window import WindowBuilder
 from services.conversation.models import (
     ACTIVE,
+    DAY_US,
+    GROUPINGS,
     Appended,
     AppendRefused,
     ContextWindow,
     Conversation,
     Message,
     NewMessage,
+    Price,
+    Quota,
+    QuotaLimit,
     SearchHit,
     TenantStats,
+    Usage,
+    UsageRow,
     new_id,
 )
 from services.conversation.tokens import TokenCounter
@@ -74,6 +82,30 @@ class Store(Protocol):
     ) -> list[Message]: ...
     async def get_retention_days(self, tenant_id: str) -> int: ...
     async def set_retention_days(self, tenant_id: str, days: int, *, now: int) -> None: ...
+    async def usage_rows(
+        self,
+        tenant_id: str,
+        *,
+        start_day: int,
+        end_day: int,
+        user_id: str,
+        agent_id: str,
+        model: str,
+        group_by: Sequence[str],
+    ) -> list[UsageRow]: ...
+    async def used_since(self, tenant_id: str, start_day: int) -> tuple[int, int]: ...
+    async def get_quota_limit(self, tenant_id: str) -> QuotaLimit | None: ...
+    async def set_quota_limit(self, tenant_id: str, limit: QuotaLimit, *, now: int) -> None: ...
+    async def set_price(self, price: Price) -> None: ...
+    async def list_prices(self) -> list[Price]: ...
+
+
+class Meter(Protocol):
+    """Where accepted usage is counted for Prometheus (services.platform.metrics.USAGE)."""
+
+    def record(
+        self, *, tier: str, model: str, prompt_tokens: int, completion_tokens: int, cost_micros: int
+    ) -> None: ...
 
 
 class HotWindow(Protocol):
@@ -124,6 +156,7 @@ class ConversationService:
         hot: HotWindow,
         counter: TokenCounter,
         page_tokens: PageTokens,
+        meter: Meter,
         clock: Callable[[], float] = time.time,
         hot_page: int = 64,
         db_page: int = 128,
@@ -133,6 +166,7 @@ class ConversationService:
         self.hot = hot
         self.counter = counter
         self.page_tokens = page_tokens
+        self.meter = meter
         self.clock = clock
         self.hot_page = hot_page
         self.db_page = db_page
@@ -281,6 +315,15 @@ class ConversationService:
         if not outcome.replayed:
             # After the commit, and never able to fail the append: Redis only makes reads fast.
             await self.hot.append(outcome.message)
+            usage = outcome.message.usage
+            if usage is not None:
+                self.meter.record(
+                    tier=principal.tier,
+                    model=usage.model,
+                    prompt_tokens=usage.prompt_tokens,
+                    completion_tokens=usage.completion_tokens,
+                    cost_micros=usage.cost_micros,
+                )
         return outcome.message, outcome.conversation
 
     async def list_messages(
@@ -440,6 +483,141 @@ class ConversationService:
             )
         await self.store.set_retention_days(principal.tenant_id, days, now=self._now())
         return days
+
+    # -- usage, quotas, prices ------------------------------------------------------------------
+
+    async def get_usage(
+        self,
+        principal: Principal,
+        *,
+        start_time: int = 0,
+        end_time: int = 0,
+        user_id: str = "",
+        agent_id: str = "",
+        model: str = "",
+        group_by: Sequence[str] = (),
+        tenant: str = "",
+        tier: str = "",
+    ) -> Usage:
+        """Usage summed over whole UTC days in [start_time, end_time) (default: this UTC month),
+        with the tenant's quota. Another `tenant` (with its `tier`) is the operator's alone."""
+        if tenant and tenant != principal.tenant_id:
+            principal.require_operator()
+        tenant_id = tenant or principal.tenant_id
+        month, next_month = month_bounds(self._now())
+        start, end = start_time or month, end_time or next_month
+        v = Violations()
+        v.check(start % DAY_US == 0, "start_time", "must be a UTC midnight (usage is kept per UTC day)")
+        v.check(end % DAY_US == 0, "end_time", "must be a UTC midnight (usage is kept per UTC day)")
+        v.check(end > start, "end_time", "must be after start_time")
+        for i, key in enumerate(group_by):
+            if key not in GROUPINGS:
+                v.add(f"group_by[{i}]", f"must be one of {', '.join(g.upper() for g in GROUPINGS)}")
+            elif key in group_by[:i]:
+                v.add(f"group_by[{i}]", f"{key.upper()} is given twice")
+        v.raise_if_any()
+        if principal.tenant_id == tenant_id and not principal.is_admin:
+            # A member's user filter narrows their own scope: another user's id matches nothing.
+            if user_id and user_id != principal.user_id:
+                user_id = "\x00"
+            user_id = user_id or principal.user_id
+        # Sorted by the contract's key order, whatever order the caller named them in.
+        keys = [g for g in GROUPINGS if g in group_by] if group_by else list(GROUPINGS)
+        rows = await self.store.usage_rows(
+            tenant_id,
+            start_day=start,
+            end_day=end,
+            user_id=user_id,
+            agent_id=agent_id,
+            model=model,
+            group_by=keys,
+        )
+        return Usage(totals=_sum(rows), rows=rows, quota=await self._quota(tenant_id, tier or principal.tier))
+
+    async def check_quota(self, principal: Principal) -> Quota:
+        """The quota while some remains; RESOURCE_EXHAUSTED naming the used-up limit and when it resets."""
+        quota = await self._quota(principal.tenant_id, principal.tier)
+        limit = quota.exhausted()
+        if limit:
+            reset = iso_time(quota.reset_time)
+            raise errors.ResourceExhausted(
+                f"the tenant's {limit.replace('_', ' ')} quota is used up; it resets at {reset}",
+                retry_after=(quota.reset_time - self._now()) / 1_000_000,
+                violations=[Violation(limit, f"used up this UTC month; resets at {reset}")],
+                reason="MONTHLY_QUOTA_EXHAUSTED",
+                metadata={"quota": limit, "reset_time": reset},
+            )
+        return quota
+
+    async def _quota(self, tenant_id: str, tier: str) -> Quota:
+        month, next_month = month_bounds(self._now())
+        own = await self.store.get_quota_limit(tenant_id)
+        limit = own or QuotaLimit(tokens=tiers.limits_for(tier).monthly_tokens)
+        tokens, cost = await self.store.used_since(tenant_id, month)
+        return Quota(
+            limit_tokens=limit.tokens,
+            used_tokens=tokens,
+            limit_cost_micros=limit.cost_micros,
+            used_cost_micros=cost,
+            reset_time=next_month,
+        )
+
+    async def set_quota(self, principal: Principal, tenant_id: str, limit: QuotaLimit) -> QuotaLimit:
+        principal.require_operator()
+        v = Violations()
+        v.id(tenant_id, "tenant")
+        v.check(limit.tokens >= 0, "tokens", "must not be negative (0: unlimited)")
+        v.check(limit.cost_micros >= 0, "cost", "must not be negative (0: unlimited)")
+        v.raise_if_any()
+        await self.store.set_quota_limit(tenant_id, limit, now=self._now())
+        return limit
+
+    async def set_price(
+        self, principal: Principal, model: str, *, input_micros: int, output_micros: int
+    ) -> Price:
+        """From now on: messages already stored keep the cost they were given."""
+        principal.require_operator()
+        v = Violations()
+        validation.model(v, "model", model)
+        v.check(input_micros >= 0, "input", "must not be negative")
+        v.check(output_micros >= 0, "output", "must not be negative")
+        v.raise_if_any()
+        price = Price(
+            model=model, input_micros=input_micros, output_micros=output_micros, update_time=self._now()
+        )
+        await self.store.set_price(price)
+        return price
+
+    async def list_prices(self, principal: Principal) -> list[Price]:
+        principal.require_operator()
+        return await self.store.list_prices()
+
+
+def month_bounds(us: int) -> tuple[int, int]:
+    """The UTC month `us` falls in: its first microsecond and the next month's (quotas reset there)."""
+    now = datetime.datetime.fromtimestamp(us / 1_000_000, datetime.UTC)
+    start = now.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = (start + datetime.timedelta(days=32)).replace(day=1)
+    return _us(start), _us(following)
+
+
+def _us(moment: datetime.datetime) -> int:
+    return int(moment.timestamp()) * 1_000_000
+
+
+def iso_time(us: int) -> str:
+    return datetime.datetime.fromtimestamp(us // 1_000_000, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _sum(rows: Sequence[UsageRow]) -> UsageRow:
+    return UsageRow(
+        messages=sum(r.messages for r in rows),
+        prompt_tokens=sum(r.prompt_tokens for r in rows),
+        completion_tokens=sum(r.completion_tokens for r in rows),
+        total_tokens=sum(r.total_tokens for r in rows),
+        tool_calls=sum(r.tool_calls for r in rows),
+        cost_micros=sum(r.cost_micros for r in rows),
+    )
 
 
 def _search_cursor(cursor: Any) -> list[Any]:

@@ -169,3 +169,28 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             principal(), convert.retention_days_from_proto(request)
         )
         return pb.UpdateRetentionPolicyResponse(policy=convert.retention_policy_to_proto(days))
+
+    async def GetUsage(
+        self,
+        request: pb.GetUsageRequest,
+        context: ServicerContext[pb.GetUsageRequest, pb.GetUsageResponse],
+    ) -> pb.GetUsageResponse:
+        usage = await self.service.get_usage(
+            principal(),
+            start_time=from_timestamp(request, "start_time"),
+            end_time=from_timestamp(request, "end_time"),
+            user_id=request.user_id,
+            agent_id=request.agent_id,
+            model=request.model,
+            group_by=convert.groupings_from_proto(request.group_by),
+            tenant=request.tenant,
+        )
+        return convert.usage_response_to_proto(usage)
+
+    async def CheckQuota(
+        self,
+        request: pb.CheckQuotaRequest,
+        context: ServicerContext[pb.CheckQuotaRequest, pb.CheckQuotaResponse],
+    ) -> pb.CheckQuotaResponse:
+        quota = await self.service.check_quota(principal())
+        return pb.CheckQuotaResponse(quota=convert.quota_to_proto(quota))

@@ -9,6 +9,7 @@ transaction per message on any other database (SQLite, the embedded default).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import json
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -22,14 +23,26 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from services.conversation.models import (
     ACTIVE,
     CLOSED,
+    DAY_US,
     Appended,
     AppendRefused,
     Conversation,
     Message,
+    MessageUsage,
     NewMessage,
+    Price,
+    QuotaLimit,
+    UsageRow,
     new_id,
 )
-from services.conversation.tables import conversations, messages, retention_policies
+from services.conversation.tables import (
+    conversations,
+    messages,
+    model_prices,
+    retention_policies,
+    tenant_quotas,
+    usage_daily,
+)
 from services.platform.batching import Batcher
 from services.platform.db import AutocommitPool
 
@@ -37,12 +50,16 @@ from services.platform.db import AutocommitPool
 # each): the UPDATE takes each conversation's row lock and numbers its message, the INSERT uses that
 # number; a stored request_id, another tenant's or user's conversation or a closed one makes the UPDATE
 # match nothing for that row. The locks are taken in id order first, so two batches (from two
-# processes) that share conversations wait for each other instead of deadlocking.
+# processes) that share conversations wait for each other instead of deadlocking. An assistant
+# message's usage is priced with the model's price as the statement sees it and added to its
+# usage_daily row (one row per key per statement, in key order, so concurrent statements queue on the
+# row instead of deadlocking): the aggregates commit or roll back with the message.
 _APPEND_SQL = """
     WITH i AS (
         SELECT * FROM json_to_recordset(%(batch)s::json) AS i(
             cid text, tenant text, usr text, tokens bigint, now bigint, rid text, mid text, role text,
-            content text, metadata json, tool text)
+            content text, metadata json, tool text, usage jsonb, model text, pt bigint, ct bigint,
+            tc bigint, day bigint)
     ), locked AS MATERIALIZED (
         SELECT conv.id FROM conversations conv JOIN i ON conv.id = i.cid ORDER BY conv.id FOR UPDATE OF conv
     ), c AS (
@@ -55,15 +72,36 @@ _APPEND_SQL = """
           AND NOT (i.rid <> '' AND EXISTS (
               SELECT 1 FROM messages WHERE conversation_id = i.cid AND request_id = i.rid))
         RETURNING conv.*, i.mid
+    ), p AS (
+        SELECT c.mid, c.tenant_id, c.user_id, c.agent_id, i.day, i.model, i.pt, i.ct, i.tc,
+               COALESCE((i.pt * pr.input_micros + i.ct * pr.output_micros + 500000) / 1000000, 0) AS cost
+        FROM c JOIN i ON i.mid = c.mid LEFT JOIN model_prices pr ON pr.model = i.model
+        WHERE i.model IS NOT NULL
     ), m AS (
         INSERT INTO messages (id, conversation_id, tenant_id, sequence, role, content, token_count,
-                              metadata, tool_call_id, request_id, create_time)
+                              metadata, tool_call_id, request_id, create_time, usage)
         SELECT c.mid, c.id, c.tenant_id, c.message_count, i.role, i.content, i.tokens,
-               i.metadata, i.tool, i.rid, i.now
-        FROM c JOIN i ON i.mid = c.mid
+               i.metadata, i.tool, i.rid, i.now,
+               (i.usage || jsonb_build_object('cost_micros', p.cost, 'user_id', p.user_id))::json
+        FROM c JOIN i ON i.mid = c.mid LEFT JOIN p ON p.mid = c.mid
         RETURNING id
+    ), u AS (
+        INSERT INTO usage_daily AS d (tenant_id, day, user_id, agent_id, model, messages, prompt_tokens,
+                                      completion_tokens, total_tokens, tool_calls, cost_micros)
+        SELECT tenant_id, day, user_id, agent_id, model, count(*), sum(pt), sum(ct), sum(pt + ct),
+               sum(tc), sum(cost)
+        FROM p GROUP BY tenant_id, day, user_id, agent_id, model
+        ORDER BY tenant_id, day, user_id, agent_id, model
+        ON CONFLICT (tenant_id, day, user_id, agent_id, model) DO UPDATE SET
+            messages = d.messages + excluded.messages,
+            prompt_tokens = d.prompt_tokens + excluded.prompt_tokens,
+            completion_tokens = d.completion_tokens + excluded.completion_tokens,
+            total_tokens = d.total_tokens + excluded.total_tokens,
+            tool_calls = d.tool_calls + excluded.tool_calls,
+            cost_micros = d.cost_micros + excluded.cost_micros
+        RETURNING 1
     )
-    SELECT * FROM c
+    SELECT c.*, p.cost FROM c LEFT JOIN p ON p.mid = c.mid
 """
 
 
@@ -97,7 +135,17 @@ def _message(row: Any) -> Message:
         metadata=dict(row.metadata or {}),
         tool_call_id=row.tool_call_id,
         create_time=row.create_time,
+        usage=None if row.usage is None else MessageUsage(**row.usage),
     )
+
+
+def _priced(usage: MessageUsage | None, cost: int, user_id: str) -> MessageUsage | None:
+    return None if usage is None else dataclasses.replace(usage, cost_micros=cost, user_id=user_id)
+
+
+def day_of(us: int) -> int:
+    """The UTC midnight (microseconds) of the day `us` falls in."""
+    return us - us % DAY_US
 
 
 def scoped(tenant_id: str, only_user: str | None) -> list[sa.ColumnElement[bool]]:
@@ -146,6 +194,48 @@ async def _not_appended(
         if replay is not None:
             return Appended(replay, conversation, replayed=True)
     return AppendRefused.CLOSED
+
+
+async def _price(conn: AsyncConnection, model: str) -> Price | None:
+    row = (await conn.execute(sa.select(model_prices).where(model_prices.c.model == model))).first()
+    return None if row is None else Price(**row._mapping)
+
+
+async def _add_usage(
+    conn: AsyncConnection, tenant_id: str, day: int, user_id: str, agent_id: str, usage: MessageUsage
+) -> None:
+    """The portable twin of `_APPEND_SQL`'s upsert, inside the append's transaction (which SQLite
+    serialises, so the read-then-insert cannot race)."""
+    d = usage_daily.c
+    key = (d.tenant_id == tenant_id, d.day == day, d.user_id == user_id, d.agent_id == agent_id)
+    updated = await conn.execute(
+        usage_daily.update()
+        .where(*key, d.model == usage.model)
+        .values(
+            messages=d.messages + 1,
+            prompt_tokens=d.prompt_tokens + usage.prompt_tokens,
+            completion_tokens=d.completion_tokens + usage.completion_tokens,
+            total_tokens=d.total_tokens + usage.total_tokens,
+            tool_calls=d.tool_calls + usage.tool_calls,
+            cost_micros=d.cost_micros + usage.cost_micros,
+        )
+    )
+    if not updated.rowcount:
+        await conn.execute(
+            usage_daily.insert().values(
+                tenant_id=tenant_id,
+                day=day,
+                user_id=user_id,
+                agent_id=agent_id,
+                model=usage.model,
+                messages=1,
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+                tool_calls=usage.tool_calls,
+                cost_micros=usage.cost_micros,
+            )
+        )
 
 
 class Appends(Protocol):
@@ -208,6 +298,11 @@ class PortableAppends:
             ):
                 await transaction.rollback()
                 return await _not_appended(conn, tenant_id, only_user, conversation_id, request_id)
+            usage = new.usage
+            if usage is not None:
+                price = await _price(conn, usage.model)
+                usage = dataclasses.replace(usage, cost_micros=usage.cost_at(price), user_id=row.user_id)
+                await _add_usage(conn, tenant_id, day_of(now), row.user_id, row.agent_id, usage)
             message = Message(
                 id=new_id(),
                 conversation_id=conversation_id,
@@ -218,6 +313,7 @@ class PortableAppends:
                 metadata=dict(new.metadata),
                 tool_call_id=new.tool_call_id,
                 create_time=now,
+                usage=usage,
             )
             await conn.execute(
                 messages.insert().values(
@@ -266,6 +362,16 @@ class PostgresAppends:
             "metadata": new.metadata,
             "tool": new.tool_call_id,
         }
+        usage = new.usage
+        if usage is not None:
+            params.update(
+                usage=dataclasses.asdict(usage),
+                model=usage.model,
+                pt=usage.prompt_tokens,
+                ct=usage.completion_tokens,
+                tc=usage.tool_calls,
+                day=day_of(now),
+            )
         row = await self._batcher.submit(params)
         if row is None:
             async with self.engine.connect() as conn:
@@ -280,6 +386,7 @@ class PostgresAppends:
             metadata=dict(new.metadata),
             tool_call_id=new.tool_call_id,
             create_time=now,
+            usage=_priced(usage, row.cost or 0, row.user_id),
         )
         return Appended(message, _conversation(row), replayed=False)
 
@@ -520,3 +627,109 @@ class ConversationStore:
         )
         async with self.engine.connect() as conn:
             return [row[0] for row in await conn.execute(query)]
+
+    # -- usage, prices, quotas -----------------------------------------------------------------
+
+    async def usage_rows(
+        self,
+        tenant_id: str,
+        *,
+        start_day: int,
+        end_day: int,
+        user_id: str,
+        agent_id: str,
+        model: str,
+        group_by: Sequence[str],
+    ) -> list[UsageRow]:
+        """Sums of usage_daily over days in [start_day, end_day), one row per group (key order)."""
+        d = usage_daily.c
+        where = [d.tenant_id == tenant_id, d.day >= start_day, d.day < end_day]
+        for column, value in ((d.user_id, user_id), (d.agent_id, agent_id), (d.model, model)):
+            if value:
+                where.append(column == value)
+        keys = {"user": d.user_id, "agent": d.agent_id, "model": d.model, "day": d.day}
+        grouped = [keys[g] for g in group_by]
+        sums = [
+            sa.func.sum(getattr(d, name)).label(name)
+            for name in ("messages", "prompt_tokens", "completion_tokens", "total_tokens", "tool_calls")
+        ]
+        query = (
+            sa.select(*grouped, *sums, sa.func.sum(d.cost_micros).label("cost_micros"))
+            .where(*where)
+            .group_by(*grouped)
+            .order_by(*grouped)
+        )
+        async with self.engine.connect() as conn:
+            result = (await conn.execute(query)).all()
+        rows = []
+        for row in result:
+            if row.messages is None:  # no usage at all: the ungrouped SUM's one NULL row
+                continue
+            values = row._mapping
+            rows.append(
+                UsageRow(
+                    user_id=values.get("user_id", ""),
+                    agent_id=values.get("agent_id", ""),
+                    model=values.get("model", ""),
+                    day=_day_name(values["day"]) if "day" in values else "",
+                    messages=int(row.messages),
+                    prompt_tokens=int(row.prompt_tokens),
+                    completion_tokens=int(row.completion_tokens),
+                    total_tokens=int(row.total_tokens),
+                    tool_calls=int(row.tool_calls),
+                    cost_micros=int(row.cost_micros),
+                )
+            )
+        return rows
+
+    async def used_since(self, tenant_id: str, start_day: int) -> tuple[int, int]:
+        """(tokens, cost_micros) the tenant used from `start_day` on: one index range of usage_daily."""
+        d = usage_daily.c
+        query = sa.select(
+            sa.func.coalesce(sa.func.sum(d.total_tokens), 0), sa.func.coalesce(sa.func.sum(d.cost_micros), 0)
+        ).where(d.tenant_id == tenant_id, d.day >= start_day)
+        async with self.engine.connect() as conn:
+            tokens, cost = (await conn.execute(query)).one()
+        return int(tokens), int(cost)
+
+    async def get_quota_limit(self, tenant_id: str) -> QuotaLimit | None:
+        q = tenant_quotas.c
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(tenant_quotas).where(q.tenant_id == tenant_id))).first()
+        return None if row is None else QuotaLimit(tokens=row.limit_tokens, cost_micros=row.limit_cost_micros)
+
+    async def set_quota_limit(self, tenant_id: str, limit: QuotaLimit, *, now: int) -> None:
+        values = {"limit_tokens": limit.tokens, "limit_cost_micros": limit.cost_micros, "update_time": now}
+        await self._put(
+            tenant_quotas, tenant_quotas.c.tenant_id == tenant_id, {"tenant_id": tenant_id}, values
+        )
+
+    async def set_price(self, price: Price) -> None:
+        values = {
+            "input_micros": price.input_micros,
+            "output_micros": price.output_micros,
+            "update_time": price.update_time,
+        }
+        await self._put(model_prices, model_prices.c.model == price.model, {"model": price.model}, values)
+
+    async def list_prices(self) -> list[Price]:
+        async with self.engine.connect() as conn:
+            result = await conn.execute(sa.select(model_prices).order_by(model_prices.c.model))
+            return [Price(**row._mapping) for row in result]
+
+    async def _put(
+        self, table: sa.Table, where: sa.ColumnElement[bool], key: dict[str, Any], values: dict[str, Any]
+    ) -> None:
+        """Update-or-insert of one row by key; a concurrent insert of the same key turns into the update."""
+        async with self.engine.begin() as conn:
+            if (await conn.execute(table.update().where(where).values(**values))).rowcount:
+                return
+            try:
+                async with conn.begin_nested():
+                    await conn.execute(table.insert().values(**key, **values))
+            except IntegrityError:
+                await conn.execute(table.update().where(where).values(**values))
+
+
+def _day_name(day: int) -> str:
+    return datetime.datetime.fromtimestamp(day // 1_000_000, datetime.UTC).strftime("%Y-%m-%d")

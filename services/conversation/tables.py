@@ -45,6 +45,43 @@ messages = sa.Table(
     sa.Column("tool_call_id", sa.String(128), nullable=False),
     sa.Column("request_id", sa.String(128), nullable=False),
     sa.Column("create_time", sa.BigInteger, nullable=False),
+    sa.Column("usage", sa.JSON, nullable=True),
+)
+
+# Keyed by (tenant_id, day, user_id, agent_id, model); `day` is the UTC midnight in microseconds.
+usage_daily = sa.Table(
+    "usage_daily",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("day", sa.BigInteger, primary_key=True),
+    sa.Column("user_id", sa.String(128), primary_key=True),
+    sa.Column("agent_id", sa.String(128), primary_key=True),
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("messages", sa.BigInteger, nullable=False),
+    sa.Column("prompt_tokens", sa.BigInteger, nullable=False),
+    sa.Column("completion_tokens", sa.BigInteger, nullable=False),
+    sa.Column("total_tokens", sa.BigInteger, nullable=False),
+    sa.Column("tool_calls", sa.BigInteger, nullable=False),
+    sa.Column("cost_micros", sa.BigInteger, nullable=False),
+)
+
+# Micro-units of the price currency per million tokens.
+model_prices = sa.Table(
+    "model_prices",
+    metadata,
+    sa.Column("model", sa.String(256), primary_key=True),
+    sa.Column("input_micros", sa.BigInteger, nullable=False),
+    sa.Column("output_micros", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
+)
+
+tenant_quotas = sa.Table(
+    "tenant_quotas",
+    metadata,
+    sa.Column("tenant_id", sa.String(128), primary_key=True),
+    sa.Column("limit_tokens", sa.BigInteger, nullable=False),
+    sa.Column("limit_cost_micros", sa.BigInteger, nullable=False),
+    sa.Column("update_time", sa.BigInteger, nullable=False),
 )
 
 retention_policies = sa.Table(

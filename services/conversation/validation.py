@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from services.conversation.models import ROLES
+from services.conversation.models import ROLES, USAGE_SOURCES, MessageUsage
 from services.platform.validation import MAX_ID_CHARS, Violations, require_id
 
-__all__ = ["MAX_ID_CHARS", "Violations", "message", "metadata", "require_id"]
+__all__ = ["MAX_ID_CHARS", "Violations", "message", "metadata", "model", "require_id", "usage"]
 
 MAX_CONTENT_BYTES = 64 * 1024
 MAX_SYSTEM_PROMPT_BYTES = 256 * 1024
@@ -17,6 +17,7 @@ MAX_METADATA_KEY_CHARS = 128
 MAX_METADATA_VALUE_CHARS = 4096
 MAX_QUERY_CHARS = 256
 MAX_RETENTION_DAYS = 36_500
+MAX_MODEL_CHARS = 256
 
 
 def metadata(v: Violations, field: str, values: Mapping[str, str]) -> None:
@@ -46,3 +47,27 @@ def message(v: Violations, *, role: str, content: str, tool_call_id: str, meta: 
     elif role in ("system", "user"):
         v.check(not tool_call_id, "message.tool_call_id", "is only for assistant and tool messages")
     metadata(v, "message.metadata", meta)
+
+
+def model(v: Violations, field: str, value: str) -> None:
+    if not value:
+        v.add(field, "is required")
+    elif len(value) > MAX_MODEL_CHARS or not value.isprintable() or " " in value:
+        v.add(field, f"must be 1 to {MAX_MODEL_CHARS} printable characters without spaces")
+
+
+def usage(v: Violations, *, role: str, usage: MessageUsage | None) -> None:
+    if usage is None:
+        return
+    if role != "assistant":
+        v.add("message.usage", "is only accepted on assistant messages")
+        return
+    model(v, "message.usage.model", usage.model)
+    for name in ("prompt_tokens", "completion_tokens", "tool_calls", "duration_ms"):
+        v.check(getattr(usage, name) >= 0, f"message.usage.{name}", "must not be negative")
+    v.check(usage.source in USAGE_SOURCES, "message.usage.source", "must be PROVIDER or ESTIMATED")
+    v.check(
+        len(usage.run_id) <= MAX_ID_CHARS,
+        "message.usage.run_id",
+        f"must be at most {MAX_ID_CHARS} characters",
+    )

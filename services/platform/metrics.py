@@ -1,4 +1,5 @@
-"""Prometheus metrics: calls, errors and latency per method and tenant, and open streams."""
+"""Prometheus metrics: calls, errors and latency per method and tenant, open streams, and the tokens
+and cost of model answers (by tier and model: no tenant ids as labels, their count is unbounded)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,34 @@ import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from services.platform.call_context import CallInfo
+
+
+class UsageMeter:
+    """agentmesh_tokens_total{tier, model, kind} and agentmesh_cost_micros_total{tier, model},
+    counted by conversation where an append with usage is accepted."""
+
+    def __init__(self) -> None:
+        # In no registry of their own: every server's Metrics registers them in its registry.
+        self.tokens = Counter(
+            "agentmesh_tokens", "Model tokens of stored answers", ("tier", "model", "kind"), registry=None
+        )
+        self.cost = Counter(
+            "agentmesh_cost_micros",
+            "Cost of stored answers in millionths of the price currency unit",
+            ("tier", "model"),
+            registry=None,
+        )
+
+    def record(
+        self, *, tier: str, model: str, prompt_tokens: int, completion_tokens: int, cost_micros: int
+    ) -> None:
+        self.tokens.labels(tier, model, "prompt").inc(prompt_tokens)
+        self.tokens.labels(tier, model, "completion").inc(completion_tokens)
+        self.cost.labels(tier, model).inc(cost_micros)
+
+
+# One per process, like the services it counts for; each server's registry exposes it.
+USAGE = UsageMeter()
 
 
 class Metrics:
@@ -28,6 +57,8 @@ class Metrics:
         self.active = Gauge(
             "agentmesh_rpc_active", "RPCs in progress (open streams)", ("method",), registry=self.registry
         )
+        self.registry.register(USAGE.tokens)
+        self.registry.register(USAGE.cost)
 
     @contextlib.asynccontextmanager
     async def around(self, call: CallInfo) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from services.conversation.store import ConversationStore
 from services.conversation.tokens import ApproximateTokenCounter
 from services.platform import errors
 from services.platform.auth import Principal
+from services.platform.metrics import USAGE
 from services.platform.server import ServiceRegistration
 from tests.helpers import expect_status
 from tests.system.faults import sync_url
@@ -138,6 +139,7 @@ async def test_redis_down_append_still_succeeds(serve, runtime, make_caller, ten
             search=MessageSearch(runtime.engine),
             hot=HotWindow(dead),
             counter=ApproximateTokenCounter(),
+            meter=USAGE,
             page_tokens=runtime.page_tokens,
             clock=runtime.clock,
         )

@@ -12,6 +12,7 @@ from services.conversation.service import ConversationService
 from services.conversation.tokens import ApproximateTokenCounter
 from services.platform import errors
 from services.platform.auth import Principal
+from services.platform.metrics import USAGE
 from services.platform.pagination import PageTokens
 from tests.fakes.conversation import FakeHotWindow, FakeSearchIndex, FakeStore
 
@@ -37,6 +38,7 @@ def parts() -> Parts:
         search=search,
         hot=hot,
         counter=ApproximateTokenCounter(),
+        meter=USAGE,
         page_tokens=PageTokens(b"k"),
         clock=lambda: float(next(ticks)),
     )

@@ -13,6 +13,7 @@ from services.conversation.store import ConversationStore
 from services.conversation.tokens import ApproximateTokenCounter
 from services.platform import db, migrations
 from services.platform.auth import Principal
+from services.platform.metrics import USAGE
 from services.platform.pagination import PageTokens
 
 
@@ -26,6 +27,7 @@ async def test_sqlite_migration_append_context_and_search(tmp_path):
             search=MessageSearch(engine),
             hot=HotWindow(redis),
             counter=ApproximateTokenCounter(),
+            meter=USAGE,
             page_tokens=PageTokens(b"secret"),
         )
         alice = Principal(user_id="alice", tenant_id="t1", roles=frozenset({"member"}), tier="pro")
