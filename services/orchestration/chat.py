@@ -54,7 +54,7 @@ class ChatSession:
                 task.cancel()
             await asyncio.gather(follower, reader, *self._tailers.values(), return_exceptions=True)
 
-    async def _follow(self, position: bytes) -> None:
+    async def _follow(self, position: str) -> None:
         async for run_id in self._events.follow_session(self._session_id, position):
             self._tail(run_id, self._service.events(run_id, 0))
 

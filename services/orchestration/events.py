@@ -15,6 +15,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+from redis.typing import KeyT, StreamIdT
 
 from services.orchestration.models import CancelMode, EventType, RunError, RunEvent, Usage
 from services.platform import errors
@@ -42,6 +43,16 @@ EVENT_TYPE_CODES = {t: code for code, t in enumerate(EventType, start=1)}
 _EVENT_TYPES = {code: t for t, code in EVENT_TYPE_CODES.items()}
 
 
+def _text(value: bytes | str) -> str:
+    """A Redis reply as text: the pools here never decode (bytes), redis-py's types allow either."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _event_id(entry_id: bytes | str) -> int:
+    """The N of a run stream's entry id "0-N"."""
+    return int(_text(entry_id).split("-", 1)[1])
+
+
 class StaleWriter(Exception):
     """An event id was already taken: another party (the lease sweeper) wrote this run's end."""
 
@@ -65,10 +76,10 @@ def encode(event: RunEvent) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def decode(entry_id: bytes, raw: bytes) -> RunEvent:
+def decode(entry_id: bytes | str, raw: bytes | str) -> RunEvent:
     data = json.loads(raw)
     return RunEvent(
-        event_id=int(entry_id.split(b"-", 1)[1]),
+        event_id=_event_id(entry_id),
         run_id=data["r"],
         session_id=data["s"],
         type=_EVENT_TYPES[data["t"]],
@@ -94,14 +105,14 @@ class RunEvents:
         self._no_reads.set()
         self._closing = False
 
-    async def _read(self, streams: dict[str, bytes | str], count: int) -> Any:
+    async def _read(self, streams: dict[KeyT, StreamIdT], count: int) -> Any:
         if self._closing:
             # The server has stopped: a read starting now would open a connection nobody closes.
             raise errors.Unavailable("the orchestration instance is stopping", reason="STOPPING")
         self._reads += 1
         self._no_reads.clear()
         try:
-            return await self._redis.xread(streams, count=count, block=self._block_ms)  # type: ignore[arg-type]
+            return await self._redis.xread(streams, count=count, block=self._block_ms)
         finally:
             self._reads -= 1
             if not self._reads:
@@ -137,7 +148,8 @@ class RunEvents:
 
     async def last_event_id(self, run_id: str) -> int:
         entries = await self._redis.xrevrange(EVENTS_KEY.format(run_id=run_id), count=1)
-        return int(entries[0][0].split(b"-", 1)[1]) if entries else 0
+        newest = entries[0][0] if entries else None
+        return 0 if newest is None else _event_id(newest)
 
     async def exists(self, run_id: str) -> bool:
         return bool(await self._redis.exists(EVENTS_KEY.format(run_id=run_id)))
@@ -150,7 +162,7 @@ class RunEvents:
             reply = await self._read({key: last}, 256)
             for _key, entries in reply or ():
                 for entry_id, fields in entries:
-                    last = entry_id
+                    last = _text(entry_id)
                     event = decode(entry_id, fields[b"e"])
                     yield event
                     if event.type.terminal:
@@ -165,18 +177,19 @@ class RunEvents:
             pipe.expire(key, self._retention)
             await pipe.execute()
 
-    async def session_position(self, session_id: str) -> bytes:
+    async def session_position(self, session_id: str) -> str:
         entries = await self._redis.xrevrange(SESSION_RUNS_KEY.format(session_id=session_id), count=1)
-        return entries[0][0] if entries else b"0-0"
+        newest = entries[0][0] if entries else None
+        return "0-0" if newest is None else _text(newest)
 
-    async def follow_session(self, session_id: str, position: bytes) -> AsyncIterator[str]:
+    async def follow_session(self, session_id: str, position: str) -> AsyncIterator[str]:
         key = SESSION_RUNS_KEY.format(session_id=session_id)
         while True:
             reply = await self._read({key: position}, 64)
             for _key, entries in reply or ():
                 for entry_id, fields in entries:
-                    position = entry_id
-                    yield fields[b"run"].decode()
+                    position = _text(entry_id)
+                    yield _text(fields[b"run"])
 
     # Lease and cancel flag ------------------------------------------------------------------------
 
@@ -189,19 +202,20 @@ class RunEvents:
         """Extends the lease if we still hold it; also returns a cancel requested from anywhere."""
         lease, cancel = LEASE_KEY.format(run_id=run_id), CANCEL_KEY.format(run_id=run_id)
         holder, mode = await self._redis.mget(lease, cancel)
-        if holder != owner.encode():
+        if holder is None or _text(holder) != owner:
             return False, None
         await self._redis.pexpire(lease, int(ttl_seconds * 1000))
-        return True, CancelMode(mode.decode()) if mode else None
+        return True, CancelMode(_text(mode)) if mode else None
 
     async def cancel_requested(self, run_id: str) -> CancelMode | None:
         mode = await self._redis.get(CANCEL_KEY.format(run_id=run_id))
-        return CancelMode(mode.decode()) if mode else None
+        return CancelMode(_text(mode)) if mode else None
 
-    async def lease_holders(self, run_ids: list[str]) -> list[bytes | None]:
+    async def lease_holders(self, run_ids: list[str]) -> list[str | None]:
         if not run_ids:
             return []
-        return await self._redis.mget([LEASE_KEY.format(run_id=r) for r in run_ids])
+        holders = await self._redis.mget([LEASE_KEY.format(run_id=r) for r in run_ids])
+        return [None if h is None else _text(h) for h in holders]
 
     async def request_cancel(self, run_id: str, mode: CancelMode) -> None:
         await self._redis.set(CANCEL_KEY.format(run_id=run_id), mode.value.encode(), ex=self._retention)
