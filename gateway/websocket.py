@@ -2,10 +2,15 @@
 
 Client -> server: auth {token} (unless the token came as the `bearer.<token>` subprotocol),
 chat_message {session_id, content, request_id?}, cancel {run_id?, session_id?},
-resume {session_id, run_id, after_event_id}, ping.
+resume {session_id, run_id, after_event_id}, tool_outputs {run_id, session_id?, outputs: [{tool_call_id,
+output, is_error?}]}, tool_decisions {run_id, session_id?, decisions: [{tool_call_id, approve: true |
+deny_reason | edited_arguments (object) | edited_arguments_json}]}, ping.
 Server -> client: system_event {event: connected | run_created | run_started | run_completed |
 run_failed | run_cancelled, run_id, event_id, ...}, agent_response {run_id, event_id, delta | final},
-error {error_code, error_message, details, retry_after?, request_id?}, pong.
+tool_calls_requested / approval_requested {run_id, event_id, tool_calls: [call]}, tool_call {status:
+started | completed, run_id, event_id, tool_call: call}, error {error_code, error_message, details,
+retry_after?, request_id?}, pong. A call is {id, name, arguments_json, status, output, is_error,
+duration_ms, requires_approval, execution, step} (status and execution lower-case names).
 Every error is a google.rpc.Status: error_code is the gRPC code name (INVALID_ARGUMENT,
 FAILED_PRECONDITION, RESOURCE_EXHAUSTED, ...), details its detail messages in JSON with their @type,
 whether orchestration rejected an action or the gateway rejected the frame itself.
@@ -32,6 +37,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2, status_pb2
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
 from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from gateway import errors
@@ -80,6 +86,36 @@ class Limits:
         )
 
 
+_WAITS = {
+    _T.RUN_EVENT_TYPE_TOOL_CALLS_REQUESTED: "tool_calls_requested",
+    _T.RUN_EVENT_TYPE_APPROVAL_REQUESTED: "approval_requested",
+}
+_CALL_EVENTS = {
+    _T.RUN_EVENT_TYPE_TOOL_CALL_STARTED: "started",
+    _T.RUN_EVENT_TYPE_TOOL_CALL_COMPLETED: "completed",
+}
+
+
+def _enum_name(name: str, prefix: str) -> str:
+    return name.removeprefix(prefix).lower()
+
+
+def tool_call_message(call: orch_pb.ToolCall) -> dict[str, Any]:
+    """A ToolCall as the client sees it: every field, enums by their short lower-case name."""
+    return {
+        "id": call.id,
+        "name": call.name,
+        "arguments_json": call.arguments_json,
+        "status": _enum_name(orch_pb.ToolCallStatus.Name(call.status), "TOOL_CALL_STATUS_"),
+        "output": call.output,
+        "is_error": call.is_error,
+        "duration_ms": call.duration_ms,
+        "requires_approval": call.requires_approval,
+        "execution": _enum_name(agents_pb.ToolExecution.Name(call.execution), "TOOL_EXECUTION_"),
+        "step": call.step,
+    }
+
+
 def event_message(event: orch_pb.RunEvent) -> dict[str, Any]:
     """The client message for one RunEvent."""
     base = {"run_id": event.run_id, "event_id": event.event_id, "session_id": event.session_id}
@@ -87,6 +123,12 @@ def event_message(event: orch_pb.RunEvent) -> dict[str, Any]:
         return {"type": "agent_response", **base, "delta": event.text_delta}
     if event.type == _T.RUN_EVENT_TYPE_MESSAGE_COMPLETED:
         return {"type": "agent_response", **base, "final": event.final_message}
+    if event.type in _WAITS:
+        calls = [tool_call_message(c) for c in event.tool_calls]
+        return {"type": _WAITS[event.type], **base, "tool_calls": calls}
+    if event.type in _CALL_EVENTS and event.tool_calls:
+        call = tool_call_message(event.tool_calls[0])
+        return {"type": "tool_call", "status": _CALL_EVENTS[event.type], **base, "tool_call": call}
     out: dict[str, Any] = {"type": "system_event", "event": _SYSTEM_EVENTS.get(event.type, "unknown"), **base}
     if event.HasField("usage"):
         out["usage"] = json_format.MessageToDict(event.usage, preserving_proto_field_name=True)
@@ -318,7 +360,13 @@ class _Connection:
         if delay > 0:
             await self.send(error_of_status(errors.exhausted("too many messages", delay)))
             return
-        handler = {"chat_message": self._chat, "cancel": self._cancel, "resume": self._resume}.get(kind)
+        handler = {
+            "chat_message": self._chat,
+            "cancel": self._cancel,
+            "resume": self._resume,
+            "tool_outputs": self._tool_outputs,
+            "tool_decisions": self._tool_decisions,
+        }.get(kind)
         if handler is None:
             await self.send(
                 error_of_status(errors.BadInput("type", f"unknown message type {kind!r}").status())
@@ -327,7 +375,8 @@ class _Connection:
         try:
             await handler(frame)
         except errors.BadInput as exc:
-            request_id = frame.get("request_id")
+            # Orchestration keys a tool frame's rejection by its run id; the gateway's own does too.
+            request_id = frame.get("run_id" if kind in ("tool_outputs", "tool_decisions") else "request_id")
             await self.send(error_of_status(exc.status(), request_id if isinstance(request_id, str) else ""))
 
     async def _chat(self, frame: dict[str, Any]) -> None:
@@ -357,6 +406,22 @@ class _Connection:
         self._run_sessions[run_id] = session
         resume = orch_pb.ChatResume(run_id=run_id, after_event_id=after)
         await self._write(session, orch_pb.ChatRequest(session_id=session, resume=resume))
+
+    def _run_session(self, frame: dict[str, Any], run_id: str) -> str:
+        session = _string(frame, "session_id") or self._run_sessions.get(run_id, "")
+        if not session:
+            raise errors.BadInput("session_id", "is required unless run_id names a run of this socket")
+        return session
+
+    async def _tool_outputs(self, frame: dict[str, Any]) -> None:
+        request = tool_outputs_request(frame)
+        session = self._run_session(frame, request.run_id)
+        await self._write(session, orch_pb.ChatRequest(session_id=session, tool_outputs=request))
+
+    async def _tool_decisions(self, frame: dict[str, Any]) -> None:
+        request = tool_decisions_request(frame)
+        session = self._run_session(frame, request.run_id)
+        await self._write(session, orch_pb.ChatRequest(session_id=session, tool_decisions=request))
 
     async def _write(self, session: str, request: orch_pb.ChatRequest) -> None:
         self._last_session = session
@@ -401,12 +466,73 @@ class _Connection:
                 span.end()
 
 
-def _string(frame: dict[str, Any], key: str, *, required: bool = False) -> str:
+def _items(frame: dict[str, Any], key: str) -> list[dict[str, Any]]:
+    items = frame.get(key)
+    if not isinstance(items, list) or not items:
+        raise errors.BadInput(key, "must be a non-empty list")
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise errors.BadInput(f"{key}[{i}]", "must be an object")
+    return items
+
+
+def tool_outputs_request(frame: dict[str, Any]) -> orch_pb.SubmitToolOutputsRequest:
+    """A tool_outputs frame as orchestration's SubmitToolOutputsRequest (shapes only; orchestration
+    checks the ids against the run)."""
+    request = orch_pb.SubmitToolOutputsRequest(run_id=_string(frame, "run_id", required=True))
+    for i, item in enumerate(_items(frame, "outputs")):
+        is_error = item.get("is_error", False)
+        if not isinstance(is_error, bool):
+            raise errors.BadInput(f"outputs[{i}].is_error", "must be true or false")
+        request.outputs.append(
+            orch_pb.ToolOutput(
+                tool_call_id=_string(item, "tool_call_id", required=True, field=f"outputs[{i}].tool_call_id"),
+                output=_string(item, "output", field=f"outputs[{i}].output"),
+                is_error=is_error,
+            )
+        )
+    return request
+
+
+def tool_decisions_request(frame: dict[str, Any]) -> orch_pb.DecideToolCallsRequest:
+    """A tool_decisions frame as orchestration's DecideToolCallsRequest: each decision exactly one of
+    approve (true), deny_reason, edited_arguments (a JSON object) or edited_arguments_json."""
+    request = orch_pb.DecideToolCallsRequest(run_id=_string(frame, "run_id", required=True))
+    for i, item in enumerate(_items(frame, "decisions")):
+        field = f"decisions[{i}]"
+        decision = orch_pb.ToolDecision(
+            tool_call_id=_string(item, "tool_call_id", required=True, field=f"{field}.tool_call_id")
+        )
+        given = [
+            k for k in ("approve", "deny_reason", "edited_arguments", "edited_arguments_json") if k in item
+        ]
+        if len(given) != 1:
+            raise errors.BadInput(
+                field, "needs exactly one of approve, deny_reason, edited_arguments, edited_arguments_json"
+            )
+        kind = given[0]
+        if kind == "approve":
+            if item["approve"] is not True:
+                raise errors.BadInput(f"{field}.approve", "must be true (deny with deny_reason)")
+            decision.approve = True
+        elif kind == "deny_reason":
+            decision.deny_reason = _string(item, kind, required=True, field=f"{field}.deny_reason")
+        elif kind == "edited_arguments":
+            if not isinstance(item[kind], dict):
+                raise errors.BadInput(f"{field}.edited_arguments", "must be a JSON object")
+            decision.edited_arguments_json = json.dumps(item[kind], separators=(",", ":"))
+        else:
+            decision.edited_arguments_json = _string(item, kind, required=True, field=f"{field}.{kind}")
+        request.decisions.append(decision)
+    return request
+
+
+def _string(frame: dict[str, Any], key: str, *, required: bool = False, field: str = "") -> str:
     value = frame.get(key, "")
     if value is None:
         value = ""
     if not isinstance(value, str):
-        raise errors.BadInput(key, "must be a string")
+        raise errors.BadInput(field or key, "must be a string")
     if required and not value.strip():
-        raise errors.BadInput(key, "is required")
+        raise errors.BadInput(field or key, "is required")
     return value

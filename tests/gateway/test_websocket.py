@@ -10,8 +10,9 @@ import pytest
 import websockets
 from websockets.asyncio.client import connect
 
+from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
-from gateway.websocket import Limits, reply_message
+from gateway.websocket import Limits, reply_message, tool_decisions_request, tool_outputs_request
 
 RETRY_INFO = "type.googleapis.com/google.rpc.RetryInfo"
 BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
@@ -248,3 +249,139 @@ async def test_cancel_stops_the_run(live: Any, token: str, fakes: Any) -> None:
         rest = await until(ws, finished)
     assert rest[-1]["event"] == "run_cancelled"
     assert len([m for m in first + rest if "delta" in m]) < 200
+
+
+def _call(**fields: Any) -> orch_pb.ToolCall:
+    return orch_pb.ToolCall(id="call_1_0", name="lookup", arguments_json='{"text": "hi"}', step=1, **fields)
+
+
+def test_tool_events_map_to_their_frames() -> None:
+    def event(type_: int, *calls: orch_pb.ToolCall) -> dict[str, Any]:
+        run_event = orch_pb.RunEvent(run_id="r", event_id=4, session_id="s", type=type_, tool_calls=calls)
+        return reply_message(orch_pb.ChatResponse(run_event=run_event))
+
+    waiting = _call(
+        status=orch_pb.TOOL_CALL_STATUS_AWAITING_OUTPUT, execution=agents_pb.TOOL_EXECUTION_CLIENT
+    )
+    assert event(orch_pb.RUN_EVENT_TYPE_TOOL_CALLS_REQUESTED, waiting) == {
+        "type": "tool_calls_requested",
+        "run_id": "r",
+        "event_id": 4,
+        "session_id": "s",
+        "tool_calls": [
+            {
+                "id": "call_1_0",
+                "name": "lookup",
+                "arguments_json": '{"text": "hi"}',
+                "status": "awaiting_output",
+                "output": "",
+                "is_error": False,
+                "duration_ms": 0,
+                "requires_approval": False,
+                "execution": "client",
+                "step": 1,
+            }
+        ],
+    }
+    approval = _call(status=orch_pb.TOOL_CALL_STATUS_AWAITING_APPROVAL, requires_approval=True)
+    asked = event(orch_pb.RUN_EVENT_TYPE_APPROVAL_REQUESTED, approval)
+    assert asked["type"] == "approval_requested"
+    assert asked["tool_calls"][0]["requires_approval"] is True
+    assert asked["tool_calls"][0]["status"] == "awaiting_approval"
+    running = _call(status=orch_pb.TOOL_CALL_STATUS_RUNNING, execution=agents_pb.TOOL_EXECUTION_HTTP)
+    started = event(orch_pb.RUN_EVENT_TYPE_TOOL_CALL_STARTED, running)
+    assert started["type"] == "tool_call" and started["status"] == "started"
+    assert started["tool_call"]["execution"] == "http"
+    done = _call(status=orch_pb.TOOL_CALL_STATUS_COMPLETED, output="boom", is_error=True, duration_ms=12)
+    completed = event(orch_pb.RUN_EVENT_TYPE_TOOL_CALL_COMPLETED, done)
+    assert completed["status"] == "completed"
+    assert completed["tool_call"]["output"] == "boom" and completed["tool_call"]["is_error"] is True
+    assert completed["tool_call"]["duration_ms"] == 12
+
+
+def test_tool_frames_map_to_chat_actions() -> None:
+    outputs = tool_outputs_request(
+        {
+            "run_id": "r",
+            "outputs": [
+                {"tool_call_id": "a", "output": "42"},
+                {"tool_call_id": "b", "output": "no", "is_error": True},
+            ],
+        }
+    )
+    assert outputs == orch_pb.SubmitToolOutputsRequest(
+        run_id="r",
+        outputs=[
+            orch_pb.ToolOutput(tool_call_id="a", output="42"),
+            orch_pb.ToolOutput(tool_call_id="b", output="no", is_error=True),
+        ],
+    )
+    decisions = tool_decisions_request(
+        {
+            "run_id": "r",
+            "decisions": [
+                {"tool_call_id": "a", "approve": True},
+                {"tool_call_id": "b", "deny_reason": "not today"},
+                {"tool_call_id": "c", "edited_arguments": {"text": "safer"}},
+                {"tool_call_id": "d", "edited_arguments_json": '{"text": "raw"}'},
+            ],
+        }
+    )
+    assert decisions == orch_pb.DecideToolCallsRequest(
+        run_id="r",
+        decisions=[
+            orch_pb.ToolDecision(tool_call_id="a", approve=True),
+            orch_pb.ToolDecision(tool_call_id="b", deny_reason="not today"),
+            orch_pb.ToolDecision(tool_call_id="c", edited_arguments_json='{"text":"safer"}'),
+            orch_pb.ToolDecision(tool_call_id="d", edited_arguments_json='{"text": "raw"}'),
+        ],
+    )
+
+
+async def test_bad_tool_frames_are_named_by_field_and_run(live: Any, token: str) -> None:
+    port = await live()
+    async with await open_socket(port, token) as ws:
+        for frame, field in [
+            ({"type": "tool_outputs", "run_id": "r", "session_id": "s"}, "outputs"),
+            ({"type": "tool_outputs", "run_id": "r", "session_id": "s", "outputs": [3]}, "outputs[0]"),
+            (
+                {"type": "tool_outputs", "run_id": "r", "session_id": "s", "outputs": [{"output": "x"}]},
+                "outputs[0].tool_call_id",
+            ),
+            (
+                {"type": "tool_outputs", "run_id": "r", "outputs": [{"tool_call_id": "a"}]},
+                "session_id",
+            ),
+            (
+                {
+                    "type": "tool_decisions",
+                    "run_id": "r",
+                    "session_id": "s",
+                    "decisions": [{"tool_call_id": "a"}],
+                },
+                "decisions[0]",
+            ),
+            (
+                {
+                    "type": "tool_decisions",
+                    "run_id": "r",
+                    "session_id": "s",
+                    "decisions": [{"tool_call_id": "a", "approve": False}],
+                },
+                "decisions[0].approve",
+            ),
+            (
+                {
+                    "type": "tool_decisions",
+                    "run_id": "r",
+                    "session_id": "s",
+                    "decisions": [{"tool_call_id": "a", "edited_arguments": [1]}],
+                },
+                "decisions[0].edited_arguments",
+            ),
+        ]:
+            await ws.send(json.dumps(frame))
+            error = await recv(ws)
+            assert error["error_code"] == "INVALID_ARGUMENT", (frame, error)
+            assert [v["field"] for v in detail(error, BAD_REQUEST)["fieldViolations"]] == [field]
+            assert error["request_id"] == "r"
