@@ -54,6 +54,9 @@ def message_to_proto(m: models.Message) -> pb.Message:
         tool_call_id=m.tool_call_id,
         create_time=to_timestamp(m.create_time),
         usage=None if m.usage is None else usage_to_proto(m.usage),
+        tool_calls=[
+            pb.ToolCallRef(id=c.id, name=c.name, arguments_json=c.arguments_json) for c in m.tool_calls
+        ],
     )
 
 
@@ -139,6 +142,7 @@ def new_message_from_proto(m: pb.Message) -> models.NewMessage:
         metadata=dict(m.metadata),
         tool_call_id=m.tool_call_id,
         usage=usage_from_proto(m.usage) if m.HasField("usage") else None,
+        tool_calls=tuple(models.ToolCallRef(c.id, c.name, c.arguments_json) for c in m.tool_calls),
     )
 
 

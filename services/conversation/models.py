@@ -82,6 +82,16 @@ class Price:
     update_time: int = 0
 
 
+@dataclasses.dataclass(frozen=True)
+class ToolCallRef:
+    """One tool call an assistant message makes: the call's id (a tool message's tool_call_id
+    answers it), the tool's name and the arguments as JSON text."""
+
+    id: str
+    name: str
+    arguments_json: str
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Message:
     id: str
@@ -94,18 +104,37 @@ class Message:
     tool_call_id: str
     create_time: int
     usage: MessageUsage | None = None
+    # An assistant message's tool calls; empty on every other message.
+    tool_calls: tuple[ToolCallRef, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         # Shallow: dataclasses.asdict deep-copies, a cost on every append for a dict about to be
         # serialised.
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         data["usage"] = None if self.usage is None else dataclasses.asdict(self.usage)
+        data["tool_calls"] = tool_calls_to_json(self.tool_calls)
         return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Message:
         usage = data.get("usage")
-        return cls(**{**data, "usage": None if usage is None else MessageUsage(**usage)})
+        return cls(
+            **{
+                **data,
+                "usage": None if usage is None else MessageUsage(**usage),
+                # Hot-window entries written before tool calls existed have none.
+                "tool_calls": tool_calls_from_json(data.get("tool_calls")),
+            }
+        )
+
+
+def tool_calls_to_json(calls: tuple[ToolCallRef, ...]) -> list[dict[str, str]] | None:
+    """As stored (JSON column, hot window): None for none, so plain messages carry nothing."""
+    return [dataclasses.asdict(c) for c in calls] or None
+
+
+def tool_calls_from_json(data: list[dict[str, str]] | None) -> tuple[ToolCallRef, ...]:
+    return tuple(ToolCallRef(**c) for c in data or ())
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -117,6 +146,7 @@ class NewMessage:
     metadata: dict[str, str] = dataclasses.field(default_factory=dict)
     tool_call_id: str = ""
     usage: MessageUsage | None = None
+    tool_calls: tuple[ToolCallRef, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)

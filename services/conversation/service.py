@@ -291,8 +291,14 @@ class ConversationService:
         v = Violations()
         v.check(bool(conversation_id), "conversation_id", "is required")
         validation.message(
-            v, role=new.role, content=new.content, tool_call_id=new.tool_call_id, meta=new.metadata
+            v,
+            role=new.role,
+            content=new.content,
+            tool_call_id=new.tool_call_id,
+            meta=new.metadata,
+            tool_calls=new.tool_calls,
         )
+        validation.usage(v, role=new.role, usage=new.usage)
         v.request_id(request_id)
         v.raise_if_any()
         outcome = await self.store.append_message(
@@ -300,7 +306,10 @@ class ConversationService:
             self.only_user(principal),
             conversation_id,
             new,
-            token_count=self.counter.count(new.content),
+            # A call's name and arguments are what the model reads back of it.
+            token_count=self.counter.count(
+                " ".join([new.content, *(f"{c.name} {c.arguments_json}" for c in new.tool_calls)])
+            ),
             request_id=request_id,
             now=self._now(),
         )
@@ -516,21 +525,23 @@ class ConversationService:
             elif key in group_by[:i]:
                 v.add(f"group_by[{i}]", f"{key.upper()} is given twice")
         v.raise_if_any()
-        if principal.tenant_id == tenant_id and not principal.is_admin:
-            # A member's user filter narrows their own scope: another user's id matches nothing.
-            if user_id and user_id != principal.user_id:
-                user_id = "\x00"
-            user_id = user_id or principal.user_id
+        # A member's user filter narrows their own scope: another user's id matches nothing.
+        member = principal.tenant_id == tenant_id and not principal.is_admin
+        others = member and user_id not in ("", principal.user_id)
         # Sorted by the contract's key order, whatever order the caller named them in.
         keys = [g for g in GROUPINGS if g in group_by] if group_by else list(GROUPINGS)
-        rows = await self.store.usage_rows(
-            tenant_id,
-            start_day=start,
-            end_day=end,
-            user_id=user_id,
-            agent_id=agent_id,
-            model=model,
-            group_by=keys,
+        rows = (
+            []
+            if others
+            else await self.store.usage_rows(
+                tenant_id,
+                start_day=start,
+                end_day=end,
+                user_id=principal.user_id if member else user_id,
+                agent_id=agent_id,
+                model=model,
+                group_by=keys,
+            )
         )
         return Usage(totals=_sum(rows), rows=rows, quota=await self._quota(tenant_id, tier or principal.tier))
 

@@ -34,6 +34,8 @@ from services.conversation.models import (
     QuotaLimit,
     UsageRow,
     new_id,
+    tool_calls_from_json,
+    tool_calls_to_json,
 )
 from services.conversation.tables import (
     conversations,
@@ -59,7 +61,7 @@ _APPEND_SQL = """
         SELECT * FROM json_to_recordset(%(batch)s::json) AS i(
             cid text, tenant text, usr text, tokens bigint, now bigint, rid text, mid text, role text,
             content text, metadata json, tool text, usage jsonb, model text, pt bigint, ct bigint,
-            tc bigint, day bigint)
+            tc bigint, day bigint, tool_calls json)
     ), locked AS MATERIALIZED (
         SELECT conv.id FROM conversations conv JOIN i ON conv.id = i.cid ORDER BY conv.id FOR UPDATE OF conv
     ), c AS (
@@ -79,10 +81,11 @@ _APPEND_SQL = """
         WHERE i.model IS NOT NULL
     ), m AS (
         INSERT INTO messages (id, conversation_id, tenant_id, sequence, role, content, token_count,
-                              metadata, tool_call_id, request_id, create_time, usage)
+                              metadata, tool_call_id, request_id, create_time, usage, tool_calls)
         SELECT c.mid, c.id, c.tenant_id, c.message_count, i.role, i.content, i.tokens,
                i.metadata, i.tool, i.rid, i.now,
-               (i.usage || jsonb_build_object('cost_micros', p.cost, 'user_id', p.user_id))::json
+               (i.usage || jsonb_build_object('cost_micros', p.cost, 'user_id', p.user_id))::json,
+               i.tool_calls
         FROM c JOIN i ON i.mid = c.mid LEFT JOIN p ON p.mid = c.mid
         RETURNING id
     ), u AS (
@@ -136,6 +139,7 @@ def _message(row: Any) -> Message:
         tool_call_id=row.tool_call_id,
         create_time=row.create_time,
         usage=None if row.usage is None else MessageUsage(**row.usage),
+        tool_calls=tool_calls_from_json(row.tool_calls),
     )
 
 
@@ -314,11 +318,11 @@ class PortableAppends:
                 tool_call_id=new.tool_call_id,
                 create_time=now,
                 usage=usage,
+                tool_calls=new.tool_calls,
             )
+            row_values = {**dataclasses.asdict(message), "tool_calls": tool_calls_to_json(new.tool_calls)}
             await conn.execute(
-                messages.insert().values(
-                    **dataclasses.asdict(message), tenant_id=tenant_id, request_id=request_id
-                )
+                messages.insert().values(**row_values, tenant_id=tenant_id, request_id=request_id)
             )
             await transaction.commit()
         return Appended(message, _conversation(row), replayed=False)
@@ -361,6 +365,7 @@ class PostgresAppends:
             "content": new.content,
             "metadata": new.metadata,
             "tool": new.tool_call_id,
+            "tool_calls": tool_calls_to_json(new.tool_calls),
         }
         usage = new.usage
         if usage is not None:
@@ -387,6 +392,7 @@ class PostgresAppends:
             tool_call_id=new.tool_call_id,
             create_time=now,
             usage=_priced(usage, row.cost or 0, row.user_id),
+            tool_calls=new.tool_calls,
         )
         return Appended(message, _conversation(row), replayed=False)
 

@@ -46,6 +46,8 @@ messages = sa.Table(
     sa.Column("request_id", sa.String(128), nullable=False),
     sa.Column("create_time", sa.BigInteger, nullable=False),
     sa.Column("usage", sa.JSON, nullable=True),
+    # An assistant message's tool calls ([{id, name, arguments_json}]); NULL on every other message.
+    sa.Column("tool_calls", sa.JSON, nullable=True),
 )
 
 # Keyed by (tenant_id, day, user_id, agent_id, model); `day` is the UTC midnight in microseconds.

@@ -186,7 +186,7 @@ async def test_retention_erases_only_what_it_should(serve, runtime, make_caller,
     assert await job.run_once("keep-" + tenant) == 0
     await expect_status(owner.call("GetConversation", conversation_id=expired.id), grpc.StatusCode.NOT_FOUND)
     assert await service.store.messages_before(expired.id, 10, limit=10) == []
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_redis_client(redis_url)
     try:
         assert not client.exists(HotWindow.key(expired.id))
     finally:
@@ -277,6 +277,7 @@ async def test_agentmesh_retention_command(pg_url, redis_url, monkeypatch, capsy
 
     monkeypatch.setenv("DATABASE_URL", pg_url)
     monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("AGENTMESH_REDIS_MODE", REDIS_MODE)
     monkeypatch.setenv("AGENTMESH_PAGE_TOKEN_SECRET", "x")
     code = await asyncio.to_thread(cli.main, ["retention", "--tenant", "no-such-tenant"])
     assert code == 0

@@ -51,11 +51,11 @@ async def test_flushdb_loses_nothing_and_changes_no_answer(serve, make_caller, t
     before_ctx, before_list = await answers()
     assert [m.sequence for m in before_ctx.messages] == [0, 1, 2, 3, 4]
     assert before_list.messages[0].content == "hello there"
-    client = sync_redis.Redis.from_url(flushable_redis_url)
+    client = sync_redis_client(flushable_redis_url)
     try:
         # The read filled the hot window: Redis is really in use.
         assert client.zcard(HotWindow.key(conv.id)) == 4
-        client.flushdb()
+        flush_redis(flushable_redis_url)
         after_ctx, after_list = await answers()
         assert after_ctx == before_ctx
         assert after_list == before_list
