@@ -138,6 +138,7 @@ class FakeStore:
             metadata=dict(new.metadata),
             tool_call_id=new.tool_call_id,
             create_time=now,
+            tool_calls=new.tool_calls,
         )
         self.messages[conversation_id].append(message)
         if request_id:
