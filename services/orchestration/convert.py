@@ -4,7 +4,6 @@ services/platform/timestamps.py."""
 
 from __future__ import annotations
 
-from google.protobuf import timestamp_pb2
 from google.rpc import status_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
@@ -25,12 +24,7 @@ from services.orchestration.models import (
 )
 from services.orchestration.providers import ChatMessage
 from services.platform import errors
-from services.platform.timestamps import to_timestamp as _to_timestamp
-
-
-def to_timestamp(seconds: float | None) -> timestamp_pb2.Timestamp | None:
-    return None if seconds is None else _to_timestamp(round(seconds * 1_000_000))
-
+from services.platform.timestamps import to_timestamp
 
 # Roles as the providers name them ("system", "user", "assistant", "tool").
 Role = str
@@ -55,9 +49,9 @@ def session_to_proto(s: Session) -> pb.Session:
         user_id=s.user_id,
         state=pb.SessionState.Value(f"SESSION_STATE_{s.state.value}"),
         active_run_id=s.active_run_id,
-        create_time=to_timestamp(s.create_time),
-        update_time=to_timestamp(s.update_time),
-        end_time=to_timestamp(s.end_time),
+        create_time=to_timestamp(s.create_time_us),
+        update_time=to_timestamp(s.update_time_us),
+        end_time=to_timestamp(s.end_time_us),
     )
 
 
@@ -72,9 +66,9 @@ def run_to_proto(r: Run) -> pb.Run:
         usage=usage_to_proto(r.usage),
         error=_error_to_proto(r.error),
         last_event_id=r.last_event_id,
-        create_time=to_timestamp(r.create_time),
-        start_time=to_timestamp(r.start_time),
-        end_time=to_timestamp(r.end_time),
+        create_time=to_timestamp(r.create_time_us),
+        start_time=to_timestamp(r.start_time_us),
+        end_time=to_timestamp(r.end_time_us),
     )
 
 
@@ -89,7 +83,7 @@ def event_to_proto(e: RunEvent) -> pb.RunEvent:
         usage=usage_to_proto(e.usage),
         error=_error_to_proto(e.error),
         agent_version=e.agent_version,
-        event_time=to_timestamp(e.event_time),
+        event_time=to_timestamp(e.event_time_us),
     )
 
 

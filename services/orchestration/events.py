@@ -64,7 +64,7 @@ def encode(event: RunEvent) -> bytes:
         "t": EVENT_TYPE_CODES[event.type],
         "v": event.agent_version,
     }
-    data["at"] = event.event_time
+    data["us"] = event.event_time_us
     if event.text_delta:
         data["d"] = event.text_delta
     if event.final_message:
@@ -88,7 +88,8 @@ def decode(entry_id: bytes | str, raw: bytes | str) -> RunEvent:
         usage=Usage(*data["u"]) if "u" in data else None,
         error=RunError(*data["e"]) if "e" in data else None,
         agent_version=data.get("v", 0),
-        event_time=data.get("at", 0.0),
+        # "at" (float seconds): entries written before times were microseconds.
+        event_time_us=data["us"] if "us" in data else round(data.get("at", 0) * 1_000_000),
     )
 
 

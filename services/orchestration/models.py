@@ -78,9 +78,10 @@ class Session:
     title: str
     state: SessionState
     active_run_id: str
-    create_time: float
-    update_time: float
-    end_time: float | None = None
+    # Times in int microseconds (services/platform/timestamps.py); 0 is "not yet".
+    create_time_us: int
+    update_time_us: int
+    end_time_us: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -97,9 +98,9 @@ class Run:
     usage: Usage = Usage()
     error: RunError | None = None
     last_event_id: int = 0
-    create_time: float = 0.0
-    start_time: float | None = None
-    end_time: float | None = None
+    create_time_us: int = 0
+    start_time_us: int = 0
+    end_time_us: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,7 +114,7 @@ class RunEvent:
     usage: Usage | None = None
     error: RunError | None = None
     agent_version: int = 0
-    event_time: float = 0.0
+    event_time_us: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

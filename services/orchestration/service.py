@@ -12,7 +12,6 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -37,8 +36,9 @@ from services.orchestration.store import OrchestrationStore
 from services.platform import errors
 from services.platform.auth import Principal
 from services.platform.errors import Violation
-from services.platform.pagination import PageTokens, paginate
+from services.platform.pagination import PageTokens, keyset, paginate
 from services.platform.tiers import TierLimits, limits_for
+from services.platform.timestamps import micros
 from services.platform.validation import require_id, require_request_id
 
 MAX_TITLE = 256
@@ -99,7 +99,7 @@ class OrchestrationService:
             request_id=f"session:{session_id}",
             token=caller.token,
         )
-        now = self._clock()
+        now = micros(self._clock)
         session = Session(
             id=session_id,
             tenant_id=caller.tenant_id,
@@ -110,8 +110,8 @@ class OrchestrationService:
             title=title,
             state=SessionState.ACTIVE,
             active_run_id="",
-            create_time=now,
-            update_time=now,
+            create_time_us=now,
+            update_time_us=now,
         )
         await self._store.insert_session(session, request_id=request_id)
         return session
@@ -130,7 +130,7 @@ class OrchestrationService:
     async def list_sessions(
         self, caller: Principal, *, page_size_: int, page_token: str, agent_id: str
     ) -> tuple[list[Session], str]:
-        async def fetch(after: tuple[float, str] | None, limit: int) -> list[Session]:
+        async def fetch(after: tuple[int, str] | None, limit: int) -> list[Session]:
             return await self._store.list_sessions(
                 caller.tenant_id,
                 user_id=None if caller.is_admin else caller.user_id,
@@ -144,9 +144,9 @@ class OrchestrationService:
             ("sessions", caller.tenant_id, caller.user_id, agent_id),
             page_size=page_size_,
             page_token=page_token,
-            parse=_seconds_keyset,
+            parse=keyset,
             fetch=fetch,
-            cursor_of=lambda s: [s.create_time, s.id],
+            cursor_of=lambda s: [s.create_time_us, s.id],
         )
         return page.items, page.next_page_token
 
@@ -154,7 +154,7 @@ class OrchestrationService:
         session = await self._visible_session(caller, session_id)
         if session.state is SessionState.ENDED:
             return session
-        await self._store.end_session(caller.tenant_id, session.id, self._clock())
+        await self._store.end_session(caller.tenant_id, session.id, micros(self._clock))
         live = await self._store.live_runs(session.id)
         for run in live:
             await self.runs.request_cancel(run.id, CancelMode.KEEP)
@@ -248,7 +248,7 @@ class OrchestrationService:
             agent_version=agent.version,
             input_text=text,
             last_event_id=1,
-            create_time=self._clock(),
+            create_time_us=micros(self._clock),
         )
         await self._limits.reserve(caller.tenant_id, run.id, tier)
         try:
@@ -270,7 +270,7 @@ class OrchestrationService:
                 session_id=session.id,
                 type=EventType.RUN_CREATED,
                 agent_version=run.agent_version,
-                event_time=run.create_time,
+                event_time_us=run.create_time_us,
             )
         )
         await self._events.announce(session.id, run.id)
@@ -315,7 +315,7 @@ class OrchestrationService:
     ) -> tuple[list[Run], str]:
         session = await self._visible_session(caller, session_id)
 
-        async def fetch(after: tuple[float, str] | None, limit: int) -> list[Run]:
+        async def fetch(after: tuple[int, str] | None, limit: int) -> list[Run]:
             return await self._store.list_runs(caller.tenant_id, session.id, after=after, limit=limit)
 
         page = await paginate(
@@ -323,9 +323,9 @@ class OrchestrationService:
             ("runs", session.id),
             page_size=page_size_,
             page_token=page_token,
-            parse=_seconds_keyset,
+            parse=keyset,
             fetch=fetch,
-            cursor_of=lambda r: [r.create_time, r.id],
+            cursor_of=lambda r: [r.create_time_us, r.id],
         )
         return [await self._live_view(r) for r in page.items], page.next_page_token
 
@@ -385,11 +385,3 @@ class OrchestrationService:
                 "after_event_id", f"run {run_id} has no event {after_event_id}; its last event is {last}"
             )
         return self._events.tail(run.id, after_event_id)
-
-
-def _seconds_keyset(cursor: Any) -> tuple[float, str]:
-    """A (create_time, id) cursor; orchestration still keeps float seconds (see platform.timestamps)."""
-    if isinstance(cursor, list) and len(cursor) == 2 and isinstance(cursor[0], int | float):
-        if isinstance(cursor[1], str) and not isinstance(cursor[0], bool):
-            return float(cursor[0]), cursor[1]
-    raise ValueError("not a (create_time, id) cursor")

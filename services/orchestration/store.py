@@ -25,9 +25,9 @@ sessions = sa.Table(
     sa.Column("state", sa.SmallInteger),
     sa.Column("active_run_id", sa.String(36)),
     sa.Column("request_id", sa.String(128)),
-    sa.Column("create_time", sa.Float(precision=53)),
-    sa.Column("update_time", sa.Float(precision=53)),
-    sa.Column("end_time", sa.Float(precision=53)),
+    sa.Column("create_time_us", sa.BigInteger),
+    sa.Column("update_time_us", sa.BigInteger),
+    sa.Column("end_time_us", sa.BigInteger),
 )
 
 runs = sa.Table(
@@ -48,9 +48,9 @@ runs = sa.Table(
     sa.Column("error_code", sa.String(64)),
     sa.Column("error_message", sa.Text),
     sa.Column("last_event_id", sa.BigInteger),
-    sa.Column("create_time", sa.Float(precision=53)),
-    sa.Column("start_time", sa.Float(precision=53)),
-    sa.Column("end_time", sa.Float(precision=53)),
+    sa.Column("create_time_us", sa.BigInteger),
+    sa.Column("start_time_us", sa.BigInteger),
+    sa.Column("end_time_us", sa.BigInteger),
 )
 
 # The stored codes of the states (the rows' SmallInteger columns).
@@ -78,9 +78,9 @@ def _session(row: Any) -> Session:
         title=row.title or "",
         state=_SESSION_STATES[row.state],
         active_run_id=row.active_run_id or "",
-        create_time=row.create_time,
-        update_time=row.update_time,
-        end_time=row.end_time,
+        create_time_us=row.create_time_us,
+        update_time_us=row.update_time_us,
+        end_time_us=row.end_time_us or 0,
     )
 
 
@@ -98,9 +98,9 @@ def _run(row: Any) -> Run:
         usage=Usage(row.prompt_tokens or 0, row.completion_tokens or 0),
         error=RunError(row.error_code, row.error_message or "") if row.error_code else None,
         last_event_id=row.last_event_id or 0,
-        create_time=row.create_time,
-        start_time=row.start_time,
-        end_time=row.end_time,
+        create_time_us=row.create_time_us,
+        start_time_us=row.start_time_us or 0,
+        end_time_us=row.end_time_us or 0,
     )
 
 
@@ -124,9 +124,9 @@ class OrchestrationStore:
             "state": SESSION_STATE_CODES[session.state],
             "active_run_id": None,
             "request_id": request_id or None,
-            "create_time": session.create_time,
-            "update_time": session.update_time,
-            "end_time": None,
+            "create_time_us": session.create_time_us,
+            "update_time_us": session.update_time_us,
+            "end_time_us": None,
         }
         async with self._engine.begin() as conn:
             await conn.execute(sessions.insert().values(**values))
@@ -153,7 +153,7 @@ class OrchestrationStore:
         *,
         user_id: str | None,
         agent_id: str | None,
-        after: tuple[float, str] | None,
+        after: tuple[int, str] | None,
         limit: int,
     ) -> list[Session]:
         """Newest first; `after` is the (create_time, id) of the last session of the previous page."""
@@ -163,12 +163,12 @@ class OrchestrationStore:
         if agent_id:
             query = query.where(sessions.c.agent_id == agent_id)
         if after is not None:
-            query = query.where(sa.tuple_(sessions.c.create_time, sessions.c.id) < sa.tuple_(*after))
-        query = query.order_by(sessions.c.create_time.desc(), sessions.c.id.desc()).limit(limit)
+            query = query.where(sa.tuple_(sessions.c.create_time_us, sessions.c.id) < sa.tuple_(*after))
+        query = query.order_by(sessions.c.create_time_us.desc(), sessions.c.id.desc()).limit(limit)
         async with self._engine.connect() as conn:
             return [_session(r) for r in await conn.execute(query)]
 
-    async def end_session(self, tenant_id: str, session_id: str, now: float) -> bool:
+    async def end_session(self, tenant_id: str, session_id: str, now_us: int) -> bool:
         stmt = (
             sessions.update()
             .where(
@@ -176,19 +176,19 @@ class OrchestrationStore:
                 sessions.c.tenant_id == tenant_id,
                 sessions.c.state == SESSION_STATE_CODES[SessionState.ACTIVE],
             )
-            .values(state=SESSION_STATE_CODES[SessionState.ENDED], end_time=now, update_time=now)
+            .values(state=SESSION_STATE_CODES[SessionState.ENDED], end_time_us=now_us, update_time_us=now_us)
         )
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount == 1
 
     async def set_active_run(
-        self, session_id: str, run_id: str | None, now: float, *, only_if: str | None = None
+        self, session_id: str, run_id: str | None, now_us: int, *, only_if: str | None = None
     ) -> None:
         stmt = sessions.update().where(sessions.c.id == session_id)
         if only_if is not None:
             stmt = stmt.where(sessions.c.active_run_id == only_if)
         async with self._engine.begin() as conn:
-            await conn.execute(stmt.values(active_run_id=run_id, update_time=now))
+            await conn.execute(stmt.values(active_run_id=run_id, update_time_us=now_us))
 
     # Runs -----------------------------------------------------------------------------------------
 
@@ -209,7 +209,7 @@ class OrchestrationStore:
                     prompt_tokens=0,
                     completion_tokens=0,
                     last_event_id=run.last_event_id,
-                    create_time=run.create_time,
+                    create_time_us=run.create_time_us,
                 )
             )
 
@@ -230,7 +230,7 @@ class OrchestrationStore:
         query = (
             runs.select()
             .where(runs.c.session_id == session_id, runs.c.state.in_(LIVE_STATES))
-            .order_by(runs.c.create_time, runs.c.id)
+            .order_by(runs.c.create_time_us, runs.c.id)
         )
         async with self._engine.connect() as conn:
             return [_run(r) for r in await conn.execute(query)]
@@ -242,21 +242,23 @@ class OrchestrationStore:
             return [_run(r) for r in await conn.execute(query)]
 
     async def list_runs(
-        self, tenant_id: str, session_id: str, *, after: tuple[float, str] | None, limit: int
+        self, tenant_id: str, session_id: str, *, after: tuple[int, str] | None, limit: int
     ) -> list[Run]:
         query = runs.select().where(runs.c.tenant_id == tenant_id, runs.c.session_id == session_id)
         if after is not None:
-            query = query.where(sa.tuple_(runs.c.create_time, runs.c.id) < sa.tuple_(*after))
-        query = query.order_by(runs.c.create_time.desc(), runs.c.id.desc()).limit(limit)
+            query = query.where(sa.tuple_(runs.c.create_time_us, runs.c.id) < sa.tuple_(*after))
+        query = query.order_by(runs.c.create_time_us.desc(), runs.c.id.desc()).limit(limit)
         async with self._engine.connect() as conn:
             return [_run(r) for r in await conn.execute(query)]
 
-    async def start_run(self, run_id: str, *, agent_version: int, now: float) -> bool:
+    async def start_run(self, run_id: str, *, agent_version: int, now_us: int) -> bool:
         """QUEUED -> RUNNING; False when the run is no longer queued (cancelled or swept)."""
         stmt = (
             runs.update()
             .where(runs.c.id == run_id, runs.c.state == RUN_STATE_CODES[RunState.QUEUED])
-            .values(state=RUN_STATE_CODES[RunState.RUNNING], agent_version=agent_version, start_time=now)
+            .values(
+                state=RUN_STATE_CODES[RunState.RUNNING], agent_version=agent_version, start_time_us=now_us
+            )
         )
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount == 1
@@ -270,7 +272,7 @@ class OrchestrationStore:
         run_id: str,
         *,
         state: RunState,
-        now: float,
+        now_us: int,
         last_event_id: int,
         usage: Usage | None = None,
         error: RunError | None = None,
@@ -280,7 +282,7 @@ class OrchestrationStore:
         """Moves a live run to its end state; False when another party (the sweeper) got there first."""
         values: dict[str, Any] = {
             "state": RUN_STATE_CODES[state],
-            "end_time": now,
+            "end_time_us": now_us,
             "last_event_id": last_event_id,
         }
         if usage is not None:

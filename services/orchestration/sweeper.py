@@ -12,6 +12,7 @@ from services.orchestration.events import RunEvents, StaleWriter
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import EventType, Run, RunError, RunEvent, RunState
 from services.orchestration.store import OrchestrationStore
+from services.platform.timestamps import micros
 
 log = logging.getLogger("agentmesh.orchestration.runs")
 
@@ -48,10 +49,10 @@ class LeaseSweeper:
         error = RunError("UNAVAILABLE", "the instance running this run stopped (its lease expired)")
         last = await self._events.last_event_id(run.id)
         if not await self._store.finish_run(
-            run.id, state=RunState.FAILED, now=self._clock(), last_event_id=last + 1, error=error
+            run.id, state=RunState.FAILED, now_us=micros(self._clock), last_event_id=last + 1, error=error
         ):
             return False
-        await self._store.set_active_run(run.session_id, None, self._clock(), only_if=run.id)
+        await self._store.set_active_run(run.session_id, None, micros(self._clock), only_if=run.id)
         await self._limits.release(run.tenant_id, run.id)
         for attempt in range(5):
             event = RunEvent(
@@ -61,7 +62,7 @@ class LeaseSweeper:
                 type=EventType.RUN_FAILED,
                 error=error,
                 agent_version=run.agent_version,
-                event_time=self._clock(),
+                event_time_us=micros(self._clock),
             )
             try:
                 await self._events.append(event)

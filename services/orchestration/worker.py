@@ -35,6 +35,7 @@ from services.orchestration.store import OrchestrationStore
 from services.platform import errors
 from services.platform.auth import Principal
 from services.platform.tiers import limits_for
+from services.platform.timestamps import micros
 
 log = logging.getLogger("agentmesh.orchestration.runs")
 
@@ -130,9 +131,9 @@ class RunWorker:
         caller, session = h.caller, h.session
         agent = await self._agents.get(session.agent_id, tenant_id=caller.tenant_id, token=caller.token)
         h.agent_version = agent.version
-        if not await self._store.start_run(h.run.id, agent_version=agent.version, now=self._clock()):
+        if not await self._store.start_run(h.run.id, agent_version=agent.version, now_us=micros(self._clock)):
             raise Lost()
-        await self._store.set_active_run(session.id, h.run.id, self._clock())
+        await self._store.set_active_run(session.id, h.run.id, micros(self._clock))
         await self._emit(h, EventType.RUN_STARTED)
         user_message_id = await self._conversation.append(
             session.conversation_id,
@@ -182,7 +183,7 @@ class RunWorker:
         if not await self._store.finish_run(
             h.run.id,
             state=RunState.COMPLETED,
-            now=self._clock(),
+            now_us=micros(self._clock),
             last_event_id=h.next_event_id,
             usage=step.usage,
             assistant_message_id=step.assistant_message_id,
@@ -199,7 +200,7 @@ class RunWorker:
             session_id=h.run.session_id,
             type=type_,
             agent_version=h.agent_version,
-            event_time=self._clock(),
+            event_time_us=micros(self._clock),
             **fields,  # type: ignore[arg-type]  # the optional event fields, by name
         )
         # A cancel must not cut a write in half: event ids and the stored partial answer have to
@@ -244,7 +245,7 @@ class RunWorker:
         ended = await self._store.finish_run(
             h.run.id,
             state=state,
-            now=self._clock(),
+            now_us=micros(self._clock),
             last_event_id=h.next_event_id,
             error=error,
             assistant_message_id=assistant_id,
@@ -260,7 +261,7 @@ class RunWorker:
                 )
 
     async def _after(self, h: RunHandle) -> None:
-        await self._store.set_active_run(h.session.id, None, self._clock(), only_if=h.run.id)
+        await self._store.set_active_run(h.session.id, None, micros(self._clock), only_if=h.run.id)
         await self._limits.release(h.caller.tenant_id, h.run.id)
 
     async def _wait_until_ended(self, tenant_id: str, run_id: str) -> None:
