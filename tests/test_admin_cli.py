@@ -19,6 +19,8 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from agentmesh.conversation.v1 import conversation_service_pb2 as conv_pb
+from agentmesh.conversation.v1 import conversation_service_pb2_grpc as conv_grpc
 from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.identity.keys import private_pem
@@ -185,3 +187,65 @@ def test_refusals(
     env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url} if env is None else env
     result = admin(*args, env=env, stdin="some-long-password")
     assert (result.returncode, says in result.stderr) == (code, True), result.stderr
+
+
+async def test_prices_quota_and_usage(
+    serve: Callable[..., Any], keys: Any, pg_url: str, redis_url: str
+) -> None:
+    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url}
+    name = f"use-{uuid.uuid4().hex[:10]}"
+    created = ok(
+        admin("tenants", "create", name, "--tier", "free", "--owner", "dora", env=env, stdin=PASSWORD)
+    )
+    tenant_id = created.split("id ", 1)[1].split(")", 1)[0]
+    model = f"echo:{name}"
+    assert "per million tokens" in ok(
+        admin("prices", "set", model, "--input", "2.5", "--output", "10", env=env)
+    )
+    listed = ok(admin("prices", "list", env=env))
+    assert any(line.split()[:3] == [model, "2.5", "10"] for line in listed.splitlines()), listed
+    assert "1000 tokens a month" in ok(admin("tenants", "set-quota", name, "--tokens", "1000", env=env))
+
+    running = await serve("conversation")
+    stub = conv_grpc.ConversationServiceStub(running.channel)
+    auth = bearer(keys.token(tenant=tenant_id, sub="dora", roles=("owner",), tier="free"))
+    conv = (
+        await stub.CreateConversation(conv_pb.CreateConversationRequest(agent_id="a1"), metadata=auth)
+    ).conversation
+    usage = conv_pb.MessageUsage(prompt_tokens=1000, completion_tokens=200, model=model)
+    await stub.AppendMessage(
+        conv_pb.AppendMessageRequest(
+            conversation_id=conv.id,
+            message=conv_pb.Message(role=conv_pb.MESSAGE_ROLE_ASSISTANT, content="x", usage=usage),
+        ),
+        metadata=auth,
+    )
+    printed = ok(admin("usage", name, "--group-by", "model", env=env)).splitlines()
+    assert printed[0].split() == [
+        "user_id",
+        "agent_id",
+        "model",
+        "day",
+        "messages",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "tool_calls",
+        "cost_micros",
+    ]
+    # The model row and the totals row: 1 message, 1000 + 200 tokens, 2500 + 2000 micro-units.
+    assert printed[1].split() == [model, "1", "1000", "200", "1200", "0", "4500"]
+    assert printed[2].split() == ["TOTAL", "1", "1000", "200", "1200", "0", "4500"]
+    assert "1200 of 1000 tokens" in printed[3]
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.CheckQuota(conv_pb.CheckQuotaRequest(), metadata=auth)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    # Another month has none of it.
+    assert ok(admin("usage", name, "--month", "2020-01", env=env)).splitlines()[1].split()[:2] == [
+        "TOTAL",
+        "0",
+    ]
+    bad = admin("usage", name, "--month", "2020-13", env=env)
+    assert (bad.returncode, "month" in bad.stderr) == (1, True), bad.stderr
+    bad = admin("prices", "set", model, "--input", "-1", "--output", "1", env=env)
+    assert (bad.returncode, "input" in bad.stderr) == (1, True), bad.stderr
