@@ -2,9 +2,12 @@
 
 Rules: the system prompt is pinned first and counted first (cut to the budget if it alone exceeds
 it); then the newest messages, going backwards, while they fit; a tool call and its results (the
-assistant message with tool_call_id X and the tool messages answering X, with anything between them)
-are one unit, kept or dropped whole; the first unit that does not fit ends the window, so what is kept
-is always a contiguous tail of the history and the total never exceeds the budget.
+assistant message with tool_calls [X, Y] -- or, the older form, tool_call_id X -- and the tool
+messages answering them, with anything between them) are one unit, kept or dropped whole; the first
+unit that does not fit ends the window, so the total never exceeds the budget. An assistant message
+whose tool_calls are not all answered (a run still waiting for results, or one that ended first) is
+left out with the results it has: a model is never shown a call without its result. Apart from such
+gaps, what is kept is a contiguous tail of the history.
 
 `WindowBuilder` is fed one message at a time and says when it needs no more, so the caller reads
 only as much history as the budget can hold (plus at most one unit that does not fit).
@@ -50,6 +53,12 @@ class WindowBuilder:
             return False
         if message.role == "tool" and message.tool_call_id:
             self._open_calls.add(message.tool_call_id)
+        elif message.role == "assistant" and message.tool_calls:
+            ids = {c.id for c in message.tool_calls}
+            if not ids <= self._open_calls:
+                self._leave_out(ids)
+                return True
+            self._open_calls -= ids
         elif message.role == "assistant" and message.tool_call_id in self._open_calls:
             self._open_calls.discard(message.tool_call_id)
         elif not self._unit and not self._open_calls:
@@ -71,6 +80,17 @@ class WindowBuilder:
             self._unit, self._unit_tokens = [], 0
         return True
 
+    def _leave_out(self, ids: set[str]) -> None:
+        """Drops an unanswered call and the results it has; a unit it completes is kept."""
+        answers = [m for m in self._unit if m.role == "tool" and m.tool_call_id in ids]
+        self._unit = [m for m in self._unit if not (m.role == "tool" and m.tool_call_id in ids)]
+        self._unit_tokens -= sum(m.token_count for m in answers)
+        self._open_calls -= ids
+        if self._unit and not self._open_calls:
+            self._used += self._unit_tokens
+            self._kept.extend(self._unit)
+            self._unit, self._unit_tokens = [], 0
+
     def result(self, *, last_sequence: int, conversation_id: str = "") -> ContextWindow:
         """The window, given the conversation's newest sequence number.
 
@@ -80,8 +100,7 @@ class WindowBuilder:
         if self._unit and not self.done and self._fits(self._unit_tokens):
             self._used += self._unit_tokens
             self._kept.extend(self._unit)
-        kept = list(reversed(self._kept))
-        first_kept = kept[0].sequence if kept else last_sequence + 1
+        kept = sorted(self._kept, key=lambda m: m.sequence)
         messages = kept
         if self.system_prompt and self.system_prompt_tokens:
             system = Message(
@@ -96,15 +115,40 @@ class WindowBuilder:
                 create_time=0,
             )
             messages = [system, *kept]
+        kept_ranges = _ranges([m.sequence for m in kept])
         return ContextWindow(
             messages=messages,
-            kept=[SequenceRange(first_kept, last_sequence)] if kept else [],
-            dropped=[SequenceRange(1, first_kept - 1)] if first_kept > 1 else [],
+            kept=kept_ranges,
+            dropped=_gaps(kept_ranges, last_sequence),
             token_budget=self.budget,
             system_prompt_tokens=self.system_prompt_tokens,
             total_tokens=self._used,
             system_prompt_truncated=self.system_prompt_truncated,
         )
+
+
+def _ranges(sequences: list[int]) -> list[SequenceRange]:
+    """Ascending sequence numbers as runs of consecutive numbers."""
+    ranges: list[SequenceRange] = []
+    for n in sequences:
+        if ranges and ranges[-1].last == n - 1:
+            ranges[-1] = SequenceRange(ranges[-1].first, n)
+        else:
+            ranges.append(SequenceRange(n, n))
+    return ranges
+
+
+def _gaps(kept: list[SequenceRange], last_sequence: int) -> list[SequenceRange]:
+    """What of 1..last_sequence the kept ranges leave out."""
+    gaps: list[SequenceRange] = []
+    start = 1
+    for r in kept:
+        if r.first > start:
+            gaps.append(SequenceRange(start, r.first - 1))
+        start = r.last + 1
+    if start <= last_sequence:
+        gaps.append(SequenceRange(start, last_sequence))
+    return gaps
 
 
 def build_context(

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from services.conversation.context_window import WindowBuilder, build_context
-from services.conversation.models import Message, SequenceRange
+from services.conversation.models import Message, SequenceRange, ToolCallRef
 from services.conversation.tokens import ApproximateTokenCounter
 
 
@@ -132,3 +134,54 @@ def test_reads_only_what_the_budget_needs():
 def test_budget_must_be_positive():
     with pytest.raises(ValueError):
         WindowBuilder(budget=0, counter=ApproximateTokenCounter())
+
+
+def calling(seq: int, *ids: str, tokens: int = 10) -> Message:
+    return dataclasses.replace(
+        msg(seq, "assistant", tokens),
+        content="",
+        tool_calls=tuple(ToolCallRef(i, "lookup", "{}") for i in ids),
+    )
+
+
+def test_tool_calls_message_and_all_its_results_are_one_unit():
+    history = [
+        msg(1),
+        calling(2, "a", "b"),
+        msg(3, "tool", 10, tool="a"),
+        msg(4, "tool", 10, tool="b"),
+        msg(5, "assistant", 10),
+    ]
+    w = window(history, budget=40)
+    assert [m.sequence for m in w.messages] == [2, 3, 4, 5]
+    assert w.kept == [SequenceRange(2, 5)] and w.dropped == [SequenceRange(1, 1)]
+    # Room for 5 and part of the unit only: none of the unit is kept, and nothing older.
+    w = window(history, budget=35)
+    assert [m.sequence for m in w.messages] == [5]
+    assert w.dropped == [SequenceRange(1, 4)]
+
+
+def test_a_call_still_waiting_for_a_result_is_left_out_with_the_results_it_has():
+    history = [msg(1), msg(2, "assistant", 10), calling(3, "a", "b"), msg(4, "tool", 10, tool="a")]
+    w = window(history, budget=100)
+    assert [m.sequence for m in w.messages] == [1, 2]
+    assert w.kept == [SequenceRange(1, 2)] and w.dropped == [SequenceRange(3, 4)]
+    assert w.total_tokens == 20
+
+
+def test_an_unanswered_call_in_the_middle_leaves_a_gap():
+    history = [
+        msg(1),
+        calling(2, "x"),
+        msg(3, "user", 10),
+        calling(4, "a"),
+        msg(5, "tool", 10, tool="a"),
+    ]
+    w = window(history, budget=100)
+    assert [m.sequence for m in w.messages] == [1, 3, 4, 5]
+    assert w.kept == [SequenceRange(1, 1), SequenceRange(3, 5)]
+    assert w.dropped == [SequenceRange(2, 2)]
+    # Every call returned has its result, and every result its call.
+    calls = {c.id for m in w.messages for c in m.tool_calls}
+    results = {m.tool_call_id for m in w.messages if m.role == "tool"}
+    assert calls == results == {"a"}
