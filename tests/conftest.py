@@ -4,8 +4,10 @@ signing keys with a token factory, and real grpc.aio servers on port 0.
 PostgreSQL: AGENTMESH_TEST_DATABASE_URL names a server (default: postgres on 127.0.0.1:5432); each
 session creates its own database there and drops it at the end. Redis: each session starts a
 `redis-server` of its own on a free port (nothing on disk; stopped and its directory removed at the
-end), which tests may flush. AGENTMESH_TEST_REDIS_URL names a Redis to use instead: the suite writes
-its keys there but never flushes it, and the tests that must empty Redis are skipped.
+end), which tests may flush. AGENTMESH_TEST_REDIS_MODE=cluster starts a three-master Redis Cluster
+instead and sets the services' AGENTMESH_REDIS_MODE to match. AGENTMESH_TEST_REDIS_URL names a Redis
+to use instead: the suite writes its keys there but never flushes it, and the tests that must empty
+Redis are skipped.
 """
 
 from __future__ import annotations
@@ -32,7 +34,15 @@ from services.platform.runtime import Runtime
 from services.platform.server import ServiceRegistration
 from services.platform.settings import Settings
 from services.registry import SERVICES
-from tests.helpers import RedisServer, RunningServer, build_runtime, free_port, start_server
+from tests.helpers import (
+    REDIS_MODE,
+    RedisCluster,
+    RedisServer,
+    RunningServer,
+    build_runtime,
+    free_port,
+    start_server,
+)
 
 PG_SERVER = os.environ.get("AGENTMESH_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_SERVER = os.environ.get("AGENTMESH_TEST_REDIS_URL", "")
@@ -74,10 +84,27 @@ def pg_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The session's Redis: a `redis-server` the session starts, or AGENTMESH_TEST_REDIS_URL as given."""
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A Redis Cluster of the session's own (three masters), stopped and removed at the end."""
+    directory = Path(tempfile.mkdtemp(prefix="agentmesh-test-redis-cluster-"))
+    cluster = RedisCluster(directory)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.close()
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The session's Redis: a `redis-server` the session starts (a cluster with
+    AGENTMESH_TEST_REDIS_MODE=cluster), or AGENTMESH_TEST_REDIS_URL as given."""
     if REDIS_SERVER:
         yield REDIS_SERVER
+        return
+    if REDIS_MODE == "cluster":
+        yield request.getfixturevalue("redis_cluster").url
         return
     directory = Path(tempfile.mkdtemp(prefix="agentmesh-test-redis-"))
     server = RedisServer(directory, free_port())
@@ -152,6 +179,7 @@ def _test_settings(pg_url: str, redis_url: str) -> Settings:
         {
             "DATABASE_URL": pg_url,
             "REDIS_URL": redis_url,
+            "AGENTMESH_REDIS_MODE": REDIS_MODE,
             "AGENTMESH_GRPC_PORT": "0",
             "AGENTMESH_PAGE_TOKEN_SECRET": "test-page-token-secret",
             "AGENTMESH_SERVICE_SECRET": "test-service-secret",

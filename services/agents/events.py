@@ -3,6 +3,11 @@
 Pub/sub (not a stream) because watchers only want changes from now on; a watcher that reconnects
 re-reads what it caches (orchestration re-fetches on reconnect). Publishing happens after the
 commit, so an event never announces a change that was rolled back.
+
+On a Redis Cluster this stays classic pub/sub, not sharded: a PUBLISH on any node reaches subscribers
+on every node over the cluster bus, so the all-tenants subscription (the agents cache behind
+WatchAgents(all_tenants)) keeps its one PSUBSCRIBE, which sharded pub/sub cannot express. Agent
+changes are human-paced; the broadcast cost is measured in docs/operations.md ("Redis Cluster").
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import redis.asyncio as aioredis
 
 from services.agents.models import AgentEvent
+from services.platform.redis_client import load_slot_map
 
 log = logging.getLogger("agentmesh.agents.events")
 
@@ -52,6 +58,7 @@ class EventBus:
         """
         if self._closing.is_set():
             return
+        await load_slot_map(self._redis)
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
         try:
             if tenant_id is None:

@@ -66,6 +66,24 @@ def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
 
 
+async def ping(redis: object) -> None:
+    """The health probe: PING every master of a cluster (redis-py sends a bare PING to one node
+    only, which would report a cluster with an unreachable master, and so unreachable slots, as
+    healthy); PING the server otherwise. Raises when one does not answer."""
+    if isinstance(redis, RedisCluster):
+        await redis.ping(target_nodes=RedisCluster.PRIMARIES)
+    else:
+        await cast(aioredis.Redis, redis).ping()
+
+
+async def load_slot_map(redis: object) -> None:
+    """Makes a cluster client load its slot map now (a no-op on a server, or once loaded): redis-py's
+    cluster pub/sub picks its node from that map and fails (KeyError) on a client that has not run
+    a command yet."""
+    if isinstance(redis, RedisCluster):
+        await redis.initialize()
+
+
 def slot_groups(redis: object, keys: Sequence[str | bytes]) -> list[list[int]]:
     """Indexes of `keys` grouped so that each group may go into one multi-key command or script:
     one group on a single server, one per hash slot on a cluster (first appearance order)."""

@@ -16,7 +16,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
-from services.platform import db
+from services.platform import db, redis_client
 from services.platform.auth import Authentication
 from services.platform.error_mapping import ErrorMapping
 from services.platform.health import HealthMonitor
@@ -150,7 +150,7 @@ class Server:
         self.health = HealthMonitor(
             self.health_servicer,
             names,
-            {"database": lambda: db.ping(runtime.engine), "redis": lambda: runtime.redis.ping()},
+            {"database": lambda: db.ping(runtime.engine), "redis": lambda: redis_client.ping(runtime.redis)},
             interval=runtime.settings.health_interval_seconds,
         )
         self._tasks: list[asyncio.Task[None]] = []

@@ -8,9 +8,11 @@ import contextlib
 import grpc
 import pytest
 from google.protobuf import field_mask_pb2
+from redis.asyncio.cluster import RedisCluster
 
 from agentmesh.agents.v1 import agents_service_pb2 as pb
 from services.agents.events import CHANNEL
+from services.platform.redis_client import is_cluster
 from tests.agents.conftest import agent
 from tests.helpers import build_runtime, expect_status, start_server
 
@@ -27,11 +29,13 @@ async def second_instance(settings, keys):
 
 async def _subscribed(runtime, *, channel: str | None = None) -> None:
     """Waits until Redis counts a subscriber (so the next publish reaches the watcher)."""
+    # A cluster node counts only the subscriptions on its own connections: ask every node (summed).
+    where = {"target_nodes": RedisCluster.ALL_NODES} if is_cluster(runtime.redis) else {}
     while True:
         if channel is None:
-            if await runtime.redis.pubsub_numpat() > 0:
+            if await runtime.redis.pubsub_numpat(**where) > 0:
                 return
-        elif dict(await runtime.redis.pubsub_numsub(channel)).get(channel.encode(), 0) > 0:
+        elif dict(await runtime.redis.pubsub_numsub(channel, **where)).get(channel.encode(), 0) > 0:
             return
         await asyncio.sleep(0.02)
 

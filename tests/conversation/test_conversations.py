@@ -6,7 +6,6 @@ import time
 import uuid
 
 import grpc
-import redis as sync_redis
 from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
@@ -15,7 +14,7 @@ from agentmesh.conversation.v1 import conversation_service_pb2 as pb
 from services.conversation import build
 from services.conversation.hot_window import HotWindow
 from services.conversation.retention import RetentionJob
-from tests.helpers import expect_status
+from tests.helpers import REDIS_MODE, expect_status, sync_redis_client
 
 
 def violations(error: grpc.aio.AioRpcError) -> set[str]:

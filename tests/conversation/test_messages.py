@@ -9,7 +9,6 @@ from typing import Any
 
 import grpc
 import psycopg
-import redis as sync_redis
 import redis.asyncio as aioredis
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
@@ -26,7 +25,7 @@ from services.platform import errors
 from services.platform.auth import Principal
 from services.platform.metrics import USAGE
 from services.platform.server import ServiceRegistration
-from tests.helpers import expect_status
+from tests.helpers import expect_status, flush_redis, sync_redis_client
 from tests.system.faults import sync_url
 
 A, T = pb.MESSAGE_ROLE_ASSISTANT, pb.MESSAGE_ROLE_TOOL

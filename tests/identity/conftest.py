@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis as sync_redis
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.rpc import error_details_pb2
 
@@ -23,7 +22,7 @@ from services.identity.keys import KeySet, private_pem
 from services.platform import errors
 from services.platform.settings import Settings
 from tests.conftest import _test_settings
-from tests.helpers import bearer
+from tests.helpers import bearer, sync_redis_client
 
 PASSWORD = "correct horse battery"
 
@@ -51,7 +50,7 @@ def signer(identity_key_file: str) -> KeySet:
 @pytest.fixture(autouse=True)
 def _clear_login_counters(redis_url: str) -> None:
     # Every test logs in from 127.0.0.1: start each with fresh failure counters.
-    client = sync_redis.Redis.from_url(redis_url)
+    client = sync_redis_client(redis_url)
     keys = list(client.scan_iter("identity:login-fail:*"))
     if keys:
         client.delete(*keys)
