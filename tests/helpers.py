@@ -29,7 +29,7 @@ from services.orchestration.providers import Providers
 from services.orchestration.runs import RunManager
 from services.orchestration.service import OrchestrationService
 from services.orchestration.servicer import OrchestrationServicer
-from services.orchestration.store import OrchestrationStore
+from services.orchestration.store import OrchestrationStore, SessionLocks
 from services.platform.runtime import Runtime
 from services.platform.server import Built, Server, ServiceRegistration
 from services.platform.settings import Settings
@@ -312,7 +312,7 @@ def build_orchestration(
         runs=runs,
         agents=agents,
         conversation=conversation,
-        redis=redis,
+        locks=SessionLocks(redis),
         page_tokens=runtime.page_tokens,
         options=options,
         clock=runtime.clock,

@@ -12,7 +12,7 @@ from services.orchestration.limits import RunLimits
 from services.orchestration.runs import RunManager
 from services.orchestration.service import OrchestrationService
 from services.orchestration.servicer import OrchestrationServicer
-from services.orchestration.store import OrchestrationStore
+from services.orchestration.store import OrchestrationStore, SessionLocks
 from services.platform.runtime import Runtime
 from services.platform.server import Built, ServiceRegistration
 
@@ -67,7 +67,7 @@ async def build(runtime: Runtime) -> Built[OrchestrationService]:
         runs=runs,
         agents=agents,
         conversation=conversation,
-        redis=runtime.redis,
+        locks=SessionLocks(runtime.redis),
         page_tokens=runtime.page_tokens,
         options=options,
         clock=runtime.clock,

@@ -12,14 +12,9 @@ import dataclasses
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-import redis.asyncio as aioredis
-
-from services.orchestration.agent_cache import AgentCache
-from services.orchestration.clients import ConversationClient
 from services.orchestration.config import OrchestrationOptions
-from services.orchestration.events import RunEvents
-from services.orchestration.limits import RunLimits
 from services.orchestration.models import (
     AgentSnapshot,
     BusyPolicy,
@@ -31,8 +26,6 @@ from services.orchestration.models import (
     Session,
     SessionState,
 )
-from services.orchestration.runs import RunManager
-from services.orchestration.store import OrchestrationStore
 from services.platform import errors
 from services.platform.auth import Principal
 from services.platform.errors import Violation
@@ -42,20 +35,94 @@ from services.platform.timestamps import micros
 from services.platform.validation import require_id, require_request_id
 
 MAX_TITLE = 256
-SESSION_LOCK_KEY = "sessions:{session_id}:lock"
+
+
+class Store(Protocol):
+    """Sessions and runs, scoped by tenant (store.OrchestrationStore)."""
+
+    async def insert_session(self, session: Session, *, request_id: str | None) -> None: ...
+    async def session_by_request(self, tenant_id: str, user_id: str, request_id: str) -> Session | None: ...
+    async def get_session(self, tenant_id: str, session_id: str) -> Session | None: ...
+    async def list_sessions(
+        self,
+        tenant_id: str,
+        *,
+        user_id: str | None,
+        agent_id: str | None,
+        after: tuple[int, str] | None,
+        limit: int,
+    ) -> list[Session]: ...
+    async def end_session(self, tenant_id: str, session_id: str, now_us: int) -> bool: ...
+    async def insert_run(self, run: Run, *, request_id: str | None) -> None: ...
+    async def get_run(self, tenant_id: str, run_id: str) -> Run | None: ...
+    async def run_by_request(self, session_id: str, request_id: str) -> Run | None: ...
+    async def live_runs(self, session_id: str) -> list[Run]: ...
+    async def list_runs(
+        self, tenant_id: str, session_id: str, *, after: tuple[int, str] | None, limit: int
+    ) -> list[Run]: ...
+
+
+class Locks(Protocol):
+    """Mutual exclusion per session across instances (store.SessionLocks)."""
+
+    def session(self, session_id: str) -> contextlib.AbstractAsyncContextManager[None]: ...
+
+
+class Events(Protocol):
+    """Run event streams, leases and session announcements (events.RunEvents)."""
+
+    async def append(self, event: RunEvent) -> None: ...
+    async def announce(self, session_id: str, run_id: str) -> None: ...
+    async def take_lease(self, run_id: str, owner: str, ttl_seconds: float) -> None: ...
+    async def last_event_id(self, run_id: str) -> int: ...
+    def tail(self, run_id: str, after_event_id: int) -> AsyncIterator[RunEvent]: ...
+
+
+class Limits(Protocol):
+    """The tenant's request rate and concurrent-run slots (limits.RunLimits)."""
+
+    async def check_rate(self, tenant_id: str, limits: TierLimits) -> None: ...
+    async def reserve(self, tenant_id: str, run_id: str, limits: TierLimits) -> None: ...
+    async def release(self, tenant_id: str, run_id: str) -> None: ...
+
+
+class Runs(Protocol):
+    """Run execution on this instance (runs.RunManager)."""
+
+    @property
+    def instance_id(self) -> str: ...
+    def launch(
+        self, run: Run, session: Session, caller: Principal, *, wait_for: list[str], next_event_id: int
+    ) -> None: ...
+    async def request_cancel(self, run_id: str, mode: CancelMode) -> None: ...
+
+
+class Agents(Protocol):
+    """Agent configs, read with the caller's token (agent_cache.AgentCache)."""
+
+    async def get(self, agent_id: str, *, tenant_id: str, token: str) -> AgentSnapshot: ...
+
+
+class Conversation(Protocol):
+    """The conversation service, as orchestration's sessions use it (clients.ConversationClient)."""
+
+    async def create(
+        self, *, agent_id: str, agent_version: int, title: str, request_id: str, token: str
+    ) -> str: ...
+    async def close(self, conversation_id: str, *, token: str) -> None: ...
 
 
 class OrchestrationService:
     def __init__(
         self,
         *,
-        store: OrchestrationStore,
-        events: RunEvents,
-        limits: RunLimits,
-        runs: RunManager,
-        agents: AgentCache,
-        conversation: ConversationClient,
-        redis: aioredis.Redis,
+        store: Store,
+        events: Events,
+        limits: Limits,
+        runs: Runs,
+        agents: Agents,
+        conversation: Conversation,
+        locks: Locks,
         page_tokens: PageTokens,
         options: OrchestrationOptions,
         clock: Callable[[], float] = time.time,
@@ -66,7 +133,7 @@ class OrchestrationService:
         self.runs = runs
         self.agents = agents
         self._conversation = conversation
-        self._redis = redis
+        self._locks = locks
         self._page_tokens = page_tokens
         self._options = options
         self._clock = clock
@@ -185,7 +252,7 @@ class OrchestrationService:
         policy = busy_policy or agent.busy_policy or BusyPolicy.REJECT
         tier = limits_for(caller.tier)
         await self._limits.check_rate(caller.tenant_id, tier)
-        async with self._session_lock(session.id):
+        async with self._locks.session(session.id):
             # Checked again under the lock: the same request may have been admitted meanwhile.
             if request_id and (existing := await self._store.run_by_request(session.id, request_id)):
                 return existing
@@ -279,21 +346,6 @@ class OrchestrationService:
             for previous in live:
                 await self.runs.request_cancel(previous.id, mode)
         self.runs.launch(run, session, caller, wait_for=[r.id for r in live], next_event_id=2)
-
-    @contextlib.asynccontextmanager
-    async def _session_lock(self, session_id: str) -> AsyncIterator[None]:
-        """Serialises the busy-policy decision of one session across instances."""
-        key, token = SESSION_LOCK_KEY.format(session_id=session_id), uuid.uuid4().hex.encode()
-        deadline = time.monotonic() + 5
-        while not await self._redis.set(key, token, nx=True, px=5000):
-            if time.monotonic() > deadline:
-                raise errors.Unavailable("the session is busy; try again", reason="SESSION_LOCKED")
-            await asyncio.sleep(0.005)
-        try:
-            yield
-        finally:
-            if await self._redis.get(key) == token:
-                await self._redis.delete(key)
 
     async def _visible_run(self, caller: Principal, run_id: str) -> Run:
         require_id(run_id, "run_id")

@@ -1,14 +1,21 @@
-"""SQL for the tables orchestration owns: sessions and runs (SQLAlchemy 2 async Core)."""
+"""SQL for the tables orchestration owns: sessions and runs (SQLAlchemy 2 async Core); the per-session
+lock in Redis beside it."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.orchestration.models import Run, RunError, RunState, Session, SessionState, Usage
+from services.platform import errors
 
 metadata = sa.MetaData()
 
@@ -294,3 +301,30 @@ class OrchestrationStore:
         stmt = runs.update().where(runs.c.id == run_id, runs.c.state.in_(list(from_states))).values(**values)
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount == 1
+
+
+SESSION_LOCK_KEY = "sessions:{session_id}:lock"
+
+
+class SessionLocks:
+    """A short Redis lock per session (SET NX PX, released only by its holder)."""
+
+    def __init__(self, redis: aioredis.Redis, *, wait_seconds: float = 5.0, ttl_ms: int = 5000):
+        self._redis = redis
+        self._wait = wait_seconds
+        self._ttl_ms = ttl_ms
+
+    @contextlib.asynccontextmanager
+    async def session(self, session_id: str) -> AsyncIterator[None]:
+        """Serialises the busy-policy decision of one session across instances."""
+        key, token = SESSION_LOCK_KEY.format(session_id=session_id), uuid.uuid4().hex.encode()
+        deadline = time.monotonic() + self._wait
+        while not await self._redis.set(key, token, nx=True, px=self._ttl_ms):
+            if time.monotonic() > deadline:
+                raise errors.Unavailable("the session is busy; try again", reason="SESSION_LOCKED")
+            await asyncio.sleep(0.005)
+        try:
+            yield
+        finally:
+            if await self._redis.get(key) == token:
+                await self._redis.delete(key)

@@ -1,0 +1,187 @@
+"""OrchestrationService's rules against the fakes of its protocols (no gRPC, PostgreSQL or Redis)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from services.orchestration.config import OrchestrationOptions
+from services.orchestration.models import AgentSnapshot, BusyPolicy, CancelMode, Run, Session
+from services.orchestration.service import OrchestrationService
+from services.platform import errors
+from services.platform.auth import Principal
+from services.platform.pagination import PageTokens
+from tests.fakes.orchestration import (
+    FakeAgents,
+    FakeConversation,
+    FakeEvents,
+    FakeLimits,
+    FakeLocks,
+    FakeRuns,
+    FakeStore,
+)
+
+
+def member(user: str = "u1", tenant: str = "t1", tier: str = "pro") -> Principal:
+    return Principal(user_id=user, tenant_id=tenant, roles=frozenset({"member"}), tier=tier)
+
+
+def admin(tenant: str = "t1") -> Principal:
+    return Principal(user_id="boss", tenant_id=tenant, roles=frozenset({"admin"}), tier="pro")
+
+
+@dataclasses.dataclass
+class Parts:
+    service: OrchestrationService
+    store: FakeStore
+    events: FakeEvents
+    limits: FakeLimits
+    runs: FakeRuns
+    agents: FakeAgents
+
+    def agent(self, tenant: str = "t1", **config: Any) -> AgentSnapshot:
+        return self.agents.add(
+            AgentSnapshot(
+                id=f"agent-{tenant}", tenant_id=tenant, version=1, active=True, model="echo", **config
+            )
+        )
+
+    async def session(self, caller: Principal | None = None, **config: Any) -> Session:
+        caller = caller or member()
+        agent = self.agent(caller.tenant_id, **config)
+        return await self.service.start_session(caller, agent_id=agent.id, title="", request_id="")
+
+
+@pytest.fixture
+def parts() -> Parts:
+    store, events, limits = FakeStore(), FakeEvents(), FakeLimits()
+    runs, agents = FakeRuns(store, events), FakeAgents()
+    ticks = iter(range(1, 1_000_000))
+    service = OrchestrationService(
+        store=store,
+        events=events,
+        limits=limits,
+        runs=runs,
+        agents=agents,
+        conversation=FakeConversation(),
+        locks=FakeLocks(),
+        page_tokens=PageTokens(b"k"),
+        options=OrchestrationOptions(cancel_wait_seconds=0.5),
+        clock=lambda: float(next(ticks)),
+    )
+    return Parts(service, store, events, limits, runs, agents)
+
+
+def sender(parts: Parts, session: Session, caller: Principal | None = None) -> Callable[..., Awaitable[Run]]:
+    async def send(text: str = "hi", policy: BusyPolicy | None = None, request_id: str = "") -> Run:
+        return await parts.service.send_message(
+            caller or member(), session_id=session.id, text=text, request_id=request_id, busy_policy=policy
+        )
+
+    return send
+
+
+async def test_reject_refuses_a_busy_session_and_leaves_nothing_behind(parts: Parts) -> None:
+    send = sender(parts, await parts.session())
+    first = await send()
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await send(policy=BusyPolicy.REJECT)
+    assert refused.value.reason == "SESSION_BUSY"
+    assert list(parts.store.runs) == [first.id]
+    assert list(parts.events.leases) == [first.id]
+    assert parts.limits.slots["t1"] == {first.id}
+    assert [r.id for r, _ in parts.runs.launched] == [first.id]
+
+
+async def test_no_policy_means_the_agents_policy_else_reject(parts: Parts) -> None:
+    send = sender(parts, await parts.session(busy_policy=BusyPolicy.ENQUEUE))
+    first = await send()
+    second = await send()  # the agent's ENQUEUE
+    assert parts.runs.launched[-1] == (second, [first.id])
+    plain = sender(parts, await parts.session(member("u2")), member("u2"))
+    parts.agents.agents["agent-t1"] = dataclasses.replace(parts.agents.agents["agent-t1"], busy_policy=None)
+    await plain()
+    with pytest.raises(errors.FailedPrecondition):
+        await plain()
+
+
+async def test_enqueue_waits_for_the_live_run_without_cancelling_it(parts: Parts) -> None:
+    send = sender(parts, await parts.session())
+    first = await send()
+    second = await send(policy=BusyPolicy.ENQUEUE)
+    assert parts.runs.launched[-1] == (second, [first.id])
+    assert parts.runs.cancels == []
+
+
+@pytest.mark.parametrize(
+    ("policy", "mode"), [(BusyPolicy.INTERRUPT, CancelMode.KEEP), (BusyPolicy.ROLLBACK, CancelMode.DISCARD)]
+)
+async def test_interrupt_and_rollback_cancel_the_live_run_then_follow_it(
+    parts: Parts, policy: BusyPolicy, mode: CancelMode
+) -> None:
+    send = sender(parts, await parts.session())
+    first = await send()
+    second = await send(policy=policy)
+    assert parts.runs.cancels == [(first.id, mode)]
+    assert parts.runs.launched[-1] == (second, [first.id])
+
+
+async def test_another_tenants_or_users_session_does_not_exist(parts: Parts) -> None:
+    session = await parts.session()
+    for stranger in (member(tenant="t2"), member(user="u2")):
+        with pytest.raises(errors.NotFound):
+            await parts.service.get_session(stranger, session.id)
+        with pytest.raises(errors.NotFound):
+            await sender(parts, session, stranger)()
+    assert (await parts.service.get_session(admin(), session.id)).id == session.id
+    assert parts.store.runs == {}
+
+
+async def test_rate_limit_refusal_admits_nothing(parts: Parts) -> None:
+    free = member(tier="free")
+    session = await parts.session(free, busy_policy=BusyPolicy.ENQUEUE)
+    parts.limits.messages["t1"] = 60  # the free tier's requests per minute, all used
+    with pytest.raises(errors.ResourceExhausted):
+        await sender(parts, session, free)()
+    assert parts.store.runs == {} and parts.runs.launched == [] and parts.events.leases == {}
+
+
+async def test_concurrency_limit_refusal_admits_nothing_and_frees_no_other_slot(parts: Parts) -> None:
+    free = member(tier="free")  # two concurrent runs
+    send = sender(parts, await parts.session(free, busy_policy=BusyPolicy.ENQUEUE), free)
+    kept = [await send(), await send()]
+    with pytest.raises(errors.ResourceExhausted):
+        await send()
+    assert set(parts.store.runs) == {r.id for r in kept}
+    assert parts.limits.slots["t1"] == {r.id for r in kept}
+    assert len(parts.runs.launched) == 2
+
+
+async def test_a_repeated_request_id_returns_the_first_run(parts: Parts) -> None:
+    send = sender(parts, await parts.session())
+    first = await send(request_id="req-1")
+    assert await send(request_id="req-1") == first
+    assert len(parts.store.runs) == 1 and len(parts.runs.launched) == 1
+
+
+@pytest.mark.parametrize("text", ["", "   ", "x" * (32 * 1024 + 1)])
+async def test_bad_text_is_invalid_argument_on_the_field(parts: Parts, text: str) -> None:
+    send = sender(parts, await parts.session())
+    with pytest.raises(errors.InvalidArgument) as bad:
+        await send(text=text)
+    assert [v.field for v in bad.value.violations] == ["text"]
+    assert parts.store.runs == {}
+
+
+async def test_ending_a_session_cancels_its_runs_and_refuses_new_messages(parts: Parts) -> None:
+    session = await parts.session()
+    run = await sender(parts, session)()
+    ended = await parts.service.end_session(member(), session.id)
+    assert ended.end_time_us > 0
+    assert parts.runs.cancels == [(run.id, CancelMode.KEEP)]
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await sender(parts, session)()
+    assert refused.value.reason == "SESSION_ENDED"
