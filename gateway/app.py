@@ -24,7 +24,7 @@ from starlette.routing import BaseRoute, Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway import errors, openapi, routes, streaming
+from gateway import csv_export, errors, openapi, routes, streaming
 from gateway.transcode import build_request, to_json
 from gateway.upstream import Tracing, Upstreams, metadata_for, parse_timeout, request_id_of
 from gateway.websocket import ChatSocket, Limits
@@ -161,6 +161,10 @@ class Gateway:
         try:
             if not route.server_streaming:
                 reply = await self.upstreams.unary(route)(message, metadata=metadata, timeout=timeout)
+                if csv_export.applies(route):
+                    headers["Vary"] = "Accept"
+                    if csv_export.wanted(request.headers.get("accept", "")):
+                        return csv_export.response(message, reply, headers=headers)
                 return JSONResponse(to_json(reply, route.response_body), headers=headers)
             call = self.upstreams.server_stream(route)(message, metadata=metadata, timeout=timeout)
             sse = streaming.wants_sse(request.headers.get("accept", ""))

@@ -13,6 +13,7 @@ from typing import Any
 
 from google.protobuf import descriptor
 
+from gateway import csv_export
 from gateway.field_behavior import OUTPUT_ONLY as _OUTPUT_ONLY
 from gateway.field_behavior import REQUIRED as _REQUIRED
 from gateway.field_behavior import behaviors
@@ -207,6 +208,8 @@ def operation(route: Route, schemas: _Schemas, op_id: str) -> dict[str, Any]:
         }
     else:
         content = {"application/json": {"schema": result}}
+        if csv_export.applies(route):
+            content[csv_export.MEDIA_TYPE] = csv_export.OPENAPI_CONTENT
     error = {
         "description": "error",
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
