@@ -19,7 +19,7 @@ from tests.conftest import TestKeys as Keys
 
 CSV = {"Accept": "text/csv"}
 SUMS = ["messages", "promptTokens", "completionTokens", "totalTokens", "toolCalls", "costMicros"]
-BY_AGENT_AND_DAY = [("groupBy", "USAGE_GROUPING_AGENT"), ("groupBy", "USAGE_GROUPING_DAY")]
+BY_AGENT_AND_DAY = {"groupBy": ["USAGE_GROUPING_AGENT", "USAGE_GROUPING_DAY"]}
 
 
 @pytest.fixture
@@ -91,7 +91,7 @@ async def test_grouped_by_agent_and_day_the_csv_equals_the_json(
         assert "Accept" in [v.strip() for v in response.headers["vary"].split(",")]
 
     # The key columns follow the contract's order whatever order the query names them in.
-    swapped = list(reversed(BY_AGENT_AND_DAY))
+    swapped = {"groupBy": ["USAGE_GROUPING_DAY", "USAGE_GROUPING_AGENT"]}
     assert read_csv(await gateway.get("/v1/usage", params=swapped, headers={**owner, **CSV})) == lines
     # text/csv preferred by q-value is CSV; JSON preferred, or a tie, stays JSON.
     for accept, media in [
