@@ -122,6 +122,30 @@ TOOL_EXECUTION_HTTP: ToolExecution.ValueType  # 2
 """agentmesh POSTs the call to the tool's url, signed with the tenant's tool signing secret."""
 Global___ToolExecution: _TypeAlias = ToolExecution  # noqa: Y015
 
+class _ResponseFormatType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ResponseFormatTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ResponseFormatType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESPONSE_FORMAT_TYPE_UNSPECIFIED: _ResponseFormatType.ValueType  # 0
+    """Not set: text."""
+    RESPONSE_FORMAT_TYPE_TEXT: _ResponseFormatType.ValueType  # 1
+    """Free text."""
+    RESPONSE_FORMAT_TYPE_JSON_SCHEMA: _ResponseFormatType.ValueType  # 2
+    """A JSON value matching `schema`; the run checks the answer and fails when it does not match."""
+
+class ResponseFormatType(_ResponseFormatType, metaclass=_ResponseFormatTypeEnumTypeWrapper):
+    """Which form an answer takes."""
+
+RESPONSE_FORMAT_TYPE_UNSPECIFIED: ResponseFormatType.ValueType  # 0
+"""Not set: text."""
+RESPONSE_FORMAT_TYPE_TEXT: ResponseFormatType.ValueType  # 1
+"""Free text."""
+RESPONSE_FORMAT_TYPE_JSON_SCHEMA: ResponseFormatType.ValueType  # 2
+"""A JSON value matching `schema`; the run checks the answer and fails when it does not match."""
+Global___ResponseFormatType: _TypeAlias = ResponseFormatType  # noqa: Y015
+
 class _ChangeType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -272,6 +296,9 @@ class AgentConfig(_message.Message):
     CONTEXT_POLICY_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
     BUSY_POLICY_FIELD_NUMBER: _builtins.int
+    FALLBACK_MODELS_FIELD_NUMBER: _builtins.int
+    ALLOW_MODEL_OVERRIDE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     model: _builtins.str
     """"provider:model", for example "echo:default" or "openai:gpt-4o-mini"."""
     system_prompt: _builtins.str
@@ -282,6 +309,8 @@ class AgentConfig(_message.Message):
     """0 means the provider's default."""
     busy_policy: Global___BusyPolicy.ValueType
     """The default for messages that arrive while a run is going."""
+    allow_model_override: _builtins.bool
+    """A message may name another model (SendMessageRequest.model_override) when this is set."""
     @_builtins.property
     def tools(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tool]:
         """The functions the model may call."""
@@ -294,6 +323,16 @@ class AgentConfig(_message.Message):
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels for the tenant's own use; agentmesh does not read them."""
 
+    @_builtins.property
+    def fallback_models(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Tried in order when the model (or the fallback before) fails before its first token (HTTP 429,
+        5xx, connect failure, timeout); each "provider:model", allowed by the tier like `model`.
+        """
+
+    @_builtins.property
+    def response_format(self) -> Global___ResponseFormat:
+        """The form of every answer; unset: text. A message may set its own."""
+
     def __init__(
         self,
         *,
@@ -305,16 +344,53 @@ class AgentConfig(_message.Message):
         context_policy: Global___ContextPolicy | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         busy_policy: Global___BusyPolicy.ValueType = ...,
+        fallback_models: _abc.Iterable[_builtins.str] | None = ...,
+        allow_model_override: _builtins.bool = ...,
+        response_format: Global___ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "context_policy", b"context_policy", "temperature", b"temperature"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "context_policy", b"context_policy", "response_format", b"response_format", "temperature", b"temperature"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "busy_policy", b"busy_policy", "context_policy", b"context_policy", "max_output_tokens", b"max_output_tokens", "metadata", b"metadata", "model", b"model", "system_prompt", b"system_prompt", "temperature", b"temperature", "tools", b"tools"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_temperature", b"_temperature", "allow_model_override", b"allow_model_override", "busy_policy", b"busy_policy", "context_policy", b"context_policy", "fallback_models", b"fallback_models", "max_output_tokens", b"max_output_tokens", "metadata", b"metadata", "model", b"model", "response_format", b"response_format", "system_prompt", b"system_prompt", "temperature", b"temperature", "tools", b"tools"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__temperature: _TypeAlias = _typing.Literal["temperature"]  # noqa: Y015
     _WhichOneofArgType__temperature: _TypeAlias = _typing.Literal["_temperature", b"_temperature"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__temperature) -> _WhichOneofReturnType__temperature | None: ...
 
 Global___AgentConfig: _TypeAlias = AgentConfig  # noqa: Y015
+
+@_typing.final
+class ResponseFormat(_message.Message):
+    """The form of an answer: text, or JSON matching a JSON schema."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TYPE_FIELD_NUMBER: _builtins.int
+    SCHEMA_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    type: Global___ResponseFormatType.ValueType
+    """TEXT or JSON_SCHEMA."""
+    name: _builtins.str
+    """JSON_SCHEMA: the schema's name as the model is told it ([A-Za-z0-9_-], at most 64); default
+    "answer".
+    """
+    @_builtins.property
+    def schema(self) -> _struct_pb2.Struct:
+        """JSON_SCHEMA: the JSON schema (Draft 2020-12) the answer must match; required then."""
+
+    def __init__(
+        self,
+        *,
+        type: Global___ResponseFormatType.ValueType = ...,
+        schema: _struct_pb2.Struct | None = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["schema", b"schema"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "schema", b"schema", "type", b"type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResponseFormat: _TypeAlias = ResponseFormat  # noqa: Y015
 
 @_typing.final
 class Agent(_message.Message):

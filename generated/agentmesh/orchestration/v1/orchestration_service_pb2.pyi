@@ -7,6 +7,7 @@ from agentmesh.agents.v1 import agents_service_pb2 as _agents_service_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -219,6 +220,30 @@ TOOL_CALL_STATUS_CANCELLED: ToolCallStatus.ValueType  # 7
 """The run was cancelled before the call was answered."""
 Global___ToolCallStatus: _TypeAlias = ToolCallStatus  # noqa: Y015
 
+class _UsageSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _UsageSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_UsageSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    USAGE_SOURCE_UNSPECIFIED: _UsageSource.ValueType  # 0
+    """Not set (no model call yet)."""
+    USAGE_SOURCE_PROVIDER: _UsageSource.ValueType  # 1
+    """Reported by the model provider."""
+    USAGE_SOURCE_ESTIMATED: _UsageSource.ValueType  # 2
+    """Counted by agentmesh's tokenizer because the provider reported none."""
+
+class UsageSource(_UsageSource, metaclass=_UsageSourceEnumTypeWrapper):
+    """Where a usage's token counts come from."""
+
+USAGE_SOURCE_UNSPECIFIED: UsageSource.ValueType  # 0
+"""Not set (no model call yet)."""
+USAGE_SOURCE_PROVIDER: UsageSource.ValueType  # 1
+"""Reported by the model provider."""
+USAGE_SOURCE_ESTIMATED: UsageSource.ValueType  # 2
+"""Counted by agentmesh's tokenizer because the provider reported none."""
+Global___UsageSource: _TypeAlias = UsageSource  # noqa: Y015
+
 @_typing.final
 class Session(_message.Message):
     """One user's chat with one agent: a conversation plus the runs that answer it."""
@@ -291,23 +316,69 @@ class Usage(_message.Message):
 
     PROMPT_TOKENS_FIELD_NUMBER: _builtins.int
     COMPLETION_TOKENS_FIELD_NUMBER: _builtins.int
+    TOTAL_TOKENS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    DURATION_MS_FIELD_NUMBER: _builtins.int
     prompt_tokens: _builtins.int
     """Tokens of the context sent to the model."""
     completion_tokens: _builtins.int
     """Tokens of the answer."""
+    total_tokens: _builtins.int
+    """prompt_tokens + completion_tokens."""
+    model: _builtins.str
+    """The "provider:model" that answered."""
+    source: Global___UsageSource.ValueType
+    """Whether the counts were reported by the provider or estimated by agentmesh's tokenizer."""
+    tool_calls: _builtins.int
+    """Tool calls the model made."""
+    duration_ms: _builtins.int
+    """Wall-clock time of the model calls in milliseconds."""
     def __init__(
         self,
         *,
         prompt_tokens: _builtins.int = ...,
         completion_tokens: _builtins.int = ...,
+        total_tokens: _builtins.int = ...,
+        model: _builtins.str = ...,
+        source: Global___UsageSource.ValueType = ...,
+        tool_calls: _builtins.int = ...,
+        duration_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "prompt_tokens", b"prompt_tokens"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completion_tokens", b"completion_tokens", "duration_ms", b"duration_ms", "model", b"model", "prompt_tokens", b"prompt_tokens", "source", b"source", "tool_calls", b"tool_calls", "total_tokens", b"total_tokens"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Usage: _TypeAlias = Usage  # noqa: Y015
+
+@_typing.final
+class ModelFallback(_message.Message):
+    """A model that did not answer a run, and why; the run went on with the next one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    model: _builtins.str
+    """The "provider:model" that failed before its first token."""
+    reason: _builtins.str
+    """Its error: a gRPC status code name, a colon and the provider's message."""
+    def __init__(
+        self,
+        *,
+        model: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["model", b"model", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ModelFallback: _TypeAlias = ModelFallback  # noqa: Y015
 
 @_typing.final
 class RunError(_message.Message):
@@ -356,6 +427,9 @@ class Run(_message.Message):
     PENDING_TOOL_CALLS_FIELD_NUMBER: _builtins.int
     WAIT_EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     STEPS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    MODEL_OVERRIDE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Assigned by the service."""
     session_id: _builtins.str
@@ -374,6 +448,10 @@ class Run(_message.Message):
     """Model calls made so far (1 for a run that answered without tools); at most the tier's
     max_steps_per_run.
     """
+    model: _builtins.str
+    """The "provider:model" that answered (after any fallbacks); empty until a model answers."""
+    model_override: _builtins.str
+    """The model the message asked for (SendMessageRequest.model_override); empty: the agent's."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """Tokens used so far."""
@@ -404,6 +482,10 @@ class Run(_message.Message):
         DEADLINE_EXCEEDED and its pending calls become EXPIRED. Unset otherwise.
         """
 
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelFallback]:
+        """The models that failed before answering, in the order they were tried."""
+
     def __init__(
         self,
         *,
@@ -422,10 +504,13 @@ class Run(_message.Message):
         pending_tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
         wait_expire_time: _timestamp_pb2.Timestamp | None = ...,
         steps: _builtins.int = ...,
+        model: _builtins.str = ...,
+        fallbacks: _abc.Iterable[Global___ModelFallback] | None = ...,
+        model_override: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "end_time", b"end_time", "error", b"error", "start_time", b"start_time", "usage", b"usage", "wait_expire_time", b"wait_expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "assistant_message_id", b"assistant_message_id", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "id", b"id", "last_event_id", b"last_event_id", "pending_tool_calls", b"pending_tool_calls", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage", "user_message_id", b"user_message_id", "wait_expire_time", b"wait_expire_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "assistant_message_id", b"assistant_message_id", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "fallbacks", b"fallbacks", "id", b"id", "last_event_id", b"last_event_id", "model", b"model", "model_override", b"model_override", "pending_tool_calls", b"pending_tool_calls", "session_id", b"session_id", "start_time", b"start_time", "state", b"state", "steps", b"steps", "usage", b"usage", "user_message_id", b"user_message_id", "wait_expire_time", b"wait_expire_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -508,6 +593,9 @@ class RunEvent(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    MODEL_FIELD_NUMBER: _builtins.int
+    FALLBACKS_FIELD_NUMBER: _builtins.int
+    STRUCTURED_FIELD_NUMBER: _builtins.int
     event_id: _builtins.int
     """1, 2, 3, ... within the run."""
     run_id: _builtins.str
@@ -522,6 +610,8 @@ class RunEvent(_message.Message):
     """MESSAGE_COMPLETED: the whole answer as stored."""
     agent_version: _builtins.int
     """The agent version that answers."""
+    model: _builtins.str
+    """MESSAGE_COMPLETED and RUN_COMPLETED: the "provider:model" that answered."""
     @_builtins.property
     def usage(self) -> Global___Usage:
         """The run's token usage, on MESSAGE_COMPLETED and on the events that end the run."""
@@ -540,6 +630,16 @@ class RunEvent(_message.Message):
         TOOL_CALL_STARTED / TOOL_CALL_COMPLETED: the one call started or completed.
         """
 
+    @_builtins.property
+    def fallbacks(self) -> _containers.RepeatedCompositeFieldContainer[Global___ModelFallback]:
+        """MESSAGE_COMPLETED and RUN_COMPLETED: the models that failed before it, and why."""
+
+    @_builtins.property
+    def structured(self) -> _struct_pb2.Struct:
+        """MESSAGE_COMPLETED and RUN_COMPLETED of a JSON_SCHEMA answer: the answer parsed (final_message
+        holds its text); a JSON value that is not an object is under the key "value".
+        """
+
     def __init__(
         self,
         *,
@@ -554,10 +654,13 @@ class RunEvent(_message.Message):
         agent_version: _builtins.int = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
         tool_calls: _abc.Iterable[Global___ToolCall] | None = ...,
+        model: _builtins.str = ...,
+        fallbacks: _abc.Iterable[Global___ModelFallback] | None = ...,
+        structured: _struct_pb2.Struct | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_time", b"event_time", "usage", b"usage"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "event_time", b"event_time", "structured", b"structured", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "error", b"error", "event_id", b"event_id", "event_time", b"event_time", "final_message", b"final_message", "run_id", b"run_id", "session_id", b"session_id", "text_delta", b"text_delta", "tool_calls", b"tool_calls", "type", b"type", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "error", b"error", "event_id", b"event_id", "event_time", b"event_time", "fallbacks", b"fallbacks", "final_message", b"final_message", "model", b"model", "run_id", b"run_id", "session_id", b"session_id", "structured", b"structured", "text_delta", b"text_delta", "tool_calls", b"tool_calls", "type", b"type", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -777,6 +880,8 @@ class SendMessageRequest(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     BUSY_POLICY_FIELD_NUMBER: _builtins.int
+    MODEL_OVERRIDE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session's id; it must be ACTIVE."""
     text: _builtins.str
@@ -785,6 +890,14 @@ class SendMessageRequest(_message.Message):
     """A retry with the same request_id joins the first run instead of starting another."""
     busy_policy: _agents_service_pb2.BusyPolicy.ValueType
     """UNSPECIFIED: the agent's default."""
+    model_override: _builtins.str
+    """Another "provider:model" for this run; FAILED_PRECONDITION unless the agent's
+    allow_model_override is set and the tier allows the model.
+    """
+    @_builtins.property
+    def response_format(self) -> _agents_service_pb2.ResponseFormat:
+        """The form of this answer instead of the agent's response_format."""
+
     def __init__(
         self,
         *,
@@ -792,10 +905,12 @@ class SendMessageRequest(_message.Message):
         text: _builtins.str = ...,
         request_id: _builtins.str = ...,
         busy_policy: _agents_service_pb2.BusyPolicy.ValueType = ...,
+        model_override: _builtins.str = ...,
+        response_format: _agents_service_pb2.ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response_format", b"response_format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_policy", b"busy_policy", "request_id", b"request_id", "session_id", b"session_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_policy", b"busy_policy", "model_override", b"model_override", "request_id", b"request_id", "response_format", b"response_format", "session_id", b"session_id", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -890,22 +1005,32 @@ class ChatMessage(_message.Message):
     TEXT_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     BUSY_POLICY_FIELD_NUMBER: _builtins.int
+    MODEL_OVERRIDE_FIELD_NUMBER: _builtins.int
+    RESPONSE_FORMAT_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """The message; the rules of SendMessageRequest.text."""
     request_id: _builtins.str
     """A retry with the same request_id joins the first run; a rejection's status echoes it."""
     busy_policy: _agents_service_pb2.BusyPolicy.ValueType
     """UNSPECIFIED: the agent's default."""
+    model_override: _builtins.str
+    """As SendMessageRequest.model_override."""
+    @_builtins.property
+    def response_format(self) -> _agents_service_pb2.ResponseFormat:
+        """As SendMessageRequest.response_format."""
+
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
         request_id: _builtins.str = ...,
         busy_policy: _agents_service_pb2.BusyPolicy.ValueType = ...,
+        model_override: _builtins.str = ...,
+        response_format: _agents_service_pb2.ResponseFormat | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["response_format", b"response_format"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_policy", b"busy_policy", "request_id", b"request_id", "text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["busy_policy", b"busy_policy", "model_override", b"model_override", "request_id", b"request_id", "response_format", b"response_format", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
