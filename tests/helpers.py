@@ -186,7 +186,7 @@ class RedisCluster:
     by `redis-cli --cluster create`; nothing on disk but the nodes' cluster config files in
     `directory` (the caller removes it). The tests may flush every node."""
 
-    def __init__(self, directory: Path, masters: int = 3):
+    def __init__(self, directory: Path, masters: int = 3, *, node_timeout_ms: int = 5000):
         ports: list[int] = []
         while len(ports) < masters:
             port = _cluster_port()
@@ -201,7 +201,7 @@ class RedisCluster:
                 "--cluster-config-file",
                 str(directory / f"nodes-{port}.conf"),
                 "--cluster-node-timeout",
-                "5000",
+                str(node_timeout_ms),
             )
             for port in ports
         ]

@@ -14,6 +14,7 @@ from typing import cast
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.crc import key_slot
+from redis.exceptions import ClusterDownError
 
 from services.platform.settings import SettingsError
 
@@ -67,11 +68,15 @@ def is_cluster(redis: object) -> bool:
 
 
 async def ping(redis: object) -> None:
-    """The health probe: PING every master of a cluster (redis-py sends a bare PING to one node
-    only, which would report a cluster with an unreachable master, and so unreachable slots, as
-    healthy); PING the server otherwise. Raises when one does not answer."""
+    """The health probe; raises when Redis cannot serve. A server: PING. A cluster: CLUSTER INFO on
+    one node must say `cluster_state:ok`, the cluster's own verdict that every slot has a reachable
+    master (a master down turns it to `fail` within cluster-node-timeout). A bare PING would reach
+    one node only; a PING of every master fans out, and when one is down redis-py (8.1) leaves the
+    other nodes' calls and connections of that command behind."""
     if isinstance(redis, RedisCluster):
-        await redis.ping(target_nodes=RedisCluster.PRIMARIES)
+        state = (await redis.cluster_info()).get("cluster_state")
+        if state != "ok":
+            raise ClusterDownError(f"Redis Cluster state is {state!r}")
     else:
         await cast(aioredis.Redis, redis).ping()
 
