@@ -19,8 +19,15 @@ from agentmesh.conversation.v1 import conversation_service_pb2 as conv_pb
 from agentmesh.conversation.v1 import conversation_service_pb2_grpc as conv_grpc
 from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as identity_grpc
-from services.orchestration.convert import Role, agent_from_proto, context_from_proto, role_to_proto
-from services.orchestration.models import AgentSnapshot
+from services.orchestration.convert import (
+    Role,
+    agent_from_proto,
+    context_from_proto,
+    message_usage_to_proto,
+    quota_from_proto,
+    role_to_proto,
+)
+from services.orchestration.models import AgentSnapshot, QuotaState, Usage
 from services.orchestration.providers import ChatMessage
 from services.platform import errors, peers
 
@@ -105,13 +112,17 @@ class ConversationClient:
         metadata: dict[str, str],
         request_id: str,
         token: str,
+        usage: Usage | None = None,
+        run_id: str = "",
     ) -> str:
+        """Stores a message; an assistant answer carries its usage (conversation prices and counts it)."""
+        message = conv_pb.Message(role=role_to_proto(role), content=content, metadata=metadata)
+        if usage is not None:
+            message.usage.CopyFrom(message_usage_to_proto(usage, run_id))
         reply = await peers.call(
             self._stub.AppendMessage,
             conv_pb.AppendMessageRequest(
-                conversation_id=conversation_id,
-                message=conv_pb.Message(role=role_to_proto(role), content=content, metadata=metadata),
-                request_id=request_id,
+                conversation_id=conversation_id, message=message, request_id=request_id
             ),
             metadata=auth(token),
             timeout=self._timeout,
@@ -130,6 +141,13 @@ class ConversationClient:
             timeout=self._timeout,
         )
         return context_from_proto(list(reply.messages))
+
+    async def check_quota(self, *, token: str) -> QuotaState:
+        """The tenant's monthly quota; RESOURCE_EXHAUSTED (QuotaFailure, reset time) when used up."""
+        reply = await peers.call(
+            self._stub.CheckQuota, conv_pb.CheckQuotaRequest(), metadata=auth(token), timeout=self._timeout
+        )
+        return quota_from_proto(reply.quota)
 
 
 class ServiceTokens:

@@ -14,6 +14,8 @@ from services.orchestration.models import (
     AgentSnapshot,
     BusyPolicy,
     CancelAction,
+    ModelFallback,
+    QuotaState,
     ResumeAction,
     Run,
     RunError,
@@ -33,7 +35,40 @@ Role = str
 def usage_to_proto(usage: Usage | None) -> pb.Usage | None:
     if usage is None:
         return None
-    return pb.Usage(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+    return pb.Usage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        total_tokens=usage.total_tokens,
+        model=usage.model,
+        source=pb.UsageSource.Value(f"USAGE_SOURCE_{usage.source or 'UNSPECIFIED'}"),
+        tool_calls=usage.tool_calls,
+        duration_ms=usage.duration_ms,
+    )
+
+
+def message_usage_to_proto(usage: Usage, run_id: str) -> conv_pb.MessageUsage:
+    return conv_pb.MessageUsage(
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        model=usage.model,
+        source=conv_pb.UsageSource.Value(f"USAGE_SOURCE_{usage.source or 'ESTIMATED'}"),
+        tool_calls=usage.tool_calls,
+        duration_ms=usage.duration_ms,
+        run_id=run_id,
+    )
+
+
+def quota_from_proto(q: conv_pb.Quota) -> QuotaState:
+    return QuotaState(
+        limit_tokens=q.limit_tokens,
+        used_tokens=q.used_tokens,
+        limit_cost_micros=q.limit_cost_micros,
+        used_cost_micros=q.used_cost_micros,
+    )
+
+
+def _fallbacks_to_proto(fallbacks: tuple[ModelFallback, ...]) -> list[pb.ModelFallback]:
+    return [pb.ModelFallback(model=f.model, reason=f.reason) for f in fallbacks]
 
 
 def _error_to_proto(error: RunError | None) -> pb.RunError | None:
@@ -69,6 +104,9 @@ def run_to_proto(r: Run) -> pb.Run:
         create_time=to_timestamp(r.create_time_us),
         start_time=to_timestamp(r.start_time_us),
         end_time=to_timestamp(r.end_time_us),
+        model=r.model,
+        fallbacks=_fallbacks_to_proto(r.fallbacks),
+        model_override=r.model_override,
     )
 
 
@@ -84,6 +122,8 @@ def event_to_proto(e: RunEvent) -> pb.RunEvent:
         error=_error_to_proto(e.error),
         agent_version=e.agent_version,
         event_time=to_timestamp(e.event_time_us),
+        model=e.model,
+        fallbacks=_fallbacks_to_proto(e.fallbacks),
     )
 
 
@@ -115,7 +155,12 @@ def action_from_proto(request: pb.ChatRequest) -> Action | None:
     kind = request.WhichOneof("action")
     if kind == "message":
         m = request.message
-        return SendAction(m.text, m.request_id, busy_policy_from_proto(m.busy_policy, "message.busy_policy"))
+        return SendAction(
+            m.text,
+            m.request_id,
+            busy_policy_from_proto(m.busy_policy, "message.busy_policy"),
+            model_override=m.model_override,
+        )
     if kind == "cancel":
         return CancelAction(request.cancel.run_id)
     if kind == "resume":
@@ -136,6 +181,8 @@ def agent_from_proto(agent: agents_pb.Agent, tenant_id: str) -> AgentSnapshot:
         max_output_tokens=config.max_output_tokens,
         max_context_tokens=config.context_policy.max_context_tokens,
         busy_policy=_busy_policy(config.busy_policy),
+        fallback_models=tuple(config.fallback_models),
+        allow_model_override=config.allow_model_override,
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.typing import KeyT, StreamIdT
 
-from services.orchestration.models import CancelMode, EventType, RunError, RunEvent, Usage
+from services.orchestration.models import CancelMode, EventType, ModelFallback, RunError, RunEvent, Usage
 from services.platform import errors
 
 EVENTS_KEY = "runs:{run_id}:events"
@@ -70,7 +71,11 @@ def encode(event: RunEvent) -> bytes:
     if event.final_message:
         data["f"] = event.final_message
     if event.usage is not None:
-        data["u"] = [event.usage.prompt_tokens, event.usage.completion_tokens]
+        data["u"] = list(dataclasses.astuple(event.usage))
+    if event.model:
+        data["m"] = event.model
+    if event.fallbacks:
+        data["fb"] = [[f.model, f.reason] for f in event.fallbacks]
     if event.error is not None:
         data["e"] = [event.error.code, event.error.message]
     return json.dumps(data, separators=(",", ":")).encode()
@@ -90,6 +95,8 @@ def decode(entry_id: bytes | str, raw: bytes | str) -> RunEvent:
         agent_version=data.get("v", 0),
         # "at" (float seconds): entries written before times were microseconds.
         event_time_us=data["us"] if "us" in data else round(data.get("at", 0) * 1_000_000),
+        model=data.get("m", ""),
+        fallbacks=tuple(ModelFallback(*f) for f in data.get("fb", ())),
     )
 
 

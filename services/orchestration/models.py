@@ -57,8 +57,50 @@ class CancelMode(enum.StrEnum):
 
 @dataclasses.dataclass(frozen=True)
 class Usage:
+    """Tokens of one model answer (a provider's report) or of a run (the worker's record)."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    # The worker's record: the "provider:model" that answered, where the counts come from
+    # ("PROVIDER" | "ESTIMATED"; "" in a provider's own report), tool calls, model time.
+    model: str = ""
+    source: str = ""
+    tool_calls: int = 0
+    duration_ms: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class QuotaState:
+    """A tenant's monthly quota and its use (conversation's CheckQuota); a limit of 0 is unlimited."""
+
+    limit_tokens: int = 0
+    used_tokens: int = 0
+    limit_cost_micros: int = 0
+    used_cost_micros: int = 0
+
+    def room(self) -> float:
+        """The smallest fraction of a limit still unused (1.0 with no limits)."""
+        fractions = [
+            1 - used / limit
+            for limit, used in (
+                (self.limit_tokens, self.used_tokens),
+                (self.limit_cost_micros, self.used_cost_micros),
+            )
+            if limit > 0
+        ]
+        return min(fractions, default=1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelFallback:
+    """A model that failed before its first token, and why (a status code name, ": ", the message)."""
+
+    model: str
+    reason: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +143,10 @@ class Run:
     create_time_us: int = 0
     start_time_us: int = 0
     end_time_us: int = 0
+    # The model that answered, the ones that failed before it, the one the message asked for.
+    model: str = ""
+    fallbacks: tuple[ModelFallback, ...] = ()
+    model_override: str = ""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -115,6 +161,8 @@ class RunEvent:
     error: RunError | None = None
     agent_version: int = 0
     event_time_us: int = 0
+    model: str = ""
+    fallbacks: tuple[ModelFallback, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -131,6 +179,8 @@ class AgentSnapshot:
     max_output_tokens: int = 0
     max_context_tokens: int = 0
     busy_policy: BusyPolicy | None = None
+    fallback_models: tuple[str, ...] = ()
+    allow_model_override: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,6 +190,7 @@ class SendAction:
     text: str
     request_id: str
     busy_policy: BusyPolicy | None
+    model_override: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,6 +20,7 @@ from services.orchestration.models import (
     BusyPolicy,
     CancelMode,
     EventType,
+    QuotaState,
     Run,
     RunEvent,
     RunState,
@@ -35,6 +36,11 @@ from services.platform.timestamps import micros
 from services.platform.validation import require_id, require_request_id
 
 MAX_TITLE = 256
+# A tenant's "under quota" answer is reused this long, but only while more than QUOTA_CACHE_ROOM
+# of each limit is left: far from the edge admission costs no peer call, near it every admission
+# asks conversation, so the cache never lets a tenant past its quota (docs/orchestration.md).
+QUOTA_CACHE_SECONDS = 2.0
+QUOTA_CACHE_ROOM = 0.1
 
 
 class Store(Protocol):
@@ -110,6 +116,7 @@ class Conversation(Protocol):
         self, *, agent_id: str, agent_version: int, title: str, request_id: str, token: str
     ) -> str: ...
     async def close(self, conversation_id: str, *, token: str) -> None: ...
+    async def check_quota(self, *, token: str) -> QuotaState: ...
 
 
 class OrchestrationService:
@@ -137,6 +144,8 @@ class OrchestrationService:
         self._page_tokens = page_tokens
         self._options = options
         self._clock = clock
+        # tenant id -> monotonic time until which its quota need not be asked again.
+        self._under_quota: dict[str, float] = {}
 
     # Sessions ---------------------------------------------------------------------------------------
 
@@ -242,6 +251,7 @@ class OrchestrationService:
         text: str,
         request_id: str,
         busy_policy: BusyPolicy | None,
+        model_override: str = "",
     ) -> Run:
         """Starts (or queues) the run for a message; a repeated request_id returns the first run."""
         self._check_message(text, request_id)
@@ -251,15 +261,56 @@ class OrchestrationService:
         agent = await self._messageable_agent(caller, session)
         policy = busy_policy or agent.busy_policy or BusyPolicy.REJECT
         tier = limits_for(caller.tier)
+        self._check_override(agent, tier, model_override)
         await self._limits.check_rate(caller.tenant_id, tier)
+        await self._check_quota(caller)
         async with self._locks.session(session.id):
             # Checked again under the lock: the same request may have been admitted meanwhile.
             if request_id and (existing := await self._store.run_by_request(session.id, request_id)):
                 return existing
             live = await self._store.live_runs(session.id)
-            run = await self._admit(caller, session, agent, text, request_id, policy, tier, live)
+            run = await self._admit(
+                caller, session, agent, text, request_id, policy, tier, live, model_override
+            )
             await self._launch(run, session, caller, policy, live)
         return run
+
+    @staticmethod
+    def _check_override(agent: AgentSnapshot, tier: TierLimits, model: str) -> None:
+        """A message's model: only where the agent allows overrides, and only a model of the tier."""
+        if not model:
+            return
+        if not agent.allow_model_override:
+            raise errors.FailedPrecondition(
+                f"agent {agent.id} does not allow a message to choose its model",
+                [
+                    Violation(
+                        "model_override",
+                        "the agent's allow_model_override is not set",
+                        "OVERRIDE_NOT_ALLOWED",
+                    )
+                ],
+                reason="MODEL_OVERRIDE_NOT_ALLOWED",
+            )
+        if not tier.allows_model(model):
+            raise errors.FailedPrecondition(
+                f"model {model!r} is not available on the {tier.name} tier",
+                [Violation("model_override", f"not allowed on the {tier.name} tier", "MODEL_NOT_ALLOWED")],
+                reason="MODEL_NOT_ALLOWED",
+            )
+
+    async def _check_quota(self, caller: Principal) -> None:
+        """RESOURCE_EXHAUSTED (conversation's QuotaFailure and reset time) once the month's quota is
+        used up. Usage is recorded when a run's answer is stored, so runs admitted before that
+        finish: the overrun is at most what the runs already admitted use."""
+        now = time.monotonic()
+        if self._under_quota.get(caller.tenant_id, 0.0) > now:
+            return
+        quota = await self._conversation.check_quota(token=caller.token)
+        if quota.room() > QUOTA_CACHE_ROOM:
+            self._under_quota[caller.tenant_id] = now + QUOTA_CACHE_SECONDS
+        else:
+            self._under_quota.pop(caller.tenant_id, None)
 
     def _check_message(self, text: str, request_id: str) -> None:
         if not text.strip():
@@ -297,6 +348,7 @@ class OrchestrationService:
         policy: BusyPolicy,
         tier: TierLimits,
         live: list[Run],
+        model_override: str = "",
     ) -> Run:
         """Under the session lock: the busy-policy decision, the tenant's concurrency slot, the
         run's lease and its row. Nothing is left reserved when it refuses."""
@@ -316,6 +368,7 @@ class OrchestrationService:
             input_text=text,
             last_event_id=1,
             create_time_us=micros(self._clock),
+            model_override=model_override,
         )
         await self._limits.reserve(caller.tenant_id, run.id, tier)
         try:

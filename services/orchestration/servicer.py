@@ -77,6 +77,7 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
             text=request.text,
             request_id=request.request_id,
             busy_policy=busy_policy_from_proto(request.busy_policy),
+            model_override=request.model_override,
         )
         async for event in self._service.events(run.id, 0):
             yield pb.SendMessageResponse(event=event_to_proto(event))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterable
@@ -14,7 +15,15 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.orchestration.models import Run, RunError, RunState, Session, SessionState, Usage
+from services.orchestration.models import (
+    ModelFallback,
+    Run,
+    RunError,
+    RunState,
+    Session,
+    SessionState,
+    Usage,
+)
 from services.platform import errors
 
 metadata = sa.MetaData()
@@ -58,6 +67,12 @@ runs = sa.Table(
     sa.Column("create_time_us", sa.BigInteger),
     sa.Column("start_time_us", sa.BigInteger),
     sa.Column("end_time_us", sa.BigInteger),
+    sa.Column("model", sa.String(128)),
+    sa.Column("usage_source", sa.String(16)),
+    sa.Column("tool_calls", sa.Integer),
+    sa.Column("duration_ms", sa.BigInteger),
+    sa.Column("fallbacks", sa.Text),
+    sa.Column("model_override", sa.String(128)),
 )
 
 # The stored codes of the states (the rows' SmallInteger columns).
@@ -102,7 +117,17 @@ def _run(row: Any) -> Run:
         input_text=row.input_text,
         user_message_id=row.user_message_id or "",
         assistant_message_id=row.assistant_message_id or "",
-        usage=Usage(row.prompt_tokens or 0, row.completion_tokens or 0),
+        usage=Usage(
+            row.prompt_tokens or 0,
+            row.completion_tokens or 0,
+            model=row.model or "",
+            source=row.usage_source or "",
+            tool_calls=row.tool_calls or 0,
+            duration_ms=row.duration_ms or 0,
+        ),
+        model=row.model or "",
+        fallbacks=tuple(ModelFallback(*f) for f in json.loads(row.fallbacks or "[]")),
+        model_override=row.model_override or "",
         error=RunError(row.error_code, row.error_message or "") if row.error_code else None,
         last_event_id=row.last_event_id or 0,
         create_time_us=row.create_time_us,
@@ -217,6 +242,7 @@ class OrchestrationStore:
                     completion_tokens=0,
                     last_event_id=run.last_event_id,
                     create_time_us=run.create_time_us,
+                    model_override=run.model_override or None,
                 )
             )
 
@@ -285,6 +311,7 @@ class OrchestrationStore:
         error: RunError | None = None,
         assistant_message_id: str = "",
         from_states: Iterable[int] = LIVE_STATES,
+        fallbacks: tuple[ModelFallback, ...] = (),
     ) -> bool:
         """Moves a live run to its end state; False when another party (the sweeper) got there first."""
         values: dict[str, Any] = {
@@ -293,7 +320,16 @@ class OrchestrationStore:
             "last_event_id": last_event_id,
         }
         if usage is not None:
-            values.update(prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens)
+            values.update(
+                prompt_tokens=usage.prompt_tokens,
+                completion_tokens=usage.completion_tokens,
+                model=usage.model or None,
+                usage_source=usage.source or None,
+                tool_calls=usage.tool_calls,
+                duration_ms=usage.duration_ms,
+            )
+        if fallbacks:
+            values["fallbacks"] = json.dumps([[f.model, f.reason] for f in fallbacks])
         if error is not None:
             values.update(error_code=error.code, error_message=error.message)
         if assistant_message_id:

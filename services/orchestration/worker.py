@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from services.conversation.tokens import ApproximateTokenCounter
 from services.orchestration.agent_cache import AgentCache
 from services.orchestration.clients import ConversationClient
 from services.orchestration.events import RunEvents, StaleWriter
@@ -23,6 +24,7 @@ from services.orchestration.models import (
     AgentSnapshot,
     CancelMode,
     EventType,
+    ModelFallback,
     Run,
     RunError,
     RunEvent,
@@ -38,6 +40,23 @@ from services.platform.tiers import limits_for
 from services.platform.timestamps import micros
 
 log = logging.getLogger("agentmesh.orchestration.runs")
+
+# Provider errors another model may not have (rate limit, outage, timeout): the next model is tried.
+FALLBACK_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
+_TOKENS = ApproximateTokenCounter()
+
+
+def metered(
+    reported: Usage | None, messages: list[ChatMessage], answer: str, *, model: str, duration_ms: int
+) -> Usage:
+    """The record of one answer: the provider's counts when it reported them, else the project's
+    tokenizer's (conversation's counter, the one its context window budgets with)."""
+    if reported is not None:
+        prompt, completion, source = reported.prompt_tokens, reported.completion_tokens, "PROVIDER"
+    else:
+        prompt = sum(_TOKENS.count(m.content) for m in messages)
+        completion, source = _TOKENS.count(answer), "ESTIMATED"
+    return Usage(prompt, completion, model=model, source=source, duration_ms=duration_ms)
 
 
 class Lost(Exception):
@@ -61,6 +80,8 @@ class RunHandle:
     stopping: bool = False
     agent_version: int = 0
     text: list[str] = dataclasses.field(default_factory=list)
+    # Models that failed before their first token, in the order tried.
+    fallbacks: list[ModelFallback] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,20 +175,45 @@ class RunWorker:
         return agent, messages
 
     async def model_step(self, h: RunHandle, agent: AgentSnapshot, messages: list[ChatMessage]) -> StepResult:
-        """One call of the model: streams its deltas as events, then stores and announces the answer."""
-        provider, model = self._providers.resolve(agent.model)
-        config = ModelConfig(
-            model=model, temperature=agent.temperature, max_output_tokens=agent.max_output_tokens
-        )
-        usage: Usage | None = None
-        async for delta in provider.stream(config, messages):
-            if delta.usage is not None:
-                usage = delta.usage
-            if delta.text:
-                await self._emit(h, EventType.MESSAGE_DELTA, text_delta=delta.text)
+        """One call of the model: streams its deltas as events, then stores and announces the answer.
+
+        The message's override or the agent's model answers; when it fails before its first token
+        with an error another model may not have (FALLBACK_CODES), the agent's fallback models are
+        tried in order. After the first token there is no fallback: the client has seen the answer.
+        """
+        candidates = [h.run.model_override or agent.model, *agent.fallback_models]
+        started = time.monotonic()
+        for index, name in enumerate(candidates):
+            provider, model = self._providers.resolve(name)
+            config = ModelConfig(
+                model=model, temperature=agent.temperature, max_output_tokens=agent.max_output_tokens
+            )
+            reported: Usage | None = None
+            try:
+                async for delta in provider.stream(config, messages):
+                    if delta.usage is not None:
+                        reported = delta.usage
+                    if delta.text:
+                        await self._emit(h, EventType.MESSAGE_DELTA, text_delta=delta.text)
+            except ProviderError as exc:
+                if h.text or exc.code not in FALLBACK_CODES or index == len(candidates) - 1:
+                    raise
+                h.fallbacks.append(ModelFallback(name, f"{exc.code}: {exc.message}"))
+                log.warning(
+                    "model failed before its first token; trying the next",
+                    extra={"fields": {"run_id": h.run.id, "model": name, "error": exc.code}},
+                )
+                continue
+            break
         h.finishing = True
         answer = "".join(h.text)
-        usage = usage or Usage(0, len(h.text))
+        usage = metered(
+            reported,
+            messages,
+            answer,
+            model=name,
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
         assistant_id = await self._conversation.append(
             h.session.conversation_id,
             role="assistant",
@@ -175,8 +221,17 @@ class RunWorker:
             metadata={"run_id": h.run.id, "agent_version": str(agent.version)},
             request_id=f"run:{h.run.id}:assistant",
             token=h.caller.token,
+            usage=usage,
+            run_id=h.run.id,
         )
-        await self._emit(h, EventType.MESSAGE_COMPLETED, final_message=answer, usage=usage)
+        await self._emit(
+            h,
+            EventType.MESSAGE_COMPLETED,
+            final_message=answer,
+            usage=usage,
+            model=name,
+            fallbacks=tuple(h.fallbacks),
+        )
         return StepResult(answer, usage, assistant_id)
 
     async def _complete(self, h: RunHandle, step: StepResult) -> None:
@@ -187,11 +242,18 @@ class RunWorker:
             last_event_id=h.next_event_id,
             usage=step.usage,
             assistant_message_id=step.assistant_message_id,
+            fallbacks=tuple(h.fallbacks),
         ):
             raise Lost()
         # The session is free before the terminal event, so whoever sees the event finds it free.
         await self._after(h)
-        await self._emit(h, EventType.RUN_COMPLETED, usage=step.usage)
+        await self._emit(
+            h,
+            EventType.RUN_COMPLETED,
+            usage=step.usage,
+            model=step.usage.model,
+            fallbacks=tuple(h.fallbacks),
+        )
 
     async def _emit(self, h: RunHandle, type_: EventType, **fields: object) -> None:
         event = RunEvent(
@@ -249,6 +311,7 @@ class RunWorker:
             last_event_id=h.next_event_id,
             error=error,
             assistant_message_id=assistant_id,
+            fallbacks=tuple(h.fallbacks),
         )
         if ended:
             await self._after(h)

@@ -247,6 +247,8 @@ class FakeConversation(cpb_grpc.ConversationServiceServicer):
         self.conversations: dict[str, FakeConversationData] = {}
         self.by_request: dict[str, cpb.Message] = {}
         self.calls: list[tuple[str, str, str]] = []  # (method, tenant, user) of the token seen
+        self.quota = cpb.Quota()
+        self.quota_checks = 0
 
     def _get(self, conversation_id: str) -> FakeConversationData:
         p = principal()
@@ -295,6 +297,11 @@ class FakeConversation(cpb_grpc.ConversationServiceServicer):
         if request.request_id:
             self.by_request[key] = message
         return cpb.AppendMessageResponse(message=message)
+
+    async def CheckQuota(self, request, context):  # type: ignore[no-untyped-def]
+        # Unlimited unless a test sets `quota`; counted apart from `calls` (run admission asks).
+        self.quota_checks += 1
+        return cpb.CheckQuotaResponse(quota=self.quota)
 
     async def GetContext(self, request, context):  # type: ignore[no-untyped-def]
         self._record("GetContext")

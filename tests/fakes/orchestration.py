@@ -14,6 +14,7 @@ from services.orchestration.models import (
     AgentSnapshot,
     CancelMode,
     EventType,
+    QuotaState,
     Run,
     RunEvent,
     RunState,
@@ -225,3 +226,6 @@ class FakeConversation:
 
     async def close(self, conversation_id: str, *, token: str) -> None:
         self.closed.append(conversation_id)
+
+    async def check_quota(self, *, token: str) -> QuotaState:
+        return QuotaState()

@@ -8,6 +8,8 @@ Revision ID: orchestration_0003
 Revises: orchestration_0002
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -16,21 +18,21 @@ down_revision = "orchestration_0002"
 branch_labels = None
 depends_on = None
 
-COLUMNS = [
-    sa.Column("model", sa.String(128), nullable=True),
-    sa.Column("usage_source", sa.String(16), nullable=True),
-    sa.Column("tool_calls", sa.Integer, nullable=True),
-    sa.Column("duration_ms", sa.BigInteger, nullable=True),
-    sa.Column("fallbacks", sa.Text, nullable=True),
-    sa.Column("model_override", sa.String(128), nullable=True),
+COLUMNS: list[tuple[str, sa.types.TypeEngine[Any]]] = [
+    ("model", sa.String(128)),
+    ("usage_source", sa.String(16)),
+    ("tool_calls", sa.Integer()),
+    ("duration_ms", sa.BigInteger()),
+    ("fallbacks", sa.Text()),
+    ("model_override", sa.String(128)),
 ]
 
 
 def upgrade() -> None:
-    for column in COLUMNS:
-        op.add_column("runs", column.copy())
+    for name, type_ in COLUMNS:
+        op.add_column("runs", sa.Column(name, type_, nullable=True))
 
 
 def downgrade() -> None:
-    for column in reversed(COLUMNS):
-        op.drop_column("runs", column.name)
+    for name, _ in reversed(COLUMNS):
+        op.drop_column("runs", name)
