@@ -1,6 +1,7 @@
 """A tiny OpenAI-compatible /v1/chat/completions server (asyncio, port 0) speaking the real SSE
 chunk format. The request's model picks the behaviour: "ok", "fail-mid" (connection dropped after
 two chunks), "stall" (silence after two chunks), "flaky" (HTTP 503 once, then ok), "unauthorized",
+"rate-limited" (HTTP 429), "down" (HTTP 500), "no-usage" (ok without the usage chunk),
 "tools" (two parallel tool calls, their deltas interleaved and each call's arguments split over
 several chunks, as OpenAI streams them; once the last message is a tool result, a text answer
 naming the results)."""
@@ -21,6 +22,14 @@ TOOL_CALL_PIECES = [
     {"index": 1, "function": {"arguments": ': "UTC"}'}},
     {"index": 0, "function": {"arguments": 'is"}'}},
 ]
+
+
+# Models that always answer an HTTP error.
+_FAILING = {
+    "unauthorized": "401 Unauthorized",
+    "rate-limited": "429 Too Many Requests",
+    "down": "500 Internal Server Error",
+}
 
 
 class SseServer:
@@ -60,9 +69,9 @@ class SseServer:
 
     async def _respond(self, body: dict, writer: asyncio.StreamWriter) -> None:
         model = body["model"]
-        if model == "unauthorized" or (model == "flaky" and not self._flaky_failed):
+        if model in _FAILING or (model == "flaky" and not self._flaky_failed):
             self._flaky_failed = self._flaky_failed or model == "flaky"
-            status = "401 Unauthorized" if model == "unauthorized" else "503 Service Unavailable"
+            status = _FAILING.get(model, "503 Service Unavailable")
             payload = b'{"error":{"message":"nope"}}'
             writer.write(
                 f"HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {len(payload)}\r\n\r\n".encode()
@@ -107,6 +116,7 @@ class SseServer:
             if i == 2 and model == "stall":
                 await asyncio.sleep(30)
             await send(json.dumps({"choices": [{"index": 0, "delta": {"content": word}}]}))
-        await send(json.dumps({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}}))
+        if model != "no-usage":
+            await send(json.dumps({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 5}}))
         await send("[DONE]")
         return True
