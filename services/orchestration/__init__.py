@@ -21,7 +21,7 @@ SERVICE_NAME = orchestration_service_pb2.DESCRIPTOR.services_by_name["Orchestrat
 
 async def build(runtime: Runtime) -> Built[OrchestrationService]:
     settings = runtime.settings
-    options = OrchestrationOptions.from_settings(settings.runs)
+    options = OrchestrationOptions.from_settings(settings.runs, settings.tools)
     own = settings.redis_url != ""  # embedded: the runtime's fakeredis
     redis = (
         stream_client(settings.redis_url, max_connections=options.max_stream_readers)

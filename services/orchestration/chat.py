@@ -10,7 +10,14 @@ import logging
 from collections.abc import AsyncIterator
 
 from services.orchestration.events import RunEvents
-from services.orchestration.models import Action, CancelAction, RunEvent, SendAction
+from services.orchestration.models import (
+    Action,
+    CancelAction,
+    RunEvent,
+    SendAction,
+    ToolDecisionsAction,
+    ToolOutputsAction,
+)
 from services.orchestration.service import OrchestrationService
 from services.platform import errors
 from services.platform.auth import Principal
@@ -104,6 +111,10 @@ class ChatSession:
             )
             # Normally announced through the session's stream; a replayed request_id is not.
             self._tail(run.id, self._service.events(run.id, 0))
+        elif isinstance(action, ToolOutputsAction):
+            await self._service.submit_tool_outputs(self._caller, action.run_id, action.outputs)
+        elif isinstance(action, ToolDecisionsAction):
+            await self._service.decide_tool_calls(self._caller, action.run_id, action.decisions)
         elif isinstance(action, CancelAction):
             run_id = action.run_id or await self._service.active_run_id(self._caller, self._session_id)
             await self._service.cancel_run(self._caller, run_id)

@@ -9,7 +9,7 @@ background tasks, outside the call that started them, where the channel has no c
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 import grpc
 
@@ -28,7 +28,7 @@ from services.orchestration.convert import (
     role_to_proto,
 )
 from services.orchestration.models import AgentSnapshot, QuotaState, Usage
-from services.orchestration.providers import ChatMessage
+from services.orchestration.providers import ChatMessage, ToolCall
 from services.platform import errors, peers
 
 
@@ -114,11 +114,18 @@ class ConversationClient:
         token: str,
         usage: Usage | None = None,
         run_id: str = "",
+        tool_calls: Sequence[ToolCall] = (),
+        tool_call_id: str = "",
     ) -> str:
         """Stores a message; an assistant answer carries its usage (conversation prices and counts it)."""
         message = conv_pb.Message(role=role_to_proto(role), content=content, metadata=metadata)
         if usage is not None:
             message.usage.CopyFrom(message_usage_to_proto(usage, run_id))
+        # An assistant message with the calls it makes; a tool message with the call it answers.
+        message.tool_calls.extend(
+            conv_pb.ToolCallRef(id=c.id, name=c.name, arguments_json=c.arguments_json) for c in tool_calls
+        )
+        message.tool_call_id = tool_call_id
         reply = await peers.call(
             self._stub.AppendMessage,
             conv_pb.AppendMessageRequest(

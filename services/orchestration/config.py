@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from services.platform.settings import RunSettings
+from services.platform.outbound import DEFAULT_MAX_RESPONSE_BYTES
+from services.platform.settings import RunSettings, ToolSettings
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -35,12 +36,21 @@ class OrchestrationOptions:
     max_stream_readers: int = 4000
     # How long CancelRun waits for the run to reach its end before answering.
     cancel_wait_seconds: float = 2.0
+    # A run waiting for tool outputs or approvals fails this long after it began to wait.
+    tool_wait_seconds: float = 600.0
+    # Hosts http tools may reach on private or loopback addresses (AGENTMESH_TOOL_ALLOWED_HOSTS).
+    tool_allowed_hosts: tuple[str, ...] = ()
+    # The largest tool result: an http tool's answer, a client's submitted output.
+    tool_max_output_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
     @classmethod
-    def from_settings(cls, runs: RunSettings) -> OrchestrationOptions:
+    def from_settings(cls, runs: RunSettings, tools: ToolSettings | None = None) -> OrchestrationOptions:
+        tools = tools or ToolSettings()
         return cls(
             lease_ttl_seconds=runs.lease_seconds,
             lease_renew_seconds=runs.lease_seconds / 5,
             sweep_interval_seconds=runs.sweep_interval_seconds,
             event_retention_seconds=runs.event_retention_seconds,
+            tool_wait_seconds=tools.wait_seconds,
+            tool_allowed_hosts=tools.allowed_hosts,
         )

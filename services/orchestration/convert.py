@@ -4,6 +4,9 @@ services/platform/timestamps.py."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from google.protobuf import json_format
 from google.rpc import status_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
@@ -12,6 +15,7 @@ from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from services.orchestration.models import (
     Action,
     AgentSnapshot,
+    AgentTool,
     BusyPolicy,
     CancelAction,
     ModelFallback,
@@ -20,11 +24,17 @@ from services.orchestration.models import (
     Run,
     RunError,
     RunEvent,
+    RunToolCall,
     SendAction,
     Session,
+    ToolDecision,
+    ToolDecisionsAction,
+    ToolExecution,
+    ToolOutput,
+    ToolOutputsAction,
     Usage,
 )
-from services.orchestration.providers import ChatMessage
+from services.orchestration.providers import ChatMessage, ToolCall
 from services.platform import errors
 from services.platform.timestamps import to_timestamp
 
@@ -107,6 +117,58 @@ def run_to_proto(r: Run) -> pb.Run:
         model=r.model,
         fallbacks=_fallbacks_to_proto(r.fallbacks),
         model_override=r.model_override,
+        steps=r.steps,
+        wait_expire_time=to_timestamp(r.wait_expire_time_us) if r.wait_expire_time_us else None,
+        pending_tool_calls=[tool_call_to_proto(c) for c in r.pending_tool_calls],
+    )
+
+
+def tool_call_to_proto(c: RunToolCall) -> pb.ToolCall:
+    return pb.ToolCall(
+        id=c.id,
+        name=c.name,
+        arguments_json=c.arguments_json,
+        status=pb.ToolCallStatus.Value(f"TOOL_CALL_STATUS_{c.status.value}"),
+        output=c.output,
+        is_error=c.is_error,
+        duration_ms=c.duration_ms,
+        requires_approval=c.requires_approval,
+        execution=agents_pb.ToolExecution.Value(f"TOOL_EXECUTION_{c.execution.value}"),
+        step=c.step,
+    )
+
+
+def tool_outputs_from_proto(outputs: Iterable[pb.ToolOutput]) -> tuple[ToolOutput, ...]:
+    return tuple(ToolOutput(o.tool_call_id, o.output, o.is_error) for o in outputs)
+
+
+def tool_decisions_from_proto(decisions: Iterable[pb.ToolDecision]) -> tuple[ToolDecision, ...]:
+    """A decision without any of its choices keeps all three unset (validation names it)."""
+    found = []
+    for d in decisions:
+        kind = d.WhichOneof("decision")
+        found.append(
+            ToolDecision(
+                tool_call_id=d.tool_call_id,
+                approve=kind == "approve" and d.approve,
+                deny_reason=d.deny_reason if kind == "deny_reason" else None,
+                edited_arguments_json=d.edited_arguments_json if kind == "edited_arguments_json" else None,
+            )
+        )
+    return tuple(found)
+
+
+def _tool_from_proto(tool: agents_pb.Tool) -> AgentTool:
+    return AgentTool(
+        name=tool.name,
+        description=tool.description,
+        parameters=json_format.MessageToDict(tool.parameters),
+        execution=ToolExecution.HTTP
+        if tool.execution == agents_pb.TOOL_EXECUTION_HTTP
+        else ToolExecution.CLIENT,
+        url=tool.url,
+        timeout_ms=tool.timeout_ms,
+        requires_approval=tool.requires_approval,
     )
 
 
@@ -124,6 +186,7 @@ def event_to_proto(e: RunEvent) -> pb.RunEvent:
         event_time=to_timestamp(e.event_time_us),
         model=e.model,
         fallbacks=_fallbacks_to_proto(e.fallbacks),
+        tool_calls=[tool_call_to_proto(c) for c in e.tool_calls],
     )
 
 
@@ -165,6 +228,12 @@ def action_from_proto(request: pb.ChatRequest) -> Action | None:
         return CancelAction(request.cancel.run_id)
     if kind == "resume":
         return ResumeAction(request.resume.run_id, request.resume.after_event_id)
+    if kind == "tool_outputs":
+        o = request.tool_outputs
+        return ToolOutputsAction(o.run_id, tool_outputs_from_proto(o.outputs))
+    if kind == "tool_decisions":
+        d = request.tool_decisions
+        return ToolDecisionsAction(d.run_id, tool_decisions_from_proto(d.decisions))
     return None
 
 
@@ -183,6 +252,7 @@ def agent_from_proto(agent: agents_pb.Agent, tenant_id: str) -> AgentSnapshot:
         busy_policy=_busy_policy(config.busy_policy),
         fallback_models=tuple(config.fallback_models),
         allow_model_override=config.allow_model_override,
+        tools=tuple(_tool_from_proto(t) for t in config.tools),
     )
 
 
@@ -199,6 +269,8 @@ def context_from_proto(messages: list[conv_pb.Message]) -> list[ChatMessage]:
             in (conv_pb.MESSAGE_ROLE_SYSTEM, conv_pb.MESSAGE_ROLE_ASSISTANT, conv_pb.MESSAGE_ROLE_TOOL)
             else "user",
             m.content,
+            tool_calls=tuple(ToolCall(c.id, c.name, c.arguments_json) for c in m.tool_calls),
+            tool_call_id=m.tool_call_id if m.role == conv_pb.MESSAGE_ROLE_TOOL else "",
         )
         for m in messages
         if m.content or m.role != conv_pb.MESSAGE_ROLE_SYSTEM

@@ -18,7 +18,17 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 from redis.typing import KeyT, StreamIdT
 
-from services.orchestration.models import CancelMode, EventType, ModelFallback, RunError, RunEvent, Usage
+from services.orchestration.models import (
+    CancelMode,
+    EventType,
+    ModelFallback,
+    RunError,
+    RunEvent,
+    RunToolCall,
+    ToolCallStatus,
+    ToolExecution,
+    Usage,
+)
 from services.platform import errors
 
 EVENTS_KEY = "runs:{run_id}:events"
@@ -78,6 +88,8 @@ def encode(event: RunEvent) -> bytes:
         data["fb"] = [[f.model, f.reason] for f in event.fallbacks]
     if event.error is not None:
         data["e"] = [event.error.code, event.error.message]
+    if event.tool_calls:
+        data["tc"] = [_call_entry(c) for c in event.tool_calls]
     return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -97,6 +109,36 @@ def decode(entry_id: bytes | str, raw: bytes | str) -> RunEvent:
         event_time_us=data["us"] if "us" in data else round(data.get("at", 0) * 1_000_000),
         model=data.get("m", ""),
         fallbacks=tuple(ModelFallback(*f) for f in data.get("fb", ())),
+        tool_calls=tuple(_call_of(c) for c in data.get("tc", ())),
+    )
+
+
+def _call_entry(c: RunToolCall) -> dict[str, Any]:
+    entry: dict[str, Any] = {"i": c.id, "n": c.name, "a": c.arguments_json, "st": c.status.value}
+    entry.update(sp=c.step, x=c.execution.value)
+    if c.requires_approval:
+        entry["ra"] = 1
+    if c.output:
+        entry["o"] = c.output
+    if c.is_error:
+        entry["er"] = 1
+    if c.duration_ms:
+        entry["ms"] = c.duration_ms
+    return entry
+
+
+def _call_of(entry: dict[str, Any]) -> RunToolCall:
+    return RunToolCall(
+        id=entry["i"],
+        name=entry["n"],
+        arguments_json=entry["a"],
+        status=ToolCallStatus(entry["st"]),
+        step=entry["sp"],
+        execution=ToolExecution(entry["x"]),
+        requires_approval=bool(entry.get("ra")),
+        output=entry.get("o", ""),
+        is_error=bool(entry.get("er")),
+        duration_ms=entry.get("ms", 0),
     )
 
 

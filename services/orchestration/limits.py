@@ -69,5 +69,10 @@ class RunLimits:
             ACTIVE_KEY.format(tenant=tenant_id), {run_id: self._clock() + self._slot_ttl}, xx=True
         )
 
+    async def hold(self, tenant_id: str, run_id: str) -> None:
+        """Takes the slot back for a run whose wait ended: its answer is in, so it runs even when
+        the tenant is at its limit (refusing now would strand it until its wait expires)."""
+        await self._redis.zadd(ACTIVE_KEY.format(tenant=tenant_id), {run_id: self._clock() + self._slot_ttl})
+
     async def release(self, tenant_id: str, run_id: str) -> None:
         await self._redis.zrem(ACTIVE_KEY.format(tenant=tenant_id), run_id)

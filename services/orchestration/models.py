@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+from typing import Any
 
 
 class SessionState(enum.StrEnum):
@@ -21,10 +22,17 @@ class RunState(enum.StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    # Waiting for a client's tool outputs / a person's decisions: rows in PostgreSQL, no worker.
+    REQUIRES_ACTION = "REQUIRES_ACTION"
+    REQUIRES_APPROVAL = "REQUIRES_APPROVAL"
 
     @property
     def terminal(self) -> bool:
-        return self not in (RunState.QUEUED, RunState.RUNNING)
+        return self in (RunState.COMPLETED, RunState.FAILED, RunState.CANCELLED)
+
+    @property
+    def waiting(self) -> bool:
+        return self in (RunState.REQUIRES_ACTION, RunState.REQUIRES_APPROVAL)
 
 
 class EventType(enum.StrEnum):
@@ -35,10 +43,73 @@ class EventType(enum.StrEnum):
     RUN_COMPLETED = "RUN_COMPLETED"
     RUN_FAILED = "RUN_FAILED"
     RUN_CANCELLED = "RUN_CANCELLED"
+    # Appended last: the stream entries store each type's position (events.EVENT_TYPE_CODES).
+    TOOL_CALLS_REQUESTED = "TOOL_CALLS_REQUESTED"
+    APPROVAL_REQUESTED = "APPROVAL_REQUESTED"
+    TOOL_CALL_STARTED = "TOOL_CALL_STARTED"
+    TOOL_CALL_COMPLETED = "TOOL_CALL_COMPLETED"
 
     @property
     def terminal(self) -> bool:
         return self in (EventType.RUN_COMPLETED, EventType.RUN_FAILED, EventType.RUN_CANCELLED)
+
+    @property
+    def pauses(self) -> bool:
+        """The run now waits for someone: SendMessage and JoinRun streams end here (Chat goes on)."""
+        return self in (EventType.TOOL_CALLS_REQUESTED, EventType.APPROVAL_REQUESTED)
+
+
+class ToolExecution(enum.StrEnum):
+    CLIENT = "CLIENT"
+    HTTP = "HTTP"
+
+
+class ToolCallStatus(enum.StrEnum):
+    AWAITING_APPROVAL = "AWAITING_APPROVAL"
+    AWAITING_OUTPUT = "AWAITING_OUTPUT"
+    # Approved http call: the worker that continues the run executes it.
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    DENIED = "DENIED"
+    EXPIRED = "EXPIRED"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def pending(self) -> bool:
+        return self in (ToolCallStatus.AWAITING_APPROVAL, ToolCallStatus.AWAITING_OUTPUT)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AgentTool:
+    """One tool of the agent's config (agents' Tool)."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+    execution: ToolExecution = ToolExecution.CLIENT
+    url: str = ""
+    timeout_ms: int = 0
+    requires_approval: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RunToolCall:
+    """One call the model made in a run's step, and its result once it has one."""
+
+    id: str
+    name: str
+    arguments_json: str
+    status: ToolCallStatus
+    step: int
+    execution: ToolExecution = ToolExecution.CLIENT
+    requires_approval: bool = False
+    output: str = ""
+    is_error: bool = False
+    duration_ms: int = 0
+
+    @property
+    def answered(self) -> bool:
+        return self.status in (ToolCallStatus.COMPLETED, ToolCallStatus.DENIED)
 
 
 class BusyPolicy(enum.StrEnum):
@@ -147,6 +218,10 @@ class Run:
     model: str = ""
     fallbacks: tuple[ModelFallback, ...] = ()
     model_override: str = ""
+    # Model steps taken so far; while waiting: the calls still unanswered and when the wait ends.
+    steps: int = 0
+    wait_expire_time_us: int = 0
+    pending_tool_calls: tuple[RunToolCall, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -163,6 +238,7 @@ class RunEvent:
     event_time_us: int = 0
     model: str = ""
     fallbacks: tuple[ModelFallback, ...] = ()
+    tool_calls: tuple[RunToolCall, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -181,6 +257,7 @@ class AgentSnapshot:
     busy_policy: BusyPolicy | None = None
     fallback_models: tuple[str, ...] = ()
     allow_model_override: bool = False
+    tools: tuple[AgentTool, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -208,4 +285,37 @@ class ResumeAction:
     after_event_id: int
 
 
-Action = SendAction | CancelAction | ResumeAction
+@dataclasses.dataclass(frozen=True)
+class ToolOutput:
+    tool_call_id: str
+    output: str
+    is_error: bool = False
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ToolDecision:
+    """Exactly one of: approve, deny (deny_reason), or edit (edited_arguments_json)."""
+
+    tool_call_id: str
+    approve: bool = False
+    deny_reason: str | None = None
+    edited_arguments_json: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolOutputsAction:
+    """Chat: SubmitToolOutputs's fields."""
+
+    run_id: str
+    outputs: tuple[ToolOutput, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ToolDecisionsAction:
+    """Chat: DecideToolCalls's fields."""
+
+    run_id: str
+    decisions: tuple[ToolDecision, ...]
+
+
+Action = SendAction | CancelAction | ResumeAction | ToolOutputsAction | ToolDecisionsAction

@@ -23,9 +23,11 @@ from services.orchestration.models import CancelMode, Run, Session
 from services.orchestration.providers import Providers
 from services.orchestration.store import OrchestrationStore
 from services.orchestration.sweeper import LeaseSweeper
+from services.orchestration.tools.http import HttpToolExecutor
 from services.orchestration.worker import RunHandle, RunWorker
 from services.platform.auth import Principal
 from services.platform.call_context import current_call
+from services.platform.outbound import OutboundClient
 
 
 class RunManager:
@@ -46,6 +48,9 @@ class RunManager:
         self.instance_id = uuid.uuid4().hex
         self._handles: dict[str, RunHandle] = {}
         self._abandoned: list[asyncio.Task[None]] = []
+        self._outbound = OutboundClient(
+            allowed_hosts=options.tool_allowed_hosts, max_response_bytes=options.tool_max_output_bytes
+        )
         self.worker = RunWorker(
             store=store,
             events=events,
@@ -53,6 +58,9 @@ class RunManager:
             agents=agents,
             conversation=conversation,
             providers=providers,
+            # One outbound client for every http tool call of this instance (its pool, its checks).
+            tool_executor=HttpToolExecutor(self._outbound, clock=clock),
+            tool_wait_seconds=options.tool_wait_seconds,
             clock=clock,
         )
         self.keeper = LeaseKeeper(
@@ -74,10 +82,18 @@ class RunManager:
         )
 
     def launch(
-        self, run: Run, session: Session, caller: Principal, *, wait_for: list[str], next_event_id: int
+        self,
+        run: Run,
+        session: Session,
+        caller: Principal,
+        *,
+        wait_for: list[str],
+        next_event_id: int,
+        resuming: bool = False,
     ) -> None:
-        """Starts the run's worker in the background, outside the current call's context."""
-        handle = RunHandle(run, session, caller, wait_for, next_event_id)
+        """Starts the run's worker in the background, outside the current call's context; `resuming`:
+        a run whose wait just ended continues its step."""
+        handle = RunHandle(run, session, caller, wait_for, next_event_id, resuming=resuming)
         context = contextvars.copy_context()
         context.run(current_call.set, None)
         handle.task = asyncio.get_running_loop().create_task(self._run(handle), context=context)
@@ -119,6 +135,7 @@ class RunManager:
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         await self._providers.close()
+        await self._outbound.aclose()
 
     def abandon(self) -> None:
         """Drops every local run without a word, as a crashed process would (for tests)."""

@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Protocol
 
 from services.orchestration.config import OrchestrationOptions
@@ -22,10 +23,22 @@ from services.orchestration.models import (
     EventType,
     QuotaState,
     Run,
+    RunError,
     RunEvent,
     RunState,
+    RunToolCall,
     Session,
     SessionState,
+    ToolCallStatus,
+    ToolDecision,
+    ToolOutput,
+)
+from services.orchestration.waiting import (
+    answered_outputs,
+    decided_calls,
+    end_waiting,
+    known_calls,
+    not_waiting,
 )
 from services.platform import errors
 from services.platform.auth import Principal
@@ -61,6 +74,27 @@ class Store(Protocol):
     async def list_runs(
         self, tenant_id: str, session_id: str, *, after: tuple[int, str] | None, limit: int
     ) -> list[Run]: ...
+    async def step_calls(self, run_id: str, step: int) -> list[RunToolCall]: ...
+    async def pending_calls(self, run_id: str) -> list[RunToolCall]: ...
+    async def answer_call(
+        self, run_id: str, call: RunToolCall, *, from_status: ToolCallStatus, now_us: int
+    ) -> bool: ...
+    async def resume_run(self, run_id: str, *, from_state: RunState, blocking: ToolCallStatus) -> bool: ...
+    async def set_tool_secret(self, tenant_id: str, secret: str, now_us: int) -> None: ...
+    async def finish_run(
+        self,
+        run_id: str,
+        *,
+        state: RunState,
+        now_us: int,
+        last_event_id: int,
+        error: RunError | None = ...,
+        from_states: Iterable[int] = ...,
+    ) -> bool: ...
+    async def close_pending_calls(self, run_id: str, status: ToolCallStatus, now_us: int) -> None: ...
+    async def set_active_run(
+        self, session_id: str, run_id: str | None, now_us: int, *, only_if: str | None = None
+    ) -> None: ...
 
 
 class Locks(Protocol):
@@ -85,6 +119,7 @@ class Limits(Protocol):
     async def check_rate(self, tenant_id: str, limits: TierLimits) -> None: ...
     async def reserve(self, tenant_id: str, run_id: str, limits: TierLimits) -> None: ...
     async def release(self, tenant_id: str, run_id: str) -> None: ...
+    async def hold(self, tenant_id: str, run_id: str) -> None: ...
 
 
 class Runs(Protocol):
@@ -93,7 +128,14 @@ class Runs(Protocol):
     @property
     def instance_id(self) -> str: ...
     def launch(
-        self, run: Run, session: Session, caller: Principal, *, wait_for: list[str], next_event_id: int
+        self,
+        run: Run,
+        session: Session,
+        caller: Principal,
+        *,
+        wait_for: list[str],
+        next_event_id: int,
+        resuming: bool = False,
     ) -> None: ...
     async def request_cancel(self, run_id: str, mode: CancelMode) -> None: ...
 
@@ -226,7 +268,7 @@ class OrchestrationService:
         await self._store.end_session(caller.tenant_id, session.id, micros(self._clock))
         live = await self._store.live_runs(session.id)
         for run in live:
-            await self.runs.request_cancel(run.id, CancelMode.KEEP)
+            await self._stop(run, CancelMode.KEEP)
         for run in live:
             await self._wait_for_end(run.id)
         with contextlib.suppress(errors.NotFound):
@@ -387,7 +429,7 @@ class OrchestrationService:
         if live and policy in (BusyPolicy.INTERRUPT, BusyPolicy.ROLLBACK):
             mode = CancelMode.KEEP if policy is BusyPolicy.INTERRUPT else CancelMode.DISCARD
             for previous in live:
-                await self.runs.request_cancel(previous.id, mode)
+                await self._stop(previous, mode)
         self.runs.launch(run, session, caller, wait_for=[r.id for r in live], next_event_id=2)
 
     async def _visible_run(self, caller: Principal, run_id: str) -> Run:
@@ -400,7 +442,10 @@ class OrchestrationService:
     async def _live_view(self, run: Run) -> Run:
         if run.state.terminal:
             return run
-        return dataclasses.replace(run, last_event_id=await self._events.last_event_id(run.id))
+        pending = tuple(await self._store.pending_calls(run.id)) if run.state.waiting else ()
+        return dataclasses.replace(
+            run, last_event_id=await self._events.last_event_id(run.id), pending_tool_calls=pending
+        )
 
     async def get_run(self, caller: Principal, run_id: str) -> Run:
         return await self._live_view(await self._visible_run(caller, run_id))
@@ -432,9 +477,99 @@ class OrchestrationService:
                 [Violation("run.state", "only a QUEUED or RUNNING run can be cancelled", "RUN_ENDED")],
                 reason="RUN_ENDED",
             )
-        await self.runs.request_cancel(run.id, CancelMode.KEEP)
+        await self._stop(run, CancelMode.KEEP)
         await self._wait_for_end(run.id)
         return await self.get_run(caller, run_id)
+
+    async def _stop(self, run: Run, mode: CancelMode) -> None:
+        """Cancels a run: a waiting one here and now (no worker holds it), else through its worker."""
+        if run.state.waiting and await end_waiting(
+            self._store,
+            self._events,
+            run,
+            state=RunState.CANCELLED,
+            error=RunError("CANCELLED", "the run was cancelled"),
+            call_status=ToolCallStatus.CANCELLED,
+            now_us=micros(self._clock),
+        ):
+            return
+        await self.runs.request_cancel(run.id, mode)
+
+    # Tool calls of waiting runs ---------------------------------------------------------------------
+
+    async def submit_tool_outputs(self, caller: Principal, run_id: str, outputs: Sequence[ToolOutput]) -> Run:
+        """Records a client's results; the step's last one continues the run on this instance."""
+        run = await self._visible_run(caller, run_id)
+        calls = await self._store.step_calls(run.id, run.steps)
+        ids = [o.tool_call_id for o in outputs]
+        if run.state is not RunState.REQUIRES_ACTION:
+            # A repeat after the run went on: the answered step is the one before the current.
+            calls += await self._store.step_calls(run.id, run.steps - 1)
+        if run.state is not RunState.REQUIRES_ACTION and not _all_answered(calls, ids):
+            raise not_waiting(run, RunState.REQUIRES_ACTION)
+        by_id = known_calls(run, calls, ids, "outputs")
+        now = micros(self._clock)
+        for call in answered_outputs(by_id, outputs, self._options.tool_max_output_bytes):
+            await self._store.answer_call(
+                run.id, call, from_status=ToolCallStatus.AWAITING_OUTPUT, now_us=now
+            )
+        await self._continue(caller, run, RunState.REQUIRES_ACTION, ToolCallStatus.AWAITING_OUTPUT)
+        return await self.get_run(caller, run_id)
+
+    async def decide_tool_calls(
+        self, caller: Principal, run_id: str, decisions: Sequence[ToolDecision]
+    ) -> Run:
+        """Records a person's decisions (the session's user, or an owner or admin of the tenant)."""
+        require_id(run_id, "run_id")
+        run = await self._store.get_run(caller.tenant_id, run_id)
+        if run is None:
+            raise errors.NotFound(f"run {run_id} not found", reason="RUN_NOT_FOUND")
+        if run.user_id != caller.user_id and not caller.is_admin:
+            raise errors.PermissionDenied(
+                "only the session's user or an owner or admin decides its tool calls", reason="NOT_APPROVER"
+            )
+        calls = await self._store.step_calls(run.id, run.steps)
+        ids = [d.tool_call_id for d in decisions]
+        if run.state is not RunState.REQUIRES_APPROVAL:
+            # A repeat after the run went on: the answered step is the one before the current.
+            calls += await self._store.step_calls(run.id, run.steps - 1)
+        if run.state is not RunState.REQUIRES_APPROVAL and not _all_answered(calls, ids):
+            raise not_waiting(run, RunState.REQUIRES_APPROVAL)
+        by_id = known_calls(run, calls, ids, "decisions")
+        session = await self._store.get_session(caller.tenant_id, run.session_id)
+        if session is None:
+            raise errors.NotFound(f"run {run_id} not found", reason="RUN_NOT_FOUND")
+        agent = await self.agents.get(session.agent_id, tenant_id=caller.tenant_id, token=caller.token)
+        now = micros(self._clock)
+        for call in decided_calls(agent, by_id, decisions):
+            await self._store.answer_call(
+                run.id, call, from_status=ToolCallStatus.AWAITING_APPROVAL, now_us=now
+            )
+        await self._continue(caller, run, RunState.REQUIRES_APPROVAL, ToolCallStatus.AWAITING_APPROVAL)
+        return await self.get_run(caller, run_id)
+
+    async def _continue(self, caller: Principal, run: Run, state: RunState, blocking: ToolCallStatus) -> None:
+        """When nothing of the step is left `blocking`, this instance takes the run back: lease,
+        concurrency slot, and a worker that continues the step (same run id, next event ids)."""
+        if not await self._store.resume_run(run.id, from_state=state, blocking=blocking):
+            return
+        session = await self._store.get_session(caller.tenant_id, run.session_id)
+        if session is None:
+            return
+        await self._events.take_lease(run.id, self.runs.instance_id, self._options.lease_ttl_seconds)
+        await self._limits.hold(caller.tenant_id, run.id)
+        next_event_id = await self._events.last_event_id(run.id) + 1
+        self.runs.launch(run, session, caller, wait_for=[], next_event_id=next_event_id, resuming=True)
+
+    async def rotate_tool_signing_secret(self, caller: Principal) -> str:
+        """A new signing secret for the tenant's http tool calls, returned only here."""
+        if not caller.is_admin:
+            raise errors.PermissionDenied(
+                "only an owner or admin rotates the tool signing secret", reason="NOT_ADMIN"
+            )
+        secret = secrets.token_hex(32)
+        await self._store.set_tool_secret(caller.tenant_id, secret, micros(self._clock))
+        return secret
 
     async def active_run_id(self, caller: Principal, session_id: str) -> str:
         session = await self._visible_session(caller, session_id)
@@ -480,3 +615,9 @@ class OrchestrationService:
                 "after_event_id", f"run {run_id} has no event {after_event_id}; its last event is {last}"
             )
         return self._events.tail(run.id, after_event_id)
+
+
+def _all_answered(calls: Sequence[RunToolCall], ids: Sequence[str]) -> bool:
+    """Every named call already has its answer: a repeat after the run went on is idempotent."""
+    by_id = {c.id: c for c in calls}
+    return bool(ids) and all(i in by_id and by_id[i].answered for i in ids)

@@ -16,6 +16,8 @@ from services.orchestration.convert import (
     run_to_proto,
     session_to_proto,
     status_pb,
+    tool_decisions_from_proto,
+    tool_outputs_from_proto,
 )
 from services.orchestration.events import RunEvents
 from services.orchestration.models import Action
@@ -81,6 +83,8 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         )
         async for event in self._service.events(run.id, 0):
             yield pb.SendMessageResponse(event=event_to_proto(event))
+            if event.type.pauses:
+                break  # the run waits for tool outputs or approvals; JoinRun picks it up again
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.ChatRequest], context: Ctx[pb.ChatRequest, pb.ChatResponse]
@@ -136,3 +140,33 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
         stream = await self._service.join_run(principal(), request.run_id, request.after_event_id)
         async for event in stream:
             yield pb.JoinRunResponse(event=event_to_proto(event))
+            if event.type.pauses:
+                break
+
+    async def SubmitToolOutputs(
+        self,
+        request: pb.SubmitToolOutputsRequest,
+        context: Ctx[pb.SubmitToolOutputsRequest, pb.SubmitToolOutputsResponse],
+    ) -> pb.SubmitToolOutputsResponse:
+        run = await self._service.submit_tool_outputs(
+            principal(), request.run_id, tool_outputs_from_proto(request.outputs)
+        )
+        return pb.SubmitToolOutputsResponse(run=run_to_proto(run))
+
+    async def DecideToolCalls(
+        self,
+        request: pb.DecideToolCallsRequest,
+        context: Ctx[pb.DecideToolCallsRequest, pb.DecideToolCallsResponse],
+    ) -> pb.DecideToolCallsResponse:
+        run = await self._service.decide_tool_calls(
+            principal(), request.run_id, tool_decisions_from_proto(request.decisions)
+        )
+        return pb.DecideToolCallsResponse(run=run_to_proto(run))
+
+    async def RotateToolSigningSecret(
+        self,
+        request: pb.RotateToolSigningSecretRequest,
+        context: Ctx[pb.RotateToolSigningSecretRequest, pb.RotateToolSigningSecretResponse],
+    ) -> pb.RotateToolSigningSecretResponse:
+        secret = await self._service.rotate_tool_signing_secret(principal())
+        return pb.RotateToolSigningSecretResponse(secret=secret)

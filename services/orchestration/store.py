@@ -20,8 +20,11 @@ from services.orchestration.models import (
     Run,
     RunError,
     RunState,
+    RunToolCall,
     Session,
     SessionState,
+    ToolCallStatus,
+    ToolExecution,
     Usage,
 )
 from services.platform import errors
@@ -73,6 +76,36 @@ runs = sa.Table(
     sa.Column("duration_ms", sa.BigInteger),
     sa.Column("fallbacks", sa.Text),
     sa.Column("model_override", sa.String(128)),
+    sa.Column("steps", sa.Integer),
+    sa.Column("wait_expire_us", sa.BigInteger),
+)
+
+# A waiting run's calls (and the calls of its earlier steps, with their results).
+tool_call_table = sa.Table(
+    "tool_calls",
+    metadata,
+    sa.Column("run_id", sa.String(36), primary_key=True),
+    sa.Column("call_id", sa.String(128), primary_key=True),
+    sa.Column("step", sa.Integer),
+    sa.Column("position", sa.Integer),
+    sa.Column("name", sa.String(64)),
+    sa.Column("arguments_json", sa.Text),
+    sa.Column("execution", sa.String(16)),
+    sa.Column("requires_approval", sa.Boolean),
+    sa.Column("status", sa.String(32)),
+    sa.Column("output", sa.Text),
+    sa.Column("is_error", sa.Boolean),
+    sa.Column("duration_ms", sa.BigInteger),
+    sa.Column("create_time_us", sa.BigInteger),
+    sa.Column("update_time_us", sa.BigInteger),
+)
+
+tool_secrets = sa.Table(
+    "tool_secrets",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), primary_key=True),
+    sa.Column("secret", sa.String(128)),
+    sa.Column("rotated_us", sa.BigInteger),
 )
 
 # The stored codes of the states (the rows' SmallInteger columns).
@@ -83,10 +116,16 @@ RUN_STATE_CODES = {
     RunState.COMPLETED: 3,
     RunState.FAILED: 4,
     RunState.CANCELLED: 5,
+    RunState.REQUIRES_ACTION: 6,
+    RunState.REQUIRES_APPROVAL: 7,
 }
 _SESSION_STATES = {code: state for state, code in SESSION_STATE_CODES.items()}
 _RUN_STATES = {code: state for state, code in RUN_STATE_CODES.items()}
-LIVE_STATES = (RUN_STATE_CODES[RunState.QUEUED], RUN_STATE_CODES[RunState.RUNNING])
+# Runs that hold a worker and a lease; live runs also include those waiting (no worker, no lease).
+LEASED_STATES = (RUN_STATE_CODES[RunState.QUEUED], RUN_STATE_CODES[RunState.RUNNING])
+WAITING_STATES = (RUN_STATE_CODES[RunState.REQUIRES_ACTION], RUN_STATE_CODES[RunState.REQUIRES_APPROVAL])
+LIVE_STATES = LEASED_STATES + WAITING_STATES
+PENDING_CALLS = (ToolCallStatus.AWAITING_APPROVAL.value, ToolCallStatus.AWAITING_OUTPUT.value)
 
 
 def _session(row: Any) -> Session:
@@ -133,7 +172,43 @@ def _run(row: Any) -> Run:
         create_time_us=row.create_time_us,
         start_time_us=row.start_time_us or 0,
         end_time_us=row.end_time_us or 0,
+        steps=row.steps or 0,
+        wait_expire_time_us=row.wait_expire_us or 0,
     )
+
+
+def _call(row: Any) -> RunToolCall:
+    return RunToolCall(
+        id=row.call_id,
+        name=row.name,
+        arguments_json=row.arguments_json,
+        status=ToolCallStatus(row.status),
+        step=row.step,
+        execution=ToolExecution(row.execution),
+        requires_approval=bool(row.requires_approval),
+        output=row.output or "",
+        is_error=bool(row.is_error),
+        duration_ms=row.duration_ms or 0,
+    )
+
+
+def _call_values(run_id: str, position: int, call: RunToolCall, now_us: int) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "call_id": call.id,
+        "step": call.step,
+        "position": position,
+        "name": call.name,
+        "arguments_json": call.arguments_json,
+        "execution": call.execution.value,
+        "requires_approval": call.requires_approval,
+        "status": call.status.value,
+        "output": call.output,
+        "is_error": call.is_error,
+        "duration_ms": call.duration_ms,
+        "create_time_us": now_us,
+        "update_time_us": now_us,
+    }
 
 
 class OrchestrationStore:
@@ -243,6 +318,7 @@ class OrchestrationStore:
                     last_event_id=run.last_event_id,
                     create_time_us=run.create_time_us,
                     model_override=run.model_override or None,
+                    steps=0,
                 )
             )
 
@@ -269,8 +345,9 @@ class OrchestrationStore:
             return [_run(r) for r in await conn.execute(query)]
 
     async def all_live_runs(self) -> list[Run]:
-        """Every queued or running run of every tenant (the lease sweeper's scan)."""
-        query = runs.select().where(runs.c.state.in_(LIVE_STATES))
+        """Every queued or running run of every tenant (the lease sweeper's scan; waiting runs hold
+        no lease)."""
+        query = runs.select().where(runs.c.state.in_(LEASED_STATES))
         async with self._engine.connect() as conn:
             return [_run(r) for r in await conn.execute(query)]
 
@@ -334,9 +411,145 @@ class OrchestrationStore:
             values.update(error_code=error.code, error_message=error.message)
         if assistant_message_id:
             values["assistant_message_id"] = assistant_message_id
+        values["wait_expire_us"] = None
         stmt = runs.update().where(runs.c.id == run_id, runs.c.state.in_(list(from_states))).values(**values)
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount == 1
+
+    # Waiting runs and their tool calls ----------------------------------------------------------
+
+    async def wait_run(
+        self,
+        run_id: str,
+        *,
+        state: RunState,
+        calls: list[RunToolCall],
+        step: int,
+        wait_expire_us: int,
+        last_event_id: int,
+        now_us: int,
+    ) -> bool:
+        """RUNNING -> waiting, with the step's calls (replacing any stored for that step), in one
+        transaction; False when the run is no longer running (cancelled or swept)."""
+        t = tool_call_table
+        async with self._engine.begin() as conn:
+            moved = await conn.execute(
+                runs.update()
+                .where(runs.c.id == run_id, runs.c.state == RUN_STATE_CODES[RunState.RUNNING])
+                .values(
+                    state=RUN_STATE_CODES[state],
+                    wait_expire_us=wait_expire_us,
+                    steps=step,
+                    last_event_id=last_event_id,
+                )
+            )
+            if moved.rowcount != 1:
+                return False
+            await conn.execute(t.delete().where(t.c.run_id == run_id, t.c.step == step))
+            await conn.execute(t.insert(), [_call_values(run_id, i, c, now_us) for i, c in enumerate(calls)])
+        return True
+
+    async def set_steps(self, run_id: str, steps: int) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(runs.update().where(runs.c.id == run_id).values(steps=steps))
+
+    async def step_calls(self, run_id: str, step: int) -> list[RunToolCall]:
+        t = tool_call_table
+        query = t.select().where(t.c.run_id == run_id, t.c.step == step).order_by(t.c.position)
+        async with self._engine.connect() as conn:
+            return [_call(r) for r in await conn.execute(query)]
+
+    async def pending_calls(self, run_id: str) -> list[RunToolCall]:
+        t = tool_call_table
+        query = (
+            t.select()
+            .where(t.c.run_id == run_id, t.c.status.in_(PENDING_CALLS))
+            .order_by(t.c.step, t.c.position)
+        )
+        async with self._engine.connect() as conn:
+            return [_call(r) for r in await conn.execute(query)]
+
+    async def answer_call(
+        self, run_id: str, call: RunToolCall, *, from_status: ToolCallStatus, now_us: int
+    ) -> bool:
+        """Records `call`'s new status, result and arguments if it still has `from_status`."""
+        t = tool_call_table
+        stmt = (
+            t.update()
+            .where(t.c.run_id == run_id, t.c.call_id == call.id, t.c.status == from_status.value)
+            .values(
+                status=call.status.value,
+                output=call.output,
+                is_error=call.is_error,
+                arguments_json=call.arguments_json,
+                duration_ms=call.duration_ms,
+                update_time_us=now_us,
+            )
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1
+
+    async def resume_run(self, run_id: str, *, from_state: RunState, blocking: ToolCallStatus) -> bool:
+        """Waiting -> RUNNING once no call of the run has the `blocking` status; exactly one caller
+        wins (the one whose answer was the last)."""
+        t = tool_call_table
+        still_blocked = (
+            sa.select(t.c.call_id).where(t.c.run_id == run_id, t.c.status == blocking.value).exists()
+        )
+        stmt = (
+            runs.update()
+            .where(runs.c.id == run_id, runs.c.state == RUN_STATE_CODES[from_state], ~still_blocked)
+            .values(state=RUN_STATE_CODES[RunState.RUNNING], wait_expire_us=None)
+        )
+        async with self._engine.begin() as conn:
+            return (await conn.execute(stmt)).rowcount == 1
+
+    async def close_pending_calls(self, run_id: str, status: ToolCallStatus, now_us: int) -> None:
+        """Every unanswered call of the run gets `status` (EXPIRED, CANCELLED)."""
+        t = tool_call_table
+        stmt = (
+            t.update()
+            .where(t.c.run_id == run_id, t.c.status.in_(PENDING_CALLS))
+            .values(status=status.value, update_time_us=now_us)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def expired_waiting_runs(self, now_us: int) -> list[Run]:
+        """Every waiting run of every tenant whose wait has ended (the expiry sweep)."""
+        query = runs.select().where(runs.c.state.in_(WAITING_STATES), runs.c.wait_expire_us <= now_us)
+        async with self._engine.connect() as conn:
+            return [_run(r) for r in await conn.execute(query)]
+
+    # Tool signing secrets ---------------------------------------------------------------------
+
+    async def tool_secret(self, tenant_id: str, *, new_secret: str, now_us: int) -> str:
+        """The tenant's secret; `new_secret` becomes it when the tenant has none yet."""
+        query = sa.select(tool_secrets.c.secret).where(tool_secrets.c.tenant_id == tenant_id)
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(query)).scalar()
+        if found is not None:
+            return str(found)
+        with contextlib.suppress(sa.exc.IntegrityError):
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    tool_secrets.insert().values(tenant_id=tenant_id, secret=new_secret, rotated_us=now_us)
+                )
+        # Two first uses at once: the insert that lost reads the winner's secret.
+        async with self._engine.connect() as conn:
+            return str((await conn.execute(query)).scalar_one())
+
+    async def set_tool_secret(self, tenant_id: str, secret: str, now_us: int) -> None:
+        async with self._engine.begin() as conn:
+            changed = await conn.execute(
+                tool_secrets.update()
+                .where(tool_secrets.c.tenant_id == tenant_id)
+                .values(secret=secret, rotated_us=now_us)
+            )
+            if changed.rowcount == 0:
+                await conn.execute(
+                    tool_secrets.insert().values(tenant_id=tenant_id, secret=secret, rotated_us=now_us)
+                )
 
 
 SESSION_LOCK_KEY = "sessions:{session_id}:lock"

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 from services.orchestration.events import RunEvents, StaleWriter
 from services.orchestration.limits import RunLimits
-from services.orchestration.models import EventType, Run, RunError, RunEvent, RunState
+from services.orchestration.models import EventType, Run, RunError, RunEvent, RunState, ToolCallStatus
 from services.orchestration.store import OrchestrationStore
+from services.orchestration.waiting import end_waiting
 from services.platform.timestamps import micros
 
 log = logging.getLogger("agentmesh.orchestration.runs")
@@ -43,7 +44,25 @@ class LeaseSweeper:
         for run, holder in zip(live, holders, strict=True):
             if holder is None and await self._fail_orphan(run):
                 failed += 1
-        return failed
+        return failed + await self._expire_waits()
+
+    async def _expire_waits(self) -> int:
+        """Fails the waiting runs whose wait ended: DEADLINE_EXCEEDED, their pending calls EXPIRED."""
+        now = micros(self._clock)
+        expired = 0
+        for run in await self._store.expired_waiting_runs(now):
+            error = RunError("DEADLINE_EXCEEDED", "nobody answered the run's tool calls in time")
+            if await end_waiting(
+                self._store,
+                self._events,
+                run,
+                state=RunState.FAILED,
+                error=error,
+                call_status=ToolCallStatus.EXPIRED,
+                now_us=now,
+            ):
+                expired += 1
+        return expired
 
     async def _fail_orphan(self, run: Run) -> bool:
         error = RunError("UNAVAILABLE", "the instance running this run stopped (its lease expired)")

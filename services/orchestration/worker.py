@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import secrets
 import time
 from collections.abc import Callable
 
@@ -29,11 +30,15 @@ from services.orchestration.models import (
     RunError,
     RunEvent,
     RunState,
+    RunToolCall,
     Session,
+    ToolCallStatus,
     Usage,
 )
-from services.orchestration.providers import ChatMessage, ModelConfig, ProviderError, Providers
+from services.orchestration.providers import ChatMessage, ModelConfig, ProviderError, Providers, ToolCall
 from services.orchestration.store import OrchestrationStore
+from services.orchestration.tools.http import HttpToolExecutor
+from services.orchestration.tools.runner import plan, result_text, run_http, tool_specs, waiting_state
 from services.platform import errors
 from services.platform.auth import Principal
 from services.platform.tiers import limits_for
@@ -82,6 +87,9 @@ class RunHandle:
     text: list[str] = dataclasses.field(default_factory=list)
     # Models that failed before their first token, in the order tried.
     fallbacks: list[ModelFallback] = dataclasses.field(default_factory=list)
+    # The model step in progress (1, 2, ...); a resumed run continues its waiting step's calls.
+    step: int = 0
+    resuming: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +99,8 @@ class StepResult:
     answer: str
     usage: Usage
     assistant_message_id: str
+    # The calls the model made (the answer then is not the run's last).
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 class RunWorker:
@@ -103,8 +113,12 @@ class RunWorker:
         agents: AgentCache,
         conversation: ConversationClient,
         providers: Providers,
+        tool_executor: HttpToolExecutor,
+        tool_wait_seconds: float,
         clock: Callable[[], float] = time.time,
     ):
+        self._tool_executor = tool_executor
+        self._tool_wait_seconds = tool_wait_seconds
         self._store = store
         self._events = events
         self._limits = limits
@@ -141,9 +155,142 @@ class RunWorker:
             await self._end(h, RunState.FAILED, RunError("INTERNAL", f"internal error: {type(exc).__name__}"))
 
     async def _execute(self, h: RunHandle) -> None:
-        agent, messages = await self._prepare(h)
-        step = await self.model_step(h, agent, messages)
-        await self._complete(h, step)
+        """The agent loop: model, tool calls, results, model, until an answer, a limit or a wait."""
+        if h.resuming:
+            agent = await self._agent(h)
+            if not await self._continue_step(h, agent, await self._store.step_calls(h.run.id, h.step)):
+                return
+            messages = await self._context(h, agent)
+        else:
+            agent, messages = await self._prepare(h)
+            h.run = dataclasses.replace(h.run, start_time_us=micros(self._clock))
+        while True:
+            self._check_limits(h)
+            h.step += 1
+            await self._store.set_steps(h.run.id, h.step)
+            h.text.clear()
+            step = await self.model_step(h, agent, messages)
+            if not step.tool_calls:
+                await self._complete(h, step)
+                return
+            limit = limits_for(h.caller.tier).max_tool_calls_per_step
+            if len(step.tool_calls) > limit:
+                raise errors.ResourceExhausted(
+                    f"the model made {len(step.tool_calls)} tool calls in one step; the tier allows {limit}",
+                    retry_after=0.0,
+                    reason="RUN_LIMIT",
+                )
+            if not await self._continue_step(h, agent, plan(agent, step.tool_calls, h.step)):
+                return
+            messages = await self._context(h, agent)
+
+    def _check_limits(self, h: RunHandle) -> None:
+        tier = limits_for(h.caller.tier)
+        if h.step >= tier.max_steps_per_run:
+            raise errors.ResourceExhausted(
+                f"the run reached its limit of {tier.max_steps_per_run} model steps (tier {tier.name})",
+                retry_after=0.0,
+                reason="RUN_LIMIT",
+            )
+        started = h.run.start_time_us or micros(self._clock)
+        if micros(self._clock) - started > tier.max_run_seconds * 1_000_000:
+            raise errors.ResourceExhausted(
+                f"the run took longer than {tier.max_run_seconds} s (tier {tier.name})",
+                retry_after=0.0,
+                reason="RUN_LIMIT",
+            )
+
+    async def _agent(self, h: RunHandle) -> AgentSnapshot:
+        """A resumed run: its stored row (steps, start time) and its agent."""
+        run = await self._store.get_run(h.caller.tenant_id, h.run.id)
+        if run is None:
+            raise Lost()
+        h.run, h.step = run, run.steps
+        agent = await self._agents.get(h.session.agent_id, tenant_id=h.caller.tenant_id, token=h.caller.token)
+        h.agent_version = agent.version
+        return agent
+
+    async def _context(self, h: RunHandle, agent: AgentSnapshot) -> list[ChatMessage]:
+        budget = agent.max_context_tokens or limits_for(h.caller.tier).max_context_tokens
+        return await self._conversation.context(
+            h.session.conversation_id,
+            token_budget=budget,
+            system_prompt=agent.system_prompt,
+            token=h.caller.token,
+        )
+
+    async def _continue_step(self, h: RunHandle, agent: AgentSnapshot, calls: list[RunToolCall]) -> bool:
+        """Runs the step's http calls that may run, then either waits (False: the worker is done,
+        the run is rows in PostgreSQL) or stores every result for the model's next step (True)."""
+        running = [c for c in calls if c.status is ToolCallStatus.RUNNING]
+        if running:
+            secret = (
+                await self._store.tool_secret(
+                    h.caller.tenant_id, new_secret=secrets.token_hex(32), now_us=micros(self._clock)
+                )
+            ).encode()
+            done = await asyncio.gather(*(self._http_call(h, agent, c, secret) for c in running))
+            by_id = {c.id: c for c in done}
+            calls = [by_id.get(c.id, c) for c in calls]
+        state = waiting_state(calls)
+        if state is not None:
+            await self._wait(h, state, calls)
+            return False
+        for call in calls:
+            await self._conversation.append(
+                h.session.conversation_id,
+                role="tool",
+                content=result_text(call),
+                metadata={"run_id": h.run.id, "is_error": str(call.is_error).lower()},
+                request_id=f"run:{h.run.id}:tool:{call.id}",
+                token=h.caller.token,
+                tool_call_id=call.id,
+            )
+        return True
+
+    async def _http_call(
+        self, h: RunHandle, agent: AgentSnapshot, call: RunToolCall, secret: bytes
+    ) -> RunToolCall:
+        await self._emit(h, EventType.TOOL_CALL_STARTED, tool_calls=(call,))
+        done = await run_http(self._tool_executor, agent, call, run_id=h.run.id, secret=secret)
+        # A call approved while the run waited has its row; one of a fresh step has none yet.
+        await self._store.answer_call(
+            h.run.id, done, from_status=ToolCallStatus.RUNNING, now_us=micros(self._clock)
+        )
+        # The call carries its duration and, on failure, is_error with the cause as its output.
+        await self._emit(h, EventType.TOOL_CALL_COMPLETED, tool_calls=(done,))
+        return done
+
+    async def _wait(self, h: RunHandle, state: RunState, calls: list[RunToolCall]) -> None:
+        """The run becomes rows: its state, its wait's end and the step's calls; then it lets go of
+        everything it held (lease, concurrency slot, worker) and says what it waits for."""
+        now = micros(self._clock)
+        h.finishing = True
+        expire = now + round(self._tool_wait_seconds * 1_000_000)
+        if not await self._store.wait_run(
+            h.run.id,
+            state=state,
+            calls=calls,
+            step=h.step,
+            wait_expire_us=expire,
+            last_event_id=h.next_event_id,
+            now_us=now,
+        ):
+            raise Lost()
+        await self._limits.release(h.caller.tenant_id, h.run.id)
+        pending = tuple(c for c in calls if c.status.pending)
+        shown = (
+            tuple(c for c in pending if c.status is ToolCallStatus.AWAITING_APPROVAL)
+            if state is RunState.REQUIRES_APPROVAL
+            else pending
+        )
+        await self._emit(
+            h,
+            EventType.APPROVAL_REQUESTED
+            if state is RunState.REQUIRES_APPROVAL
+            else EventType.TOOL_CALLS_REQUESTED,
+            tool_calls=shown,
+        )
 
     async def _prepare(self, h: RunHandle) -> tuple[AgentSnapshot, list[ChatMessage]]:
         """Waits for the runs before it, starts the run, stores the user message, reads the context."""
@@ -186,13 +333,18 @@ class RunWorker:
         for index, name in enumerate(candidates):
             provider, model = self._providers.resolve(name)
             config = ModelConfig(
-                model=model, temperature=agent.temperature, max_output_tokens=agent.max_output_tokens
+                model=model,
+                temperature=agent.temperature,
+                max_output_tokens=agent.max_output_tokens,
+                tools=tool_specs(agent),
             )
             reported: Usage | None = None
+            calls: tuple[ToolCall, ...] = ()
             try:
                 async for delta in provider.stream(config, messages):
                     if delta.usage is not None:
                         reported = delta.usage
+                    calls += delta.tool_calls
                     if delta.text:
                         await self._emit(h, EventType.MESSAGE_DELTA, text_delta=delta.text)
             except ProviderError as exc:
@@ -205,7 +357,8 @@ class RunWorker:
                 )
                 continue
             break
-        h.finishing = True
+        # An answer with tool calls is not the run's last: a cancel still applies.
+        h.finishing = not calls
         answer = "".join(h.text)
         usage = metered(
             reported,
@@ -219,10 +372,11 @@ class RunWorker:
             role="assistant",
             content=answer,
             metadata={"run_id": h.run.id, "agent_version": str(agent.version)},
-            request_id=f"run:{h.run.id}:assistant",
+            request_id=_assistant_request(h),
             token=h.caller.token,
             usage=usage,
             run_id=h.run.id,
+            tool_calls=calls,
         )
         await self._emit(
             h,
@@ -232,7 +386,7 @@ class RunWorker:
             model=name,
             fallbacks=tuple(h.fallbacks),
         )
-        return StepResult(answer, usage, assistant_id)
+        return StepResult(answer, usage, assistant_id, calls)
 
     async def _complete(self, h: RunHandle, step: StepResult) -> None:
         if not await self._store.finish_run(
@@ -297,7 +451,7 @@ class RunWorker:
                     role="assistant",
                     content=partial,
                     metadata={"run_id": h.run.id, "agent_version": str(h.agent_version), "partial": "true"},
-                    request_id=f"run:{h.run.id}:assistant",
+                    request_id=_assistant_request(h),
                     token=h.caller.token,
                 )
             except errors.AgentmeshError as exc:
@@ -333,3 +487,8 @@ class RunWorker:
             return
         async for _event in self._events.tail(run_id, 0):
             pass
+
+
+def _assistant_request(h: RunHandle) -> str:
+    """The request id of the step's assistant message (the first step's is the one runs always had)."""
+    return f"run:{h.run.id}:assistant" if h.step <= 1 else f"run:{h.run.id}:assistant:{h.step}"

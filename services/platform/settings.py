@@ -360,6 +360,12 @@ class ToolSettings:
         parse=hosts,
         doc="comma-separated `host` or `host:port`: http tools may use plain `http://` to these, and their addresses may be private or loopback",
     )
+    wait_seconds: float = setting(
+        "AGENTMESH_TOOL_WAIT_SECONDS",
+        600.0,
+        parse=positive_number,
+        doc="how long a run waits for a client's tool outputs or a person's approval; then it fails with `DEADLINE_EXCEEDED`",
+    )
 
     def allows(self, host: str, port: int) -> bool:
         """Whether `host` (as in a URL, IPv6 without brackets) on `port` is listed, by name or name:port."""

@@ -283,7 +283,7 @@ class FakeConversation(cpb_grpc.ConversationServiceServicer):
         conv = self._get(request.conversation_id)
         if conv.closed:
             raise errors.FailedPrecondition("conversation is closed")
-        if not request.message.content:
+        if not request.message.content and not request.message.tool_calls:
             raise errors.InvalidArgument.field("message.content", "must not be empty")
         key = f"{request.conversation_id}/{request.request_id}"
         if request.request_id and key in self.by_request:

@@ -90,6 +90,21 @@ class OrchestrationServiceStub:
                 request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.JoinRunRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.JoinRunResponse.FromString,
                 _registered_method=True)
+        self.SubmitToolOutputs = channel.unary_unary(
+                '/agentmesh.orchestration.v1.OrchestrationService/SubmitToolOutputs',
+                request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SubmitToolOutputsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SubmitToolOutputsResponse.FromString,
+                _registered_method=True)
+        self.DecideToolCalls = channel.unary_unary(
+                '/agentmesh.orchestration.v1.OrchestrationService/DecideToolCalls',
+                request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DecideToolCallsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DecideToolCallsResponse.FromString,
+                _registered_method=True)
+        self.RotateToolSigningSecret = channel.unary_unary(
+                '/agentmesh.orchestration.v1.OrchestrationService/RotateToolSigningSecret',
+                request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RotateToolSigningSecretRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RotateToolSigningSecretResponse.FromString,
+                _registered_method=True)
 
 
 class OrchestrationServiceServicer:
@@ -173,6 +188,30 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitToolOutputs(self, request, context):
+        """Answers the client tool calls a run waits for (RUN_STATE_REQUIRES_ACTION), on any instance.
+        The step's last answer continues the run; join it from its last event for the rest.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideToolCalls(self, request, context):
+        """Approves, edits or denies the calls a run waits on (RUN_STATE_REQUIRES_APPROVAL); only the
+        session's user or a tenant owner or admin. The step's last decision continues the run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RotateToolSigningSecret(self, request, context):
+        """Replaces the tenant's http tool signing secret (owner or admin); the new secret is returned
+        only here, once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OrchestrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -225,6 +264,21 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.JoinRun,
                     request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.JoinRunRequest.FromString,
                     response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.JoinRunResponse.SerializeToString,
+            ),
+            'SubmitToolOutputs': grpc.unary_unary_rpc_method_handler(
+                    servicer.SubmitToolOutputs,
+                    request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SubmitToolOutputsRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SubmitToolOutputsResponse.SerializeToString,
+            ),
+            'DecideToolCalls': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideToolCalls,
+                    request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DecideToolCallsRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DecideToolCallsResponse.SerializeToString,
+            ),
+            'RotateToolSigningSecret': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateToolSigningSecret,
+                    request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RotateToolSigningSecretRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RotateToolSigningSecretResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -503,6 +557,87 @@ class OrchestrationService:
             '/agentmesh.orchestration.v1.OrchestrationService/JoinRun',
             agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.JoinRunRequest.SerializeToString,
             agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.JoinRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitToolOutputs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestration.v1.OrchestrationService/SubmitToolOutputs',
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SubmitToolOutputsRequest.SerializeToString,
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SubmitToolOutputsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideToolCalls(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestration.v1.OrchestrationService/DecideToolCalls',
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DecideToolCallsRequest.SerializeToString,
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DecideToolCallsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateToolSigningSecret(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestration.v1.OrchestrationService/RotateToolSigningSecret',
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RotateToolSigningSecretRequest.SerializeToString,
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RotateToolSigningSecretResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -63,6 +63,18 @@ class OrchestrationServiceStub:
     """Streams the run's events after after_event_id: the rest of a live run, or a finished run's
     events within the retention window.
     """
+    SubmitToolOutputs: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.SubmitToolOutputsRequest, _orchestration_service_pb2.SubmitToolOutputsResponse]
+    """Answers the client tool calls a run waits for (RUN_STATE_REQUIRES_ACTION), on any instance.
+    The step's last answer continues the run; join it from its last event for the rest.
+    """
+    DecideToolCalls: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.DecideToolCallsRequest, _orchestration_service_pb2.DecideToolCallsResponse]
+    """Approves, edits or denies the calls a run waits on (RUN_STATE_REQUIRES_APPROVAL); only the
+    session's user or a tenant owner or admin. The step's last decision continues the run.
+    """
+    RotateToolSigningSecret: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.RotateToolSigningSecretRequest, _orchestration_service_pb2.RotateToolSigningSecretResponse]
+    """Replaces the tenant's http tool signing secret (owner or admin); the new secret is returned
+    only here, once.
+    """
 
 @_typing.type_check_only
 class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
@@ -98,6 +110,18 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     JoinRun: _aio.UnaryStreamMultiCallable[_orchestration_service_pb2.JoinRunRequest, _orchestration_service_pb2.JoinRunResponse]  # type: ignore[assignment]
     """Streams the run's events after after_event_id: the rest of a live run, or a finished run's
     events within the retention window.
+    """
+    SubmitToolOutputs: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.SubmitToolOutputsRequest, _orchestration_service_pb2.SubmitToolOutputsResponse]  # type: ignore[assignment]
+    """Answers the client tool calls a run waits for (RUN_STATE_REQUIRES_ACTION), on any instance.
+    The step's last answer continues the run; join it from its last event for the rest.
+    """
+    DecideToolCalls: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.DecideToolCallsRequest, _orchestration_service_pb2.DecideToolCallsResponse]  # type: ignore[assignment]
+    """Approves, edits or denies the calls a run waits on (RUN_STATE_REQUIRES_APPROVAL); only the
+    session's user or a tenant owner or admin. The step's last decision continues the run.
+    """
+    RotateToolSigningSecret: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.RotateToolSigningSecretRequest, _orchestration_service_pb2.RotateToolSigningSecretResponse]  # type: ignore[assignment]
+    """Replaces the tenant's http tool signing secret (owner or admin); the new secret is returned
+    only here, once.
     """
 
 class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -191,6 +215,36 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_orchestration_service_pb2.JoinRunResponse], _abc.AsyncIterator[_orchestration_service_pb2.JoinRunResponse]]:
         """Streams the run's events after after_event_id: the rest of a live run, or a finished run's
         events within the retention window.
+        """
+
+    @_abc_1.abstractmethod
+    def SubmitToolOutputs(
+        self,
+        request: _orchestration_service_pb2.SubmitToolOutputsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.SubmitToolOutputsResponse, _abc.Awaitable[_orchestration_service_pb2.SubmitToolOutputsResponse]]:
+        """Answers the client tool calls a run waits for (RUN_STATE_REQUIRES_ACTION), on any instance.
+        The step's last answer continues the run; join it from its last event for the rest.
+        """
+
+    @_abc_1.abstractmethod
+    def DecideToolCalls(
+        self,
+        request: _orchestration_service_pb2.DecideToolCallsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.DecideToolCallsResponse, _abc.Awaitable[_orchestration_service_pb2.DecideToolCallsResponse]]:
+        """Approves, edits or denies the calls a run waits on (RUN_STATE_REQUIRES_APPROVAL); only the
+        session's user or a tenant owner or admin. The step's last decision continues the run.
+        """
+
+    @_abc_1.abstractmethod
+    def RotateToolSigningSecret(
+        self,
+        request: _orchestration_service_pb2.RotateToolSigningSecretRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.RotateToolSigningSecretResponse, _abc.Awaitable[_orchestration_service_pb2.RotateToolSigningSecretResponse]]:
+        """Replaces the tenant's http tool signing secret (owner or admin); the new secret is returned
+        only here, once.
         """
 
 def add_OrchestrationServiceServicer_to_server(servicer: OrchestrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
