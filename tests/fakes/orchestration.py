@@ -8,19 +8,24 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
+from services.orchestration import service
 from services.orchestration.models import (
     AgentSnapshot,
     CancelMode,
     EventType,
     QuotaState,
     Run,
+    RunError,
     RunEvent,
     RunState,
+    RunToolCall,
     Session,
     SessionState,
+    ToolCallStatus,
 )
+from services.orchestration.store import LIVE_STATES, RUN_STATE_CODES
 from services.platform import errors
 from services.platform.auth import Principal
 from services.platform.tiers import TierLimits
@@ -32,6 +37,9 @@ class FakeStore:
         self.runs: dict[str, Run] = {}
         self.session_requests: dict[tuple[str, str, str], str] = {}
         self.run_requests: dict[tuple[str, str], str] = {}
+        # run id -> its tool calls, every step, in the order the model made them
+        self.calls: dict[str, list[RunToolCall]] = collections.defaultdict(list)
+        self.tool_secrets: dict[str, str] = {}
 
     async def insert_session(self, session: Session, *, request_id: str | None) -> None:
         self.sessions[session.id] = session
@@ -103,6 +111,80 @@ class FakeStore:
         ]
         return sorted(found, key=lambda r: (r.create_time_us, r.id), reverse=True)[:limit]
 
+    async def step_calls(self, run_id: str, step: int) -> list[RunToolCall]:
+        return [c for c in self.calls[run_id] if c.step == step]
+
+    async def pending_calls(self, run_id: str) -> list[RunToolCall]:
+        return [c for c in self.calls[run_id] if c.status in _PENDING]
+
+    async def answer_call(
+        self, run_id: str, call: RunToolCall, *, from_status: ToolCallStatus, now_us: int
+    ) -> bool:
+        calls = self.calls[run_id]
+        for i, stored in enumerate(calls):
+            if stored.id == call.id and stored.status is from_status:
+                calls[i] = call
+                return True
+        return False
+
+    async def resume_run(self, run_id: str, *, from_state: RunState, blocking: ToolCallStatus) -> bool:
+        run = self.runs.get(run_id)
+        if run is None or run.state is not from_state:
+            return False
+        if any(c.status is blocking for c in self.calls[run_id]):
+            return False
+        self.runs[run_id] = dataclasses.replace(run, state=RunState.RUNNING, wait_expire_time_us=0)
+        return True
+
+    async def set_tool_secret(self, tenant_id: str, secret: str, now_us: int) -> None:
+        self.tool_secrets[tenant_id] = secret
+
+    async def finish_run(
+        self,
+        run_id: str,
+        *,
+        state: RunState,
+        now_us: int,
+        last_event_id: int,
+        error: RunError | None = None,
+        from_states: Iterable[int] = LIVE_STATES,
+    ) -> bool:
+        run = self.runs.get(run_id)
+        if run is None or RUN_STATE_CODES[run.state] not in set(from_states):
+            return False
+        self.runs[run_id] = dataclasses.replace(
+            run,
+            state=state,
+            end_time_us=now_us,
+            last_event_id=last_event_id,
+            error=error,
+            wait_expire_time_us=0,
+        )
+        return True
+
+    async def close_pending_calls(self, run_id: str, status: ToolCallStatus, now_us: int) -> None:
+        self.calls[run_id] = [
+            dataclasses.replace(c, status=status) if c.status in _PENDING else c for c in self.calls[run_id]
+        ]
+
+    async def set_active_run(
+        self, session_id: str, run_id: str | None, now_us: int, *, only_if: str | None = None
+    ) -> None:
+        s = self.sessions.get(session_id)
+        if s is None or (only_if is not None and s.active_run_id != only_if):
+            return
+        self.sessions[session_id] = dataclasses.replace(s, active_run_id=run_id or "", update_time_us=now_us)
+
+    def wait(self, run_id: str, state: RunState, calls: list[RunToolCall], *, expire_us: int = 0) -> None:
+        """Puts a run into a wait with its step's calls, as the worker does (store.wait_run)."""
+        step = max((c.step for c in calls), default=0)
+        run = self.runs[run_id]
+        self.runs[run_id] = dataclasses.replace(run, state=state, steps=step, wait_expire_time_us=expire_us)
+        self.calls[run_id] = [c for c in self.calls[run_id] if c.step != step] + list(calls)
+
+
+_PENDING = (ToolCallStatus.AWAITING_APPROVAL, ToolCallStatus.AWAITING_OUTPUT)
+
 
 class FakeLocks:
     """One asyncio.Lock per session (one process: the same exclusion the Redis lock gives)."""
@@ -171,6 +253,10 @@ class FakeLimits:
     async def release(self, tenant_id: str, run_id: str) -> None:
         self.slots[tenant_id].discard(run_id)
 
+    async def hold(self, tenant_id: str, run_id: str) -> None:
+        # A resumed run takes its slot back whatever the count: it was admitted once already.
+        self.slots[tenant_id].add(run_id)
+
 
 class FakeRuns:
     """Records launches and cancels; a cancel ends the run (state and terminal event) at once."""
@@ -178,13 +264,24 @@ class FakeRuns:
     def __init__(self, store: FakeStore, events: FakeEvents) -> None:
         self.instance_id = "fake-instance"
         self.launched: list[tuple[Run, list[str]]] = []
+        self.resumed: list[tuple[str, int]] = []  # (run id, next event id) of each worker that resumes
         self.cancels: list[tuple[str, CancelMode]] = []
         self._store, self._events = store, events
 
     def launch(
-        self, run: Run, session: Session, caller: Principal, *, wait_for: list[str], next_event_id: int
+        self,
+        run: Run,
+        session: Session,
+        caller: Principal,
+        *,
+        wait_for: list[str],
+        next_event_id: int,
+        resuming: bool = False,
     ) -> None:
-        self.launched.append((run, wait_for))
+        if resuming:
+            self.resumed.append((run.id, next_event_id))
+        else:
+            self.launched.append((run, wait_for))
 
     async def request_cancel(self, run_id: str, mode: CancelMode) -> None:
         self.cancels.append((run_id, mode))
@@ -229,3 +326,15 @@ class FakeConversation:
 
     async def check_quota(self, *, token: str) -> QuotaState:
         return QuotaState()
+
+
+def _conforms() -> None:
+    """Never called: mypy checks here that each fake still matches the protocol service.py declares."""
+    store, events = FakeStore(), FakeEvents()
+    _store: service.Store = store
+    _locks: service.Locks = FakeLocks()
+    _events: service.Events = events
+    _limits: service.Limits = FakeLimits()
+    _runs: service.Runs = FakeRuns(store, events)
+    _agents: service.Agents = FakeAgents()
+    _conversation: service.Conversation = FakeConversation()

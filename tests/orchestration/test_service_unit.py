@@ -3,13 +3,28 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from services.orchestration.config import OrchestrationOptions
-from services.orchestration.models import AgentSnapshot, BusyPolicy, CancelMode, Run, Session
+from services.orchestration.models import (
+    AgentSnapshot,
+    AgentTool,
+    BusyPolicy,
+    CancelMode,
+    EventType,
+    Run,
+    RunState,
+    RunToolCall,
+    Session,
+    ToolCallStatus,
+    ToolDecision,
+    ToolOutput,
+)
 from services.orchestration.service import OrchestrationService
 from services.platform import errors
 from services.platform.auth import Principal
@@ -185,3 +200,119 @@ async def test_ending_a_session_cancels_its_runs_and_refuses_new_messages(parts:
     with pytest.raises(errors.FailedPrecondition) as refused:
         await sender(parts, session)()
     assert refused.value.reason == "SESSION_ENDED"
+
+
+# Waiting runs ------------------------------------------------------------------------------------
+
+SCHEMA = {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}
+
+
+async def waiting_run(parts: Parts, state: RunState, *tools: AgentTool) -> tuple[Run, list[RunToolCall]]:
+    """A run the worker left waiting on step 1: one call per tool, as the store holds it."""
+    run = await sender(parts, await parts.session(tools=tools))()
+    status = (
+        ToolCallStatus.AWAITING_APPROVAL
+        if state is RunState.REQUIRES_APPROVAL
+        else ToolCallStatus.AWAITING_OUTPUT
+    )
+    calls = [
+        RunToolCall(
+            id=f"call_1_{i}",
+            name=t.name,
+            arguments_json='{"text": "hi"}',
+            status=status,
+            step=1,
+            requires_approval=t.requires_approval,
+        )
+        for i, t in enumerate(tools)
+    ]
+    parts.store.wait(run.id, state, calls)
+    return run, calls
+
+
+async def test_outputs_for_a_run_that_does_not_wait_are_failed_precondition(parts: Parts) -> None:
+    run = await sender(parts, await parts.session())()  # QUEUED: no call waits
+    with pytest.raises(errors.FailedPrecondition) as refused:
+        await parts.service.submit_tool_outputs(member(), run.id, [ToolOutput("call_1_0", "x")])
+    assert refused.value.reason == "RUN_NOT_WAITING"
+    approval, calls = await waiting_run(
+        parts, RunState.REQUIRES_APPROVAL, AgentTool(name="t", parameters=SCHEMA, requires_approval=True)
+    )
+    with pytest.raises(errors.FailedPrecondition):
+        await parts.service.submit_tool_outputs(member(), approval.id, [ToolOutput(calls[0].id, "x")])
+    assert parts.store.calls[approval.id] == calls
+
+
+async def test_an_unknown_call_or_run_is_refused_and_changes_nothing(parts: Parts) -> None:
+    run, calls = await waiting_run(parts, RunState.REQUIRES_ACTION, AgentTool(name="t", parameters=SCHEMA))
+    with pytest.raises(errors.InvalidArgument) as bad:
+        await parts.service.submit_tool_outputs(member(), run.id, [ToolOutput("call_9_9", "x")])
+    assert [v.field for v in bad.value.violations] == ["outputs[0].tool_call_id"]
+    with pytest.raises(errors.NotFound):
+        await parts.service.submit_tool_outputs(member(), str(uuid.uuid4()), [ToolOutput(calls[0].id, "x")])
+    with pytest.raises(errors.NotFound):
+        await parts.service.submit_tool_outputs(member(tenant="t2"), run.id, [ToolOutput(calls[0].id, "x")])
+    assert parts.store.calls[run.id] == calls and parts.runs.resumed == []
+
+
+async def test_the_last_output_resumes_once_and_a_repeat_is_harmless(parts: Parts) -> None:
+    tools = (AgentTool(name="a", parameters=SCHEMA), AgentTool(name="b", parameters=SCHEMA))
+    run, calls = await waiting_run(parts, RunState.REQUIRES_ACTION, *tools)
+    first = await parts.service.submit_tool_outputs(member(), run.id, [ToolOutput(calls[0].id, "A")])
+    assert first.state is RunState.REQUIRES_ACTION and [c.id for c in first.pending_tool_calls] == [
+        calls[1].id
+    ]
+    assert parts.runs.resumed == []
+    await parts.service.submit_tool_outputs(member(), run.id, [ToolOutput(calls[1].id, "B")])
+    assert [r for r, _ in parts.runs.resumed] == [run.id]
+    assert parts.store.runs[run.id].state is RunState.RUNNING
+    assert run.id in parts.limits.slots["t1"] and parts.events.leases[run.id] == "fake-instance"
+    again = await parts.service.submit_tool_outputs(member(), run.id, [ToolOutput(calls[1].id, "B")])
+    assert again.state is RunState.RUNNING and len(parts.runs.resumed) == 1
+    assert [c.output for c in parts.store.calls[run.id]] == ["A", "B"]
+
+
+async def test_an_output_over_the_cap_is_invalid_and_records_nothing(parts: Parts) -> None:
+    run, calls = await waiting_run(parts, RunState.REQUIRES_ACTION, AgentTool(name="t", parameters=SCHEMA))
+    cap = OrchestrationOptions().tool_max_output_bytes
+    with pytest.raises(errors.InvalidArgument) as bad:
+        await parts.service.submit_tool_outputs(member(), run.id, [ToolOutput(calls[0].id, "x" * (cap + 1))])
+    assert [v.field for v in bad.value.violations] == ["outputs[0].output"]
+    assert parts.store.calls[run.id] == calls
+
+
+async def test_only_the_sessions_user_or_an_admin_decides(parts: Parts) -> None:
+    tool = AgentTool(name="t", parameters=SCHEMA, requires_approval=True)
+    run, calls = await waiting_run(parts, RunState.REQUIRES_APPROVAL, tool)
+    approve = [ToolDecision(tool_call_id=calls[0].id, approve=True)]
+    with pytest.raises(errors.PermissionDenied):
+        await parts.service.decide_tool_calls(member("u2"), run.id, approve)
+    with pytest.raises(errors.NotFound):
+        await parts.service.decide_tool_calls(member(tenant="t2"), run.id, approve)
+    assert parts.store.calls[run.id] == calls
+    await parts.service.decide_tool_calls(admin(), run.id, approve)
+    # A client tool approved goes on to wait for its output.
+    assert parts.store.calls[run.id][0].status is ToolCallStatus.AWAITING_OUTPUT
+
+
+async def test_an_edit_is_checked_against_the_schema_and_a_bad_one_records_nothing(parts: Parts) -> None:
+    tool = AgentTool(name="t", parameters=SCHEMA, requires_approval=True)
+    run, calls = await waiting_run(parts, RunState.REQUIRES_APPROVAL, tool)
+    with pytest.raises(errors.InvalidArgument) as bad:
+        await parts.service.decide_tool_calls(
+            member(), run.id, [ToolDecision(tool_call_id=calls[0].id, edited_arguments_json='{"text": 5}')]
+        )
+    assert [v.field for v in bad.value.violations] == ["decisions[0].edited_arguments_json"]
+    assert parts.store.calls[run.id] == calls
+    await parts.service.decide_tool_calls(
+        member(), run.id, [ToolDecision(tool_call_id=calls[0].id, edited_arguments_json='{"text": "edited"}')]
+    )
+    assert json.loads(parts.store.calls[run.id][0].arguments_json) == {"text": "edited"}
+
+
+async def test_cancelling_a_waiting_run_ends_it_without_a_worker(parts: Parts) -> None:
+    run, _ = await waiting_run(parts, RunState.REQUIRES_ACTION, AgentTool(name="t", parameters=SCHEMA))
+    cancelled = await parts.service.cancel_run(member(), run.id)
+    assert cancelled.state is RunState.CANCELLED and parts.runs.cancels == []
+    assert [c.status for c in parts.store.calls[run.id]] == [ToolCallStatus.CANCELLED]
+    assert parts.events.streams[run.id][-1].type is EventType.RUN_CANCELLED
