@@ -4,7 +4,8 @@ An agent's content (what a version freezes) is a JSON-shaped dict:
     {"display_name": str, "description": str, "state": "ACTIVE"|"INACTIVE", "config": {...}}
 where config is the AgentConfig in its proto-JSON form with proto field names and without default
 values (so a key present means "set"): model, system_prompt, temperature, max_output_tokens, tools,
-context_policy, metadata, busy_policy. A tool's execution is absent for client tools (see `Tool`).
+context_policy, metadata, busy_policy, fallback_models, allow_model_override, response_format
+(type "RESPONSE_FORMAT_TYPE_TEXT"|"RESPONSE_FORMAT_TYPE_JSON_SCHEMA", schema, name). A tool's execution is absent for client tools (see `Tool`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ CONFIG_FIELDS = (
     "context_policy",
     "metadata",
     "busy_policy",
+    "fallback_models",
+    "allow_model_override",
+    "response_format",
 )
 # The top-level paths a diff and a field mask know.
 CONTENT_FIELDS = ("display_name", "description", "state", "config")

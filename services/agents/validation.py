@@ -28,6 +28,12 @@ MAX_TOOL_DESCRIPTION = 1024
 MAX_TOOL_URL = 2048
 _TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
 _MODEL = re.compile(r"([a-z0-9_-]+):([A-Za-z0-9._:/-]{1,128})")
+_SCHEMA_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+MAX_FALLBACK_MODELS = 3
+# response_format.type in the stored (proto-JSON) form; absent is UNSPECIFIED, read as text.
+FORMAT_TEXT = "RESPONSE_FORMAT_TYPE_TEXT"
+FORMAT_JSON_SCHEMA = "RESPONSE_FORMAT_TYPE_JSON_SCHEMA"
+_FORMAT_TYPES = ("RESPONSE_FORMAT_TYPE_UNSPECIFIED", FORMAT_TEXT, FORMAT_JSON_SCHEMA)
 
 # Limit names reported in ConfigViolation.limit and PreconditionFailure.Violation.type.
 LIMIT_MAX_AGENTS = "max_agents"
@@ -68,13 +74,26 @@ def check_config(
         out.append(FieldViolation(_join(prefix, field), description))
 
     model = config.get("model", "")
-    match = _MODEL.fullmatch(model)
     if not model:
         bad("model", 'is required, as "provider:model"')
-    elif match is None:
-        bad("model", 'must be "provider:model", for example "echo:default"')
-    elif match.group(1) not in PROVIDERS:
-        bad("model", f"unknown provider {match.group(1)!r}; known: {', '.join(PROVIDERS)}")
+    else:
+        problem = model_problem(model)
+        if problem:
+            bad("model", problem)
+    fallbacks = config.get("fallback_models", [])
+    if len(fallbacks) > MAX_FALLBACK_MODELS:
+        bad("fallback_models", f"must have at most {MAX_FALLBACK_MODELS} entries")
+    tried = {model}
+    for i, fallback in enumerate(fallbacks):
+        problem = model_problem(fallback)
+        if problem:
+            bad(f"fallback_models[{i}]", problem)
+        elif fallback in tried:
+            # A model already tried would fail the same way again: a repeat only adds latency.
+            bad(f"fallback_models[{i}]", f"{fallback!r} is already tried before it (model or a fallback)")
+        tried.add(fallback)
+    for field, description in response_format_problems(config.get("response_format")):
+        bad(_join("response_format", field), description)
     if len(config.get("system_prompt", "").encode()) > MAX_SYSTEM_PROMPT_BYTES:
         bad("system_prompt", f"must be at most {MAX_SYSTEM_PROMPT_BYTES} bytes")
     if "temperature" in config:
@@ -110,6 +129,43 @@ def check_config(
             break
         if len(value) > MAX_METADATA_VALUE:
             bad(f"metadata[{key}]", f"must be at most {MAX_METADATA_VALUE} characters")
+    return out
+
+
+def model_problem(model: str) -> str:
+    """Why `model` is not a "provider:model" of a known provider ("" when it is)."""
+    match = _MODEL.fullmatch(model)
+    if match is None:
+        return 'must be "provider:model", for example "echo:default"'
+    if match.group(1) not in PROVIDERS:
+        return f"unknown provider {match.group(1)!r}; known: {', '.join(PROVIDERS)}"
+    return ""
+
+
+def response_format_problems(data: Any) -> list[tuple[str, str]]:
+    """(field under response_format, description) of what is wrong with a stored response_format.
+    A broken schema's field carries the JSON pointer into it (schema/properties/x/type), so the
+    author of a long schema finds the keyword."""
+    if not data:
+        return []
+    kind = data.get("type", "RESPONSE_FORMAT_TYPE_UNSPECIFIED")
+    if kind not in _FORMAT_TYPES:
+        return [("type", f"unknown response format type {kind!r}")]
+    schema, name = data.get("schema"), data.get("name", "")
+    if kind != FORMAT_JSON_SCHEMA:
+        out = [("schema", "only a JSON_SCHEMA response format has a schema")] if schema else []
+        return out + ([("name", "only a JSON_SCHEMA response format has a name")] if name else [])
+    out = []
+    if name and not _SCHEMA_NAME.fullmatch(name):
+        out.append(("name", "must match [a-zA-Z0-9_-]{1,64}"))
+    if not schema:
+        out.append(("schema", "is required for a JSON_SCHEMA response format"))
+        return out
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        path = "".join(f"/{p}" for p in exc.absolute_path)
+        out.append((f"schema{path}", f"is not a valid JSON Schema (Draft 2020-12): {exc.message}"))
     return out
 
 
@@ -182,6 +238,16 @@ def check_tier(config: dict[str, Any], limits: TierLimits, *, prefix: str = "con
                 LIMIT_MODELS,
             )
         )
+    for i, fallback in enumerate(config.get("fallback_models", [])):
+        # The format check reports a malformed entry; the tier speaks only of well-formed ones.
+        if _MODEL.fullmatch(fallback) and not limits.allows_model(fallback):
+            out.append(
+                Violation(
+                    _join(prefix, f"fallback_models[{i}]"),
+                    f"model {fallback!r} is not available on the {limits.name} tier",
+                    LIMIT_MODELS,
+                )
+            )
     tools = len(config.get("tools", []))
     if tools > limits.max_tools_per_agent:
         out.append(
