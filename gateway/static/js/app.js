@@ -4,6 +4,7 @@ import { ChatSocket, TERMINAL } from "./ws.js";
 import { bubble, setText, appendText, finish, stored, scrollDown } from "./render.js";
 import * as sessions from "./sessions.js";
 import { listAgents, renderAgents, AgentEditor } from "./agents.js";
+import { ToolCalls, fromRun, fromStored } from "./tools.js";
 
 const store = window.sessionStorage;
 const $ = (sel) => document.querySelector(sel);
@@ -15,6 +16,9 @@ let current = JSON.parse(store.getItem("session") || "null");
 let activeRun = null;
 let agents = [];
 const bubbles = new Map(); // run_id -> element
+// A waiting run's state read at (re)load: {last: its last event id, pending: ids of calls still
+// waiting}. Replayed frames up to `last` must not reopen a call that was answered since.
+const snapshots = new Map();
 
 function toast(text, kind = "error") {
   const el = $("#toast");
@@ -37,6 +41,12 @@ function setPill(state) {
 }
 
 const canEdit = () => (claims(api.token() || "").roles || []).some((r) => EDITORS.includes(r));
+// Orchestration lets the session's user or an owner or admin decide; anyone else sees read-only.
+const mayDecide = () => canEdit() || (!!current?.userId && current.userId === claims(api.token() || "").sub);
+const tools = new ToolCalls({
+  send: (frame) => socket?.send(frame) || (toast("Not connected yet; try again in a moment."), false),
+  mayDecide,
+});
 const agentName = (id) => agents.find((a) => a.id === id)?.displayName || "Agent " + (id || "").slice(0, 8);
 
 function setRunning(runId) {
@@ -54,9 +64,27 @@ function runBubble(runId) {
   return el;
 }
 
+function showCalls(m, calls) {
+  const el = runBubble(m.run_id);
+  const snap = snapshots.get(m.run_id);
+  for (const call of calls) {
+    const stale = snap && m.event_id <= snap.last && !snap.pending.has(call.id);
+    tools.show(el, m.run_id, m.session_id, stale && call.status.startsWith("awaiting") ? { ...call, status: "answered" } : call);
+  }
+  scrollDown();
+}
+
+// The run waits for a person: the calls named are the ones still waiting, earlier ones were answered.
+function waiting(m) {
+  if (!current || m.session_id !== current.id) return;
+  tools.settle(m.run_id, m.tool_calls.map((c) => c.id));
+  showCalls(m, m.tool_calls);
+}
+
 const handlers = {
   error(m) {
     if (m.error_code === "UNAUTHENTICATED") return; // the socket refreshes and reconnects
+    if (m.request_id) tools.reopen(m.request_id); // a refused decision or output is keyed by its run id
     toast(`${m.error_code}: ${m.error_message}` + (m.retry_after ? ` (retry in ${m.retry_after}s)` : ""));
   },
   system_event(m) {
@@ -65,6 +93,8 @@ const handlers = {
       setRunning(m.run_id);
       runBubble(m.run_id);
     } else if (TERMINAL.includes(m.event)) {
+      const expired = m.error?.code === "DEADLINE_EXCEEDED";
+      tools.settle(m.run_id, [], m.event === "run_completed" ? "answered" : expired ? "expired" : "cancelled");
       const el = bubbles.get(m.run_id);
       if (el) finish(el, m.event, m.error);
       if (m.event === "run_failed") toast("The answer failed: " + (m.error?.message || "unknown error"));
@@ -75,9 +105,17 @@ const handlers = {
   agent_response(m) {
     if (!current || m.session_id !== current.id) return;
     const el = runBubble(m.run_id);
+    tools.settle(m.run_id);
     if (m.delta !== undefined) appendText(el, m.delta);
     if (m.final !== undefined) setText(el, m.final);
     scrollDown();
+  },
+  approval_requested: waiting,
+  tool_calls_requested: waiting,
+  tool_call(m) {
+    if (!current || m.session_id !== current.id) return;
+    tools.settle(m.run_id, [m.tool_call.id]);
+    showCalls(m, [m.tool_call]);
   },
   pong() {},
 };
@@ -104,6 +142,8 @@ async function showSession() {
   showChat();
   $("#messages").textContent = "";
   bubbles.clear();
+  tools.clear();
+  snapshots.clear();
   setRunning(null);
   if (!current) return;
   $("#chat-title").textContent = "Chat with " + (current.title || agentName(current.agentId));
@@ -116,21 +156,42 @@ async function showSession() {
     sessions.activeRun(current.id).catch(() => null), // no run to continue is the safe answer
   ]);
   if (!api.token() || current?.id !== shown) return;
+  showStored(messages, run);
+  if (run) {
+    setRunning(run.id);
+    const el = runBubble(run.id);
+    if (sessions.WAITING.includes(run.state)) {
+      // The pending calls come from the run itself; the replay below adds the calls before them.
+      const pending = (run.pendingToolCalls || []).map(fromRun);
+      snapshots.set(run.id, { last: Number(run.lastEventId || 0), pending: new Set(pending.map((c) => c.id)) });
+      for (const call of pending) tools.show(el, run.id, current.id, call);
+    }
+    socket.follow(run.id, current.id, 0);
+  }
+}
+
+// The stored history: a run's tool calls (an assistant message's toolCalls, each answered by a tool
+// message) and its answer in one bubble, as they were shown live.
+function showStored(messages, run) {
+  const results = new Map(messages.filter((m) => m.role === "MESSAGE_ROLE_TOOL").map((m) => [m.toolCallId, m]));
+  const byRun = new Map();
   for (const m of messages) {
     // The live run's answer is not stored yet, except as a partial; it streams in below instead.
     if (run && m.metadata?.run_id === run.id) continue;
-    stored(m);
-  }
-  if (run) {
-    setRunning(run.id);
-    runBubble(run.id);
-    socket.follow(run.id, current.id, 0);
+    if (m.role === "MESSAGE_ROLE_TOOL") continue;
+    const runId = m.metadata?.run_id;
+    let el = m.role === "MESSAGE_ROLE_ASSISTANT" && runId ? byRun.get(runId) : null;
+    if (el && m.content) setText(el, m.content);
+    if (!el) el = stored(m);
+    if (m.role === "MESSAGE_ROLE_ASSISTANT" && runId) byRun.set(runId, el);
+    for (const ref of m.toolCalls || []) tools.show(el, runId, current.id, fromStored(ref, results.get(ref.id)));
   }
 }
 
 async function openSession(s) {
   current = {
     id: s.id,
+    userId: s.userId,
     conversationId: s.conversationId,
     agentId: s.agentId,
     title: agentName(s.agentId),
@@ -202,6 +263,7 @@ async function editAgent(agent) {
 function clearView() {
   for (const id of ["#agents", "#sessions", "#search-results", "#messages", "#versions", "#diff"]) $(id).textContent = "";
   bubbles.clear();
+  tools.clear();
   agents = [];
   setRunning(null);
   $("#chat-title").textContent = "Pick an agent to start a session";

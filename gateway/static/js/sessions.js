@@ -5,7 +5,10 @@
 import { api } from "./api.js";
 
 const $ = (sel) => document.querySelector(sel);
-const LIVE = ["RUN_STATE_RUNNING", "RUN_STATE_QUEUED"];
+// A run waiting for a client's tool output or a person's approval is unfinished too: its page shows
+// the pending calls so they can be answered after a reload or from a second tab.
+export const WAITING = ["RUN_STATE_REQUIRES_ACTION", "RUN_STATE_REQUIRES_APPROVAL"];
+const LIVE = ["RUN_STATE_RUNNING", "RUN_STATE_QUEUED", ...WAITING];
 
 function when(ts) {
   if (!ts) return "";
@@ -18,15 +21,19 @@ export async function listSessions() {
   return sessions;
 }
 
-// The session's newest run that is still QUEUED or RUNNING (ListRuns is newest first).
+// The session's newest run that is still QUEUED, RUNNING or waiting (ListRuns is newest first); a
+// waiting one as GetRun has it, with its pendingToolCalls.
 export async function activeRun(sessionId) {
   const { runs } = await api.call("OrchestrationService.ListRuns", { sessionId, pageSize: 5 });
-  return runs.find((r) => LIVE.includes(r.state)) || null;
+  const run = runs.find((r) => LIVE.includes(r.state)) || null;
+  if (!run || !WAITING.includes(run.state)) return run;
+  return (await api.call("OrchestrationService.GetRun", { runId: run.id })).run;
 }
 
 export async function history(conversationId) {
   const { messages } = await api.call("ConversationService.ListMessages", { conversationId, pageSize: 500 });
-  return messages.filter((m) => m.role === "MESSAGE_ROLE_USER" || m.role === "MESSAGE_ROLE_ASSISTANT");
+  const shown = ["MESSAGE_ROLE_USER", "MESSAGE_ROLE_ASSISTANT", "MESSAGE_ROLE_TOOL"];
+  return messages.filter((m) => shown.includes(m.role));
 }
 
 export async function endSession(sessionId) {
