@@ -64,6 +64,22 @@ def metered(
     return Usage(prompt, completion, model=model, source=source, duration_ms=duration_ms)
 
 
+def summed(total: Usage, step: Usage, *, tool_calls: int = 0) -> Usage:
+    """`total` plus one model step (its tokens, model time and model) and the calls executed;
+    ESTIMATED as soon as any step's counts were estimated."""
+    source = step.source or total.source
+    if "ESTIMATED" in (total.source, step.source):
+        source = "ESTIMATED"
+    return Usage(
+        total.prompt_tokens + step.prompt_tokens,
+        total.completion_tokens + step.completion_tokens,
+        model=step.model or total.model,
+        source=source,
+        tool_calls=total.tool_calls + tool_calls,
+        duration_ms=total.duration_ms + step.duration_ms,
+    )
+
+
 class Lost(Exception):
     """This instance no longer owns the run (its lease lapsed and the sweeper ended it)."""
 
@@ -90,6 +106,9 @@ class RunHandle:
     # The model step in progress (1, 2, ...); a resumed run continues its waiting step's calls.
     step: int = 0
     resuming: bool = False
+    # The run's usage so far: every model step's, and the tool calls executed (a resumed run
+    # starts from the sum its row kept while it waited).
+    usage: Usage = dataclasses.field(default_factory=Usage)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,7 +224,7 @@ class RunWorker:
         run = await self._store.get_run(h.caller.tenant_id, h.run.id)
         if run is None:
             raise Lost()
-        h.run, h.step = run, run.steps
+        h.run, h.step, h.usage = run, run.steps, run.usage
         agent = await self._agents.get(h.session.agent_id, tenant_id=h.caller.tenant_id, token=h.caller.token)
         h.agent_version = agent.version
         return agent
@@ -236,6 +255,8 @@ class RunWorker:
         if state is not None:
             await self._wait(h, state, calls)
             return False
+        executed = sum(1 for c in calls if c.status is ToolCallStatus.COMPLETED)
+        h.usage = summed(h.usage, Usage(), tool_calls=executed)
         for call in calls:
             await self._conversation.append(
                 h.session.conversation_id,
@@ -277,6 +298,16 @@ class RunWorker:
             now_us=now,
         ):
             raise Lost()
+        # The sum so far goes with the rows: the worker that resumes the run may be another's.
+        await self._store.update_run(
+            h.run.id,
+            prompt_tokens=h.usage.prompt_tokens,
+            completion_tokens=h.usage.completion_tokens,
+            model=h.usage.model or None,
+            usage_source=h.usage.source or None,
+            tool_calls=h.usage.tool_calls,
+            duration_ms=h.usage.duration_ms,
+        )
         await self._limits.release(h.caller.tenant_id, h.run.id)
         pending = tuple(c for c in calls if c.status.pending)
         shown = (
@@ -367,6 +398,7 @@ class RunWorker:
             model=name,
             duration_ms=round((time.monotonic() - started) * 1000),
         )
+        h.usage = summed(h.usage, usage)
         assistant_id = await self._conversation.append(
             h.session.conversation_id,
             role="assistant",
@@ -394,7 +426,7 @@ class RunWorker:
             state=RunState.COMPLETED,
             now_us=micros(self._clock),
             last_event_id=h.next_event_id,
-            usage=step.usage,
+            usage=h.usage,
             assistant_message_id=step.assistant_message_id,
             fallbacks=tuple(h.fallbacks),
         ):
@@ -404,7 +436,7 @@ class RunWorker:
         await self._emit(
             h,
             EventType.RUN_COMPLETED,
-            usage=step.usage,
+            usage=h.usage,
             model=step.usage.model,
             fallbacks=tuple(h.fallbacks),
         )
@@ -463,6 +495,8 @@ class RunWorker:
             state=state,
             now_us=micros(self._clock),
             last_event_id=h.next_event_id,
+            # What its finished steps used is spent all the same (a limit, a cancel, a failure).
+            usage=h.usage if h.usage.total_tokens or h.usage.tool_calls else None,
             error=error,
             assistant_message_id=assistant_id,
             fallbacks=tuple(h.fallbacks),
