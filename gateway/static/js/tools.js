@@ -119,7 +119,7 @@ export class ToolCalls {
     const failed = call.status === "completed" && call.is_error;
     b.el.textContent = "";
     b.el.dataset.status = failed ? "error" : call.status;
-    const head = el("header");
+    const head = el("div", "tool-head");
     head.append(el("span", "tool-name", call.name), el("span", "tool-status", failed ? "error" : LABELS[call.status] || call.status));
     if (call.duration_ms) head.append(el("span", "tool-duration", `${call.duration_ms} ms`));
     b.el.append(head);
