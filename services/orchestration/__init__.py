@@ -24,7 +24,9 @@ async def build(runtime: Runtime) -> Built[OrchestrationService]:
     options = OrchestrationOptions.from_settings(settings.runs, settings.tools)
     own = settings.redis_url != ""  # embedded: the runtime's fakeredis
     redis = (
-        stream_client(settings.redis_url, max_connections=options.max_stream_readers)
+        stream_client(
+            settings.redis_url, max_connections=options.max_stream_readers, mode=settings.redis_mode
+        )
         if own
         else runtime.redis
     )

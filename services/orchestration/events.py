@@ -1,8 +1,9 @@
-"""Run events in Redis: one stream per run (`runs:<run_id>:events`) with explicit entry ids
+"""Run events in Redis: one stream per run (`{run:<run_id>}:events`) with explicit entry ids
 "0-<event_id>", so "after event N" is simply XREAD from "0-N" on any instance.
 
-Also: each session's stream of run ids (`sessions:<id>:runs`, for Chat), the run lease and the
-cancel flag. Entries are compact JSON of the domain RunEvent.
+Also: each session's stream of run ids (`{session:<id>}:runs`, for Chat), the run lease and the
+cancel flag. Entries are compact JSON of the domain RunEvent. A run's keys share the hash tag
+`{run:<id>}`, so the terminal MULTI and the lease renewal stay in one Redis Cluster slot.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import dataclasses
 import json
+import logging
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -30,16 +32,22 @@ from services.orchestration.models import (
     Usage,
 )
 from services.platform import errors
+from services.platform.redis_client import create_redis, is_cluster
 
-EVENTS_KEY = "runs:{run_id}:events"
-LEASE_KEY = "runs:{run_id}:lease"
-CANCEL_KEY = "runs:{run_id}:cancel"
-SESSION_RUNS_KEY = "sessions:{session_id}:runs"
+# Doubled braces: a literal hash tag around the formatted id.
+EVENTS_KEY = "{{run:{run_id}}}:events"
+LEASE_KEY = "{{run:{run_id}}}:lease"
+CANCEL_KEY = "{{run:{run_id}}}:cancel"
+SESSION_RUNS_KEY = "{{session:{session_id}}}:runs"
+
+log = logging.getLogger("agentmesh.orchestration.runs")
 
 
-def stream_client(url: str, *, max_connections: int) -> aioredis.Redis:
+def stream_client(url: str, *, max_connections: int, mode: str = "standalone") -> aioredis.Redis:
     """Orchestration's own Redis pool (events, leases, limits): every live stream being read holds a
     connection during its blocking XREAD, so it needs far more than the shared client's."""
+    if mode != "standalone":
+        return create_redis(url, mode=mode, max_connections=max_connections)
     return aioredis.from_url(
         url,
         decode_responses=False,
@@ -249,12 +257,22 @@ class RunEvents:
     async def renew_lease(
         self, run_id: str, owner: str, ttl_seconds: float
     ) -> tuple[bool, CancelMode | None]:
-        """Extends the lease if we still hold it; also returns a cancel requested from anywhere."""
+        """Extends the lease if we still hold it; also returns a cancel requested from anywhere.
+
+        A missing lease (Redis lost its keys: a restart without persistence, a flush, a failover to a
+        replica that had not seen it) is taken again (SET NX): the run is alive here, and failing it
+        for Redis's loss would throw away a good answer. Held by another owner: the run is theirs.
+        """
         lease, cancel = LEASE_KEY.format(run_id=run_id), CANCEL_KEY.format(run_id=run_id)
         holder, mode = await self._redis.mget(lease, cancel)
-        if holder is None or _text(holder) != owner:
+        if holder is None:
+            if not await self._redis.set(lease, owner.encode(), nx=True, px=int(ttl_seconds * 1000)):
+                return False, None
+            log.warning("run lease was missing; re-asserted", extra={"fields": {"run_id": run_id}})
+        elif _text(holder) != owner:
             return False, None
-        await self._redis.pexpire(lease, int(ttl_seconds * 1000))
+        else:
+            await self._redis.pexpire(lease, int(ttl_seconds * 1000))
         return True, CancelMode(_text(mode)) if mode else None
 
     async def cancel_requested(self, run_id: str) -> CancelMode | None:
@@ -264,7 +282,16 @@ class RunEvents:
     async def lease_holders(self, run_ids: list[str]) -> list[str | None]:
         if not run_ids:
             return []
-        holders = await self._redis.mget([LEASE_KEY.format(run_id=r) for r in run_ids])
+        keys = [LEASE_KEY.format(run_id=r) for r in run_ids]
+        if is_cluster(self._redis):
+            # Each run's lease is in its own slot and redis-py refuses MGET in a cluster pipeline:
+            # GETs in one pipeline, which it sends as one batch per node.
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.get(key)
+                holders = await pipe.execute()
+        else:
+            holders = await self._redis.mget(keys)
         return [None if h is None else _text(h) for h in holders]
 
     async def request_cancel(self, run_id: str, mode: CancelMode) -> None:

@@ -2,13 +2,15 @@
 
 Each run is a background task owned by the instance that accepted it (not by the client's stream,
 so it survives a disconnect): the worker executes it (worker.py) while the keeper renews its Redis
-lease (lease.py); the sweeper on every instance fails runs whose lease lapsed (sweeper.py).
+lease (lease.py) and the manager beats every local run's heartbeat in PostgreSQL; the sweeper on
+every instance fails runs whose lease lapsed and whose heartbeat went stale (sweeper.py).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -28,6 +30,9 @@ from services.orchestration.worker import RunHandle, RunWorker
 from services.platform.auth import Principal
 from services.platform.call_context import current_call
 from services.platform.outbound import OutboundClient
+from services.platform.timestamps import micros
+
+log = logging.getLogger("agentmesh.orchestration.runs")
 
 
 class RunManager:
@@ -44,6 +49,10 @@ class RunManager:
         clock: Callable[[], float] = time.time,
     ):
         self._events = events
+        self._store = store
+        self._clock = clock
+        self._beat_seconds = options.lease_renew_seconds
+        self._beating: asyncio.Task[None] | None = None
         self._providers = providers
         self.instance_id = uuid.uuid4().hex
         self._handles: dict[str, RunHandle] = {}
@@ -78,6 +87,8 @@ class RunManager:
             limits=limits,
             interval_seconds=options.sweep_interval_seconds,
             is_local=self.is_local,
+            # Longer than the renew interval, so an owner re-asserts a lost lease before it counts.
+            grace_seconds=options.lease_ttl_seconds,
             clock=clock,
         )
 
@@ -98,6 +109,22 @@ class RunManager:
         context.run(current_call.set, None)
         handle.task = asyncio.get_running_loop().create_task(self._run(handle), context=context)
         self._handles[run.id] = handle
+        if self._beating is None or self._beating.done():
+            self._beating = asyncio.get_running_loop().create_task(self._beat(), context=context)
+
+    async def _beat(self) -> None:
+        """The heartbeat of this instance's runs, for as long as it has any: one UPDATE of
+        runs.heartbeat_us for all of them per renew interval. Per run rather than one row per
+        instance (cheaper to write): an instance that is alive but dropped a run (its lease went to
+        another owner, a crash of that task) must not keep vouching for it, and the sweeper then
+        needs no owner column or join."""
+        while self._handles:
+            try:
+                await self._store.beat(list(self._handles), micros(self._clock))
+            except Exception as exc:
+                # A missed beat is harmless while the lease holds; the next tick tries again.
+                log.warning("run heartbeat failed", extra={"fields": {"error": str(exc)[:300]}})
+            await asyncio.sleep(self._beat_seconds)
 
     async def _run(self, h: RunHandle) -> None:
         keeper = asyncio.get_running_loop().create_task(self.keeper.keep(h))
@@ -134,6 +161,8 @@ class RunManager:
         tasks += self._abandoned
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
+        if self._beating is not None:
+            self._beating.cancel()
         await self._providers.close()
         await self._outbound.aclose()
 

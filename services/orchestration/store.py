@@ -78,6 +78,7 @@ runs = sa.Table(
     sa.Column("model_override", sa.String(128)),
     sa.Column("steps", sa.Integer),
     sa.Column("wait_expire_us", sa.BigInteger),
+    sa.Column("heartbeat_us", sa.BigInteger),
 )
 
 # A waiting run's calls (and the calls of its earlier steps, with their results).
@@ -351,6 +352,20 @@ class OrchestrationStore:
         async with self._engine.connect() as conn:
             return [_run(r) for r in await conn.execute(query)]
 
+    async def beat(self, run_ids: list[str], now_us: int) -> None:
+        """The owner's heartbeat of its leased runs: one statement for all of them."""
+        if not run_ids:
+            return
+        stmt = runs.update().where(runs.c.id.in_(run_ids), runs.c.state.in_(LEASED_STATES))
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt.values(heartbeat_us=now_us))
+
+    async def heartbeats(self, run_ids: list[str]) -> dict[str, int | None]:
+        """Each run's last heartbeat (None: never beaten)."""
+        query = sa.select(runs.c.id, runs.c.heartbeat_us).where(runs.c.id.in_(run_ids))
+        async with self._engine.connect() as conn:
+            return {row.id: row.heartbeat_us for row in await conn.execute(query)}
+
     async def list_runs(
         self, tenant_id: str, session_id: str, *, after: tuple[int, str] | None, limit: int
     ) -> list[Run]:
@@ -552,7 +567,7 @@ class OrchestrationStore:
                 )
 
 
-SESSION_LOCK_KEY = "sessions:{session_id}:lock"
+SESSION_LOCK_KEY = "{{session:{session_id}}}:lock"
 
 
 class SessionLocks:

@@ -1,5 +1,10 @@
-"""The lease sweeper: on every instance, fails the live runs whose lease lapsed (their instance
-died), so no run stays live forever."""
+"""The lease sweeper: on every instance, fails the live runs whose instance died, so no run stays
+live forever.
+
+A lease missing from Redis alone does not prove that: Redis may have lost its keys (a restart
+without persistence, a flush, a failover), and the owner re-asserts the lease on its next renewal.
+So a run is failed only when its lease has been missing for longer than a grace period (more than
+the renew interval) AND its owner's heartbeat in PostgreSQL (runs.heartbeat_us) is stale too."""
 
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class LeaseSweeper:
         limits: RunLimits,
         interval_seconds: float,
         is_local: Callable[[str], bool],
+        grace_seconds: float,
         clock: Callable[[], float] = time.time,
     ):
         self._store = store
@@ -35,15 +41,30 @@ class LeaseSweeper:
         self._interval = interval_seconds
         self._is_local = is_local
         self._clock = clock
+        self._grace = grace_seconds
+        # When this sweeper first saw each run's lease missing (since then missing at every sweep).
+        self._missing_since: dict[str, float] = {}
 
     async def sweep(self) -> int:
-        """Fails every live run whose lease lapsed; returns how many it failed."""
+        """Fails every live run whose lease and heartbeat lapsed; returns how many it failed."""
         live = [r for r in await self._store.all_live_runs() if not self._is_local(r.id)]
         holders = await self._events.lease_holders([r.id for r in live])
+        now = self._clock()
+        missing = {
+            run.id: self._missing_since.get(run.id, now)
+            for run, h in zip(live, holders, strict=True)
+            if h is None
+        }
+        self._missing_since = missing
+        overdue = [run for run in live if run.id in missing and now - missing[run.id] >= self._grace]
         failed = 0
-        for run, holder in zip(live, holders, strict=True):
-            if holder is None and await self._fail_orphan(run):
-                failed += 1
+        if overdue:
+            beats = await self._store.heartbeats([r.id for r in overdue])
+            fresh_after = round((now - self._grace) * 1_000_000)
+            for run in overdue:
+                beat = beats.get(run.id)
+                if (beat is None or beat < fresh_after) and await self._fail_orphan(run):
+                    failed += 1
         return failed + await self._expire_waits()
 
     async def _expire_waits(self) -> int:

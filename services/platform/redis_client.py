@@ -21,7 +21,7 @@ from services.platform.settings import SettingsError
 MODES = ("standalone", "cluster")
 
 
-def create_redis(url: str, *, mode: str = "standalone") -> aioredis.Redis:
+def create_redis(url: str, *, mode: str = "standalone", max_connections: int = 512) -> aioredis.Redis:
     """The client for `url`. With mode "cluster" it is redis-py's cluster client, which learns the
     slot map from the node `url` names and sends each command to the node owning its keys.
 
@@ -38,7 +38,7 @@ def create_redis(url: str, *, mode: str = "standalone") -> aioredis.Redis:
         # fails with MaxConnectionsError (a ConnectionError, so UNAVAILABLE), it does not wait.
         cluster = RedisCluster.from_url(
             url,
-            max_connections=512,
+            max_connections=max_connections,
             decode_responses=False,
             socket_connect_timeout=2,
             socket_timeout=5,
@@ -50,7 +50,7 @@ def create_redis(url: str, *, mode: str = "standalone") -> aioredis.Redis:
         # instead of failing, so a burst degrades into latency, not errors.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
-            max_connections=512,
+            max_connections=max_connections,
             timeout=5,
             decode_responses=False,
             socket_connect_timeout=2,

@@ -97,7 +97,11 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
         async def service_token() -> str:
             return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
 
-        redis = stream_client(runtime.settings.redis_url, max_connections=options.max_stream_readers)
+        redis = stream_client(
+            runtime.settings.redis_url,
+            max_connections=options.max_stream_readers,
+            mode=runtime.settings.redis_mode,
+        )
         built = build_orchestration(
             runtime,
             redis=redis,

@@ -189,7 +189,11 @@ async def real_mesh(serve, runtime, settings, keys):
         settings.peers, agents=peers_server.address, conversation=peers_server.address
     )
     orch_runtime = await build_runtime(dataclasses.replace(settings, peers=peers), keys)
-    redis = stream_client(orch_runtime.settings.redis_url, max_connections=FAST.max_stream_readers)
+    redis = stream_client(
+        orch_runtime.settings.redis_url,
+        max_connections=FAST.max_stream_readers,
+        mode=orch_runtime.settings.redis_mode,
+    )
 
     async def service_token() -> str:
         return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
