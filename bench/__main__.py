@@ -87,8 +87,8 @@ BENCHMARKS = (
         "orchestration",
         "step 5 (issue 6): orchestration",
         orchestration.main,
-        ("--runs", "200", "--concurrency", "200", "--words", "50"),
-        ("--runs", "5", "--concurrency", "5", "--words", "5"),
+        ("--runs", "200", "--concurrency", "200", "--words", "50", "--tool-runs", "100"),
+        ("--runs", "5", "--concurrency", "5", "--words", "5", "--tool-runs", "3"),
     ),
     Benchmark(
         "gateway",

@@ -4,8 +4,12 @@ Agents and conversation are the in-memory FAKES from tests/orchestration/fakes.p
 grpc.aio server on a port), so the figures measure orchestration itself: its gRPC stream, PostgreSQL
 or SQLite for runs, Redis streams for events, and its calls to the (fake) peers.
 
-    python -m bench.orchestration [--runs 200] [--concurrency 200] [--words 50]
+    python -m bench.orchestration [--runs 200] [--concurrency 200] [--words 50] [--tool-runs 100]
         [--database-url URL] [--redis-url URL]
+
+The tool step (issue 14): runs of `echo:tools` with one http tool against a local tool server that
+answers at once (tests/tools_server.py on 127.0.0.1, allowed as AGENTMESH_TOOL_ALLOWED_HOSTS would),
+against the same runs of an agent without tools: p50 run durations and their ratio.
 
 Flags, else REDIS_URL and DATABASE_URL (defaults: 127.0.0.1 Redis db 14 and a local SQLite file).
 """
@@ -23,7 +27,9 @@ from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from google.protobuf import struct_pb2
 
+from agentmesh.agents.v1 import agents_service_pb2 as apb
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
 from bench.harness import Figure, figure
@@ -37,6 +43,7 @@ from services.platform.settings import Settings
 from tests.conftest import TestKeys
 from tests.helpers import bearer, build_orchestration
 from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
+from tests.tools_server import ToolServer
 
 
 def pct(values: list[float], q: float) -> float:
@@ -51,6 +58,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     parser.add_argument(
         "--words", type=int, default=50, help="words per message (deltas per run ~ words + 1)"
     )
+    parser.add_argument("--tool-runs", type=int, default=100, help="sequential runs with and without a tool")
     parser.add_argument("--database-url", default=os.environ.get("DATABASE_URL", ""))
     parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14"))
     args = parser.parse_args(argv)
@@ -87,11 +95,13 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
 
     echo = EchoProvider(delay_seconds=0)
-    redis = stream_client(settings.redis_url, max_connections=OrchestrationOptions().max_stream_readers)
+    # The local tool server is on loopback: allowed as AGENTMESH_TOOL_ALLOWED_HOSTS=127.0.0.1 would.
+    options = OrchestrationOptions(tool_allowed_hosts=("127.0.0.1",))
+    redis = stream_client(settings.redis_url, max_connections=options.max_stream_readers)
     orch = build_orchestration(
         runtime,
         redis=redis,
-        options=OrchestrationOptions(),
+        options=options,
         providers=Providers({"echo": echo}),
         service_token=service_token,
     )
@@ -189,8 +199,22 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             f"{statistics.median(direct_total) * 1000:.3f} ms); first delta "
             f"{pct(firsts, 0.5) / max(pct(direct_first, 0.5), 1e-9):,.0f}x"
         )
+        plain, tooled = await tool_step(stub, agents, keys, text, args.tool_runs)
+        tool_ratio = statistics.median(tooled) / statistics.median(plain)
+        print(
+            f"  tool step: run p50 {statistics.median(tooled) * 1000:.2f} ms with one http tool call, "
+            f"{statistics.median(plain) * 1000:.2f} ms without tools ({tool_ratio:.2f}x)"
+        )
         deltas = f"echo at zero delay, {args.words + 1} deltas per run"
         return [
+            figure(
+                "a run with one http tool call against the same run without tools (echo:tools at zero delay, "
+                "a local tool server that answers at once)",
+                f"p50 {statistics.median(tooled) * 1000:.2f} ms with the tool step, "
+                f"{statistics.median(plain) * 1000:.2f} ms without; {args.tool_runs} sequential runs each",
+                tool_ratio,
+                "run duration with one tool step / without tools (p50)",
+            ),
             figure(
                 f"time to first delta, one stream ({deltas})",
                 f"p50 {pct(firsts, 0.5) * 1000:.2f} ms, p99 {pct(firsts, 0.99) * 1000:.2f} ms; "
@@ -223,6 +247,55 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         await redis.aclose()
         await runtime.close()
         await base.close()
+
+
+async def tool_step(
+    stub: pb_grpc.OrchestrationServiceStub, agents: FakeAgents, keys: TestKeys, text: str, runs: int
+) -> tuple[list[float], list[float]]:
+    """Durations of `runs` sequential runs without tools, then with one http tool call each (a
+    second model step after it): SendMessage until RUN_COMPLETED, in a tenant of their own."""
+    tenant = f"bench-tools-{time.time_ns()}"
+    md = bearer(keys.token(tenant=tenant, sub="bench-user", tier="enterprise", roles=("owner",), ttl=3600))
+    secret = (await stub.RotateToolSigningSecret(pb.RotateToolSigningSecretRequest(), metadata=md)).secret
+    server = await ToolServer(secret.encode()).start()
+    try:
+        schema = struct_pb2.Struct()
+        schema.update({"type": "object", "properties": {"text": {"type": "string"}}})
+        tool = apb.Tool(
+            name="lookup",
+            description="answers at once",
+            parameters=schema,
+            execution=apb.TOOL_EXECUTION_HTTP,
+            url=server.url("echo"),
+        )
+        durations: list[list[float]] = []
+        for agent_id in (
+            agents.add(tenant, model="echo:tools"),
+            agents.add(tenant, model="echo:tools", tools=[tool]),
+        ):
+            session = (
+                await stub.StartSession(pb.StartSessionRequest(agent_id=agent_id), metadata=md)
+            ).session
+            times = []
+            for i in range(runs + 1):  # the first is a warm-up
+                start = time.perf_counter()
+                last = None
+                async for reply in stub.SendMessage(
+                    pb.SendMessageRequest(session_id=session.id, text=text), metadata=md
+                ):
+                    last = reply.event
+                if last is None or last.type != pb.RUN_EVENT_TYPE_RUN_COMPLETED:
+                    raise RuntimeError(f"a tool-step run did not complete: {last}")
+                if i:
+                    times.append(time.perf_counter() - start)
+            durations.append(times)
+        if len(server.calls) != runs + 1 or not all(c.verified for c in server.calls):
+            raise RuntimeError(
+                f"the tool server saw {len(server.calls)} calls, expected {runs + 1} signed ones"
+            )
+        return durations[0], durations[1]
+    finally:
+        await server.stop()
 
 
 if __name__ == "__main__":
