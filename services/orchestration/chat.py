@@ -108,6 +108,7 @@ class ChatSession:
                 request_id=action.request_id,
                 busy_policy=action.busy_policy,
                 model_override=action.model_override,
+                response_format=action.response_format,
             )
             # Normally announced through the session's stream; a replayed request_id is not.
             self._tail(run.id, self._service.events(run.id, 0))

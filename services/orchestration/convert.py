@@ -5,8 +5,9 @@ services/platform/timestamps.py."""
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
-from google.protobuf import json_format
+from google.protobuf import json_format, struct_pb2
 from google.rpc import status_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
@@ -20,6 +21,7 @@ from services.orchestration.models import (
     CancelAction,
     ModelFallback,
     QuotaState,
+    ResponseFormat,
     ResumeAction,
     Run,
     RunError,
@@ -35,6 +37,7 @@ from services.orchestration.models import (
     Usage,
 )
 from services.orchestration.providers import ChatMessage, ToolCall
+from services.orchestration.structured import format_problems
 from services.platform import errors
 from services.platform.timestamps import to_timestamp
 
@@ -187,7 +190,42 @@ def event_to_proto(e: RunEvent) -> pb.RunEvent:
         model=e.model,
         fallbacks=_fallbacks_to_proto(e.fallbacks),
         tool_calls=[tool_call_to_proto(c) for c in e.tool_calls],
+        structured=structured_to_proto(e.structured),
     )
+
+
+def structured_to_proto(value: Any) -> struct_pb2.Struct | None:
+    """A parsed answer as RunEvent.structured: an object as it is, any other JSON value under "value"
+    (a Struct holds only objects)."""
+    if value is None:
+        return None
+    struct = struct_pb2.Struct()
+    struct.update(value if isinstance(value, dict) else {"value": value})
+    return struct
+
+
+def _format(fmt: agents_pb.ResponseFormat) -> ResponseFormat:
+    return ResponseFormat(
+        json=fmt.type == agents_pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA,
+        schema=json_format.MessageToDict(fmt.schema),
+        name=fmt.name or "answer",
+    )
+
+
+def response_format_from_proto(
+    fmt: agents_pb.ResponseFormat, *, present: bool, field: str = "response_format"
+) -> ResponseFormat | None:
+    """A message's response format: None when not `present`; INVALID_ARGUMENT naming the field (and
+    the path inside a broken schema) when it is not one."""
+    if not present:
+        return None
+    if fmt.type not in agents_pb.ResponseFormatType.values():
+        raise errors.InvalidArgument.field(f"{field}.type", f"unknown response format type {fmt.type}")
+    found = _format(fmt)
+    bad = format_problems(found, field)
+    if bad:
+        raise errors.InvalidArgument(f"{bad[0].field}: {bad[0].description}", bad)
+    return found
 
 
 def status_pb(error: errors.AgentmeshError) -> status_pb2.Status:
@@ -223,6 +261,9 @@ def action_from_proto(request: pb.ChatRequest) -> Action | None:
             m.request_id,
             busy_policy_from_proto(m.busy_policy, "message.busy_policy"),
             model_override=m.model_override,
+            response_format=response_format_from_proto(
+                m.response_format, present=m.HasField("response_format"), field="message.response_format"
+            ),
         )
     if kind == "cancel":
         return CancelAction(request.cancel.run_id)
@@ -253,6 +294,10 @@ def agent_from_proto(agent: agents_pb.Agent, tenant_id: str) -> AgentSnapshot:
         fallback_models=tuple(config.fallback_models),
         allow_model_override=config.allow_model_override,
         tools=tuple(_tool_from_proto(t) for t in config.tools),
+        # Checked by agents when configured; unset or TEXT: text.
+        response_format=_format(config.response_format)
+        if config.response_format.type == agents_pb.RESPONSE_FORMAT_TYPE_JSON_SCHEMA
+        else None,
     )
 
 

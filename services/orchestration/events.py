@@ -98,6 +98,8 @@ def encode(event: RunEvent) -> bytes:
         data["e"] = [event.error.code, event.error.message]
     if event.tool_calls:
         data["tc"] = [_call_entry(c) for c in event.tool_calls]
+    if event.structured is not None:
+        data["j"] = event.structured
     return json.dumps(data, separators=(",", ":")).encode()
 
 
@@ -118,6 +120,7 @@ def decode(entry_id: bytes | str, raw: bytes | str) -> RunEvent:
         model=data.get("m", ""),
         fallbacks=tuple(ModelFallback(*f) for f in data.get("fb", ())),
         tool_calls=tuple(_call_of(c) for c in data.get("tc", ())),
+        structured=data.get("j"),
     )
 
 

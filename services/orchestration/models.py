@@ -166,6 +166,16 @@ class QuotaState:
         return min(fractions, default=1.0)
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class ResponseFormat:
+    """The form an answer takes: text, or JSON matching `schema` (Draft 2020-12), named `name` to the
+    model. An agent without one answers text; a message's, when set, wins over its agent's."""
+
+    json: bool = False
+    schema: dict[str, Any] = dataclasses.field(default_factory=dict)
+    name: str = "answer"
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelFallback:
     """A model that failed before its first token, and why (a status code name, ": ", the message)."""
@@ -218,6 +228,9 @@ class Run:
     model: str = ""
     fallbacks: tuple[ModelFallback, ...] = ()
     model_override: str = ""
+    # The message's response format (None: the agent's). Not stored: a run resumed after a tool
+    # wait answers in its agent's format.
+    response_format: ResponseFormat | None = None
     # Model steps taken so far; while waiting: the calls still unanswered and when the wait ends.
     steps: int = 0
     wait_expire_time_us: int = 0
@@ -239,6 +252,8 @@ class RunEvent:
     model: str = ""
     fallbacks: tuple[ModelFallback, ...] = ()
     tool_calls: tuple[RunToolCall, ...] = ()
+    # MESSAGE_COMPLETED / RUN_COMPLETED of a JSON_SCHEMA answer: the answer parsed (a JSON value).
+    structured: Any = None
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -258,6 +273,7 @@ class AgentSnapshot:
     fallback_models: tuple[str, ...] = ()
     allow_model_override: bool = False
     tools: tuple[AgentTool, ...] = ()
+    response_format: ResponseFormat | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -268,6 +284,7 @@ class SendAction:
     request_id: str
     busy_policy: BusyPolicy | None
     model_override: str = ""
+    response_format: ResponseFormat | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,6 +22,7 @@ from services.orchestration.models import (
     CancelMode,
     EventType,
     QuotaState,
+    ResponseFormat,
     Run,
     RunError,
     RunEvent,
@@ -287,8 +288,10 @@ class OrchestrationService:
         request_id: str,
         busy_policy: BusyPolicy | None,
         model_override: str = "",
+        response_format: ResponseFormat | None = None,
     ) -> Run:
-        """Starts (or queues) the run for a message; a repeated request_id returns the first run."""
+        """Starts (or queues) the run for a message; a repeated request_id returns the first run.
+        `response_format` (checked by convert) replaces the agent's for this run."""
         self._check_message(text, request_id)
         session = await self._visible_session(caller, session_id)
         if request_id and (existing := await self._store.run_by_request(session.id, request_id)):
@@ -307,6 +310,7 @@ class OrchestrationService:
             run = await self._admit(
                 caller, session, agent, text, request_id, policy, tier, live, model_override
             )
+            run = dataclasses.replace(run, response_format=response_format)
             await self._launch(run, session, caller, policy, live)
         return run
 

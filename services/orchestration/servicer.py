@@ -13,6 +13,7 @@ from services.orchestration.convert import (
     action_from_proto,
     busy_policy_from_proto,
     event_to_proto,
+    response_format_from_proto,
     run_to_proto,
     session_to_proto,
     status_pb,
@@ -80,6 +81,9 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
             request_id=request.request_id,
             busy_policy=busy_policy_from_proto(request.busy_policy),
             model_override=request.model_override,
+            response_format=response_format_from_proto(
+                request.response_format, present=request.HasField("response_format")
+            ),
         )
         async for event in self._service.events(run.id, 0):
             yield pb.SendMessageResponse(event=event_to_proto(event))

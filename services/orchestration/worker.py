@@ -15,6 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from typing import Any
 
 from services.conversation.tokens import ApproximateTokenCounter
 from services.orchestration.agent_cache import AgentCache
@@ -26,6 +27,7 @@ from services.orchestration.models import (
     CancelMode,
     EventType,
     ModelFallback,
+    ResponseFormat,
     Run,
     RunError,
     RunEvent,
@@ -37,6 +39,7 @@ from services.orchestration.models import (
 )
 from services.orchestration.providers import ChatMessage, ModelConfig, ProviderError, Providers, ToolCall
 from services.orchestration.store import OrchestrationStore
+from services.orchestration.structured import check_answer, repair_prompt
 from services.orchestration.tools.http import HttpToolExecutor
 from services.orchestration.tools.runner import plan, result_text, run_http, tool_specs, waiting_state
 from services.platform import errors
@@ -120,6 +123,9 @@ class StepResult:
     assistant_message_id: str
     # The calls the model made (the answer then is not the run's last).
     tool_calls: tuple[ToolCall, ...] = ()
+    # A JSON_SCHEMA answer: parsed when it matches, else why not ("<path>: <why>").
+    structured: Any = None
+    mismatch: str = ""
 
 
 class RunWorker:
@@ -183,12 +189,24 @@ class RunWorker:
         else:
             agent, messages = await self._prepare(h)
             h.run = dataclasses.replace(h.run, start_time_us=micros(self._clock))
+        repaired = False
         while True:
             self._check_limits(h)
             h.step += 1
             await self._store.set_steps(h.run.id, h.step)
             h.text.clear()
             step = await self.model_step(h, agent, messages)
+            if step.mismatch:
+                if repaired:
+                    # The answer is stored already: the failure leaves it as it is.
+                    h.finishing = True
+                    raise errors.FailedPrecondition(
+                        f"answer does not match the response schema: {step.mismatch}",
+                        reason="RESPONSE_SCHEMA_MISMATCH",
+                    )
+                repaired = True
+                messages = await self._ask_again(h, agent, step.mismatch)
+                continue
             if not step.tool_calls:
                 await self._complete(h, step)
                 return
@@ -202,6 +220,25 @@ class RunWorker:
             if not await self._continue_step(h, agent, plan(agent, step.tool_calls, h.step)):
                 return
             messages = await self._context(h, agent)
+
+    async def _ask_again(self, h: RunHandle, agent: AgentSnapshot, mismatch: str) -> list[ChatMessage]:
+        """The one retry of an answer that did not match its schema: the mismatch goes into the
+        conversation as a user message (stored, so the history shows why a second answer follows)."""
+        await self._conversation.append(
+            h.session.conversation_id,
+            role="user",
+            content=repair_prompt(mismatch),
+            metadata={"run_id": h.run.id, "repair": "true"},
+            request_id=f"run:{h.run.id}:repair",
+            token=h.caller.token,
+        )
+        return await self._context(h, agent)
+
+    @staticmethod
+    def _format(h: RunHandle, agent: AgentSnapshot) -> ResponseFormat | None:
+        """The message's response format wins over its agent's; a text format is None."""
+        fmt = h.run.response_format or agent.response_format
+        return fmt if fmt is not None and fmt.json else None
 
     def _check_limits(self, h: RunHandle) -> None:
         tier = limits_for(h.caller.tier)
@@ -360,6 +397,7 @@ class RunWorker:
         tried in order. After the first token there is no fallback: the client has seen the answer.
         """
         candidates = [h.run.model_override or agent.model, *agent.fallback_models]
+        fmt = self._format(h, agent)
         started = time.monotonic()
         for index, name in enumerate(candidates):
             provider, model = self._providers.resolve(name)
@@ -368,6 +406,7 @@ class RunWorker:
                 temperature=agent.temperature,
                 max_output_tokens=agent.max_output_tokens,
                 tools=tool_specs(agent),
+                response_format=fmt,
             )
             reported: Usage | None = None
             calls: tuple[ToolCall, ...] = ()
@@ -388,9 +427,11 @@ class RunWorker:
                 )
                 continue
             break
-        # An answer with tool calls is not the run's last: a cancel still applies.
-        h.finishing = not calls
         answer = "".join(h.text)
+        structured, mismatch = check_answer(fmt, answer) if fmt is not None and not calls else (None, "")
+        # An answer with tool calls (or one to be asked again) is not the run's last: a cancel
+        # still applies.
+        h.finishing = not calls and not mismatch
         usage = metered(
             reported,
             messages,
@@ -417,8 +458,9 @@ class RunWorker:
             usage=usage,
             model=name,
             fallbacks=tuple(h.fallbacks),
+            structured=structured,
         )
-        return StepResult(answer, usage, assistant_id, calls)
+        return StepResult(answer, usage, assistant_id, calls, structured, mismatch)
 
     async def _complete(self, h: RunHandle, step: StepResult) -> None:
         if not await self._store.finish_run(
@@ -439,6 +481,7 @@ class RunWorker:
             usage=h.usage,
             model=step.usage.model,
             fallbacks=tuple(h.fallbacks),
+            structured=step.structured,
         )
 
     async def _emit(self, h: RunHandle, type_: EventType, **fields: object) -> None:

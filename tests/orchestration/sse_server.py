@@ -4,7 +4,8 @@ two chunks), "stall" (silence after two chunks), "flaky" (HTTP 503 once, then ok
 "rate-limited" (HTTP 429), "down" (HTTP 500), "no-usage" (ok without the usage chunk),
 "tools" (two parallel tool calls, their deltas interleaved and each call's arguments split over
 several chunks, as OpenAI streams them; once the last message is a tool result, a text answer
-naming the results)."""
+naming the results), "json-repair" (text that is not JSON, then, once the last message asks again,
+{"x": "fixed"}), "json-bad" ({"x": 5}, whatever it is asked)."""
 
 from __future__ import annotations
 
@@ -90,6 +91,8 @@ class SseServer:
 
         if model == "tools":
             await self._tools(body, send)
+        elif model in ("json-repair", "json-bad"):
+            await self._json(model, body, send)
         elif not await self._words(model, send):
             return  # drop the connection without the terminating chunk
         writer.write(b"0\r\n\r\n")
@@ -106,6 +109,19 @@ class SseServer:
                 await send(json.dumps({"choices": [{"index": 0, "delta": {"tool_calls": [piece]}}]}))
             await send(json.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]}))
         await send(json.dumps({"choices": [], "usage": {"prompt_tokens": 11, "completion_tokens": 9}}))
+        await send("[DONE]")
+
+    async def _json(self, model: str, body: dict, send) -> None:
+        asked_again = body["messages"][-1]["content"].startswith("Your answer did not match")
+        if model == "json-bad":
+            answer = ['{"x": ', "5}"]
+        elif asked_again:
+            answer = ['{"x": ', '"fixed"}']
+        else:
+            answer = ["Sure! ", "x is fixed."]
+        for piece in answer:
+            await send(json.dumps({"choices": [{"index": 0, "delta": {"content": piece}}]}))
+        await send(json.dumps({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}))
         await send("[DONE]")
 
     async def _words(self, model: str, send) -> bool:

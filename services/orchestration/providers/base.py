@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
 
-from services.orchestration.models import Usage
+from services.orchestration.models import ResponseFormat, Usage
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +48,8 @@ class ModelConfig:
     max_output_tokens: int = 0
     # What the model may call; empty: a plain chat.
     tools: tuple[ToolSpec, ...] = ()
+    # JSON_SCHEMA: the answer must be JSON matching the schema (the run checks it); None: text.
+    response_format: ResponseFormat | None = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -5,6 +5,9 @@ last message is the user's, it calls every tool it was given, in order, with {"t
 message>} (call ids `call_<step>_<index>`, index from 0; the step is always 1, since echo calls tools
 only on an answer's first model call); when the last messages are tool results, it answers
 "Tool results: " and the results joined with "; ".
+
+With a JSON_SCHEMA response format, echo answers JSON built from the schema and the user's last
+message (`structured_answer`), so structured runs need no model either.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import asyncio
 import json
 import re
 from collections.abc import AsyncIterator
+from typing import Any
 
 from services.orchestration.models import Usage
 from services.orchestration.providers.base import ChatMessage, Delta, ModelConfig, ToolCall
@@ -22,8 +26,39 @@ TOOLS_MODEL = "tools"
 
 
 def answer_for(messages: list[ChatMessage]) -> str:
-    last = next((m.content for m in reversed(messages) if m.role == "user"), "")
-    return f"Echo: {last}"
+    return f"Echo: {_last_user(messages)}"
+
+
+def _last_user(messages: list[ChatMessage]) -> str:
+    return next((m.content for m in reversed(messages) if m.role == "user"), "")
+
+
+def structured_answer(schema: dict[str, Any], text: str) -> Any:
+    """A value of `schema` made from `text`: enum/const their (first) value; an object every property;
+    string the text, integer/number its length, boolean true, null null, array one item of its items;
+    anyOf/oneOf their first choice; a type list its first type."""
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for choices in ("anyOf", "oneOf"):
+        if schema.get(choices):
+            return structured_answer(schema[choices][0], text)
+    kind = schema.get("type", "object" if "properties" in schema else "string")
+    if isinstance(kind, list):
+        kind = kind[0] if kind else "string"
+    if kind == "object":
+        return {name: structured_answer(sub, text) for name, sub in schema.get("properties", {}).items()}
+    if kind == "array":
+        items = schema.get("items")
+        return [structured_answer(items if isinstance(items, dict) else {}, text)]
+    if kind in ("integer", "number"):
+        return len(text)
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return text
 
 
 def tokens_of(text: str) -> list[str]:
@@ -61,7 +96,14 @@ class EchoProvider:
 
     async def stream(self, config: ModelConfig, messages: list[ChatMessage]) -> AsyncIterator[Delta]:
         prompt_tokens = sum(len(tokens_of(m.content)) for m in messages)
-        answer = _tool_answer(config, messages) if config.model == TOOLS_MODEL else answer_for(messages)
+        fmt = config.response_format
+        answer: str | tuple[ToolCall, ...]
+        if config.model == TOOLS_MODEL:
+            answer = _tool_answer(config, messages)
+        elif fmt is not None and fmt.json:
+            answer = json.dumps(structured_answer(fmt.schema, _last_user(messages)))
+        else:
+            answer = answer_for(messages)
         if isinstance(answer, tuple):
             if self._delay > 0:
                 await asyncio.sleep(self._delay)

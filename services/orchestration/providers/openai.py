@@ -1,6 +1,8 @@
 """`openai`: any OpenAI-compatible /chat/completions endpoint with `stream: true` (OpenAI, vLLM,
 Ollama, llama.cpp server), read as server-sent events.
 
+A JSON_SCHEMA response format goes out as `response_format` {"type": "json_schema", "json_schema":
+{name, schema, strict: true}}; the run checks the answer itself (not every server enforces it).
 Tools go out as `tools` (function tools); the model's calls come back as streamed `tool_calls` deltas,
 several per answer, told apart by index, a call's arguments spread over many chunks: they are put
 together here and handed on whole, on the last delta. A tool result goes back as a "tool" message
@@ -141,6 +143,12 @@ class OpenAIProvider:
         }
         if config.tools:
             body["tools"] = [_tool(t) for t in config.tools]
+        fmt = config.response_format
+        if fmt is not None and fmt.json:
+            body["response_format"] = {
+                "type": "json_schema",
+                "json_schema": {"name": fmt.name, "schema": fmt.schema, "strict": True},
+            }
         if config.temperature is not None:
             body["temperature"] = config.temperature
         if config.max_output_tokens > 0:
