@@ -35,7 +35,7 @@ import grpc
 import psycopg
 import redis as sync_redis
 
-from bench import agents, conversation, gateway, identity, orchestration
+from bench import agents, conversation, gateway, identity, metering, orchestration
 from bench import platform as platform_bench
 from bench.harness import Figure
 
@@ -89,6 +89,13 @@ BENCHMARKS = (
         orchestration.main,
         ("--runs", "200", "--concurrency", "200", "--words", "50", "--tool-runs", "100"),
         ("--runs", "5", "--concurrency", "5", "--words", "5", "--tool-runs", "3"),
+    ),
+    Benchmark(
+        "metering",
+        "step 12 (issue 16): run admission with the quota check",
+        metering.main,
+        ("--runs", "50", "--rounds", "3"),
+        ("--runs", "3", "--rounds", "1"),
     ),
     Benchmark(
         "gateway",
