@@ -345,7 +345,7 @@ class OrchestrationService:
 
         Asked on every admission, not cached: a cached "under quota" would admit a whole cache
         window of runs past the edge, and the check is one indexed read in conversation (its cost at
-        50 concurrent runs is not benchmarked yet)."""
+        50 concurrent runs: bench/metering.py)."""
         await self._conversation.check_quota(token=caller.token)
 
     def _check_message(self, text: str, request_id: str) -> None:
