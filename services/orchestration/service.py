@@ -523,15 +523,11 @@ class OrchestrationService:
     async def decide_tool_calls(
         self, caller: Principal, run_id: str, decisions: Sequence[ToolDecision]
     ) -> Run:
-        """Records a person's decisions (the session's user, or an owner or admin of the tenant)."""
+        """Records a person's decisions. Who may decide is who may see the run (the session's user,
+        or an owner or admin of the tenant): to anyone else the run does not exist (NOT_FOUND), as
+        every other run RPC answers, so a decision leaks nothing about another user's runs."""
         require_id(run_id, "run_id")
-        run = await self._store.get_run(caller.tenant_id, run_id)
-        if run is None:
-            raise errors.NotFound(f"run {run_id} not found", reason="RUN_NOT_FOUND")
-        if run.user_id != caller.user_id and not caller.is_admin:
-            raise errors.PermissionDenied(
-                "only the session's user or an owner or admin decides its tool calls", reason="NOT_APPROVER"
-            )
+        run = await self._visible_run(caller, run_id)
         calls = await self._store.step_calls(run.id, run.steps)
         ids = [d.tool_call_id for d in decisions]
         if run.state is not RunState.REQUIRES_APPROVAL:

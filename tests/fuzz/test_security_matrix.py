@@ -59,6 +59,8 @@ ADMIN_ONLY = {
     # conversation: the tenant's retention policy (owner/admin)
     "ConversationService.GetRetentionPolicy",
     "ConversationService.UpdateRetentionPolicy",
+    # orchestration: the tenant's tool signing secret (owner/admin)
+    "OrchestrationService.RotateToolSigningSecret",
 }
 MEMBER_ALLOWED = {
     "IdentityService.SignUp",
@@ -90,6 +92,8 @@ MEMBER_ALLOWED = {
     "ConversationService.GetContext",
     "ConversationService.SearchConversations",
     "ConversationService.GetTenantStats",
+    "ConversationService.GetUsage",
+    "ConversationService.CheckQuota",
     "OrchestrationService.StartSession",
     "OrchestrationService.EndSession",
     "OrchestrationService.GetSession",
@@ -100,6 +104,9 @@ MEMBER_ALLOWED = {
     "OrchestrationService.ListRuns",
     "OrchestrationService.CancelRun",
     "OrchestrationService.JoinRun",
+    # a waiting run is answered by whoever may see it (the session's user, an owner or admin)
+    "OrchestrationService.SubmitToolOutputs",
+    "OrchestrationService.DecideToolCalls",
 }
 # RPCs where A's id is only a filter (List*/Search*) or a reference the service does not own
 # (conversation records an agent id without owning agents): B may succeed, seeing nothing of A.
@@ -108,6 +115,8 @@ CROSS_TENANT_FILTERS = {
     "ConversationService.ListConversations",
     "ConversationService.SearchConversations",
     "OrchestrationService.ListSessions",
+    # usage filters by user/agent: another tenant's ids select nothing of A's
+    "ConversationService.GetUsage",
 }
 
 ROWS = ("no_token", "expired", "other_tenant", "member", "operator")
@@ -137,7 +146,9 @@ def fill(
         if f.is_repeated:
             continue
         if f.message_type is not None:
-            if _wkt(f.message_type) or depth >= 2:
+            # Usage is accepted on assistant messages only, and the request is not one: filled, it
+            # would be refused as bad input before the lookup the matrix is about.
+            if _wkt(f.message_type) or depth >= 2 or f.name == "usage":
                 continue
             update = "update_mask" in desc.fields_by_name
             getattr(msg, f.name).CopyFrom(fill(f.message_type, ids, f.name, depth + 1, update))

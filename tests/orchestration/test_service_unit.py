@@ -285,7 +285,7 @@ async def test_only_the_sessions_user_or_an_admin_decides(parts: Parts) -> None:
     tool = AgentTool(name="t", parameters=SCHEMA, requires_approval=True)
     run, calls = await waiting_run(parts, RunState.REQUIRES_APPROVAL, tool)
     approve = [ToolDecision(tool_call_id=calls[0].id, approve=True)]
-    with pytest.raises(errors.PermissionDenied):
+    with pytest.raises(errors.NotFound):
         await parts.service.decide_tool_calls(member("u2"), run.id, approve)
     with pytest.raises(errors.NotFound):
         await parts.service.decide_tool_calls(member(tenant="t2"), run.id, approve)

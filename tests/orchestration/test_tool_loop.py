@@ -127,10 +127,7 @@ async def test_approval_denied_is_the_models_error_result(make_mesh):
             pb.DecideToolCallsRequest(run_id=run_id, decisions=[pb.ToolDecision(tool_call_id=call.id)]),
             metadata=mesh.md(sub="user-2"),
         )
-    assert (
-        refused.value.code() == grpc.StatusCode.NOT_FOUND
-        or refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
-    )
+    assert refused.value.code() == grpc.StatusCode.NOT_FOUND
     await mesh.stub.DecideToolCalls(
         pb.DecideToolCallsRequest(
             run_id=run_id, decisions=[pb.ToolDecision(tool_call_id=call.id, deny_reason="not today")]

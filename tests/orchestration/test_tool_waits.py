@@ -138,8 +138,8 @@ async def test_approve_and_edit_and_who_decides(make_mesh):
         )
 
     approve = pb.ToolDecision(tool_call_id=a.id, approve=True)
-    # A member of the tenant who is not the session's user sees the run exists but may not decide.
-    assert await _code(decide(mesh.md(sub="user-2"), approve)) == grpc.StatusCode.PERMISSION_DENIED
+    # To a member of the tenant who is not the session's user the run does not exist.
+    assert await _code(decide(mesh.md(sub="user-2"), approve)) == grpc.StatusCode.NOT_FOUND
     bad_edit = pb.ToolDecision(tool_call_id=b.id, edited_arguments_json='{"text": 1}')
     assert await _code(decide(mesh.md(), bad_edit)) == grpc.StatusCode.INVALID_ARGUMENT
     await decide(mesh.md(sub="boss", roles=("admin",)), approve)  # an admin of the tenant may
