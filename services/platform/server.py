@@ -154,6 +154,9 @@ class Server:
             interval=runtime.settings.health_interval_seconds,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        # Set by the first stop(): a second one (a test, a second signal) waits for it and does no
+        # hook twice (closing pools, providers and clients that are already closed).
+        self._stopping: asyncio.Task[None] | None = None
         self.port = 0
 
     async def start(self) -> int:
@@ -193,6 +196,11 @@ class Server:
         return self.port
 
     async def stop(self, grace: float | None = None) -> None:
+        if self._stopping is None:
+            self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
         grace = self.runtime.settings.shutdown_grace_seconds if grace is None else grace
         await self.health.shutdown()
         for registration in self.registrations:
