@@ -124,9 +124,12 @@ async def _run(
             if banner_log is not None and gateway is not None:
                 print(_banner(settings, port, gateway.port, banner_log), flush=True)
             else:
-                print(
-                    f"agentmesh: {', '.join(names)} serving gRPC on {settings.grpc_host}:{port}", flush=True
+                # One write per line: the workers of `--workers N` share stdout, and print's separate
+                # write of the newline let their lines interleave on an unbuffered stream.
+                sys.stdout.write(
+                    f"agentmesh: {', '.join(names)} serving gRPC on {settings.grpc_host}:{port}\n"
                 )
+                sys.stdout.flush()
             if settings.embedded:
                 from services.demo import seed_demo_agent
 
