@@ -10,7 +10,6 @@ from typing import Any
 
 import grpc
 import pytest
-import redis as sync_redis
 from google.rpc import error_details_pb2
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
@@ -18,7 +17,7 @@ from services import conversation
 from services.conversation.models import QuotaLimit
 from services.identity.operator import operator_principal
 from services.platform import errors
-from tests.helpers import build_runtime, start_server
+from tests.helpers import build_runtime, flush_redis, start_server
 
 A = pb.MESSAGE_ROLE_ASSISTANT
 
@@ -81,11 +80,7 @@ async def test_concurrent_appends_from_two_instances_sum_exactly_and_survive_a_r
         assert by_key == expected
         assert usage.quota.used_tokens == usage.totals.total_tokens
 
-        client = sync_redis.Redis.from_url(flushable_redis_url)
-        try:
-            client.flushall()
-        finally:
-            client.close()
+        flush_redis(flushable_redis_url)
         again = await owner.call("GetUsage", group_by=[pb.USAGE_GROUPING_USER, pb.USAGE_GROUPING_MODEL])
         assert again == usage
     finally:
