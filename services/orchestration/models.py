@@ -228,8 +228,8 @@ class Run:
     model: str = ""
     fallbacks: tuple[ModelFallback, ...] = ()
     model_override: str = ""
-    # The message's response format (None: the agent's). Not stored: a run resumed after a tool
-    # wait answers in its agent's format.
+    # The message's response format (None: the agent's); stored with the run, so a run resumed
+    # after a tool wait (on any instance) still answers in it.
     response_format: ResponseFormat | None = None
     # Model steps taken so far; while waiting: the calls still unanswered and when the wait ends.
     steps: int = 0

@@ -308,9 +308,8 @@ class OrchestrationService:
                 return existing
             live = await self._store.live_runs(session.id)
             run = await self._admit(
-                caller, session, agent, text, request_id, policy, tier, live, model_override
+                caller, session, agent, text, request_id, policy, tier, live, model_override, response_format
             )
-            run = dataclasses.replace(run, response_format=response_format)
             await self._launch(run, session, caller, policy, live)
         return run
 
@@ -385,6 +384,7 @@ class OrchestrationService:
         tier: TierLimits,
         live: list[Run],
         model_override: str = "",
+        response_format: ResponseFormat | None = None,
     ) -> Run:
         """Under the session lock: the busy-policy decision, the tenant's concurrency slot, the
         run's lease and its row. Nothing is left reserved when it refuses."""
@@ -405,6 +405,7 @@ class OrchestrationService:
             last_event_id=1,
             create_time_us=micros(self._clock),
             model_override=model_override,
+            response_format=response_format,
         )
         await self._limits.reserve(caller.tenant_id, run.id, tier)
         try:

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.orchestration.models import (
     ModelFallback,
+    ResponseFormat,
     Run,
     RunError,
     RunState,
@@ -79,6 +80,7 @@ runs = sa.Table(
     sa.Column("steps", sa.Integer),
     sa.Column("wait_expire_us", sa.BigInteger),
     sa.Column("heartbeat_us", sa.BigInteger),
+    sa.Column("response_format", sa.Text),
 )
 
 # A waiting run's calls (and the calls of its earlier steps, with their results).
@@ -146,6 +148,20 @@ def _session(row: Any) -> Session:
     )
 
 
+def _format_text(fmt: ResponseFormat | None) -> str | None:
+    """A message's response format as its row keeps it (None: the agent's format applies)."""
+    if fmt is None:
+        return None
+    return json.dumps({"json": fmt.json, "schema": fmt.schema, "name": fmt.name})
+
+
+def _format_of(text: str | None) -> ResponseFormat | None:
+    if not text:
+        return None
+    stored = json.loads(text)
+    return ResponseFormat(json=bool(stored["json"]), schema=stored["schema"], name=stored["name"])
+
+
 def _run(row: Any) -> Run:
     return Run(
         id=row.id,
@@ -168,6 +184,7 @@ def _run(row: Any) -> Run:
         model=row.model or "",
         fallbacks=tuple(ModelFallback(*f) for f in json.loads(row.fallbacks or "[]")),
         model_override=row.model_override or "",
+        response_format=_format_of(row.response_format),
         error=RunError(row.error_code, row.error_message or "") if row.error_code else None,
         last_event_id=row.last_event_id or 0,
         create_time_us=row.create_time_us,
@@ -319,6 +336,7 @@ class OrchestrationStore:
                     last_event_id=run.last_event_id,
                     create_time_us=run.create_time_us,
                     model_override=run.model_override or None,
+                    response_format=_format_text(run.response_format),
                     steps=0,
                 )
             )
@@ -463,6 +481,41 @@ class OrchestrationStore:
             await conn.execute(t.delete().where(t.c.run_id == run_id, t.c.step == step))
             await conn.execute(t.insert(), [_call_values(run_id, i, c, now_us) for i, c in enumerate(calls)])
         return True
+
+    async def record_calls(self, run_id: str, calls: list[RunToolCall], now_us: int) -> None:
+        """A fresh step's calls, before its http calls run: a RUNNING row is what names a call in
+        flight when the instance dies (the sweeper reads it); replaces the step's rows if any."""
+        if not calls:
+            return
+        t = tool_call_table
+        steps = {c.step for c in calls}
+        async with self._engine.begin() as conn:
+            await conn.execute(t.delete().where(t.c.run_id == run_id, t.c.step.in_(steps)))
+            await conn.execute(t.insert(), [_call_values(run_id, i, c, now_us) for i, c in enumerate(calls)])
+
+    async def running_calls(self, run_id: str) -> list[RunToolCall]:
+        """The run's calls still RUNNING (for a run whose instance died: the calls it was in)."""
+        t = tool_call_table
+        query = (
+            t.select()
+            .where(t.c.run_id == run_id, t.c.status == ToolCallStatus.RUNNING.value)
+            .order_by(t.c.step, t.c.position)
+        )
+        async with self._engine.connect() as conn:
+            return [_call(r) for r in await conn.execute(query)]
+
+    async def close_running_calls(self, run_id: str, output: str, now_us: int) -> None:
+        """Every RUNNING call of the run gets `output` as its error result."""
+        t = tool_call_table
+        stmt = (
+            t.update()
+            .where(t.c.run_id == run_id, t.c.status == ToolCallStatus.RUNNING.value)
+            .values(
+                status=ToolCallStatus.COMPLETED.value, output=output, is_error=True, update_time_us=now_us
+            )
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
 
     async def set_steps(self, run_id: str, steps: int) -> None:
         async with self._engine.begin() as conn:

@@ -86,12 +86,22 @@ class LeaseSweeper:
         return expired
 
     async def _fail_orphan(self, run: Run) -> bool:
-        error = RunError("UNAVAILABLE", "the instance running this run stopped (its lease expired)")
+        stopped = "the instance running this run stopped (its lease expired)"
+        in_flight = await self._store.running_calls(run.id)
+        message = stopped
+        if in_flight:
+            named = ", ".join(f"{c.name} ({c.id})" for c in in_flight)
+            message += f" while tool calls were in flight: {named}"
+        error = RunError("UNAVAILABLE", message)
         last = await self._events.last_event_id(run.id)
         if not await self._store.finish_run(
             run.id, state=RunState.FAILED, now_us=micros(self._clock), last_event_id=last + 1, error=error
         ):
             return False
+        if in_flight:
+            # Closed by the sweeper that ended the run: no call is left without a result.
+            output = f"{stopped} before this call's result arrived"
+            await self._store.close_running_calls(run.id, output, micros(self._clock))
         await self._store.set_active_run(run.session_id, None, micros(self._clock), only_if=run.id)
         await self._limits.release(run.tenant_id, run.id)
         for attempt in range(5):

@@ -217,7 +217,11 @@ class RunWorker:
                     retry_after=0.0,
                     reason="RUN_LIMIT",
                 )
-            if not await self._continue_step(h, agent, plan(agent, step.tool_calls, h.step)):
+            calls = plan(agent, step.tool_calls, h.step)
+            if any(c.status is ToolCallStatus.RUNNING for c in calls):
+                # The rows name the calls in flight should this instance die during them.
+                await self._store.record_calls(h.run.id, calls, micros(self._clock))
+            if not await self._continue_step(h, agent, calls):
                 return
             messages = await self._context(h, agent)
 
@@ -311,7 +315,6 @@ class RunWorker:
     ) -> RunToolCall:
         await self._emit(h, EventType.TOOL_CALL_STARTED, tool_calls=(call,))
         done = await run_http(self._tool_executor, agent, call, run_id=h.run.id, secret=secret)
-        # A call approved while the run waited has its row; one of a fresh step has none yet.
         await self._store.answer_call(
             h.run.id, done, from_status=ToolCallStatus.RUNNING, now_us=micros(self._clock)
         )

@@ -1,14 +1,19 @@
 """Waiting runs over real servers (orchestration on PostgreSQL and Redis, fake agents and
-conversation on gRPC): resumed on another instance, expired by the sweeper, cancelled, decided
-(approve, edit, who may), refused outputs; the step limit and a run's usage across its steps."""
+conversation on gRPC): resumed on another instance (with the message's response format), expired by
+the sweeper, cancelled, decided (approve, edit, who may), refused outputs; the step limit and a run's
+usage across its steps; a run whose instance died during an http call names that call."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import json
 from collections.abc import AsyncIterator
 
 import grpc
+import jsonschema
 import pytest
+from google.protobuf import json_format
 
 from agentmesh.agents.v1 import agents_service_pb2 as apb
 from agentmesh.conversation.v1 import conversation_service_pb2 as cpb
@@ -22,7 +27,9 @@ from services.orchestration.providers import (
     Providers,
     ToolCall,
 )
+from services.orchestration.providers.echo import structured_answer
 from tests.orchestration.conftest import Mesh
+from tests.orchestration.test_structured import _format
 from tests.orchestration.test_tool_loop import TOOLS, _messages, _tool
 from tests.tools_server import ToolServer
 
@@ -200,3 +207,71 @@ async def test_a_runs_usage_is_the_sum_of_its_steps_and_counts_the_calls_execute
     # Each stored step carries its own usage (conversation prices and counts per message).
     answers = [m for m in _messages(mesh, session) if m.role == cpb.MESSAGE_ROLE_ASSISTANT]
     assert [m.usage.prompt_tokens for m in answers] == [10, 10, 7]
+
+
+SUMMARY = {
+    "type": "object",
+    "properties": {"summary": {"type": "string"}, "length": {"type": "integer"}},
+    "required": ["summary", "length"],
+    "additionalProperties": False,
+}
+
+
+async def test_a_messages_response_format_survives_a_tool_wait_resumed_on_another_instance(make_mesh):
+    first = await make_mesh(options=TOOLS)
+    second = await make_mesh(options=TOOLS, share=first)
+    session = await first.session(model="echo:tools", tools=[_tool("ask_user")])  # the agent answers text
+    events = await first.send(session.id, "hi", response_format=_format(SUMMARY))
+    wait = events[-1]
+    assert wait.type == E.RUN_EVENT_TYPE_TOOL_CALLS_REQUESTED
+    await first.server.stop(0)  # nothing of the message is left in the admitting instance's memory
+    await _submit(second, wait.run_id, wait.tool_calls[0].id, '"sunny"')
+    final = (await _join(second, wait.run_id, wait.event_id))[-1]
+    assert final.type == E.RUN_EVENT_TYPE_RUN_COMPLETED, final
+    answer = json.loads(_messages(second, session)[-1].content)
+    jsonschema.validate(answer, SUMMARY)
+    assert answer == structured_answer(SUMMARY, 'Tool results: "sunny"')
+    assert final.HasField("structured")
+    assert json_format.MessageToDict(final.structured)["summary"] == answer["summary"]
+
+
+async def _until(check: object, seconds: float = 5.0) -> None:
+    for _ in range(round(seconds / 0.02)):
+        if check():  # type: ignore[operator]
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("condition not reached")
+
+
+async def test_a_run_killed_during_an_http_call_fails_naming_the_call_in_flight(make_mesh):
+    first = await make_mesh(options=TOOLS)
+    second = await make_mesh(options=TOOLS, share=first)
+    server = await ToolServer(b"any secret").start()  # /slow answers only when the server stops
+    try:
+        tool = _tool("lookup", execution=apb.TOOL_EXECUTION_HTTP, url=server.url("slow"))
+        session = await first.session(model="echo:tools", tools=[tool])
+        call = first.stub.SendMessage(
+            pb.SendMessageRequest(session_id=session.id, text="hi"), metadata=first.md()
+        )
+        seen = []
+        async for reply in call:
+            seen.append(reply.event)
+            if reply.event.type == E.RUN_EVENT_TYPE_TOOL_CALL_STARTED:
+                break
+        call.cancel()
+        await _until(lambda: server.calls)  # the call is at the tool
+        first.orch.runs.abandon()  # the worker dies without a word, as in a crash
+        rest = await _join(second, seen[0].run_id, seen[-1].event_id)
+    finally:
+        await server.stop()
+    started = seen[-1].tool_calls[0]
+    assert (started.name, started.id) == ("lookup", "call_1_0")
+    failed = rest[-1]
+    assert failed.type == E.RUN_EVENT_TYPE_RUN_FAILED and failed.error.code == "UNAVAILABLE"
+    assert failed.error.message.endswith("while tool calls were in flight: lookup (call_1_0)")
+    run = (await second.stub.GetRun(pb.GetRunRequest(run_id=seen[0].run_id), metadata=second.md())).run
+    assert run.state == pb.RUN_STATE_FAILED and run.error.message == failed.error.message
+    # The call in flight is closed with an error result: no stored call is left without one.
+    [closed] = await second.orch._store.step_calls(seen[0].run_id, 1)  # type: ignore[attr-defined]
+    assert closed.status.name == "COMPLETED" and closed.is_error
+    assert "stopped" in closed.output

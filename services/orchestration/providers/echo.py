@@ -4,7 +4,8 @@ The model `echo:tools` also calls tools, so tool runs can be exercised without a
 last message is the user's, it calls every tool it was given, in order, with {"text": <that
 message>} (call ids `call_<step>_<index>`, index from 0; the step is always 1, since echo calls tools
 only on an answer's first model call); when the last messages are tool results, it answers
-"Tool results: " and the results joined with "; ".
+"Tool results: " and the results joined with "; " (with a JSON_SCHEMA format: JSON built from
+that text, as below).
 
 With a JSON_SCHEMA response format, echo answers JSON built from the schema and the user's last
 message (`structured_answer`), so structured runs need no model either.
@@ -100,6 +101,8 @@ class EchoProvider:
         answer: str | tuple[ToolCall, ...]
         if config.model == TOOLS_MODEL:
             answer = _tool_answer(config, messages)
+            if isinstance(answer, str) and fmt is not None and fmt.json:
+                answer = json.dumps(structured_answer(fmt.schema, answer))
         elif fmt is not None and fmt.json:
             answer = json.dumps(structured_answer(fmt.schema, _last_user(messages)))
         else:
