@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: up test lint generate check-generated bench clean
+.PHONY: up test lint generate check-generated bench bench-langgraph clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,6 +57,12 @@ check-generated: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench
+
+# The LangGraph Agent Server that bench/chat_load.py compares against, in a virtualenv of its own
+# (its pins conflict with agentmesh's: pyproject.toml's langgraph-bench dependency group).
+bench-langgraph: $(STAMP)
+	test -x .venv-langgraph/bin/python || $(PYTHON) -m venv --without-pip .venv-langgraph
+	$(BIN)/pip --python .venv-langgraph/bin/python install --quiet --group langgraph-bench
 
 clean:
 	rm -rf $(VENV) third_party .pytest_cache

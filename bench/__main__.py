@@ -35,7 +35,7 @@ import grpc
 import psycopg
 import redis as sync_redis
 
-from bench import agents, conversation, gateway, identity, metering, orchestration
+from bench import agents, chat_load, conversation, gateway, identity, metering, orchestration
 from bench import platform as platform_bench
 from bench.harness import Figure
 
@@ -89,6 +89,13 @@ BENCHMARKS = (
         orchestration.main,
         ("--runs", "200", "--concurrency", "200", "--words", "50", "--tool-runs", "100"),
         ("--runs", "5", "--concurrency", "5", "--words", "5", "--tool-runs", "3"),
+    ),
+    Benchmark(
+        "chat_load",
+        "step 11 (issue 15): concurrent paced chats against the LangGraph Agent Server",
+        chat_load.main,
+        ("--chats", "1", "50", "200", "500"),
+        ("--chats", "2", "--words", "5", "--timeout", "30"),
     ),
     Benchmark(
         "metering",

@@ -1,0 +1,419 @@
+"""Concurrent paced chats (issue 15): N chats at once against `agentmesh up` (embedded defaults, and on
+PostgreSQL + Redis), against `agentmesh serve` with every service its own process, and against the
+LangGraph Agent Server (`langgraph dev`, in-memory runtime) streaming the same paced answer; the
+sides take turns at each N, so every ratio agentmesh / LangGraph comes from the same minutes.
+
+    python -m bench.chat_load [--chats 1 50 200 500] [--words 50] [--delay-ms 20]
+        [--sides langgraph embedded postgres services] [--timeout 60] [--database-url URL]
+
+Every chat is its own session (LangGraph: its own thread) and sends one message of --words words; the
+echo provider answers "Echo: " and the message one word token every --delay-ms (51 tokens, 50 a
+second). The clients run in a process of their own, started for each measurement (bench/chat_client.py,
+grpc.aio; bench/langgraph_app/client.py, langgraph-sdk over SSE, stream_mode messages-tuple): it sets
+up the sessions, runs one warm-up chat, then starts every chat at once. Each server is started afresh
+for each N and side (bench/chat_servers.py) and stopped after it; PostgreSQL sides get fresh databases
+and a redis-server this bench starts on a free port (--redis-url is accepted for `python -m bench`
+and not used: the connection count must be the server's alone).
+
+Per N and side: time to first delta p50/p99 (from the request); delivered pace (the tokens after the
+first delta over the time from the first delta to the last, mean over the chats that completed)
+against the provider's; worst gap between two deltas of a chat, p99 over chats; failures by status
+(a chat fails when it ends with a status, a failed run, no terminal event, or fewer tokens); server
+CPU seconds of the server's process tree (/proc) while the chats ran; peak Redis connections (INFO
+clients; the embedded default's Redis is in-process); peak RSS and (peak - idle) / N per open chat.
+
+LangGraph runs from its own virtualenv, `make bench-langgraph` (.venv-langgraph, pyproject's
+langgraph-bench dependency group): langgraph-api pins protobuf < 7 and grpcio < 1.82, agentmesh needs
+protobuf >= 7.35.1 and grpcio >= 1.85.1, so it cannot share .venv. Without it the LangGraph side is
+skipped and the output says so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import itertools
+import json
+import math
+import os
+import pathlib
+import statistics
+import subprocess
+import tempfile
+from typing import Any
+
+import redis.asyncio as aredis
+
+from bench.chat_servers import ROOT, Running, Sides, cpu_seconds, langgraph_available, rss_bytes
+from bench.harness import Figure, figure
+from bench.orchestration import pct
+
+SIDES = ("langgraph", "embedded", "postgres", "services")
+LABELS = {
+    "langgraph": "LangGraph dev (in-memory)",
+    "embedded": "agentmesh up (embedded)",
+    "postgres": "agentmesh up (PostgreSQL + Redis)",
+    "services": "agentmesh serve (process per service)",
+}
+# CPU per chat at 500 chats measured before the issue's rebuild (the "today" of its target: at most
+# half), by `python -m bench.chat_load` on 2026-12-03 (see docs/benchmarks.md); None: not measured.
+TODAY_CPU_MS_PER_CHAT: dict[str, float | None] = {"embedded": None, "postgres": None, "services": None}
+CHATS_PER_TENANT = 50
+
+
+@dataclasses.dataclass
+class Measured:
+    side: str
+    chats: int
+    ttfd: list[float]
+    paces: list[float]
+    gaps: list[float]
+    failures: collections.Counter[str]
+    server_cpu: float
+    client_cpu: float
+    rss_idle: int
+    rss_peak: int
+    redis_peak: int | None
+
+    @property
+    def failed(self) -> int:
+        return sum(self.failures.values())
+
+    def ttfd_ms(self, q: float) -> float:
+        return pct(self.ttfd, q) * 1000 if self.ttfd else math.nan
+
+    @property
+    def gap_p99_ms(self) -> float:
+        return pct(self.gaps, 0.99) * 1000 if self.gaps else math.nan
+
+    @property
+    def pace(self) -> float:
+        return statistics.mean(self.paces) if self.paces else 0.0
+
+    @property
+    def cpu_ms_per_chat(self) -> float:
+        return self.server_cpu * 1000 / self.chats
+
+    @property
+    def kb_per_chat(self) -> float:
+        return (self.rss_peak - self.rss_idle) / 1024 / self.chats
+
+
+def summarize(side: str, chats: list[dict[str, Any]], expected_tokens: int) -> dict[str, Any]:
+    """Per-chat arrivals to the figures: TTFDs, paces of the completed chats, worst gaps, failures."""
+    ttfd, paces, gaps = [], [], []
+    failures: collections.Counter[str] = collections.Counter()
+    for chat in chats:
+        arrivals = chat["arrivals"]
+        tokens = sum(n for _, n in arrivals)
+        error = chat["error"] or (
+            None if tokens == expected_tokens else f"{tokens} of {expected_tokens} tokens"
+        )
+        if chat["ttfd"] is not None:
+            ttfd.append(chat["ttfd"])
+        if len(arrivals) > 1:
+            gaps.append(max(b[0] - a[0] for a, b in itertools.pairwise(arrivals)))
+        if error:
+            failures[error] += 1
+        elif len(arrivals) > 1 and arrivals[-1][0] > arrivals[0][0]:
+            paces.append((tokens - arrivals[0][1]) / (arrivals[-1][0] - arrivals[0][0]))
+    return {"ttfd": ttfd, "paces": paces, "gaps": gaps, "failures": failures}
+
+
+async def measure(running: Running, chats: int, args: argparse.Namespace, text: str) -> Measured:
+    """One client process, `chats` chats at once against the running side."""
+    spec = await running.spec(chats) | {"text": text, "timeout": args.timeout, "warmup": True}
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    child = await asyncio.create_subprocess_exec(
+        *running.client,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd=ROOT,
+        env=env,
+        limit=1 << 28,  # the answer is one JSON line with every arrival of every chat
+    )
+    assert child.stdin is not None and child.stdout is not None
+    redis = aredis.Redis.from_url(running.redis_url) if running.redis_url else None
+
+    async def connections() -> int | None:
+        if redis is None:
+            return None
+        info = await redis.info("clients")
+        return int(info["connected_clients"]) - 1  # not this reader's own
+
+    try:
+        child.stdin.write(json.dumps(spec).encode() + b"\n")
+        await child.stdin.drain()
+        if not await asyncio.wait_for(child.stdout.readline(), 600):
+            raise RuntimeError(f"{running.side}: the client process exited while setting up")
+        await asyncio.sleep(1)  # the warm-up run's last writes
+        rss_idle = rss_bytes(running.pids)
+        peak = {"rss": rss_idle, "redis": await connections()}
+        cpu_before = cpu_seconds(running.pids)
+
+        async def sample() -> None:
+            while True:
+                await asyncio.sleep(0.2)
+                peak["rss"] = max(peak["rss"] or 0, rss_bytes(running.pids))
+                conns = await connections()
+                if conns is not None:
+                    peak["redis"] = max(peak["redis"] or 0, conns)
+
+        sampler = asyncio.create_task(sample())
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+        try:
+            line = await asyncio.wait_for(child.stdout.readline(), args.timeout + 300)
+        finally:
+            server_cpu = cpu_seconds(running.pids) - cpu_before
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
+        if not line:
+            raise RuntimeError(f"{running.side}: the client process exited without its answer")
+        result = json.loads(line)
+    finally:
+        if child.returncode is None:
+            child.stdin.close()
+            try:
+                await asyncio.wait_for(child.wait(), 30)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+        if redis is not None:
+            await redis.aclose()
+    return Measured(
+        running.side,
+        chats,
+        **summarize(running.side, result["chats"], args.words + 1),
+        server_cpu=server_cpu,
+        client_cpu=result["cpu_seconds"],
+        rss_idle=rss_idle,
+        rss_peak=int(peak["rss"] or rss_idle),
+        redis_peak=peak["redis"],
+    )
+
+
+def _row(m: Measured, provider: float) -> str:
+    redis = "-" if m.redis_peak is None else str(m.redis_peak)
+    return (
+        f"  {LABELS[m.side]:<38} {m.ttfd_ms(0.5):8.0f} {m.ttfd_ms(0.99):8.0f} {m.pace:6.1f} "
+        f"{m.pace / provider:5.2f} {m.gap_p99_ms:7.0f} {m.failed:6d} {m.server_cpu:7.1f} "
+        f"{m.cpu_ms_per_chat:8.1f} {redis:>6} {m.rss_peak / 2**20:7.0f} {m.kb_per_chat:8.0f} {m.client_cpu:6.1f}"
+    )
+
+
+def report(chats: int, rows: list[Measured], provider: float) -> list[str]:
+    lines = [
+        f"{chats} concurrent chats",
+        f"  {'side':<38} {'TTFD p50':>8} {'p99 ms':>8} {'tok/s':>6} {'/prov':>5} {'gap p99':>7} "
+        f"{'failed':>6} {'CPU s':>7} {'ms/chat':>8} {'redis':>6} {'RSS MB':>7} {'KB/chat':>8} {'client':>6}",
+    ]
+    lines += [_row(m, provider) for m in rows]
+    for m in rows:
+        if m.failures:
+            lines.append(
+                f"  failures, {LABELS[m.side]}: "
+                + "; ".join(f"{n} {why}" for why, n in m.failures.most_common())
+            )
+    lg = next((m for m in rows if m.side == "langgraph"), None)
+    if lg is not None:
+        for m in rows:
+            if m is not lg:
+                lines.append(
+                    f"  agentmesh / LangGraph, {LABELS[m.side]}: TTFD p99 {_ratio(m.ttfd_ms(0.99), lg.ttfd_ms(0.99))}, "
+                    f"pace {_ratio(m.pace, lg.pace)}, server CPU {_ratio(m.server_cpu, lg.server_cpu)}"
+                )
+    return lines
+
+
+def _ratio(ours: float, theirs: float) -> str:
+    return f"{ours / theirs:.2f}" if theirs and not math.isnan(theirs) and not math.isnan(ours) else "n/a"
+
+
+def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: int) -> list[Figure]:
+    """The summary rows: each agentmesh side at the largest N against the issue's targets, with the
+    ratio to LangGraph at that N where it ran (else to the provider's own pace and first token)."""
+    n = max(results)
+    at_n = results[n]
+    lg = at_n.get("langgraph")
+    out = []
+    for side in ("embedded", "postgres", "services"):
+        m = at_n.get(side)
+        if m is None:
+            continue
+        label = f"{n} paced chats, {LABELS[side]}"
+        per_n = "; ".join(
+            f"{k}: {_ratio(r[side].ttfd_ms(0.99), r['langgraph'].ttfd_ms(0.99))} / {_ratio(r[side].pace, r['langgraph'].pace)}"
+            for k, r in sorted(results.items())
+            if side in r and "langgraph" in r
+        )
+        vs_lg = f"; agentmesh / LangGraph TTFD p99 / pace at N = {per_n}" if per_n else ""
+        lg_ttfd = f", LangGraph {lg.ttfd_ms(0.5):.0f} / {lg.ttfd_ms(0.99):.0f} ms" if lg else ""
+        out.append(
+            figure(
+                f"{label}: time to first delta p99",
+                f"p50 {m.ttfd_ms(0.5):.0f} ms, p99 {m.ttfd_ms(0.99):.0f} ms{lg_ttfd}{vs_lg}",
+                *(
+                    (m.ttfd_ms(0.99) / lg.ttfd_ms(0.99), "TTFD p99 agentmesh / LangGraph")
+                    if lg and lg.ttfd
+                    else (
+                        m.ttfd_ms(0.99) / delay_ms,
+                        f"TTFD p99 / the provider's first token ({delay_ms} ms)",
+                    )
+                ),
+                at_most=250,
+                value=m.ttfd_ms(0.99),
+                target="<= 250 ms at 500 chats",
+            )
+        )
+        lg_pace = f"; LangGraph {lg.pace:.1f} tokens/s ({lg.pace / provider:.2f})" if lg else ""
+        out.append(
+            figure(
+                f"{label}: delivered pace",
+                f"{m.pace:.1f} tokens/s per chat, provider {provider:.0f}{lg_pace}",
+                m.pace / provider,
+                "delivered / provider pace (mean over chats)",
+                at_least=0.95,
+            )
+        )
+        lg_gap = f", LangGraph {lg.gap_p99_ms:.0f} ms" if lg else ""
+        out.append(
+            figure(
+                f"{label}: worst gap between deltas p99",
+                f"{m.gap_p99_ms:.0f} ms{lg_gap}",
+                m.gap_p99_ms / delay_ms,
+                f"gap p99 / the provider's interval ({delay_ms} ms)",
+                at_most=100,
+                value=m.gap_p99_ms,
+                target="<= 100 ms",
+            )
+        )
+        why = "; ".join(f"{c} {w}" for w, c in m.failures.most_common(3))
+        out.append(
+            figure(
+                f"{label}: failed chats",
+                f"{m.failed} of {n}" + (f" ({why})" if why else ""),
+                m.failed / n,
+                "failed / chats",
+                at_most=0,
+                value=m.failed,
+                target="none failed",
+            )
+        )
+        today = TODAY_CPU_MS_PER_CHAT.get(side)
+        lg_cpu = f"; LangGraph {lg.cpu_ms_per_chat:.1f} ms per chat" if lg else ""
+        out.append(
+            figure(
+                f"{label}: server CPU per chat",
+                f"{m.server_cpu:.1f} s in all, {m.cpu_ms_per_chat:.1f} ms per chat{lg_cpu}; "
+                f"RSS {m.rss_peak / 2**20:.0f} MB at peak, {m.kb_per_chat:.0f} KB per open chat",
+                *(
+                    (m.cpu_ms_per_chat / today, "CPU per chat / before the rebuild (2026-12-03)")
+                    if today
+                    else (
+                        (m.cpu_ms_per_chat / lg.cpu_ms_per_chat, "CPU per chat agentmesh / LangGraph")
+                        if lg and lg.cpu_ms_per_chat
+                        else (m.cpu_ms_per_chat, "ms of CPU per chat (no reference in this run)")
+                    )
+                ),
+                at_most=0.5 if today else None,
+                target="at most half of before the rebuild",
+            )
+        )
+        if m.redis_peak is not None:
+            out.append(
+                figure(
+                    f"{label}: Redis connections",
+                    f"{m.redis_peak} at peak with {n} open chats",
+                    m.redis_peak / n,
+                    "peak connections / open chats",
+                    target="bounded by a constant, not by the number of streams",
+                )
+            )
+    return out
+
+
+async def main(argv: list[str] | None = None) -> list[Figure]:
+    parser = argparse.ArgumentParser(prog="python -m bench.chat_load", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--chats", type=int, nargs="+", default=[1, 50, 200, 500], help="concurrent chats, each N"
+    )
+    parser.add_argument(
+        "--words", type=int, default=50, help="words per message (tokens per answer: words + 1)"
+    )
+    parser.add_argument("--delay-ms", type=int, default=20, help="the provider's pause before each token")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--timeout", type=float, default=60, help="each chat's deadline, seconds")
+    parser.add_argument("--database-url", default="", help="the PostgreSQL `up` side's (fresh) database")
+    parser.add_argument(
+        "--pg-server",
+        default=os.environ.get(
+            "AGENTMESH_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="where the fresh databases are created",
+    )
+    parser.add_argument("--redis-url", default="", help="accepted for `python -m bench`; not used")
+    parser.add_argument(
+        "--langgraph-python",
+        type=pathlib.Path,
+        default=pathlib.Path(
+            os.environ.get("AGENTMESH_BENCH_LANGGRAPH_PYTHON", ROOT / ".venv-langgraph/bin/python")
+        ),
+    )
+    args = parser.parse_args(argv)
+    from bench.__main__ import fresh_database, own_redis
+
+    provider = 1000 / args.delay_ms
+    text = " ".join(f"word{i}" for i in range(args.words))
+    sides = list(args.sides)
+    print(
+        f"chat load: {args.words}-word messages, echo every {args.delay_ms} ms ({args.words + 1} tokens, "
+        f"{provider:.0f} tokens/s), a session per chat, clients in a process of their own, deadline {args.timeout:.0f} s"
+    )
+    if "langgraph" in sides:
+        missing = langgraph_available(args.langgraph_python)
+        if missing:
+            print(f"LangGraph side skipped: {missing}")
+            sides.remove("langgraph")
+    load = os.getloadavg()
+    print(f"load average before: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
+    results: dict[int, dict[str, Measured]] = {}
+    with contextlib.ExitStack() as stack:
+        workdir = pathlib.Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="agentmesh-chat-load-"))
+        )
+        storage = {"postgres", "services"} & set(sides)
+        urls: dict[str, str] = {}
+        for side in sorted(storage):
+            urls[side] = (
+                args.database_url
+                if side == "postgres" and args.database_url
+                else stack.enter_context(fresh_database(args.pg_server))
+            )
+        servers = Sides(
+            workdir,
+            delay_ms=args.delay_ms,
+            tenants=math.ceil(max(args.chats) / CHATS_PER_TENANT),
+            per_tenant=CHATS_PER_TENANT,
+            redis_url=stack.enter_context(own_redis()) if storage else "",
+            database_urls=urls,
+            langgraph_python=args.langgraph_python,
+        )
+        for chats in args.chats:
+            results[chats] = {}
+            for side in sides:
+                async with servers.serve(side) as running:
+                    results[chats][side] = await measure(running, chats, args, text)
+            for line in report(chats, list(results[chats].values()), provider):
+                print(line, flush=True)
+    load = os.getloadavg()
+    print(f"load average after: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
+    return figures(results, provider, args.delay_ms)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
