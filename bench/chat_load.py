@@ -126,7 +126,7 @@ def summarize(side: str, chats: list[dict[str, Any]], expected_tokens: int) -> d
 async def measure(running: Running, chats: int, args: argparse.Namespace, text: str) -> Measured:
     """One client process, `chats` chats at once against the running side."""
     spec = await running.spec(chats) | {"text": text, "timeout": args.timeout, "warmup": True}
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
     child = await asyncio.create_subprocess_exec(
         *running.client,
         stdin=subprocess.PIPE,
