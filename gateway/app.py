@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import grpc
+import redis.asyncio as aioredis
 from google.protobuf import message as proto_message
 from google.rpc import code_pb2
 from grpc_health.v1 import health_pb2
@@ -25,9 +26,11 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import csv_export, errors, openapi, routes, streaming
+from gateway.connection_slots import ConnectionSlots
 from gateway.transcode import build_request, to_json
 from gateway.upstream import Tracing, Upstreams, metadata_for, parse_timeout, request_id_of
 from gateway.websocket import ChatSocket, Limits
+from services.platform.redis_client import create_redis
 from services.platform.settings import Settings
 from services.platform.tiers import TIERS
 
@@ -92,6 +95,7 @@ class Gateway:
         route_list: list[routes.Route],
         tracing: Tracing,
         limits: Limits,
+        slots: ConnectionSlots,
     ):
         self.settings = settings
         self.upstreams = upstreams
@@ -99,7 +103,7 @@ class Gateway:
         self.router = routes.Router(list(route_list))
         self.tracing = tracing
         self.limits = limits
-        self.chat = ChatSocket(upstreams=upstreams, limits=limits, tracing=tracing)
+        self.chat = ChatSocket(upstreams=upstreams, limits=limits, tracing=tracing, slots=slots)
         self._openapi: dict[str, Any] | None = None
 
     async def read_body(self, request: Request) -> bytes:
@@ -324,13 +328,18 @@ async def _unexpected(_: Request, exc: Exception) -> Response:
     return error_response(errors.simple_status(code_pb2.INTERNAL, "internal gateway error"))
 
 
-def _lifespan(upstreams: Upstreams) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
-    """Closes the channels the gateway opened itself when the server stops."""
+def _lifespan(
+    upstreams: Upstreams, slots: ConnectionSlots, owned_redis: aioredis.Redis | None
+) -> Callable[[Starlette], contextlib.AbstractAsyncContextManager[None]]:
+    """Closes the channels (and the Redis client) the gateway opened itself when the server stops."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         yield
+        await slots.close()
         await upstreams.close()
+        if owned_redis is not None:
+            await owned_redis.aclose()
 
     return lifespan
 
@@ -342,22 +351,31 @@ def create_app(
     tracer_provider: TracerProvider | None = None,
     route_list: list[routes.Route] | None = None,
     limits: Limits | None = None,
+    redis: aioredis.Redis | None = None,
 ) -> Starlette:
     """The gateway for `settings`. `channels` maps peer names ("agents", ..., or "*" for all) to
-    ready channels (tests, embedded); otherwise channels to settings.peers open on first use."""
+    ready channels (tests, embedded); otherwise channels to settings.peers open on first use.
+    `redis` (the process's own, embedded) holds the per-user WebSocket counts; otherwise the app
+    opens a client to settings.redis_url (in-process fakeredis without one, counting per process)."""
     upstreams = Upstreams(settings, channels=channels)
+    owned = None
+    if redis is None:
+        # Few connections: one script call per WebSocket opened or closed, one pipeline per renewal.
+        redis = owned = create_redis(settings.redis_url, mode=settings.redis_mode, max_connections=32)
+    slots = ConnectionSlots(redis, lease_seconds=settings.gateway.ws_lease_seconds)
     gateway = Gateway(
         settings,
         upstreams=upstreams,
         route_list=routes.discover() if route_list is None else route_list,
         tracing=Tracing(tracer_provider),
         limits=limits or Limits.from_settings(settings.gateway),
+        slots=slots,
     )
     app = Starlette(
         routes=_routes(gateway, settings),
         middleware=_middleware(settings),
         exception_handlers={HTTPException: _http_error, Exception: _unexpected},
-        lifespan=_lifespan(upstreams),
+        lifespan=_lifespan(upstreams, slots, owned),
     )
     app.state.gateway = gateway
     return app

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import uvicorn
 from starlette.applications import Starlette
@@ -13,7 +14,15 @@ from services.platform.server import BindError, ensure_port_free
 class HttpServer:
     """`await start()` binds (port 0 picks one) and serves in the running loop; `await stop()`."""
 
-    def __init__(self, app: Starlette, *, host: str, port: int, heartbeat_seconds: float = 20.0):
+    def __init__(
+        self,
+        app: Starlette,
+        *,
+        host: str,
+        port: int,
+        heartbeat_seconds: float = 20.0,
+        reuse_port: bool = False,
+    ):
         limits = app.state.gateway.limits
         self.config = uvicorn.Config(
             app,
@@ -35,10 +44,36 @@ class HttpServer:
         self.server = uvicorn.Server(self.config)
         self._task: asyncio.Task[None] | None = None
         self.port = port
+        self._reuse_port = reuse_port
+
+    def _shared_socket(self) -> socket.socket:
+        """The listening socket of one of `serve gateway --workers N`: SO_REUSEPORT lets every
+        worker bind the port, and the kernel spreads new connections over them."""
+        family, kind, proto, _, address = socket.getaddrinfo(
+            self.config.host, self.config.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            sock.bind(address)
+        except OSError as exc:
+            sock.close()
+            raise BindError(
+                f"cannot listen for HTTP on {self.config.host}:{self.config.port}: {exc.strerror or exc} "
+                "(set AGENTMESH_HTTP_PORT)"
+            ) from None
+        sock.set_inheritable(True)
+        return sock
 
     async def start(self) -> int:
-        ensure_port_free(self.config.host, self.config.port, what="HTTP", variable="AGENTMESH_HTTP_PORT")
-        self._task = asyncio.get_running_loop().create_task(self.server.serve())
+        sockets = None
+        if self._reuse_port:
+            # The parent checked the port once; the workers share it.
+            sockets = [self._shared_socket()]
+        else:
+            ensure_port_free(self.config.host, self.config.port, what="HTTP", variable="AGENTMESH_HTTP_PORT")
+        self._task = asyncio.get_running_loop().create_task(self.server.serve(sockets=sockets))
         while not self.server.started:
             if self._task.done():
                 try:

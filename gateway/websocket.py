@@ -41,6 +41,7 @@ from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
 from agentmesh.identity.v1 import identity_service_pb2 as identity_pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as orch_pb
 from gateway import errors
+from gateway.connection_slots import ConnectionSlots
 from gateway.upstream import Spans, Tracing, Upstreams
 from services.platform import errors as platform_errors
 from services.platform import peers
@@ -189,7 +190,9 @@ class _Window:
 
 
 class ChatSocket:
-    """Accepts sockets and enforces the connection limits; one `_Connection` per socket."""
+    """Accepts sockets and enforces the connection limits; one `_Connection` per socket. The
+    per-user limit is counted in Redis (`slots`), across every worker and replica; the total is
+    this process's own."""
 
     def __init__(
         self,
@@ -197,13 +200,14 @@ class ChatSocket:
         upstreams: Upstreams,
         limits: Limits,
         tracing: Tracing,
+        slots: ConnectionSlots,
         clock: Callable[[], float] = time.monotonic,
     ):
         self._upstreams = upstreams
         self.limits = limits
         self._tracing = tracing
+        self.slots = slots
         self._clock = clock
-        self.per_user: collections.Counter[str] = collections.Counter()
         self.total = 0
 
     async def endpoint(self, ws: WebSocket) -> None:
@@ -217,22 +221,22 @@ class ChatSocket:
             await ws.close(CLOSE_FULL, "too many connections")
             return
         self.total += 1
-        user = ""
+        slot = None
         try:
             await ws.accept(subprotocol=chosen)
             if token is None:
                 token = await self._first_message_token(ws)
                 if token is None:
                     return
-            user = await self._verify(ws, token)
-            if not user:
+            who = await self._verify(ws, token)
+            if who is None:
                 return
-            if self.per_user[user] >= self.limits.connections_per_user:
+            tenant, user = who
+            slot = await self.slots.acquire(tenant, user, self.limits.connections_per_user)
+            if slot is None:
                 await ws.send_json(error_of_status(errors.exhausted("too many connections for this user")))
                 await ws.close(CLOSE_RATE, "too many connections for this user")
-                user = ""
                 return
-            self.per_user[user] += 1
             await ws.send_json({"type": "system_event", "event": "connected", "user_id": user})
             connection = _Connection(
                 ws,
@@ -247,10 +251,8 @@ class ChatSocket:
             pass
         finally:
             self.total -= 1
-            if user:
-                self.per_user[user] -= 1
-                if self.per_user[user] <= 0:
-                    del self.per_user[user]
+            if slot is not None:
+                await self.slots.release(slot)
 
     async def _first_message_token(self, ws: WebSocket) -> str | None:
         try:
@@ -264,8 +266,8 @@ class ChatSocket:
         await _reject(ws, 'the first message must be {"type": "auth", "token": ...}')
         return None
 
-    async def _verify(self, ws: WebSocket, token: str) -> str:
-        """The user id of a valid token (checked by identity), or "" after closing with 4401."""
+    async def _verify(self, ws: WebSocket, token: str) -> tuple[str, str] | None:
+        """(tenant id, user id) of a valid token (checked by identity), or None after closing."""
         who_am_i: grpc.aio.UnaryUnaryMultiCallable[identity_pb.WhoAmIRequest, identity_pb.WhoAmIResponse]
         who_am_i = self._upstreams.channel("identity").unary_unary(
             WHO_AM_I,
@@ -286,8 +288,8 @@ class ChatSocket:
             else:
                 await ws.send_json(error_of_status(status))
                 await ws.close(1011, "identity is unavailable")
-            return ""
-        return reply.user.id or "unknown"
+            return None
+        return reply.user.tenant_id, reply.user.id or "unknown"
 
 
 async def _reject(ws: WebSocket, message: str) -> None:

@@ -109,12 +109,13 @@ async def _run(
             from gateway import create_app
             from gateway.server import HttpServer
 
-            app = create_app(settings, tracer_provider=runtime.tracer_provider)
+            app = create_app(settings, tracer_provider=runtime.tracer_provider, redis=runtime.redis)
             gateway = HttpServer(
                 app,
                 host=settings.http_host,
                 port=settings.http_port,
                 heartbeat_seconds=settings.gateway.ws_heartbeat_seconds,
+                reuse_port=reuse_port,
             )
             await gateway.start()
 
@@ -216,8 +217,9 @@ def _log_to(level: str, target: str) -> None:
         handler.setStream(path.open("a", encoding="utf-8", buffering=1))
 
 
-async def _run_gateway(settings: Settings) -> None:
-    """The gateway alone (production): no database, no Redis; upstreams from AGENTMESH_*_ADDR."""
+async def _run_gateway(settings: Settings, *, reuse_port: bool) -> None:
+    """The gateway alone (production): no database; Redis for the per-user WebSocket counts;
+    upstreams from AGENTMESH_*_ADDR."""
     from gateway import create_app
     from gateway.server import HttpServer
     from services.platform.telemetry import create_tracer_provider
@@ -231,12 +233,15 @@ async def _run_gateway(settings: Settings) -> None:
         host=settings.http_host,
         port=settings.http_port,
         heartbeat_seconds=settings.gateway.ws_heartbeat_seconds,
+        reuse_port=reuse_port,
     )
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     port = await http.start()
-    print(f"agentmesh: gateway serving HTTP on http://{settings.http_host}:{port}/", flush=True)
+    # One write per line, as the services' workers do.
+    sys.stdout.write(f"agentmesh: gateway serving HTTP on http://{settings.http_host}:{port}/\n")
+    sys.stdout.flush()
     try:
         await stop.wait()
     finally:
@@ -261,18 +266,26 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if problems:
         command = " ".join(["agentmesh serve", *args.services])
         raise Refused(f"`{command}` will not start: {'; '.join(problems)}")
-    if names and args.workers > 1:
+    if args.workers > 1:
         # The workers bind with SO_REUSEPORT (and skip the check); a port held by another process
         # is reported here, once.
-        ensure_port_free(
-            settings.grpc_host, settings.grpc_port, what="gRPC", variable="AGENTMESH_GRPC_PORT or --grpc-port"
-        )
+        if names:
+            ensure_port_free(
+                settings.grpc_host,
+                settings.grpc_port,
+                what="gRPC",
+                variable="AGENTMESH_GRPC_PORT or --grpc-port",
+            )
+        if with_gateway:
+            ensure_port_free(
+                settings.http_host, settings.http_port, what="HTTP", variable="AGENTMESH_HTTP_PORT"
+            )
     # After the checks: a refusal is its one line, without the schema check's INFO lines around it.
     configure_logging(settings.log_level)
 
     def run() -> int:
         if not names:
-            asyncio.run(_run_gateway(settings))
+            asyncio.run(_run_gateway(settings, reuse_port=args.workers > 1))
         else:
             asyncio.run(_run(settings, names, reuse_port=args.workers > 1, migrate=False, http=with_gateway))
         return 0
@@ -364,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         "--workers",
         type=int,
         default=1,
-        help="processes sharing the gRPC port through SO_REUSEPORT (default: %(default)s)",
+        help="processes sharing the gRPC port (and the gateway's HTTP port) through SO_REUSEPORT (default: %(default)s)",
     )
     serve.add_argument("--grpc-port", type=int, help="gRPC port (default: AGENTMESH_GRPC_PORT, else 50051)")
     serve.set_defaults(func=cmd_serve)

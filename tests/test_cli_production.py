@@ -95,7 +95,7 @@ def tables(url: str) -> list[str]:
         ),
         (
             ["gateway"],
-            "AGENTMESH_IDENTITY_ADDR, AGENTMESH_AGENTS_ADDR, AGENTMESH_CONVERSATION_ADDR, "
+            "REDIS_URL, AGENTMESH_IDENTITY_ADDR, AGENTMESH_AGENTS_ADDR, AGENTMESH_CONVERSATION_ADDR, "
             "AGENTMESH_ORCHESTRATION_ADDR not set",
         ),
     ],
@@ -198,13 +198,15 @@ def test_serve_on_a_taken_grpc_port_is_one_line(tmp_path, pg_url, redis_url):
         )
 
 
-def test_serve_gateway_on_a_taken_http_port_is_one_line(tmp_path):
+def test_serve_gateway_on_a_taken_http_port_is_one_line(tmp_path, redis_url):
     addresses = {f"AGENTMESH_{s}_ADDR": f"127.0.0.1:{free_port()}" for s in ("IDENTITY", "AGENTS")}
     addresses |= {
         f"AGENTMESH_{s}_ADDR": f"127.0.0.1:{free_port()}" for s in ("CONVERSATION", "ORCHESTRATION")
     }
     with taken_port() as port:
-        done = agentmesh("serve", "gateway", cwd=tmp_path, AGENTMESH_HTTP_PORT=str(port), **addresses)
+        done = agentmesh(
+            "serve", "gateway", cwd=tmp_path, AGENTMESH_HTTP_PORT=str(port), REDIS_URL=redis_url, **addresses
+        )
     line = refused(done, 1)
     assert line == (
         f"agentmesh: cannot listen for HTTP on 127.0.0.1:{port}: Address already in use "

@@ -119,8 +119,11 @@ def test_gateway_probes_are_readyz_and_healthz(docs: list[dict[str, Any]]) -> No
     assert {p["name"]: p["containerPort"] for p in container["ports"]}["http"] == http_port
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    # The gateway holds no database or Redis credentials.
+    # The gateway holds no database credentials or secrets: of the secret only REDIS_URL (its
+    # users' WebSocket counts).
     assert all("secretRef" not in source for source in container["envFrom"])
+    from_secrets = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"] if "valueFrom" in e}
+    assert from_secrets == {"REDIS_URL": {"name": "agentmesh-secrets", "key": "REDIS_URL"}}
 
 
 def _pre_stop_seconds(container: dict[str, Any]) -> float:

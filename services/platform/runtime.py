@@ -96,11 +96,11 @@ def missing_configuration(settings: Settings, names: Iterable[str]) -> list[str]
     names = set(names)
     required = []
     if names - {"gateway"}:
-        required += [
-            ("DATABASE_URL", settings.database_url),
-            ("REDIS_URL", settings.redis_url),
-            ("AGENTMESH_PAGE_TOKEN_SECRET", settings.auth.page_token_secret),
-        ]
+        required.append(("DATABASE_URL", settings.database_url))
+    # The gateway counts each user's WebSockets in Redis, so the limit holds across replicas.
+    required.append(("REDIS_URL", settings.redis_url))
+    if names - {"gateway"}:
+        required.append(("AGENTMESH_PAGE_TOKEN_SECRET", settings.auth.page_token_secret))
     if "identity" in names:
         required.append(("AGENTMESH_SIGNING_KEY_FILE", settings.auth.signing_key_file))
     if names & {"identity", "orchestration"}:

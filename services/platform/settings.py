@@ -266,7 +266,17 @@ class GatewaySettings:
         doc="per connection; more get a `RATE_LIMIT` error event",
     )
     ws_connections_per_user: int = setting(
-        "AGENTMESH_WS_CONNECTIONS_PER_USER", 10, parse=integer, doc="more close with 4429"
+        "AGENTMESH_WS_CONNECTIONS_PER_USER",
+        10,
+        parse=integer,
+        doc="across every gateway worker and replica (counted in Redis); more close with 4429",
+    )
+    # Longer: fewer renewals, but the sockets of a killed gateway hold their user's slots longer.
+    ws_lease_seconds: float = setting(
+        "AGENTMESH_WS_LEASE_SECONDS",
+        30.0,
+        parse=positive_number,
+        doc="an open WebSocket's slot in its user's Redis count, renewed every third of this; a killed gateway's slots free themselves after it",
     )
     ws_max_connections: int = setting(
         "AGENTMESH_WS_MAX_CONNECTIONS", 10_000, parse=integer, doc="in total per gateway process"
