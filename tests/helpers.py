@@ -17,6 +17,8 @@ from typing import Any, Protocol, cast
 import grpc
 import redis as sync_redis
 import redis.asyncio as aioredis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc
 from services.orchestration import SERVICE_NAME as ORCHESTRATION
@@ -160,6 +162,25 @@ class RedisServer:
         assert self.proc is not None
         self.proc.kill()
         self.proc.wait()
+
+    def restart(self, down_seconds: float = 0.5) -> float:
+        """What a restart without persistence does: SHUTDOWN NOSAVE (every client cut, every key
+        gone), `down_seconds` with nothing listening, the server started again on the same port.
+        Returns how long the port was closed (blocking: call it through asyncio.to_thread)."""
+        assert self.proc is not None
+        # No retry: redis-py's default would reconnect to the server going away for seconds.
+        client = sync_redis.Redis(port=self.port, retry=Retry(NoBackoff(), 0))
+        try:
+            client.shutdown(nosave=True)
+        except sync_redis.ConnectionError:
+            pass  # the server closes the connection as it goes
+        finally:
+            client.close()
+        self.proc.wait(10)
+        down = time.monotonic()
+        time.sleep(down_seconds)
+        self.start()
+        return time.monotonic() - down
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

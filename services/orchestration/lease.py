@@ -4,6 +4,7 @@ other instances (the cancel flag rides along with the renewal)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 
@@ -11,6 +12,9 @@ from services.orchestration.events import RunEvents
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import CancelMode
 from services.orchestration.worker import RunHandle
+from services.platform.error_mapping import DEPENDENCY_ERRORS, unavailable
+
+log = logging.getLogger("agentmesh.orchestration.runs")
 
 
 class LeaseKeeper:
@@ -38,16 +42,26 @@ class LeaseKeeper:
         last_renew = time.monotonic()
         while True:
             await asyncio.sleep(self._poll)
-            if time.monotonic() - last_renew >= self._renew:
-                held, mode = await self._events.renew_lease(h.run.id, self._owner, self._ttl)
-                await self._limits.refresh(h.caller.tenant_id, h.run.id)
-                last_renew = time.monotonic()
-                if not held:
-                    h.abandoned = True
-                    if h.task is not None:
-                        h.task.cancel()
-                    return
-            else:
-                mode = await self._events.cancel_requested(h.run.id)
+            try:
+                if time.monotonic() - last_renew >= self._renew:
+                    held, mode = await self._events.renew_lease(h.run.id, self._owner, self._ttl)
+                    await self._limits.refresh(h.caller.tenant_id, h.run.id)
+                    last_renew = time.monotonic()
+                    if not held:
+                        h.abandoned = True
+                        if h.task is not None:
+                            h.task.cancel()
+                        return
+                else:
+                    mode = await self._events.cancel_requested(h.run.id)
+            except DEPENDENCY_ERRORS as exc:
+                # Redis unreachable past the client's retries: the keeper must outlive the outage
+                # (it re-asserts the lease the restart dropped on its next renewal; the run's
+                # PostgreSQL heartbeat keeps the sweepers off it meanwhile).
+                log.warning(
+                    "run lease not renewed; retrying",
+                    extra={"fields": {"run_id": h.run.id, "error": unavailable(exc).message}},
+                )
+                continue
             if mode is not None:
                 self._on_cancel(h.run.id, mode)

@@ -44,6 +44,7 @@ from services.orchestration.tools.http import HttpToolExecutor
 from services.orchestration.tools.runner import plan, result_text, run_http, tool_specs, waiting_state
 from services.platform import errors
 from services.platform.auth import Principal
+from services.platform.error_mapping import DEPENDENCY_ERRORS, unavailable
 from services.platform.tiers import limits_for
 from services.platform.timestamps import micros
 
@@ -175,6 +176,11 @@ class RunWorker:
             await self._end(h, RunState.FAILED, RunError(exc.code, exc.message))
         except errors.AgentmeshError as exc:
             await self._end(h, RunState.FAILED, RunError(exc.code.name, exc.message))
+        except DEPENDENCY_ERRORS as exc:
+            # Redis or the database stayed unreachable past the client's retries: an outage, which
+            # the run's record says as UNAVAILABLE in words, not a bug (INTERNAL).
+            log.warning("run failed: dependency unreachable", extra={"fields": {"run_id": h.run.id}})
+            await self._end(h, RunState.FAILED, RunError("UNAVAILABLE", unavailable(exc).message))
         except Exception as exc:
             log.exception("run failed", extra={"fields": {"run_id": h.run.id}})
             await self._end(h, RunState.FAILED, RunError("INTERNAL", f"internal error: {type(exc).__name__}"))

@@ -33,6 +33,19 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
+def unavailable(exc: BaseException) -> errors.Unavailable:
+    """What a dependency error (one of DEPENDENCY_ERRORS) tells a caller, or a run's record: the
+    dependency named in words, never a Python class name. Raised only once redis-py's retry
+    (AGENTMESH_REDIS_RETRY_SECONDS) or the database pool gave up, so the outage outlasted them."""
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        what = "Redis"
+    elif isinstance(exc, sqlalchemy.exc.SQLAlchemyError | psycopg.Error):
+        what = "the database"
+    else:
+        what = "a dependency"
+    return errors.Unavailable(f"{what} is unreachable; retry shortly")
+
+
 class ErrorMapping:
     """Domain errors become their status with details; anything else becomes a bare INTERNAL."""
 
@@ -50,9 +63,7 @@ class ErrorMapping:
                 "dependency unavailable",
                 extra={"fields": {"method": call.method, "error": f"{type(exc).__name__}: {exc}"}},
             )
-            await call.context.abort_with_status(
-                errors.to_status(errors.Unavailable("a dependency is unavailable; retry shortly"))
-            )
+            await call.context.abort_with_status(errors.to_status(unavailable(exc)))
         except NotImplementedError:
             await call.context.abort(grpc.StatusCode.UNIMPLEMENTED, f"{call.method} is not implemented")
         except Exception:

@@ -13,15 +13,41 @@ from typing import cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.crc import key_slot
-from redis.exceptions import ClusterDownError
+from redis.exceptions import ClusterDownError, ConnectionError, TimeoutError
 
 from services.platform.settings import SettingsError
 
 MODES = ("standalone", "cluster")
+# AGENTMESH_REDIS_RETRY_SECONDS's default (settings.py declares the setting).
+DEFAULT_RETRY_SECONDS = 10.0
+_BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0
 
 
-def create_redis(url: str, *, mode: str = "standalone", max_connections: int = 512) -> aioredis.Redis:
+def retry_policy(seconds: float) -> Retry:
+    """redis-py's retry for a connection lost or refused: the command is sent again on a new
+    connection after 0.1, 0.2, 0.4, 0.8, then every 1 s, for about `seconds` in all (plus each
+    attempt's own connect time). A restart or a failover of a few seconds then delays commands
+    instead of failing them; past it the error reaches the caller (UNAVAILABLE). Retrying a write
+    whose reply was lost may apply it twice: the writers that care (run events, with explicit ids)
+    recognise their own entry."""
+    backoff = ExponentialBackoff(cap=_BACKOFF_CAP, base=_BACKOFF_BASE)
+    attempts, waited = 0, 0.0
+    while waited < seconds:
+        attempts += 1
+        waited += backoff.compute(attempts)
+    return Retry(backoff, attempts, supported_errors=(ConnectionError, TimeoutError))
+
+
+def create_redis(
+    url: str,
+    *,
+    mode: str = "standalone",
+    max_connections: int = 512,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
+) -> aioredis.Redis:
     """The client for `url`. With mode "cluster" it is redis-py's cluster client, which learns the
     slot map from the node `url` names and sends each command to the node owning its keys.
 
@@ -36,6 +62,8 @@ def create_redis(url: str, *, mode: str = "standalone", max_connections: int = 5
             raise SettingsError("AGENTMESH_REDIS_MODE=cluster needs REDIS_URL (one node of the cluster)")
         # No blocking pool in redis-py's cluster client: past max_connections per node a command
         # fails with MaxConnectionsError (a ConnectionError, so UNAVAILABLE), it does not wait.
+        # Its `retry` (8.1) sets only how many times a command is tried again, after reloading the
+        # slot map, with no backoff between tries (docs/operations.md, Redis outages).
         cluster = RedisCluster.from_url(
             url,
             max_connections=max_connections,
@@ -43,6 +71,7 @@ def create_redis(url: str, *, mode: str = "standalone", max_connections: int = 5
             socket_connect_timeout=2,
             socket_timeout=5,
             health_check_interval=10,
+            retry=retry_policy(retry_seconds),
         )
         return cast(aioredis.Redis, cluster)
     if url:
@@ -55,7 +84,11 @@ def create_redis(url: str, *, mode: str = "standalone", max_connections: int = 5
             decode_responses=False,
             socket_connect_timeout=2,
             socket_timeout=5,
+            # A pooled connection idle this long is PINGed before use: one that died with a Redis
+            # restart is replaced there, not found dead by the command.
             health_check_interval=10,
+            retry=retry_policy(retry_seconds),
+            retry_on_error=[ConnectionError, TimeoutError],
         )
         return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
     import fakeredis

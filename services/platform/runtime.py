@@ -189,7 +189,9 @@ class Runtime:
         if not settings.auth.page_token_secret:
             raise SettingsError("AGENTMESH_PAGE_TOKEN_SECRET is required outside the embedded mode")
         engine = db.create_engine(settings.effective_database_url)
-        redis = redis_client.create_redis(settings.redis_url, mode=settings.redis_mode)
+        redis = redis_client.create_redis(
+            settings.redis_url, mode=settings.redis_mode, retry_seconds=settings.redis_retry_seconds
+        )
         provider = telemetry.create_tracer_provider(
             service_name, settings.otel_exporter, span_exporter=span_exporter, file_path=settings.otel_file
         )

@@ -416,6 +416,13 @@ class Settings:
         parse=choice("standalone", "cluster"),
         doc="`cluster`: REDIS_URL names one node of a Redis Cluster (docs/operations.md, Redis Cluster)",
     )
+    redis_retry_seconds: float = setting(
+        "AGENTMESH_REDIS_RETRY_SECONDS",
+        10.0,
+        parse=number,
+        doc="how long a Redis command retries a lost connection (backoff 50 ms doubling to 1 s) before it "
+        "fails UNAVAILABLE; `0`: no retry (docs/operations.md, Redis outages)",
+    )
     log_level: str = setting(
         "AGENTMESH_LOG_LEVEL",
         "INFO",
