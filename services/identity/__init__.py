@@ -10,6 +10,7 @@ from services.identity import demo
 from services.identity.admin import TenantAdmin
 from services.identity.keys import KeySet, signing_key_file
 from services.identity.passwords import Passwords
+from services.identity.quota import ConversationQuota, NoQuota
 from services.identity.redis_state import LoginThrottle, Revocations
 from services.identity.service import IdentityService, signup_open
 from services.identity.servicer import PUBLIC_RPCS, IdentityServicer
@@ -56,6 +57,12 @@ async def build(runtime: Runtime) -> Built[IdentityService]:
         service_secret=auth.service_secret,
         clock=runtime.clock,
         signup_open=signup_open(settings),
+        # The quota is optional to identity: without conversation's address WhoAmI shows it UNKNOWN.
+        quota=(
+            ConversationQuota(runtime.peers.channel(settings.peers.conversation))
+            if settings.peers.conversation
+            else NoQuota()
+        ),
     )
     admin = TenantAdmin(
         store=store,

@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf import duration_pb2
 
 from agentmesh.identity.v1 import identity_service_pb2 as pb
-from services.identity.models import Identity, Session, Tenant, User, UserChanges
+from services.identity.models import Identity, Session, Tenant, TenantQuota, User, UserChanges
 from services.platform import auth
 from services.platform.timestamps import to_timestamp
 
@@ -86,6 +86,21 @@ def who_am_i_pb(found: Identity) -> pb.WhoAmIResponse:
         tenant=tenant_pb(found.tenant) if found.tenant else None,
         roles=_role_values(found.roles),
         tier=_tier_value(found.tier),
+        quota=quota_pb(found.quota) if found.quota else None,
+    )
+
+
+def quota_pb(quota: TenantQuota) -> pb.TenantQuota:
+    if not quota.known:
+        return pb.TenantQuota(status=pb.QUOTA_STATUS_UNKNOWN)
+    return pb.TenantQuota(
+        status=pb.QUOTA_STATUS_EXHAUSTED if quota.exhausted else pb.QUOTA_STATUS_AVAILABLE,
+        limit_tokens=quota.limit_tokens,
+        used_tokens=quota.used_tokens,
+        remaining_tokens=quota.remaining_tokens,
+        limit_cost_micros=quota.limit_cost_micros,
+        used_cost_micros=quota.used_cost_micros,
+        reset_time=to_timestamp(quota.reset_time_us),
     )
 
 

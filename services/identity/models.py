@@ -108,11 +108,40 @@ class SignedIn:
     session: Session
 
 
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TenantQuota:
+    """A tenant's monthly quota as conversation (which owns usage) reports it; a limit of 0 is
+    unlimited. `known` is False when conversation did not answer (every figure then 0)."""
+
+    known: bool = True
+    limit_tokens: int = 0
+    used_tokens: int = 0
+    remaining_tokens: int = 0
+    limit_cost_micros: int = 0
+    used_cost_micros: int = 0
+    reset_time_us: int = 0
+
+    @property
+    def exhausted(self) -> bool:
+        return self.known and any(
+            0 < limit <= used
+            for limit, used in (
+                (self.limit_tokens, self.used_tokens),
+                (self.limit_cost_micros, self.used_cost_micros),
+            )
+        )
+
+
+UNKNOWN_QUOTA = TenantQuota(known=False)
+
+
 @dataclasses.dataclass(frozen=True)
 class Identity:
-    """What WhoAmI answers: the user and tenant (None for a service caller), roles and tier."""
+    """What WhoAmI answers: the user and tenant (None for a service caller), roles, tier, and the
+    tenant's quota (None for a service caller)."""
 
     user: User | None
     tenant: Tenant | None
     roles: tuple[str, ...]
     tier: str
+    quota: TenantQuota | None = None

@@ -22,6 +22,7 @@ from services.identity.models import (
     Session,
     SignedIn,
     Tenant,
+    TenantQuota,
     User,
 )
 from services.identity.passwords import Verification, check_policy
@@ -70,6 +71,13 @@ class Throttle(Protocol):
     async def check(self, tenant: str, username: str, address: str) -> None: ...
     async def failed(self, tenant: str, username: str, address: str) -> None: ...
     async def succeeded(self, tenant: str, username: str) -> None: ...
+
+
+class Quota(Protocol):
+    """The caller's tenant's monthly quota, from conversation (quota.ConversationQuota); UNKNOWN
+    rather than an error when it cannot be read."""
+
+    async def quota(self) -> TenantQuota: ...
 
 
 def signup_open(settings: Settings) -> bool:
@@ -129,6 +137,7 @@ class IdentityService:
         service_secret: str,
         clock: Callable[[], float],
         signup_open: bool,
+        quota: Quota,
     ) -> None:
         self._store = store
         self._passwords = passwords
@@ -139,6 +148,7 @@ class IdentityService:
         self._service_secret = service_secret
         self._clock = clock
         self._signup_open = signup_open
+        self._quota = quota
 
     # --- SignUp ------------------------------------------------------------------------------
 
@@ -281,7 +291,7 @@ class IdentityService:
         tenant = await self._store.tenant(principal.tenant_id)
         if user is None or tenant is None:
             raise errors.Unauthenticated("this account no longer exists", reason="ACCOUNT_GONE")
-        return Identity(user, tenant, roles, principal.tier)
+        return Identity(user, tenant, roles, principal.tier, await self._quota.quota())
 
     async def issue_service_token(self, *, service_name: str, secret: str) -> Session:
         v = Violations()

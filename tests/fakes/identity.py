@@ -1,5 +1,5 @@
 """In-memory fakes of identity's protocols (services/identity/service.py, admin.py, operator.py,
-sessions.py), so the rules run in milliseconds without PostgreSQL, Redis or argon2."""
+sessions.py, and WhoAmI's Quota), so the rules run in milliseconds without PostgreSQL, Redis or argon2."""
 
 from __future__ import annotations
 
@@ -7,7 +7,15 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
-from services.identity.models import Duplicate, RefreshRecord, RequestRecord, Tenant, User
+from services.identity.models import (
+    UNKNOWN_QUOTA,
+    Duplicate,
+    RefreshRecord,
+    RequestRecord,
+    Tenant,
+    TenantQuota,
+    User,
+)
 from services.identity.passwords import Verification
 from services.platform import errors
 
@@ -201,3 +209,15 @@ class FakeThrottle:
 
     async def succeeded(self, tenant: str, username: str) -> None:
         self.failures.pop((tenant, username), None)
+
+
+class FakeQuota:
+    """identity's Quota: answers `answer` (UNKNOWN unless a test sets one) and counts the asks."""
+
+    def __init__(self, answer: TenantQuota = UNKNOWN_QUOTA) -> None:
+        self.answer = answer
+        self.asked = 0
+
+    async def quota(self) -> TenantQuota:
+        self.asked += 1
+        return self.answer

@@ -28,6 +28,7 @@ from services.platform import migrations
 from services.platform.runtime import Runtime, with_embedded_secrets
 from services.platform.server import ServiceRegistration
 from services.platform.settings import Settings, SettingsError
+from tests.fakes.identity import FakeQuota
 from tests.helpers import expect_status
 from tests.identity.conftest import PASSWORD, Identity, field_violations, retry_delay
 
@@ -142,6 +143,7 @@ def throttled_identity(runtime: Runtime, limits: ThrottleLimits) -> ServiceRegis
             service_secret=auth.service_secret,
             clock=runtime.clock,
             signup_open=True,
+            quota=FakeQuota(),
         ),
         admin=TenantAdmin(
             store=store,

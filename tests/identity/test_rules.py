@@ -18,7 +18,7 @@ from services.identity.tokens import TokenIssuer
 from services.platform import errors
 from services.platform.auth import ROLE_ADMIN, ROLE_MEMBER, ROLE_OPERATOR, ROLE_OWNER, Principal
 from services.platform.pagination import PageTokens
-from tests.fakes.identity import FakeHasher, FakeIdentityStore, FakeRevocations, FakeThrottle
+from tests.fakes.identity import FakeHasher, FakeIdentityStore, FakeQuota, FakeRevocations, FakeThrottle
 
 PASSWORD = "correct horse battery"
 
@@ -62,6 +62,7 @@ def world(*, signup_open: bool = True) -> World:
             service_secret="s",
             clock=clock,
             signup_open=signup_open,
+            quota=FakeQuota(),
         ),
         TenantAdmin(
             store=store,

@@ -17,7 +17,7 @@ from services.identity.tokens import TokenIssuer, token_time
 from services.platform import errors
 from services.platform.settings import SettingsError
 from services.platform.timestamps import micros
-from tests.fakes.identity import FakeHasher, FakeIdentityStore, FakeRevocations, FakeThrottle
+from tests.fakes.identity import FakeHasher, FakeIdentityStore, FakeQuota, FakeRevocations, FakeThrottle
 
 
 @pytest.mark.parametrize(
@@ -132,6 +132,7 @@ def _refreshing(
         service_secret="s",
         clock=clock,
         signup_open=False,
+        quota=FakeQuota(),
     )
     return user, tenant, sessions, service, store
 

@@ -90,6 +90,34 @@ ROLE_OPERATOR: Role.ValueType  # 5
 """
 Global___Role: _TypeAlias = Role  # noqa: Y015
 
+class _QuotaStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuotaStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_QuotaStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUOTA_STATUS_UNSPECIFIED: _QuotaStatus.ValueType  # 0
+    """Not set."""
+    QUOTA_STATUS_AVAILABLE: _QuotaStatus.ValueType  # 1
+    """Every limit has some left (or none is set)."""
+    QUOTA_STATUS_EXHAUSTED: _QuotaStatus.ValueType  # 2
+    """A limit is used up: new runs are refused until reset_time."""
+    QUOTA_STATUS_UNKNOWN: _QuotaStatus.ValueType  # 3
+    """Conversation, which keeps usage, did not answer: the figures are not known (all 0)."""
+
+class QuotaStatus(_QuotaStatus, metaclass=_QuotaStatusEnumTypeWrapper):
+    """Whether a tenant may still start runs this month."""
+
+QUOTA_STATUS_UNSPECIFIED: QuotaStatus.ValueType  # 0
+"""Not set."""
+QUOTA_STATUS_AVAILABLE: QuotaStatus.ValueType  # 1
+"""Every limit has some left (or none is set)."""
+QUOTA_STATUS_EXHAUSTED: QuotaStatus.ValueType  # 2
+"""A limit is used up: new runs are refused until reset_time."""
+QUOTA_STATUS_UNKNOWN: QuotaStatus.ValueType  # 3
+"""Conversation, which keeps usage, did not answer: the figures are not known (all 0)."""
+Global___QuotaStatus: _TypeAlias = QuotaStatus  # noqa: Y015
+
 @_typing.final
 class Tenant(_message.Message):
     """An organisation using agentmesh: the unit of isolation, billing tier and limits."""
@@ -589,6 +617,7 @@ class WhoAmIResponse(_message.Message):
     TENANT_FIELD_NUMBER: _builtins.int
     ROLES_FIELD_NUMBER: _builtins.int
     TIER_FIELD_NUMBER: _builtins.int
+    QUOTA_FIELD_NUMBER: _builtins.int
     tier: Global___Tier.ValueType
     """The tier in the caller's token."""
     @_builtins.property
@@ -603,6 +632,12 @@ class WhoAmIResponse(_message.Message):
     def roles(self) -> _containers.RepeatedScalarFieldContainer[Global___Role.ValueType]:
         """The roles in the caller's token."""
 
+    @_builtins.property
+    def quota(self) -> Global___TenantQuota:
+        """The tenant's monthly quota and what remains of it, as conversation (which owns usage) reports
+        it; status UNKNOWN when conversation did not answer in time. Unset for a service caller.
+        """
+
     def __init__(
         self,
         *,
@@ -610,14 +645,63 @@ class WhoAmIResponse(_message.Message):
         tenant: Global___Tenant | None = ...,
         roles: _abc.Iterable[Global___Role.ValueType] | None = ...,
         tier: Global___Tier.ValueType = ...,
+        quota: Global___TenantQuota | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["tenant", b"tenant", "user", b"user"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "tenant", b"tenant", "user", b"user"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["roles", b"roles", "tenant", b"tenant", "tier", b"tier", "user", b"user"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["quota", b"quota", "roles", b"roles", "tenant", b"tenant", "tier", b"tier", "user", b"user"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WhoAmIResponse: _TypeAlias = WhoAmIResponse  # noqa: Y015
+
+@_typing.final
+class TenantQuota(_message.Message):
+    """A tenant's monthly quota (conversation's Quota, as WhoAmI shows it)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    LIMIT_TOKENS_FIELD_NUMBER: _builtins.int
+    USED_TOKENS_FIELD_NUMBER: _builtins.int
+    REMAINING_TOKENS_FIELD_NUMBER: _builtins.int
+    LIMIT_COST_MICROS_FIELD_NUMBER: _builtins.int
+    USED_COST_MICROS_FIELD_NUMBER: _builtins.int
+    RESET_TIME_FIELD_NUMBER: _builtins.int
+    status: Global___QuotaStatus.ValueType
+    """AVAILABLE, EXHAUSTED, or UNKNOWN when the figures below could not be read."""
+    limit_tokens: _builtins.int
+    """Tokens a month; 0 means unlimited."""
+    used_tokens: _builtins.int
+    """Tokens used this month."""
+    remaining_tokens: _builtins.int
+    """Tokens left this month (0 when used up; 0 with limit_tokens 0 means unlimited)."""
+    limit_cost_micros: _builtins.int
+    """Cost a month in millionths of the price currency unit; 0 means unlimited."""
+    used_cost_micros: _builtins.int
+    """Cost this month in millionths of the price currency unit."""
+    @_builtins.property
+    def reset_time(self) -> _timestamp_pb2.Timestamp:
+        """The start of the next UTC month, when the used amounts start again from 0."""
+
+    def __init__(
+        self,
+        *,
+        status: Global___QuotaStatus.ValueType = ...,
+        limit_tokens: _builtins.int = ...,
+        used_tokens: _builtins.int = ...,
+        remaining_tokens: _builtins.int = ...,
+        limit_cost_micros: _builtins.int = ...,
+        used_cost_micros: _builtins.int = ...,
+        reset_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["reset_time", b"reset_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["limit_cost_micros", b"limit_cost_micros", "limit_tokens", b"limit_tokens", "remaining_tokens", b"remaining_tokens", "reset_time", b"reset_time", "status", b"status", "used_cost_micros", b"used_cost_micros", "used_tokens", b"used_tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TenantQuota: _TypeAlias = TenantQuota  # noqa: Y015
 
 @_typing.final
 class ChangePasswordRequest(_message.Message):
