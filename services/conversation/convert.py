@@ -39,11 +39,18 @@ def conversation_to_proto(c: models.Conversation) -> pb.Conversation:
         create_time=to_timestamp(c.create_time),
         update_time=to_timestamp(c.update_time),
         last_message_time=to_timestamp(c.last_message_time),
+        active_message_id=c.active_leaf_id,
+        path_length=c.path_length,
     )
 
 
-def message_to_proto(m: models.Message) -> pb.Message:
+def message_to_proto(m: models.Message, siblings: models.Siblings | None = None) -> pb.Message:
+    """`siblings`: the ids sharing its parent (ListMessages, GetMessage); None leaves them unset."""
     return pb.Message(
+        parent_id=m.parent_id,
+        active=m.on_path,
+        sibling_ids=siblings.ids if siblings else (),
+        sibling_index=siblings.index(m.id) if siblings else 0,
         id=m.id,
         conversation_id=m.conversation_id,
         sequence=m.sequence,

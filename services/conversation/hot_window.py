@@ -110,12 +110,14 @@ class HotWindow:
         return [_decode(cast(bytes, r)) for r in raw]
 
     async def fill(self, conversation_id: str, messages: Sequence[Message]) -> None:
-        """Writes messages (read from PostgreSQL) into the window, keeping only the newest `size`."""
+        """Replaces the window with messages read from PostgreSQL, keeping only the newest `size`
+        (entries of another branch, which share sequence numbers, go)."""
         if not messages:
             return
         key = self.key(conversation_id)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.delete(key)
                 pipe.zadd(key, {_encode(m): m.sequence for m in messages})
                 pipe.zremrangebyrank(key, 0, -(self.size + 1))
                 pipe.expire(key, self.ttl_seconds)

@@ -43,6 +43,10 @@ class Conversation:
     update_time: int
     last_message_time: int
     close_time: int = 0
+    # The active path: its leaf ("" while empty) and its length (the leaf's sequence). message_count
+    # counts every branch.
+    active_leaf_id: str = ""
+    path_length: int = 0
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -106,6 +110,9 @@ class Message:
     usage: MessageUsage | None = None
     # An assistant message's tool calls; empty on every other message.
     tool_calls: tuple[ToolCallRef, ...] = ()
+    # The message it follows in the tree ("" for a first message). `sequence` is its depth.
+    parent_id: str = ""
+    on_path: bool = True
 
     def to_json(self) -> dict[str, Any]:
         # Shallow: dataclasses.asdict deep-copies, a cost on every append for a dict about to be
@@ -147,6 +154,27 @@ class NewMessage:
     tool_call_id: str = ""
     usage: MessageUsage | None = None
     tool_calls: tuple[ToolCallRef, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Siblings:
+    """The messages that share a message's parent, oldest first (itself included)."""
+
+    ids: tuple[str, ...]
+
+    def index(self, message_id: str) -> int:
+        """1-based place of `message_id` ("2 of 3"); 0 when it is not among them."""
+        return self.ids.index(message_id) + 1 if message_id in self.ids else 0
+
+
+class BranchRefused(enum.Enum):
+    """Why a branch operation changed nothing: no such conversation in the caller's scope, no such
+    message in it, the conversation is closed, or the message is not a user message (an edit)."""
+
+    MISSING = "MISSING"
+    NO_MESSAGE = "NO_MESSAGE"
+    CLOSED = "CLOSED"
+    NOT_USER = "NOT_USER"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -88,7 +88,7 @@ class MessageSearch:
                     SELECT m.id, m.content
                     FROM messages m JOIN conversations c ON c.id = m.conversation_id,
                          websearch_to_tsquery('simple', :q) AS q(q)
-                    WHERE {where} AND to_tsvector('simple', m.content) @@ q.q
+                    WHERE {where} AND m.on_path AND to_tsvector('simple', m.content) @@ q.q
                     ORDER BY m.create_time DESC LIMIT :window
                 ) cand, websearch_to_tsquery('simple', :q) AS q(q)
             ) s {keyset}
@@ -133,6 +133,7 @@ class MessageSearch:
         where = [
             *scoped(tenant_id, only_user),
             m.tenant_id == tenant_id,
+            m.on_path,
             m.content.like(f"%{escaped}%", escape="\\"),
         ]
         if agent_id:
@@ -179,7 +180,8 @@ class MessageSearch:
         conv_day = c.create_time // DAY_US
         msg_day = m.create_time // DAY_US
         conv_where = scoped(tenant_id, only_user)
-        msg_where = [*scoped(tenant_id, only_user), m.tenant_id == tenant_id]
+        # Messages of the active paths: another branch's versions are not the conversation's history.
+        msg_where = [*scoped(tenant_id, only_user), m.tenant_id == tenant_id, m.on_path]
         if start_time:
             conv_where.append(c.create_time >= start_time)
             msg_where.append(m.create_time >= start_time)

@@ -20,6 +20,7 @@ from services.conversation.models import (
     GROUPINGS,
     Appended,
     AppendRefused,
+    BranchRefused,
     ContextWindow,
     Conversation,
     Message,
@@ -28,6 +29,7 @@ from services.conversation.models import (
     Quota,
     QuotaLimit,
     SearchHit,
+    Siblings,
     TenantStats,
     Usage,
     UsageRow,
@@ -38,7 +40,7 @@ from services.platform import errors, tiers, timestamps
 from services.platform.auth import Principal
 from services.platform.errors import Violation
 from services.platform.pagination import Page, PageTokens, keyset, paginate, position
-from services.platform.validation import Violations, require_id
+from services.platform.validation import Violations, require_id, update_paths
 
 
 class Store(Protocol):
@@ -64,6 +66,9 @@ class Store(Protocol):
     async def close_conversation(
         self, tenant_id: str, only_user: str | None, conversation_id: str, *, now: int
     ) -> Conversation | None: ...
+    async def update_conversation(
+        self, tenant_id: str, only_user: str | None, conversation_id: str, values: dict[str, Any], *, now: int
+    ) -> Conversation | None: ...
     async def delete_conversations(self, conversation_ids: Sequence[str]) -> int: ...
     async def append_message(
         self,
@@ -80,6 +85,31 @@ class Store(Protocol):
     async def list_messages(
         self, conversation_id: str, *, after: int, before: int, descending: bool, limit: int
     ) -> list[Message]: ...
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None: ...
+    async def siblings(self, conversation_id: str, parent_ids: Sequence[str]) -> dict[str, Siblings]: ...
+    async def path_through(self, conversation_id: str, message_id: str) -> list[Message] | None: ...
+    async def edit_message(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        message_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> Appended | BranchRefused: ...
+    async def switch_branch(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        message_id: str,
+        *,
+        exact: bool,
+        now: int,
+    ) -> Conversation | BranchRefused: ...
     async def get_retention_days(self, tenant_id: str) -> int: ...
     async def set_retention_days(self, tenant_id: str, days: int, *, now: int) -> None: ...
     async def usage_rows(
@@ -137,6 +167,20 @@ class SearchIndex(Protocol):
 
 # A search page is ranked and gets a snippet per hit: a smaller ceiling than other listings.
 SEARCH_MAX_PAGE_SIZE = 100
+
+
+def _message_not_found(message_id: str) -> errors.NotFound:
+    return errors.NotFound(
+        f"message {message_id!r} not found", reason="MESSAGE_NOT_FOUND", metadata={"message_id": message_id}
+    )
+
+
+def _closed(conversation_id: str) -> errors.FailedPrecondition:
+    return errors.FailedPrecondition(
+        f"conversation {conversation_id!r} is closed",
+        [Violation("conversation.status", "appending needs an ACTIVE conversation", "CLOSED")],
+        reason="CONVERSATION_CLOSED",
+    )
 
 
 def _not_found(conversation_id: str) -> errors.NotFound:
@@ -269,6 +313,39 @@ class ConversationService:
             cursor_of=lambda c: [c.create_time, c.id],
         )
 
+    async def update_conversation(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        *,
+        paths: list[str],
+        title: str,
+        metadata: dict[str, str],
+    ) -> Conversation:
+        """Replaces the fields named by `paths` ("title", "metadata", "*"); a closed conversation can
+        still be renamed (a label is not a message)."""
+        require_id(conversation_id, "conversation.id")
+        # Who may not see it learns nothing else, whatever the mask says.
+        await self._visible(principal, conversation_id)
+        fields = update_paths(paths, ("title", "metadata"))
+        v = Violations()
+        if "title" in fields:
+            v.check(len(title) <= validation.MAX_TITLE_CHARS, "conversation.title", "is too long")
+        if "metadata" in fields:
+            validation.metadata(v, "conversation.metadata", metadata)
+        v.raise_if_any()
+        values: dict[str, Any] = {"title": title, "metadata": dict(metadata)}
+        conversation = await self.store.update_conversation(
+            principal.tenant_id,
+            self.only_user(principal),
+            conversation_id,
+            {f: values[f] for f in fields},
+            now=self._now(),
+        )
+        if conversation is None:
+            raise _not_found(conversation_id)
+        return conversation
+
     async def close_conversation(self, principal: Principal, conversation_id: str) -> Conversation:
         require_id(conversation_id, "conversation_id")
         conversation = await self.store.close_conversation(
@@ -316,11 +393,7 @@ class ConversationService:
         if outcome is AppendRefused.MISSING:
             raise _not_found(conversation_id)
         if outcome is AppendRefused.CLOSED:
-            raise errors.FailedPrecondition(
-                f"conversation {conversation_id!r} is closed",
-                [Violation("conversation.status", "appending needs an ACTIVE conversation", "CLOSED")],
-                reason="CONVERSATION_CLOSED",
-            )
+            raise _closed(conversation_id)
         if not outcome.replayed:
             # After the commit, and never able to fail the append: Redis only makes reads fast.
             await self.hot.append(outcome.message)
@@ -345,12 +418,22 @@ class ConversationService:
         before_sequence: int = 0,
         after_sequence: int = 0,
         descending: bool = False,
-    ) -> Page[Message]:
+        branch_message_id: str = "",
+    ) -> tuple[Page[Message], dict[str, Siblings]]:
+        """A page of the active path (or of the branch through `branch_message_id`), with the
+        siblings of each message on it by parent id."""
         v = Violations()
         v.check(before_sequence >= 0, "before_sequence", "must not be negative")
         v.check(after_sequence >= 0, "after_sequence", "must not be negative")
+        if branch_message_id:
+            v.id(branch_message_id, "branch_message_id")
         v.raise_if_any()
         conversation = await self._visible(principal, conversation_id)
+        branch: list[Message] | None = None
+        if branch_message_id:
+            branch = await self.store.path_through(conversation.id, branch_message_id)
+            if branch is None:
+                raise _message_not_found(branch_message_id)
 
         async def fetch(cursor: int | None, limit: int) -> list[Message]:
             after, before = after_sequence, before_sequence
@@ -359,19 +442,100 @@ class ConversationService:
                     before = cursor
                 else:
                     after = cursor
+            if branch is not None:
+                # A branch other than the active one is walked (its length, not the tree's).
+                chosen = [m for m in branch if m.sequence > after and (not before or m.sequence < before)]
+                return (chosen[::-1] if descending else chosen)[:limit]
             return await self.store.list_messages(
                 conversation.id, after=after, before=before, descending=descending, limit=limit
             )
 
-        return await paginate(
+        page = await paginate(
             self.page_tokens,
-            ("msg.list", conversation.id, before_sequence, after_sequence, descending),
+            ("msg.list", conversation.id, before_sequence, after_sequence, descending, branch_message_id),
             page_size=page_size,
             page_token=page_token,
             parse=position,
             fetch=fetch,
             cursor_of=lambda m: m.sequence,
         )
+        siblings = await self.store.siblings(conversation.id, [m.parent_id for m in page.items])
+        return page, siblings
+
+    async def get_message(
+        self, principal: Principal, conversation_id: str, message_id: str
+    ) -> tuple[Message, Siblings]:
+        require_id(message_id, "message_id")
+        conversation = await self._visible(principal, conversation_id)
+        message = await self.store.get_message(conversation.id, message_id)
+        if message is None:
+            raise _message_not_found(message_id)
+        siblings = await self.store.siblings(conversation.id, [message.parent_id])
+        return message, siblings.get(message.parent_id, Siblings((message.id,)))
+
+    async def edit_message(
+        self,
+        principal: Principal,
+        conversation_id: str,
+        message_id: str,
+        *,
+        content: str,
+        metadata: dict[str, str],
+        request_id: str = "",
+    ) -> tuple[Message, Conversation]:
+        """A new version of a user message: its sibling with `content`, now the active leaf."""
+        v = Violations()
+        v.id(conversation_id, "conversation_id")
+        v.id(message_id, "message_id")
+        v.check(bool(content.strip()), "content", "must not be blank")
+        validation.message(v, role="user", content=content, tool_call_id="", meta=metadata, tool_calls=())
+        v.request_id(request_id)
+        v.raise_if_any()
+        outcome = await self.store.edit_message(
+            principal.tenant_id,
+            self.only_user(principal),
+            conversation_id,
+            message_id,
+            NewMessage(role="user", content=content, metadata=dict(metadata)),
+            token_count=self.counter.count(content),
+            request_id=request_id,
+            now=self._now(),
+        )
+        if outcome is BranchRefused.MISSING:
+            raise _not_found(conversation_id)
+        if outcome is BranchRefused.NO_MESSAGE:
+            raise _message_not_found(message_id)
+        if outcome is BranchRefused.CLOSED:
+            raise _closed(conversation_id)
+        if outcome is BranchRefused.NOT_USER:
+            raise errors.InvalidArgument.field(
+                "message_id", "must name a user message (an answer is regenerated, not edited)"
+            )
+        # The hot window holds the old path's newest messages: rebuilt on the next read.
+        await self.hot.drop(conversation_id)
+        return outcome.message, outcome.conversation
+
+    async def switch_branch(
+        self, principal: Principal, conversation_id: str, message_id: str, *, exact: bool = False
+    ) -> Conversation:
+        v = Violations()
+        v.id(conversation_id, "conversation_id")
+        v.id(message_id, "message_id")
+        v.raise_if_any()
+        outcome = await self.store.switch_branch(
+            principal.tenant_id,
+            self.only_user(principal),
+            conversation_id,
+            message_id,
+            exact=exact,
+            now=self._now(),
+        )
+        if outcome is BranchRefused.MISSING:
+            raise _not_found(conversation_id)
+        if isinstance(outcome, BranchRefused):
+            raise _message_not_found(message_id)
+        await self.hot.drop(conversation_id)
+        return outcome
 
     # -- context -------------------------------------------------------------------------------
 
@@ -396,13 +560,15 @@ class ConversationService:
                     break
         finally:
             await history.aclose()
-        return builder.result(last_sequence=conversation.message_count, conversation_id=conversation.id)
+        return builder.result(last_sequence=conversation.path_length, conversation_id=conversation.id)
 
     async def history(self, conversation: Conversation) -> AsyncGenerator[Message]:
-        """The conversation's messages newest first, read lazily: the hot window, then PostgreSQL in
+        """The active path's messages newest first, read lazily: the hot window, then PostgreSQL in
         bounded pages. The consumer stops when its budget is full, so the cost follows the budget,
-        not the length of the history."""
-        next_seq = conversation.message_count
+        not the length of the history. A hot entry counts only where it continues the path (its id
+        is the parent the previous one named): an entry of another branch rebuilds the window."""
+        next_seq = conversation.path_length
+        expected = conversation.active_leaf_id
         from_hot = 0
         window_broken = False
         while next_seq >= 1 and from_hot < self.hot.size:
@@ -412,10 +578,11 @@ class ConversationService:
                 break
             good = 0
             for message in page:
-                if message.sequence != next_seq:
+                if message.sequence != next_seq or message.id != expected:
                     break
                 good += 1
                 next_seq -= 1
+                expected = message.parent_id
                 yield message
             from_hot += good
             if good < want:
@@ -424,7 +591,7 @@ class ConversationService:
         if window_broken:
             # Missing (new, flushed, evicted) or holed: rebuild from PostgreSQL and serve from that.
             newest = await self.store.messages_before(
-                conversation.id, conversation.message_count + 1, limit=self.hot.size
+                conversation.id, conversation.path_length + 1, limit=self.hot.size
             )
             await self.hot.fill(conversation.id, newest)
             for message in newest:

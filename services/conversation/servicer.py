@@ -59,6 +59,20 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             next_page_token=page.next_page_token,
         )
 
+    async def UpdateConversation(
+        self,
+        request: pb.UpdateConversationRequest,
+        context: ServicerContext[pb.UpdateConversationRequest, pb.UpdateConversationResponse],
+    ) -> pb.UpdateConversationResponse:
+        conversation = await self.service.update_conversation(
+            principal(),
+            request.conversation.id,
+            paths=list(request.update_mask.paths),
+            title=request.conversation.title,
+            metadata=dict(request.conversation.metadata),
+        )
+        return pb.UpdateConversationResponse(conversation=convert.conversation_to_proto(conversation))
+
     async def CloseConversation(
         self,
         request: pb.CloseConversationRequest,
@@ -97,7 +111,7 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
         context: ServicerContext[pb.ListMessagesRequest, pb.ListMessagesResponse],
     ) -> pb.ListMessagesResponse:
         descending = convert.descending_from_proto(request.order)
-        page = await self.service.list_messages(
+        page, siblings = await self.service.list_messages(
             principal(),
             request.conversation_id,
             page_size=request.page_size,
@@ -105,10 +119,50 @@ class ConversationServicer(pb_grpc.ConversationServiceServicer):
             before_sequence=request.before_sequence,
             after_sequence=request.after_sequence,
             descending=descending,
+            branch_message_id=request.branch_message_id,
         )
         return pb.ListMessagesResponse(
-            messages=[convert.message_to_proto(m) for m in page.items], next_page_token=page.next_page_token
+            messages=[convert.message_to_proto(m, siblings.get(m.parent_id)) for m in page.items],
+            next_page_token=page.next_page_token,
         )
+
+    async def GetMessage(
+        self,
+        request: pb.GetMessageRequest,
+        context: ServicerContext[pb.GetMessageRequest, pb.GetMessageResponse],
+    ) -> pb.GetMessageResponse:
+        message, siblings = await self.service.get_message(
+            principal(), request.conversation_id, request.message_id
+        )
+        return pb.GetMessageResponse(message=convert.message_to_proto(message, siblings))
+
+    async def EditMessage(
+        self,
+        request: pb.EditMessageRequest,
+        context: ServicerContext[pb.EditMessageRequest, pb.EditMessageResponse],
+    ) -> pb.EditMessageResponse:
+        message, conversation = await self.service.edit_message(
+            principal(),
+            request.conversation_id,
+            request.message_id,
+            content=request.content,
+            metadata=dict(request.metadata),
+            request_id=request.request_id,
+        )
+        return pb.EditMessageResponse(
+            message=convert.message_to_proto(message),
+            conversation=convert.conversation_to_proto(conversation),
+        )
+
+    async def SwitchBranch(
+        self,
+        request: pb.SwitchBranchRequest,
+        context: ServicerContext[pb.SwitchBranchRequest, pb.SwitchBranchResponse],
+    ) -> pb.SwitchBranchResponse:
+        conversation = await self.service.switch_branch(
+            principal(), request.conversation_id, request.message_id, exact=request.exact
+        )
+        return pb.SwitchBranchResponse(conversation=convert.conversation_to_proto(conversation))
 
     async def GetContext(
         self,

@@ -26,12 +26,14 @@ from services.conversation.models import (
     DAY_US,
     Appended,
     AppendRefused,
+    BranchRefused,
     Conversation,
     Message,
     MessageUsage,
     NewMessage,
     Price,
     QuotaLimit,
+    Siblings,
     UsageRow,
     new_id,
     tool_calls_from_json,
@@ -49,8 +51,8 @@ from services.platform.batching import Batcher
 from services.platform.db import AutocommitPool
 
 # Appends as one statement, one round trip (PostgreSQL), for any number of conversations (one message
-# each): the UPDATE takes each conversation's row lock and numbers its message, the INSERT uses that
-# number; a stored request_id, another tenant's or user's conversation or a closed one makes the UPDATE
+# each): the UPDATE takes each conversation's row lock and numbers its message (one deeper than the
+# active leaf, which becomes its parent; the message is the new leaf), the INSERT uses that number; a stored request_id, another tenant's or user's conversation or a closed one makes the UPDATE
 # match nothing for that row. The locks are taken in id order first, so two batches (from two
 # processes) that share conversations wait for each other instead of deadlocking. An assistant
 # message's usage is priced with the model's price as the statement sees it and added to its
@@ -63,17 +65,19 @@ _APPEND_SQL = """
             content text, metadata json, tool text, usage jsonb, model text, pt bigint, ct bigint,
             tc bigint, day bigint, tool_calls json)
     ), locked AS MATERIALIZED (
-        SELECT conv.id FROM conversations conv JOIN i ON conv.id = i.cid ORDER BY conv.id FOR UPDATE OF conv
+        SELECT conv.id, conv.active_leaf_id AS leaf
+        FROM conversations conv JOIN i ON conv.id = i.cid ORDER BY conv.id FOR UPDATE OF conv
     ), c AS (
         UPDATE conversations AS conv
         SET message_count = conv.message_count + 1, token_count = conv.token_count + i.tokens,
-            update_time = i.now, last_message_time = i.now
+            update_time = i.now, last_message_time = i.now, path_length = conv.path_length + 1,
+            active_leaf_id = i.mid
         FROM i JOIN locked ON locked.id = i.cid
         WHERE conv.id = i.cid AND conv.tenant_id = i.tenant AND (i.usr IS NULL OR conv.user_id = i.usr)
           AND conv.status = 'ACTIVE'
           AND NOT (i.rid <> '' AND EXISTS (
               SELECT 1 FROM messages WHERE conversation_id = i.cid AND request_id = i.rid))
-        RETURNING conv.*, i.mid
+        RETURNING conv.*, i.mid, locked.leaf AS parent
     ), p AS (
         SELECT c.mid, c.tenant_id, c.user_id, c.agent_id, i.day, i.model, i.pt, i.ct, i.tc,
                COALESCE((i.pt * pr.input_micros + i.ct * pr.output_micros + 500000) / 1000000, 0) AS cost
@@ -81,11 +85,12 @@ _APPEND_SQL = """
         WHERE i.model IS NOT NULL
     ), m AS (
         INSERT INTO messages (id, conversation_id, tenant_id, sequence, role, content, token_count,
-                              metadata, tool_call_id, request_id, create_time, usage, tool_calls)
-        SELECT c.mid, c.id, c.tenant_id, c.message_count, i.role, i.content, i.tokens,
+                              metadata, tool_call_id, request_id, create_time, usage, tool_calls,
+                              parent_id, on_path)
+        SELECT c.mid, c.id, c.tenant_id, c.path_length, i.role, i.content, i.tokens,
                i.metadata, i.tool, i.rid, i.now,
                (i.usage || jsonb_build_object('cost_micros', p.cost, 'user_id', p.user_id))::json,
-               i.tool_calls
+               i.tool_calls, c.parent, true
         FROM c JOIN i ON i.mid = c.mid LEFT JOIN p ON p.mid = c.mid
         RETURNING id
     ), u AS (
@@ -124,6 +129,8 @@ def _conversation(row: Any) -> Conversation:
         update_time=row.update_time,
         last_message_time=row.last_message_time,
         close_time=row.close_time,
+        active_leaf_id=row.active_leaf_id,
+        path_length=row.path_length,
     )
 
 
@@ -140,6 +147,8 @@ def _message(row: Any) -> Message:
         create_time=row.create_time,
         usage=None if row.usage is None else MessageUsage(**row.usage),
         tool_calls=tool_calls_from_json(row.tool_calls),
+        parent_id=row.parent_id,
+        on_path=bool(row.on_path),
     )
 
 
@@ -183,6 +192,83 @@ async def _message_by_request_id(
         )
     ).first()
     return _message(row) if row else None
+
+
+async def _message_in(conn: AsyncConnection, conversation_id: str, message_id: str) -> Message | None:
+    row = (
+        await conn.execute(
+            sa.select(messages).where(
+                messages.c.conversation_id == conversation_id, messages.c.id == message_id
+            )
+        )
+    ).first()
+    return _message(row) if row else None
+
+
+async def _lock(
+    conn: AsyncConnection, tenant_id: str, only_user: str | None, conversation_id: str, now: int
+) -> Conversation | None:
+    """Takes the conversation's row lock for the transaction (the one appends take), so a branch
+    change and an append never interleave; None when the conversation is not visible."""
+    c = conversations.c
+    updated = await conn.execute(
+        conversations.update()
+        .where(*scoped(tenant_id, only_user), c.id == conversation_id)
+        .values(update_time=now)
+    )
+    if not updated.rowcount:
+        return None
+    return await _get(conn, tenant_id, only_user, conversation_id)
+
+
+async def _newest_leaf(conn: AsyncConnection, conversation_id: str, message_id: str) -> Message | None:
+    """From a message down, the newest child at each step, to a leaf (one indexed read a level)."""
+    m = messages.c
+    current = await _message_in(conn, conversation_id, message_id)
+    while current is not None:
+        row = (
+            await conn.execute(
+                sa.select(messages)
+                .where(m.conversation_id == conversation_id, m.parent_id == current.id)
+                .order_by(m.create_time.desc(), m.id.desc())
+                .limit(1)
+            )
+        ).first()
+        if row is None:
+            return current
+        current = _message(row)
+    return None
+
+
+def _ancestors(leaf_id: str) -> sa.CTE:
+    """The ids of a message and its ancestors (a recursive walk up the parent links)."""
+    m = messages.c
+    path = sa.select(m.id, m.parent_id).where(m.id == leaf_id).cte("path", recursive=True)
+    parent = messages.alias("parent")
+    return path.union_all(sa.select(parent.c.id, parent.c.parent_id).where(parent.c.id == path.c.parent_id))
+
+
+async def _path_to(conn: AsyncConnection, leaf: Message) -> list[Message]:
+    path = _ancestors(leaf.id)
+    rows = await conn.execute(sa.select(messages).where(messages.c.id.in_(sa.select(path.c.id))))
+    return sorted((_message(r) for r in rows), key=lambda message: message.sequence)
+
+
+async def _activate(conn: AsyncConnection, conversation_id: str, leaf_id: str) -> None:
+    """Marks the path from the root to `leaf_id` as the active path and nothing else. Two
+    statements, off first: the active path's (conversation, sequence) is unique at every row."""
+    m = messages.c
+    on = sa.select(_ancestors(leaf_id).c.id)
+    await conn.execute(
+        messages.update()
+        .where(m.conversation_id == conversation_id, m.on_path, m.id.not_in(on))
+        .values(on_path=False)
+    )
+    await conn.execute(
+        messages.update()
+        .where(m.conversation_id == conversation_id, ~m.on_path, m.id.in_(on))
+        .values(on_path=True)
+    )
 
 
 async def _not_appended(
@@ -280,6 +366,7 @@ class PortableAppends:
         now: int,
     ) -> Appended | AppendRefused:
         c = conversations.c
+        message_id = new_id()
         # Leaving the block without a commit (an error) closes the connection, which rolls back.
         async with self.engine.connect() as conn:
             transaction = await conn.begin()
@@ -292,6 +379,8 @@ class PortableAppends:
                         token_count=c.token_count + token_count,
                         update_time=now,
                         last_message_time=now,
+                        path_length=c.path_length + 1,
+                        active_leaf_id=message_id,
                     )
                     .returning(*conversations.c)
                 )
@@ -307,10 +396,21 @@ class PortableAppends:
                 price = await _price(conn, usage.model)
                 usage = dataclasses.replace(usage, cost_micros=usage.cost_at(price), user_id=row.user_id)
                 await _add_usage(conn, tenant_id, day_of(now), row.user_id, row.agent_id, usage)
+            # Under the write lock: the active path's message one above the new one is its parent.
+            parent = (
+                await conn.execute(
+                    sa.select(messages.c.id).where(
+                        messages.c.conversation_id == conversation_id,
+                        messages.c.on_path,
+                        messages.c.sequence == row.path_length - 1,
+                    )
+                )
+            ).scalar() or ""
             message = Message(
-                id=new_id(),
+                id=message_id,
+                parent_id=parent,
                 conversation_id=conversation_id,
-                sequence=row.message_count,
+                sequence=row.path_length,
                 role=new.role,
                 content=new.content,
                 token_count=token_count,
@@ -384,7 +484,8 @@ class PostgresAppends:
         message = Message(
             id=message_id,
             conversation_id=conversation_id,
-            sequence=row.message_count,
+            sequence=row.path_length,
+            parent_id=row.parent,
             role=new.role,
             content=new.content,
             token_count=token_count,
@@ -519,6 +620,18 @@ class ConversationStore:
             )
             return await _get(conn, tenant_id, only_user, conversation_id)
 
+    async def update_conversation(
+        self, tenant_id: str, only_user: str | None, conversation_id: str, values: dict[str, Any], *, now: int
+    ) -> Conversation | None:
+        """Sets `values` (title, metadata) on a visible conversation; None when it is not visible."""
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                conversations.update()
+                .where(*scoped(tenant_id, only_user), conversations.c.id == conversation_id)
+                .values(**values, update_time=now)
+            )
+            return await _get(conn, tenant_id, only_user, conversation_id)
+
     async def delete_conversations(self, conversation_ids: Sequence[str]) -> int:
         """Erases conversations and their messages; returns how many conversations went."""
         if not conversation_ids:
@@ -554,11 +667,12 @@ class ConversationStore:
         )
 
     async def messages_before(self, conversation_id: str, before: int, *, limit: int) -> list[Message]:
-        """The `limit` messages just below sequence `before`, newest first (one bounded index read)."""
+        """The `limit` messages of the active path just below sequence `before`, newest first (one
+        bounded index read)."""
         m = messages.c
         query = (
             sa.select(messages)
-            .where(m.conversation_id == conversation_id, m.sequence < before)
+            .where(m.conversation_id == conversation_id, m.on_path, m.sequence < before)
             .order_by(m.sequence.desc())
             .limit(limit)
         )
@@ -568,9 +682,9 @@ class ConversationStore:
     async def list_messages(
         self, conversation_id: str, *, after: int, before: int, descending: bool, limit: int
     ) -> list[Message]:
-        """Messages with after < sequence < before (0: no bound) in sequence order."""
+        """Messages of the active path with after < sequence < before (0: no bound) in sequence order."""
         m = messages.c
-        where = [m.conversation_id == conversation_id]
+        where = [m.conversation_id == conversation_id, m.on_path]
         if after:
             where.append(m.sequence > after)
         if before:
@@ -579,6 +693,127 @@ class ConversationStore:
         query = sa.select(messages).where(*where).order_by(order).limit(limit)
         async with self.engine.connect() as conn:
             return [_message(r) for r in await conn.execute(query)]
+
+    # -- branches ------------------------------------------------------------------------------
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+        async with self.engine.connect() as conn:
+            return await _message_in(conn, conversation_id, message_id)
+
+    async def siblings(self, conversation_id: str, parent_ids: Sequence[str]) -> dict[str, Siblings]:
+        """parent id -> the ids of its children, oldest first (one indexed read for a page)."""
+        m = messages.c
+        query = (
+            sa.select(m.parent_id, m.id)
+            .where(m.conversation_id == conversation_id, m.parent_id.in_(set(parent_ids)))
+            .order_by(m.create_time, m.id)
+        )
+        found: dict[str, list[str]] = {}
+        async with self.engine.connect() as conn:
+            for parent_id, message_id in await conn.execute(query):
+                found.setdefault(parent_id, []).append(message_id)
+        return {parent: Siblings(tuple(ids)) for parent, ids in found.items()}
+
+    async def path_through(self, conversation_id: str, message_id: str) -> list[Message] | None:
+        """The branch through a message, root first: its ancestors, itself, then the newest child at
+        each step down to a leaf. None when the message is not in the conversation."""
+        async with self.engine.connect() as conn:
+            leaf = await _newest_leaf(conn, conversation_id, message_id)
+            if leaf is None:
+                return None
+            return await _path_to(conn, leaf)
+
+    async def edit_message(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        message_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> Appended | BranchRefused:
+        """Stores `new` as a sibling of a user message and makes it the active leaf, in one
+        transaction under the conversation's lock (appends wait for it)."""
+        c = conversations.c
+        async with self.engine.begin() as conn:
+            conversation = await _lock(conn, tenant_id, only_user, conversation_id, now)
+            if conversation is None:
+                return BranchRefused.MISSING
+            if request_id and (replay := await _message_by_request_id(conn, conversation_id, request_id)):
+                return Appended(replay, conversation, replayed=True)
+            if conversation.status != ACTIVE:
+                return BranchRefused.CLOSED
+            target = await _message_in(conn, conversation_id, message_id)
+            if target is None:
+                return BranchRefused.NO_MESSAGE
+            if target.role != "user":
+                return BranchRefused.NOT_USER
+            message = Message(
+                id=new_id(),
+                parent_id=target.parent_id,
+                conversation_id=conversation_id,
+                sequence=target.sequence,
+                role="user",
+                content=new.content,
+                token_count=token_count,
+                metadata=dict(new.metadata),
+                tool_call_id="",
+                create_time=now,
+                on_path=False,
+            )
+            values = {**dataclasses.asdict(message), "tool_calls": None}
+            await conn.execute(messages.insert().values(**values, tenant_id=tenant_id, request_id=request_id))
+            await _activate(conn, conversation_id, message.id)
+            await conn.execute(
+                conversations.update()
+                .where(c.id == conversation_id)
+                .values(
+                    message_count=c.message_count + 1,
+                    token_count=c.token_count + token_count,
+                    last_message_time=now,
+                    active_leaf_id=message.id,
+                    path_length=message.sequence,
+                )
+            )
+            after = await _get(conn, tenant_id, only_user, conversation_id)
+        assert after is not None
+        return Appended(dataclasses.replace(message, on_path=True), after, replayed=False)
+
+    async def switch_branch(
+        self,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        message_id: str,
+        *,
+        exact: bool,
+        now: int,
+    ) -> Conversation | BranchRefused:
+        """Makes the path through a message active (its newest leaf, or itself when `exact`)."""
+        c = conversations.c
+        async with self.engine.begin() as conn:
+            conversation = await _lock(conn, tenant_id, only_user, conversation_id, now)
+            if conversation is None:
+                return BranchRefused.MISSING
+            leaf = (
+                await _message_in(conn, conversation_id, message_id)
+                if exact
+                else await _newest_leaf(conn, conversation_id, message_id)
+            )
+            if leaf is None:
+                return BranchRefused.NO_MESSAGE
+            await _activate(conn, conversation_id, leaf.id)
+            await conn.execute(
+                conversations.update()
+                .where(c.id == conversation_id)
+                .values(active_leaf_id=leaf.id, path_length=leaf.sequence)
+            )
+            after = await _get(conn, tenant_id, only_user, conversation_id)
+        assert after is not None
+        return after
 
     # -- retention -----------------------------------------------------------------------------
 

@@ -29,6 +29,9 @@ conversations = sa.Table(
     sa.Column("update_time", sa.BigInteger, nullable=False),
     sa.Column("last_message_time", sa.BigInteger, nullable=False),
     sa.Column("close_time", sa.BigInteger, nullable=False),
+    # The leaf of the active path ("" while empty) and its sequence (the path's length).
+    sa.Column("active_leaf_id", sa.String(36), nullable=False),
+    sa.Column("path_length", sa.BigInteger, nullable=False),
 )
 
 messages = sa.Table(
@@ -48,6 +51,9 @@ messages = sa.Table(
     sa.Column("usage", sa.JSON, nullable=True),
     # An assistant message's tool calls ([{id, name, arguments_json}]); NULL on every other message.
     sa.Column("tool_calls", sa.JSON, nullable=True),
+    # The message it follows ("" for a first message); whether it is on the active path.
+    sa.Column("parent_id", sa.String(36), nullable=False),
+    sa.Column("on_path", sa.Boolean, nullable=False),
 )
 
 # Keyed by (tenant_id, day, user_id, agent_id, model); `day` is the UTC midnight in microseconds.

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
+from google.protobuf import field_mask_pb2
 
 from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
 from agentmesh.agents.v1 import agents_service_pb2_grpc as agents_grpc
@@ -25,9 +26,10 @@ from services.orchestration.convert import (
     context_from_proto,
     message_usage_to_proto,
     quota_from_proto,
+    role_from_proto,
     role_to_proto,
 )
-from services.orchestration.models import AgentSnapshot, QuotaState, Usage
+from services.orchestration.models import AgentSnapshot, QuotaState, StoredMessage, Usage
 from services.orchestration.providers import ChatMessage, ToolCall
 from services.platform import errors, peers
 
@@ -102,6 +104,76 @@ class ConversationClient:
             )
         except errors.FailedPrecondition:
             pass  # already closed
+
+    async def rename(self, conversation_id: str, title: str, *, token: str) -> None:
+        conversation = conv_pb.Conversation(id=conversation_id, title=title)
+        await peers.call(
+            self._stub.UpdateConversation,
+            conv_pb.UpdateConversationRequest(
+                conversation=conversation, update_mask=field_mask_pb2.FieldMask(paths=["title"])
+            ),
+            metadata=auth(token),
+            timeout=self._timeout,
+        )
+
+    async def delete(self, conversation_id: str, *, token: str) -> None:
+        await peers.call(
+            self._stub.DeleteConversation,
+            conv_pb.DeleteConversationRequest(conversation_id=conversation_id),
+            metadata=auth(token),
+            timeout=self._timeout,
+        )
+
+    async def get_message(self, conversation_id: str, message_id: str, *, token: str) -> StoredMessage:
+        reply = await peers.call(
+            self._stub.GetMessage,
+            conv_pb.GetMessageRequest(conversation_id=conversation_id, message_id=message_id),
+            metadata=auth(token),
+            timeout=self._timeout,
+        )
+        m = reply.message
+        return StoredMessage(
+            id=m.id,
+            role=role_from_proto(m.role),
+            content=m.content,
+            parent_id=m.parent_id,
+            metadata=dict(m.metadata),
+        )
+
+    async def edit(
+        self,
+        conversation_id: str,
+        message_id: str,
+        *,
+        content: str,
+        metadata: dict[str, str],
+        request_id: str,
+        token: str,
+    ) -> str:
+        """Stores a new version of a user message (the active leaf now); its id."""
+        reply = await peers.call(
+            self._stub.EditMessage,
+            conv_pb.EditMessageRequest(
+                conversation_id=conversation_id,
+                message_id=message_id,
+                content=content,
+                metadata=metadata,
+                request_id=request_id,
+            ),
+            metadata=auth(token),
+            timeout=self._timeout,
+        )
+        return reply.message.id
+
+    async def switch(self, conversation_id: str, message_id: str, *, exact: bool, token: str) -> str:
+        """Makes the branch through a message active; the new active leaf's id."""
+        reply = await peers.call(
+            self._stub.SwitchBranch,
+            conv_pb.SwitchBranchRequest(conversation_id=conversation_id, message_id=message_id, exact=exact),
+            metadata=auth(token),
+            timeout=self._timeout,
+        )
+        return reply.conversation.active_message_id
 
     async def append(
         self,

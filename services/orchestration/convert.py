@@ -100,6 +100,7 @@ def session_to_proto(s: Session) -> pb.Session:
         create_time=to_timestamp(s.create_time_us),
         update_time=to_timestamp(s.update_time_us),
         end_time=to_timestamp(s.end_time_us),
+        title=s.title,
     )
 
 
@@ -303,6 +304,11 @@ def agent_from_proto(agent: agents_pb.Agent, tenant_id: str) -> AgentSnapshot:
 
 def role_to_proto(role: Role) -> conv_pb.MessageRole.ValueType:
     return conv_pb.MessageRole.Value(f"MESSAGE_ROLE_{role.upper()}")
+
+
+def role_from_proto(role: conv_pb.MessageRole.ValueType) -> Role:
+    """The role's name: user, assistant, tool or system (empty when unset)."""
+    return "" if not role else conv_pb.MessageRole.Name(role).removeprefix("MESSAGE_ROLE_").lower()
 
 
 def context_from_proto(messages: list[conv_pb.Message]) -> list[ChatMessage]:

@@ -235,6 +235,22 @@ class Run:
     steps: int = 0
     wait_expire_time_us: int = 0
     pending_tool_calls: tuple[RunToolCall, ...] = ()
+    # Branches: EditMessage's run stores its text as a new version of the user message `edit_of`;
+    # RegenerateAnswer's run answers the stored user message `regenerate_from` again. Used when the
+    # run starts, not stored: a run still queued when its instance dies is failed, never resumed.
+    edit_of: str = ""
+    regenerate_from: str = ""
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class StoredMessage:
+    """A message of a session's conversation as EditMessage and RegenerateAnswer check it."""
+
+    id: str
+    role: str  # "user", "assistant", "tool", "system"
+    content: str
+    parent_id: str
+    metadata: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -30,6 +30,7 @@ from services.orchestration.models import (
     RunToolCall,
     Session,
     SessionState,
+    StoredMessage,
     ToolCallStatus,
     ToolDecision,
     ToolOutput,
@@ -47,7 +48,7 @@ from services.platform.errors import Violation
 from services.platform.pagination import PageTokens, keyset, paginate
 from services.platform.tiers import TierLimits, limits_for
 from services.platform.timestamps import micros
-from services.platform.validation import require_id, require_request_id
+from services.platform.validation import require_id, require_request_id, update_paths
 
 MAX_TITLE = 256
 
@@ -68,6 +69,8 @@ class Store(Protocol):
         limit: int,
     ) -> list[Session]: ...
     async def end_session(self, tenant_id: str, session_id: str, now_us: int) -> bool: ...
+    async def rename_session(self, tenant_id: str, session_id: str, title: str, now_us: int) -> None: ...
+    async def delete_session(self, tenant_id: str, session_id: str) -> None: ...
     async def insert_run(self, run: Run, *, request_id: str | None) -> None: ...
     async def get_run(self, tenant_id: str, run_id: str) -> Run | None: ...
     async def run_by_request(self, session_id: str, request_id: str) -> Run | None: ...
@@ -154,6 +157,10 @@ class Conversation(Protocol):
         self, *, agent_id: str, agent_version: int, title: str, request_id: str, token: str
     ) -> str: ...
     async def close(self, conversation_id: str, *, token: str) -> None: ...
+    async def rename(self, conversation_id: str, title: str, *, token: str) -> None: ...
+    async def delete(self, conversation_id: str, *, token: str) -> None: ...
+    async def get_message(self, conversation_id: str, message_id: str, *, token: str) -> StoredMessage: ...
+    async def switch(self, conversation_id: str, message_id: str, *, exact: bool, token: str) -> str: ...
     async def check_quota(self, *, token: str) -> QuotaState: ...
 
 
@@ -277,6 +284,35 @@ class OrchestrationService:
             await self._conversation.close(session.conversation_id, token=caller.token)
         return await self._visible_session(caller, session_id)
 
+    async def update_session(
+        self, caller: Principal, session_id: str, *, paths: list[str], title: str
+    ) -> Session:
+        """Renames a session (its conversation too, so conversation lists and search show the name)."""
+        require_id(session_id, "session.id")
+        session = await self._visible_session(caller, session_id)
+        update_paths(paths, ("title",))
+        if len(title) > MAX_TITLE:
+            raise errors.InvalidArgument.field("session.title", f"must be at most {MAX_TITLE} characters")
+        with contextlib.suppress(errors.NotFound):
+            # A conversation deleted on its own leaves the session's own title to change.
+            await self._conversation.rename(session.conversation_id, title, token=caller.token)
+        await self._store.rename_session(caller.tenant_id, session.id, title, micros(self._clock))
+        return await self._visible_session(caller, session_id)
+
+    async def delete_session(self, caller: Principal, session_id: str) -> None:
+        """Cancels the live runs (discarding partial answers: nothing of the session stays), erases
+        the conversation, then the session's rows. A failure before the rows go leaves the session in
+        place, so the delete can be retried; usage already recorded stays counted."""
+        session = await self._visible_session(caller, session_id)
+        live = await self._store.live_runs(session.id)
+        for run in live:
+            await self._stop(run, CancelMode.DISCARD)
+        for run in live:
+            await self._wait_for_end(run.id)
+        with contextlib.suppress(errors.NotFound):
+            await self._conversation.delete(session.conversation_id, token=caller.token)
+        await self._store.delete_session(caller.tenant_id, session.id)
+
     # Runs -------------------------------------------------------------------------------------------
 
     async def send_message(
@@ -289,9 +325,12 @@ class OrchestrationService:
         busy_policy: BusyPolicy | None,
         model_override: str = "",
         response_format: ResponseFormat | None = None,
+        edit_of: str = "",
+        regenerate_from: str = "",
     ) -> Run:
         """Starts (or queues) the run for a message; a repeated request_id returns the first run.
-        `response_format` (checked by convert) replaces the agent's for this run."""
+        `response_format` (checked by convert) replaces the agent's for this run. `edit_of` /
+        `regenerate_from`: the run of EditMessage / RegenerateAnswer (Run's fields of those names)."""
         self._check_message(text, request_id)
         session = await self._visible_session(caller, session_id)
         if request_id and (existing := await self._store.run_by_request(session.id, request_id)):
@@ -310,8 +349,107 @@ class OrchestrationService:
             run = await self._admit(
                 caller, session, agent, text, request_id, policy, tier, live, model_override, response_format
             )
+            if edit_of or regenerate_from:
+                run = dataclasses.replace(run, edit_of=edit_of, regenerate_from=regenerate_from)
             await self._launch(run, session, caller, policy, live)
         return run
+
+    # Branches ---------------------------------------------------------------------------------------
+
+    async def edit_message(
+        self,
+        caller: Principal,
+        *,
+        session_id: str,
+        message_id: str,
+        text: str,
+        request_id: str,
+        busy_policy: BusyPolicy | None,
+    ) -> Run:
+        """A run that stores `text` as a new version of a user message when it starts, then answers
+        it; admitted as SendMessage admits (busy policy, limits, quota)."""
+        require_id(message_id, "message_id")
+        self._check_message(text, request_id)
+        session = await self._visible_session(caller, session_id)
+        message = await self._conversation.get_message(
+            session.conversation_id, message_id, token=caller.token
+        )
+        if message.role != "user":
+            raise errors.InvalidArgument.field(
+                "message_id",
+                f"must name a user message, not an {message.role} message (regenerate an answer)",
+            )
+        return await self.send_message(
+            caller,
+            session_id=session.id,
+            text=text,
+            request_id=request_id,
+            busy_policy=busy_policy,
+            edit_of=message.id,
+        )
+
+    async def regenerate_answer(
+        self,
+        caller: Principal,
+        *,
+        session_id: str,
+        message_id: str,
+        request_id: str,
+        busy_policy: BusyPolicy | None,
+    ) -> Run:
+        """A run that answers again the user message an assistant message answered (through any
+        tool steps in between); its answer becomes a sibling of that run's first answer."""
+        require_id(message_id, "message_id")
+        require_request_id(request_id)
+        session = await self._visible_session(caller, session_id)
+        message = await self._conversation.get_message(
+            session.conversation_id, message_id, token=caller.token
+        )
+        if message.role != "assistant":
+            raise errors.InvalidArgument.field(
+                "message_id",
+                f"must name an assistant message, not a {message.role} message (edit it instead)",
+            )
+        # Up past tool results, tool calls and a structured answer's repair prompt to the person's message.
+        asked = message
+        while asked.role != "user" or asked.metadata.get("repair") == "true":
+            if not asked.parent_id:
+                raise errors.FailedPrecondition(
+                    f"message {message_id} answers no user message",
+                    [Violation("message_id", "no user message precedes it", "NO_USER_MESSAGE")],
+                    reason="NO_USER_MESSAGE",
+                )
+            asked = await self._conversation.get_message(
+                session.conversation_id, asked.parent_id, token=caller.token
+            )
+        return await self.send_message(
+            caller,
+            session_id=session.id,
+            text=asked.content,
+            request_id=request_id,
+            busy_policy=busy_policy,
+            regenerate_from=asked.id,
+        )
+
+    async def switch_branch(
+        self, caller: Principal, *, session_id: str, message_id: str
+    ) -> tuple[Session, str]:
+        """Makes the branch through a message active (down to its newest leaf); the new leaf's id.
+        Refused while a run is live: its answer belongs to the branch it started on."""
+        require_id(message_id, "message_id")
+        session = await self._visible_session(caller, session_id)
+        async with self._locks.session(session.id):
+            live = await self._store.live_runs(session.id)
+            if live:
+                raise errors.FailedPrecondition(
+                    "the session has a run in progress; switch branches once it has ended",
+                    [Violation("session.active_run_id", f"run {live[-1].id} is in progress", "SESSION_BUSY")],
+                    reason="SESSION_BUSY",
+                )
+            leaf = await self._conversation.switch(
+                session.conversation_id, message_id, exact=False, token=caller.token
+            )
+        return session, leaf
 
     @staticmethod
     def _check_override(agent: AgentSnapshot, tier: TierLimits, model: str) -> None:

@@ -58,6 +58,27 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
             session=session_to_proto(await self._service.get_session(principal(), request.session_id))
         )
 
+    async def UpdateSession(
+        self,
+        request: pb.UpdateSessionRequest,
+        context: Ctx[pb.UpdateSessionRequest, pb.UpdateSessionResponse],
+    ) -> pb.UpdateSessionResponse:
+        session = await self._service.update_session(
+            principal(),
+            request.session.id,
+            paths=list(request.update_mask.paths),
+            title=request.session.title,
+        )
+        return pb.UpdateSessionResponse(session=session_to_proto(session))
+
+    async def DeleteSession(
+        self,
+        request: pb.DeleteSessionRequest,
+        context: Ctx[pb.DeleteSessionRequest, pb.DeleteSessionResponse],
+    ) -> pb.DeleteSessionResponse:
+        await self._service.delete_session(principal(), request.session_id)
+        return pb.DeleteSessionResponse()
+
     async def ListSessions(
         self, request: pb.ListSessionsRequest, context: Ctx[pb.ListSessionsRequest, pb.ListSessionsResponse]
     ) -> pb.ListSessionsResponse:
@@ -89,6 +110,41 @@ class OrchestrationServicer(pb_grpc.OrchestrationServiceServicer):
             yield pb.SendMessageResponse(event=event_to_proto(event))
             if event.type.pauses:
                 break  # the run waits for tool outputs or approvals; JoinRun picks it up again
+
+    async def EditMessage(
+        self, request: pb.EditMessageRequest, context: Ctx[pb.EditMessageRequest, pb.EditMessageResponse]
+    ) -> pb.EditMessageResponse:
+        run = await self._service.edit_message(
+            principal(),
+            session_id=request.session_id,
+            message_id=request.message_id,
+            text=request.text,
+            request_id=request.request_id,
+            busy_policy=busy_policy_from_proto(request.busy_policy),
+        )
+        return pb.EditMessageResponse(run=run_to_proto(run))
+
+    async def RegenerateAnswer(
+        self,
+        request: pb.RegenerateAnswerRequest,
+        context: Ctx[pb.RegenerateAnswerRequest, pb.RegenerateAnswerResponse],
+    ) -> pb.RegenerateAnswerResponse:
+        run = await self._service.regenerate_answer(
+            principal(),
+            session_id=request.session_id,
+            message_id=request.message_id,
+            request_id=request.request_id,
+            busy_policy=busy_policy_from_proto(request.busy_policy),
+        )
+        return pb.RegenerateAnswerResponse(run=run_to_proto(run))
+
+    async def SwitchBranch(
+        self, request: pb.SwitchBranchRequest, context: Ctx[pb.SwitchBranchRequest, pb.SwitchBranchResponse]
+    ) -> pb.SwitchBranchResponse:
+        session, leaf = await self._service.switch_branch(
+            principal(), session_id=request.session_id, message_id=request.message_id
+        )
+        return pb.SwitchBranchResponse(session=session_to_proto(session), active_message_id=leaf)
 
     async def Chat(
         self, request_iterator: AsyncIterator[pb.ChatRequest], context: Ctx[pb.ChatRequest, pb.ChatResponse]

@@ -306,6 +306,27 @@ class OrchestrationStore:
         async with self._engine.begin() as conn:
             return (await conn.execute(stmt)).rowcount == 1
 
+    async def rename_session(self, tenant_id: str, session_id: str, title: str, now_us: int) -> None:
+        stmt = (
+            sessions.update()
+            .where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id)
+            .values(title=title, update_time_us=now_us)
+        )
+        async with self._engine.begin() as conn:
+            await conn.execute(stmt)
+
+    async def delete_session(self, tenant_id: str, session_id: str) -> None:
+        """The session's row, its runs and their tool calls, in one transaction."""
+        run_ids = sa.select(runs.c.id).where(runs.c.session_id == session_id, runs.c.tenant_id == tenant_id)
+        async with self._engine.begin() as conn:
+            await conn.execute(tool_call_table.delete().where(tool_call_table.c.run_id.in_(run_ids)))
+            await conn.execute(
+                runs.delete().where(runs.c.session_id == session_id, runs.c.tenant_id == tenant_id)
+            )
+            await conn.execute(
+                sessions.delete().where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id)
+            )
+
     async def set_active_run(
         self, session_id: str, run_id: str | None, now_us: int, *, only_if: str | None = None
     ) -> None:

@@ -380,14 +380,7 @@ class RunWorker:
             raise Lost()
         await self._store.set_active_run(session.id, h.run.id, micros(self._clock))
         await self._emit(h, EventType.RUN_STARTED)
-        user_message_id = await self._conversation.append(
-            session.conversation_id,
-            role="user",
-            content=h.run.input_text,
-            metadata={"run_id": h.run.id},
-            request_id=f"run:{h.run.id}:user",
-            token=caller.token,
-        )
+        user_message_id = await self._user_message(h)
         await self._store.update_run(h.run.id, user_message_id=user_message_id)
         budget = agent.max_context_tokens or limits_for(caller.tier).max_context_tokens
         messages = await self._conversation.context(
@@ -397,6 +390,32 @@ class RunWorker:
             token=caller.token,
         )
         return agent, messages
+
+    async def _user_message(self, h: RunHandle) -> str:
+        """The user message the run answers, made the active leaf: appended (SendMessage), a new
+        version of an earlier one (EditMessage), or the stored one answered again (RegenerateAnswer).
+        Done when the run starts, after the runs before it, so their answers stay on their branch."""
+        run, conversation_id, token = h.run, h.session.conversation_id, h.caller.token
+        if run.regenerate_from:
+            await self._conversation.switch(conversation_id, run.regenerate_from, exact=True, token=token)
+            return run.regenerate_from
+        if run.edit_of:
+            return await self._conversation.edit(
+                conversation_id,
+                run.edit_of,
+                content=run.input_text,
+                metadata={"run_id": run.id},
+                request_id=f"run:{run.id}:user",
+                token=token,
+            )
+        return await self._conversation.append(
+            conversation_id,
+            role="user",
+            content=run.input_text,
+            metadata={"run_id": run.id},
+            request_id=f"run:{run.id}:user",
+            token=token,
+        )
 
     async def model_step(self, h: RunHandle, agent: AgentSnapshot, messages: list[ChatMessage]) -> StepResult:
         """One call of the model: streams its deltas as events, then stores and announces the answer.

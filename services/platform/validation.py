@@ -57,3 +57,15 @@ def require_request_id(value: str, field: str = "request_id") -> None:
     v = Violations()
     v.request_id(value, field)
     v.raise_if_any()
+
+
+def update_paths(paths: list[str], updatable: tuple[str, ...], field: str = "update_mask") -> list[str]:
+    """An AIP-134 field mask checked against the resource's updatable fields: "*" means all of them;
+    an empty mask or a path outside `updatable` is INVALID_ARGUMENT naming the mask."""
+    if not paths:
+        raise errors.InvalidArgument.field(field, f'is required (paths: {", ".join(updatable)} or "*")')
+    v = Violations()
+    for path in paths:
+        v.check(path == "*" or path in updatable, field, f"unknown or immutable path {path!r}")
+    v.raise_if_any()
+    return list(updatable) if "*" in paths else list(dict.fromkeys(paths))

@@ -21,6 +21,7 @@ from services.conversation.models import (
     Message,
     NewMessage,
     SearchHit,
+    Siblings,
     TenantStats,
     Totals,
     new_id,
@@ -96,6 +97,14 @@ class FakeStore:
             )
         return c
 
+    async def update_conversation(
+        self, tenant_id: str, only_user: str | None, conversation_id: str, values: dict[str, Any], *, now: int
+    ) -> Conversation | None:
+        c = self._visible(tenant_id, only_user, conversation_id)
+        if c is not None:
+            c = self.conversations[c.id] = dataclasses.replace(c, **values, update_time=now)
+        return c
+
     async def delete_conversations(self, conversation_ids: Sequence[str]) -> int:
         gone = [cid for cid in conversation_ids if self.conversations.pop(cid, None) is not None]
         for cid in conversation_ids:
@@ -121,17 +130,22 @@ class FakeStore:
             return Appended(replay, c, replayed=True)
         if c.status != ACTIVE:
             return AppendRefused.CLOSED
+        message_id, parent_id = new_id(), c.active_leaf_id
         c = self.conversations[c.id] = dataclasses.replace(
             c,
             message_count=c.message_count + 1,
             token_count=c.token_count + token_count,
             update_time=now,
             last_message_time=now,
+            path_length=c.path_length + 1,
+            active_leaf_id=message_id,
         )
+        # One path only: the fake keeps no branches (the real store's are tested on PostgreSQL and SQLite).
         message = Message(
-            id=new_id(),
+            id=message_id,
+            parent_id=parent_id,
             conversation_id=conversation_id,
-            sequence=c.message_count,
+            sequence=c.path_length,
             role=new.role,
             content=new.content,
             token_count=token_count,
@@ -158,6 +172,20 @@ class FakeStore:
             if (not after or m.sequence > after) and (not before or m.sequence < before)
         ]
         return sorted(found, key=lambda m: m.sequence, reverse=descending)[:limit]
+
+    async def get_message(self, conversation_id: str, message_id: str) -> Message | None:
+        return next((m for m in self.messages.get(conversation_id, []) if m.id == message_id), None)
+
+    async def siblings(self, conversation_id: str, parent_ids: Sequence[str]) -> dict[str, Siblings]:
+        found: dict[str, list[str]] = {}
+        for m in self.messages.get(conversation_id, []):
+            if m.parent_id in parent_ids:
+                found.setdefault(m.parent_id, []).append(m.id)
+        return {parent: Siblings(tuple(ids)) for parent, ids in found.items()}
+
+    async def path_through(self, conversation_id: str, message_id: str) -> list[Message] | None:
+        path = self.messages.get(conversation_id, [])
+        return list(path) if any(m.id == message_id for m in path) else None
 
     async def get_retention_days(self, tenant_id: str) -> int:
         return self.retention.get(tenant_id, 0)

@@ -85,10 +85,14 @@ MEMBER_ALLOWED = {
     "ConversationService.CreateConversation",
     "ConversationService.GetConversation",
     "ConversationService.ListConversations",
+    "ConversationService.UpdateConversation",
     "ConversationService.CloseConversation",
     "ConversationService.DeleteConversation",
     "ConversationService.AppendMessage",
     "ConversationService.ListMessages",
+    "ConversationService.GetMessage",
+    "ConversationService.EditMessage",
+    "ConversationService.SwitchBranch",
     "ConversationService.GetContext",
     "ConversationService.SearchConversations",
     "ConversationService.GetTenantStats",
@@ -96,9 +100,14 @@ MEMBER_ALLOWED = {
     "ConversationService.CheckQuota",
     "OrchestrationService.StartSession",
     "OrchestrationService.EndSession",
+    "OrchestrationService.UpdateSession",
+    "OrchestrationService.DeleteSession",
     "OrchestrationService.GetSession",
     "OrchestrationService.ListSessions",
     "OrchestrationService.SendMessage",
+    "OrchestrationService.EditMessage",
+    "OrchestrationService.RegenerateAnswer",
+    "OrchestrationService.SwitchBranch",
     "OrchestrationService.Chat",
     "OrchestrationService.GetRun",
     "OrchestrationService.ListRuns",
@@ -136,7 +145,8 @@ def fill(
     """A request of type `desc` naming A's resources, otherwise well-formed enough to reach the
     lookup: ids by field name (a nested resource's own id only in an Update*), 1 for integers
     (versions, budgets, page sizes), a little text, the first value of each enum, one member of
-    each oneof, and an update_mask of display_name for Update* requests."""
+    each oneof, and an update_mask of display_name (title where the resource has that) for Update*
+    requests."""
     msg = message_factory.GetMessageClass(desc)()
     oneofs: set[str] = set()
     for f in desc.fields:
@@ -170,7 +180,11 @@ def fill(
         if f.containing_oneof is not None:
             oneofs.add(f.containing_oneof.name)
     if "update_mask" in desc.fields_by_name:
-        msg.update_mask.paths.append("display_name")
+        # The resource's name field: display_name, or title for sessions and conversations.
+        names = {n for f in desc.fields if f.message_type is not None for n in f.message_type.fields_by_name}
+        msg.update_mask.paths.append(
+            "display_name" if "display_name" in names or "title" not in names else "title"
+        )
     return msg
 
 

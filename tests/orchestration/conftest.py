@@ -14,16 +14,19 @@ import grpc
 import pytest
 import redis.asyncio as aioredis
 
+from agentmesh.conversation.v1 import conversation_service_pb2_grpc as cpb_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
+from services.conversation import build as build_conversation
 from services.orchestration.config import OrchestrationOptions
 from services.orchestration.events import stream_client
 from services.orchestration.providers import EchoProvider, Providers
 from services.orchestration.service import OrchestrationService
 from services.platform.runtime import Runtime
 from services.platform.server import Server
+from tests.fakes.conversation import FakeConversation
 from tests.helpers import bearer, build_orchestration, build_runtime, start_server
-from tests.orchestration.fakes import FakeAgents, FakeConversation, registrations
+from tests.orchestration.fakes import FakeAgents, registrations
 
 FAST = OrchestrationOptions(
     lease_ttl_seconds=1.0,
@@ -147,3 +150,78 @@ async def _bounded(step: Any, seconds: float = 15) -> None:
         await asyncio.wait_for(step, seconds)
     except TimeoutError:
         logging.getLogger("tests").warning("teardown step timed out after %s s: %r", seconds, step)
+
+
+# With the real conversation service (PostgreSQL) --------------------------------------------------
+
+
+@dataclasses.dataclass
+class RealMesh:
+    """Orchestration over the real conversation service on PostgreSQL (agents still the fake)."""
+
+    stub: pb_grpc.OrchestrationServiceStub
+    conv: cpb_grpc.ConversationServiceStub
+    agents: FakeAgents
+    conversation_service: Any
+    tenant: str
+    keys: Any
+
+    def md(
+        self, *, tenant: str | None = None, sub: str = "user-1", roles: tuple[str, ...] = ("member",)
+    ) -> Any:
+        return bearer(self.keys.token(tenant=tenant or self.tenant, sub=sub, roles=roles, tier="pro"))
+
+
+@pytest.fixture
+async def make_real_mesh(serve, runtime, settings, keys) -> AsyncIterator[Callable[..., Any]]:
+    """`await make_real_mesh(echo_delay=...)`: one RealMesh (echo answers a word per delay)."""
+    cleanups: list[Any] = []
+
+    async def make(*, echo_delay: float = 0.01) -> RealMesh:
+        agents = FakeAgents()
+        conversation = await build_conversation(runtime)
+        agent_registration = registrations(agents, FakeConversation())[0]
+        peers_server = await serve(agent_registration, conversation.registration)
+        peers = dataclasses.replace(
+            settings.peers, agents=peers_server.address, conversation=peers_server.address
+        )
+        orch_runtime = await build_runtime(dataclasses.replace(settings, peers=peers), keys)
+        redis = stream_client(
+            orch_runtime.settings.redis_url,
+            max_connections=FAST.max_stream_readers,
+            mode=orch_runtime.settings.redis_mode,
+        )
+
+        async def service_token() -> str:
+            return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
+
+        built = build_orchestration(
+            orch_runtime,
+            redis=redis,
+            options=FAST,
+            providers=Providers({"echo": EchoProvider(delay_seconds=echo_delay)}),
+            service_token=service_token,
+        )
+        running = await start_server(orch_runtime, built.registration)
+        cleanups.append((running, redis, orch_runtime))
+        await asyncio.wait_for(built.service.agents.watching.wait(), 5)
+        return RealMesh(
+            pb_grpc.OrchestrationServiceStub(running.channel),
+            cpb_grpc.ConversationServiceStub(peers_server.channel),
+            agents,
+            conversation.service,
+            f"tenant-{uuid.uuid4().hex[:8]}",
+            keys,
+        )
+
+    yield make
+    for running, redis, orch_runtime in reversed(cleanups):
+        await _bounded(running.close())
+        await _bounded(redis.aclose())
+        await _bounded(orch_runtime.close())
+
+
+@pytest.fixture
+async def real_mesh(make_real_mesh: Callable[..., Any]) -> RealMesh:
+    mesh: RealMesh = await make_real_mesh()
+    return mesh

@@ -7,9 +7,6 @@ at most the runs already admitted."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import uuid
-from typing import Any
 
 import grpc
 import pytest
@@ -17,19 +14,14 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as cpb
-from agentmesh.conversation.v1 import conversation_service_pb2_grpc as cpb_grpc
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
-from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from services.conversation import build as build_conversation
 from services.conversation.models import QuotaLimit
 from services.identity.operator import operator_principal
-from services.orchestration.events import stream_client
 from services.orchestration.providers import EchoProvider, OpenAIProvider, Providers
 from services.orchestration.worker import metered
-from tests.fakes.conversation import FakeConversation
-from tests.helpers import bearer, build_orchestration, build_runtime, free_port, start_server
-from tests.orchestration.conftest import FAST
-from tests.orchestration.fakes import FakeAgents, assistant_messages, registrations
+from tests.helpers import free_port
+from tests.orchestration.conftest import RealMesh
+from tests.orchestration.fakes import assistant_messages
 from tests.orchestration.sse_server import SseServer
 
 T = pb.RunEventType
@@ -164,61 +156,6 @@ def test_metered_marks_the_source():
 
 
 # With the real conversation service (PostgreSQL) --------------------------------------------------
-
-
-@dataclasses.dataclass
-class RealMesh:
-    stub: pb_grpc.OrchestrationServiceStub
-    conv: cpb_grpc.ConversationServiceStub
-    agents: FakeAgents
-    conversation_service: Any
-    tenant: str
-    keys: Any
-
-    def md(self) -> Any:
-        return bearer(self.keys.token(tenant=self.tenant, sub="user-1", roles=("member",), tier="pro"))
-
-
-@pytest.fixture
-async def real_mesh(serve, runtime, settings, keys):
-    agents = FakeAgents()
-    conversation = await build_conversation(runtime)
-    agent_registration = registrations(agents, FakeConversation())[0]
-    peers_server = await serve(agent_registration, conversation.registration)
-    peers = dataclasses.replace(
-        settings.peers, agents=peers_server.address, conversation=peers_server.address
-    )
-    orch_runtime = await build_runtime(dataclasses.replace(settings, peers=peers), keys)
-    redis = stream_client(
-        orch_runtime.settings.redis_url,
-        max_connections=FAST.max_stream_readers,
-        mode=orch_runtime.settings.redis_mode,
-    )
-
-    async def service_token() -> str:
-        return keys.token(tenant="*", sub="service:orchestration", roles=("service",))
-
-    built = build_orchestration(
-        orch_runtime,
-        redis=redis,
-        options=FAST,
-        providers=Providers({"echo": EchoProvider(delay_seconds=0.01)}),
-        service_token=service_token,
-    )
-    running = await start_server(orch_runtime, built.registration)
-    await asyncio.wait_for(built.service.agents.watching.wait(), 5)
-    mesh = RealMesh(
-        pb_grpc.OrchestrationServiceStub(running.channel),
-        cpb_grpc.ConversationServiceStub(peers_server.channel),
-        agents,
-        conversation.service,
-        f"tenant-{uuid.uuid4().hex[:8]}",
-        keys,
-    )
-    yield mesh
-    await running.close()
-    await redis.aclose()
-    await orch_runtime.close()
 
 
 async def _session(mesh: RealMesh) -> str:

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import field_mask_pb2 as _field_mask_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -195,8 +196,10 @@ class Conversation(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_MESSAGE_TIME_FIELD_NUMBER: _builtins.int
+    ACTIVE_MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    PATH_LENGTH_FIELD_NUMBER: _builtins.int
     id: _builtins.str
-    """Assigned by the service."""
+    """Assigned by the service; names the conversation in UpdateConversation."""
     tenant_id: _builtins.str
     """The tenant of the caller that created it."""
     user_id: _builtins.str
@@ -213,6 +216,12 @@ class Conversation(_message.Message):
     """How many messages the conversation holds."""
     token_count: _builtins.int
     """The sum of its messages' token counts."""
+    active_message_id: _builtins.str
+    """The leaf of the active path (the message the next append follows); empty while it has none."""
+    path_length: _builtins.int
+    """How many messages the active path holds (its leaf's sequence); message_count counts every
+    branch.
+    """
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels for the caller's own use; agentmesh does not read them."""
@@ -245,10 +254,12 @@ class Conversation(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         last_message_time: _timestamp_pb2.Timestamp | None = ...,
+        active_message_id: _builtins.str = ...,
+        path_length: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "last_message_time", b"last_message_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_version", b"agent_version", "create_time", b"create_time", "id", b"id", "last_message_time", b"last_message_time", "message_count", b"message_count", "metadata", b"metadata", "status", b"status", "tenant_id", b"tenant_id", "title", b"title", "token_count", b"token_count", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_message_id", b"active_message_id", "agent_id", b"agent_id", "agent_version", b"agent_version", "create_time", b"create_time", "id", b"id", "last_message_time", b"last_message_time", "message_count", b"message_count", "metadata", b"metadata", "path_length", b"path_length", "status", b"status", "tenant_id", b"tenant_id", "title", b"title", "token_count", b"token_count", "update_time", b"update_time", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -291,12 +302,18 @@ class Message(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     USAGE_FIELD_NUMBER: _builtins.int
     TOOL_CALLS_FIELD_NUMBER: _builtins.int
+    PARENT_ID_FIELD_NUMBER: _builtins.int
+    SIBLING_IDS_FIELD_NUMBER: _builtins.int
+    SIBLING_INDEX_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Assigned by the service."""
     conversation_id: _builtins.str
     """The conversation it belongs to."""
     sequence: _builtins.int
-    """1, 2, 3, ... per conversation, without gaps."""
+    """The message's depth in the conversation's tree: 1, 2, 3, ... along any path, without gaps.
+    Siblings (versions made by EditMessage or a regenerated answer) share it.
+    """
     role: Global___MessageRole.ValueType
     """Who the message is from; required on append."""
     content: _builtins.str
@@ -309,6 +326,12 @@ class Message(_message.Message):
     tool_calls; new writers use tool_calls. A call and its results are kept or dropped together
     by GetContext.
     """
+    parent_id: _builtins.str
+    """The message it follows in the tree; empty for a first message."""
+    sibling_index: _builtins.int
+    """ListMessages and GetMessage: this message's place among sibling_ids, from 1 ("2 of 3")."""
+    active: _builtins.bool
+    """Whether the message is on the conversation's active path."""
     @_builtins.property
     def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """For example run_id, agent_version, partial ("true" for an interrupted answer)."""
@@ -330,6 +353,12 @@ class Message(_message.Message):
         empty). GetContext returns such a message only together with a tool message for each call.
         """
 
+    @_builtins.property
+    def sibling_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """ListMessages and GetMessage: the ids of the messages with the same parent (this one included),
+        oldest first; unset elsewhere.
+        """
+
     def __init__(
         self,
         *,
@@ -344,10 +373,14 @@ class Message(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         usage: Global___MessageUsage | None = ...,
         tool_calls: _abc.Iterable[Global___ToolCallRef] | None = ...,
+        parent_id: _builtins.str = ...,
+        sibling_ids: _abc.Iterable[_builtins.str] | None = ...,
+        sibling_index: _builtins.int = ...,
+        active: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "conversation_id", b"conversation_id", "create_time", b"create_time", "id", b"id", "metadata", b"metadata", "role", b"role", "sequence", b"sequence", "token_count", b"token_count", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "content", b"content", "conversation_id", b"conversation_id", "create_time", b"create_time", "id", b"id", "metadata", b"metadata", "parent_id", b"parent_id", "role", b"role", "sequence", b"sequence", "sibling_ids", b"sibling_ids", "sibling_index", b"sibling_index", "token_count", b"token_count", "tool_call_id", b"tool_call_id", "tool_calls", b"tool_calls", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -652,6 +685,60 @@ class ListConversationsResponse(_message.Message):
 Global___ListConversationsResponse: _TypeAlias = ListConversationsResponse  # noqa: Y015
 
 @_typing.final
+class UpdateConversationRequest(_message.Message):
+    """The conversation to change and which of its fields."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    UPDATE_MASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversation(self) -> Global___Conversation:
+        """The conversation: id names it; the fields named in update_mask carry their new values."""
+
+    @_builtins.property
+    def update_mask(self) -> _field_mask_pb2.FieldMask:
+        """The fields to replace: "title", "metadata" or "*". Required."""
+
+    def __init__(
+        self,
+        *,
+        conversation: Global___Conversation | None = ...,
+        update_mask: _field_mask_pb2.FieldMask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "update_mask", b"update_mask"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "update_mask", b"update_mask"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConversationRequest: _TypeAlias = UpdateConversationRequest  # noqa: Y015
+
+@_typing.final
+class UpdateConversationResponse(_message.Message):
+    """The conversation as changed."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversation(self) -> Global___Conversation:
+        """The conversation's summary after the change."""
+
+    def __init__(
+        self,
+        *,
+        conversation: Global___Conversation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateConversationResponse: _TypeAlias = UpdateConversationResponse  # noqa: Y015
+
+@_typing.final
 class CloseConversationRequest(_message.Message):
     """Names the conversation to close."""
 
@@ -810,6 +897,7 @@ class ListMessagesRequest(_message.Message):
     BEFORE_SEQUENCE_FIELD_NUMBER: _builtins.int
     AFTER_SEQUENCE_FIELD_NUMBER: _builtins.int
     ORDER_FIELD_NUMBER: _builtins.int
+    BRANCH_MESSAGE_ID_FIELD_NUMBER: _builtins.int
     conversation_id: _builtins.str
     """The conversation's id."""
     page_size: _builtins.int
@@ -822,6 +910,10 @@ class ListMessagesRequest(_message.Message):
     """Only messages with sequence > after_sequence (0: no bound)."""
     order: Global___SortOrder.ValueType
     """By sequence, ascending unless set to descending."""
+    branch_message_id: _builtins.str
+    """Another branch than the active path: the path through this message (its ancestors and, below
+    it, the newest child at each step). Empty: the active path.
+    """
     def __init__(
         self,
         *,
@@ -831,10 +923,11 @@ class ListMessagesRequest(_message.Message):
         before_sequence: _builtins.int = ...,
         after_sequence: _builtins.int = ...,
         order: Global___SortOrder.ValueType = ...,
+        branch_message_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "before_sequence", b"before_sequence", "conversation_id", b"conversation_id", "order", b"order", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_sequence", b"after_sequence", "before_sequence", b"before_sequence", "branch_message_id", b"branch_message_id", "conversation_id", b"conversation_id", "order", b"order", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -867,6 +960,200 @@ class ListMessagesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListMessagesResponse: _TypeAlias = ListMessagesResponse  # noqa: Y015
+
+@_typing.final
+class GetMessageRequest(_message.Message):
+    """Names the message to read."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation's id."""
+    message_id: _builtins.str
+    """The message's id."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessageRequest: _TypeAlias = GetMessageRequest  # noqa: Y015
+
+@_typing.final
+class GetMessageResponse(_message.Message):
+    """The requested message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> Global___Message:
+        """The message with its siblings."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___Message | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetMessageResponse: _TypeAlias = GetMessageResponse  # noqa: Y015
+
+@_typing.final
+class EditMessageRequest(_message.Message):
+    """A new version of a user message."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation's id; it must be ACTIVE."""
+    message_id: _builtins.str
+    """The user message to replace (on any branch)."""
+    content: _builtins.str
+    """The new text; the rules of an appended message's content."""
+    request_id: _builtins.str
+    """A retry with the same request_id returns the first new version and stores nothing."""
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels of the new version (for example run_id)."""
+
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        content: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        request_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "conversation_id", b"conversation_id", "message_id", b"message_id", "metadata", b"metadata", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditMessageRequest: _TypeAlias = EditMessageRequest  # noqa: Y015
+
+@_typing.final
+class EditMessageResponse(_message.Message):
+    """The stored version and the conversation after it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def message(self) -> Global___Message:
+        """The new version: a sibling of the edited message, the active leaf."""
+
+    @_builtins.property
+    def conversation(self) -> Global___Conversation:
+        """The conversation's summary including it."""
+
+    def __init__(
+        self,
+        *,
+        message: Global___Message | None = ...,
+        conversation: Global___Conversation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "message", b"message"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation", "message", b"message"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EditMessageResponse: _TypeAlias = EditMessageResponse  # noqa: Y015
+
+@_typing.final
+class SwitchBranchRequest(_message.Message):
+    """The branch to make active."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_ID_FIELD_NUMBER: _builtins.int
+    EXACT_FIELD_NUMBER: _builtins.int
+    conversation_id: _builtins.str
+    """The conversation's id."""
+    message_id: _builtins.str
+    """A message of the branch."""
+    exact: _builtins.bool
+    """true: message_id itself becomes the active leaf; false: the newest leaf below it does."""
+    def __init__(
+        self,
+        *,
+        conversation_id: _builtins.str = ...,
+        message_id: _builtins.str = ...,
+        exact: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation_id", b"conversation_id", "exact", b"exact", "message_id", b"message_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwitchBranchRequest: _TypeAlias = SwitchBranchRequest  # noqa: Y015
+
+@_typing.final
+class SwitchBranchResponse(_message.Message):
+    """The conversation with its new active path."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONVERSATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def conversation(self) -> Global___Conversation:
+        """The conversation; active_message_id is the new leaf."""
+
+    def __init__(
+        self,
+        *,
+        conversation: Global___Conversation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["conversation", b"conversation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwitchBranchResponse: _TypeAlias = SwitchBranchResponse  # noqa: Y015
 
 @_typing.final
 class GetContextRequest(_message.Message):

@@ -52,6 +52,11 @@ class ConversationServiceStub:
                 request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListConversationsRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListConversationsResponse.FromString,
                 _registered_method=True)
+        self.UpdateConversation = channel.unary_unary(
+                '/agentmesh.conversation.v1.ConversationService/UpdateConversation',
+                request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.UpdateConversationRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.UpdateConversationResponse.FromString,
+                _registered_method=True)
         self.CloseConversation = channel.unary_unary(
                 '/agentmesh.conversation.v1.ConversationService/CloseConversation',
                 request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.CloseConversationRequest.SerializeToString,
@@ -71,6 +76,21 @@ class ConversationServiceStub:
                 '/agentmesh.conversation.v1.ConversationService/ListMessages',
                 request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListMessagesRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListMessagesResponse.FromString,
+                _registered_method=True)
+        self.GetMessage = channel.unary_unary(
+                '/agentmesh.conversation.v1.ConversationService/GetMessage',
+                request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetMessageRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetMessageResponse.FromString,
+                _registered_method=True)
+        self.EditMessage = channel.unary_unary(
+                '/agentmesh.conversation.v1.ConversationService/EditMessage',
+                request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.EditMessageResponse.FromString,
+                _registered_method=True)
+        self.SwitchBranch = channel.unary_unary(
+                '/agentmesh.conversation.v1.ConversationService/SwitchBranch',
+                request_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.SwitchBranchRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.SwitchBranchResponse.FromString,
                 _registered_method=True)
         self.GetContext = channel.unary_unary(
                 '/agentmesh.conversation.v1.ConversationService/GetContext',
@@ -136,6 +156,14 @@ class ConversationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateConversation(self, request, context):
+        """Changes a conversation's title or metadata: update_mask names the fields to replace ("title",
+        "metadata", or "*" for both).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CloseConversation(self, request, context):
         """Makes the conversation read-only and starts its retention clock. Idempotent.
         """
@@ -159,7 +187,33 @@ class ConversationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListMessages(self, request, context):
-        """Pages through a conversation's history, by sequence number.
+        """Pages through a conversation's history, by sequence number: the active path (root to the
+        active leaf) unless branch_message_id names another branch. Each message says its siblings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetMessage(self, request, context):
+        """Reads one message of any branch, with its siblings.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditMessage(self, request, context):
+        """Stores a new version of a user message: a sibling of it (same parent, same sequence) with the
+        new text, which becomes the active leaf. The old version and everything below it are kept on
+        their branch. Only user messages can be edited (INVALID_ARGUMENT otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SwitchBranch(self, request, context):
+        """Makes the path through a message the active path: its ancestors and, below it, the newest
+        child at each step down to a leaf (or, with exact, the message itself as the leaf, so the next
+        append is a new sibling of its children). Nothing is deleted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -240,6 +294,11 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListConversationsRequest.FromString,
                     response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListConversationsResponse.SerializeToString,
             ),
+            'UpdateConversation': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateConversation,
+                    request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.UpdateConversationRequest.FromString,
+                    response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.UpdateConversationResponse.SerializeToString,
+            ),
             'CloseConversation': grpc.unary_unary_rpc_method_handler(
                     servicer.CloseConversation,
                     request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.CloseConversationRequest.FromString,
@@ -259,6 +318,21 @@ def add_ConversationServiceServicer_to_server(servicer, server):
                     servicer.ListMessages,
                     request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListMessagesRequest.FromString,
                     response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListMessagesResponse.SerializeToString,
+            ),
+            'GetMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetMessage,
+                    request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetMessageRequest.FromString,
+                    response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetMessageResponse.SerializeToString,
+            ),
+            'EditMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.EditMessageRequest.FromString,
+                    response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.EditMessageResponse.SerializeToString,
+            ),
+            'SwitchBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchBranch,
+                    request_deserializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.SwitchBranchRequest.FromString,
+                    response_serializer=agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.SwitchBranchResponse.SerializeToString,
             ),
             'GetContext': grpc.unary_unary_rpc_method_handler(
                     servicer.GetContext,
@@ -391,6 +465,33 @@ class ConversationService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateConversation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.conversation.v1.ConversationService/UpdateConversation',
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.UpdateConversationRequest.SerializeToString,
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.UpdateConversationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CloseConversation(request,
             target,
             options=(),
@@ -488,6 +589,87 @@ class ConversationService:
             '/agentmesh.conversation.v1.ConversationService/ListMessages',
             agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListMessagesRequest.SerializeToString,
             agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.ListMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.conversation.v1.ConversationService/GetMessage',
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetMessageRequest.SerializeToString,
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.GetMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.conversation.v1.ConversationService/EditMessage',
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.EditMessageRequest.SerializeToString,
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.EditMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.conversation.v1.ConversationService/SwitchBranch',
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.SwitchBranchRequest.SerializeToString,
+            agentmesh_dot_conversation_dot_v1_dot_conversation__service__pb2.SwitchBranchResponse.FromString,
             options,
             channel_credentials,
             insecure,

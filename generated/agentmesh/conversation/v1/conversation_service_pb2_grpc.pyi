@@ -42,6 +42,10 @@ class ConversationServiceStub:
     """Reads one conversation's summary (counts and times, no messages)."""
     ListConversations: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.ListConversationsRequest, _conversation_service_pb2.ListConversationsResponse]
     """Pages through the visible conversations, newest first, with optional filters."""
+    UpdateConversation: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.UpdateConversationRequest, _conversation_service_pb2.UpdateConversationResponse]
+    """Changes a conversation's title or metadata: update_mask names the fields to replace ("title",
+    "metadata", or "*" for both).
+    """
     CloseConversation: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.CloseConversationRequest, _conversation_service_pb2.CloseConversationResponse]
     """Makes the conversation read-only and starts its retention clock. Idempotent."""
     DeleteConversation: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.DeleteConversationRequest, _conversation_service_pb2.DeleteConversationResponse]
@@ -51,7 +55,21 @@ class ConversationServiceStub:
     first message.
     """
     ListMessages: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.ListMessagesRequest, _conversation_service_pb2.ListMessagesResponse]
-    """Pages through a conversation's history, by sequence number."""
+    """Pages through a conversation's history, by sequence number: the active path (root to the
+    active leaf) unless branch_message_id names another branch. Each message says its siblings.
+    """
+    GetMessage: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetMessageRequest, _conversation_service_pb2.GetMessageResponse]
+    """Reads one message of any branch, with its siblings."""
+    EditMessage: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.EditMessageRequest, _conversation_service_pb2.EditMessageResponse]
+    """Stores a new version of a user message: a sibling of it (same parent, same sequence) with the
+    new text, which becomes the active leaf. The old version and everything below it are kept on
+    their branch. Only user messages can be edited (INVALID_ARGUMENT otherwise).
+    """
+    SwitchBranch: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.SwitchBranchRequest, _conversation_service_pb2.SwitchBranchResponse]
+    """Makes the path through a message the active path: its ancestors and, below it, the newest
+    child at each step down to a leaf (or, with exact, the message itself as the leaf, so the next
+    append is a new sibling of its children). Nothing is deleted.
+    """
     GetContext: _grpc.UnaryUnaryMultiCallable[_conversation_service_pb2.GetContextRequest, _conversation_service_pb2.GetContextResponse]
     """The system prompt plus the newest messages that fit the token budget, oldest dropped first,
     never separating a tool call from its result. Its cost does not grow with the history.
@@ -94,6 +112,10 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     """Reads one conversation's summary (counts and times, no messages)."""
     ListConversations: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.ListConversationsRequest, _conversation_service_pb2.ListConversationsResponse]  # type: ignore[assignment]
     """Pages through the visible conversations, newest first, with optional filters."""
+    UpdateConversation: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.UpdateConversationRequest, _conversation_service_pb2.UpdateConversationResponse]  # type: ignore[assignment]
+    """Changes a conversation's title or metadata: update_mask names the fields to replace ("title",
+    "metadata", or "*" for both).
+    """
     CloseConversation: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.CloseConversationRequest, _conversation_service_pb2.CloseConversationResponse]  # type: ignore[assignment]
     """Makes the conversation read-only and starts its retention clock. Idempotent."""
     DeleteConversation: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.DeleteConversationRequest, _conversation_service_pb2.DeleteConversationResponse]  # type: ignore[assignment]
@@ -103,7 +125,21 @@ class ConversationServiceAsyncStub(ConversationServiceStub):
     first message.
     """
     ListMessages: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.ListMessagesRequest, _conversation_service_pb2.ListMessagesResponse]  # type: ignore[assignment]
-    """Pages through a conversation's history, by sequence number."""
+    """Pages through a conversation's history, by sequence number: the active path (root to the
+    active leaf) unless branch_message_id names another branch. Each message says its siblings.
+    """
+    GetMessage: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetMessageRequest, _conversation_service_pb2.GetMessageResponse]  # type: ignore[assignment]
+    """Reads one message of any branch, with its siblings."""
+    EditMessage: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.EditMessageRequest, _conversation_service_pb2.EditMessageResponse]  # type: ignore[assignment]
+    """Stores a new version of a user message: a sibling of it (same parent, same sequence) with the
+    new text, which becomes the active leaf. The old version and everything below it are kept on
+    their branch. Only user messages can be edited (INVALID_ARGUMENT otherwise).
+    """
+    SwitchBranch: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.SwitchBranchRequest, _conversation_service_pb2.SwitchBranchResponse]  # type: ignore[assignment]
+    """Makes the path through a message the active path: its ancestors and, below it, the newest
+    child at each step down to a leaf (or, with exact, the message itself as the leaf, so the next
+    append is a new sibling of its children). Nothing is deleted.
+    """
     GetContext: _aio.UnaryUnaryMultiCallable[_conversation_service_pb2.GetContextRequest, _conversation_service_pb2.GetContextResponse]  # type: ignore[assignment]
     """The system prompt plus the newest messages that fit the token budget, oldest dropped first,
     never separating a tool call from its result. Its cost does not grow with the history.
@@ -163,6 +199,16 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Pages through the visible conversations, newest first, with optional filters."""
 
     @_abc_1.abstractmethod
+    def UpdateConversation(
+        self,
+        request: _conversation_service_pb2.UpdateConversationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_service_pb2.UpdateConversationResponse, _abc.Awaitable[_conversation_service_pb2.UpdateConversationResponse]]:
+        """Changes a conversation's title or metadata: update_mask names the fields to replace ("title",
+        "metadata", or "*" for both).
+        """
+
+    @_abc_1.abstractmethod
     def CloseConversation(
         self,
         request: _conversation_service_pb2.CloseConversationRequest,
@@ -194,7 +240,39 @@ class ConversationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _conversation_service_pb2.ListMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_conversation_service_pb2.ListMessagesResponse, _abc.Awaitable[_conversation_service_pb2.ListMessagesResponse]]:
-        """Pages through a conversation's history, by sequence number."""
+        """Pages through a conversation's history, by sequence number: the active path (root to the
+        active leaf) unless branch_message_id names another branch. Each message says its siblings.
+        """
+
+    @_abc_1.abstractmethod
+    def GetMessage(
+        self,
+        request: _conversation_service_pb2.GetMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_service_pb2.GetMessageResponse, _abc.Awaitable[_conversation_service_pb2.GetMessageResponse]]:
+        """Reads one message of any branch, with its siblings."""
+
+    @_abc_1.abstractmethod
+    def EditMessage(
+        self,
+        request: _conversation_service_pb2.EditMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_service_pb2.EditMessageResponse, _abc.Awaitable[_conversation_service_pb2.EditMessageResponse]]:
+        """Stores a new version of a user message: a sibling of it (same parent, same sequence) with the
+        new text, which becomes the active leaf. The old version and everything below it are kept on
+        their branch. Only user messages can be edited (INVALID_ARGUMENT otherwise).
+        """
+
+    @_abc_1.abstractmethod
+    def SwitchBranch(
+        self,
+        request: _conversation_service_pb2.SwitchBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_conversation_service_pb2.SwitchBranchResponse, _abc.Awaitable[_conversation_service_pb2.SwitchBranchResponse]]:
+        """Makes the path through a message the active path: its ancestors and, below it, the newest
+        child at each step down to a leaf (or, with exact, the message itself as the leaf, so the next
+        append is a new sibling of its children). Nothing is deleted.
+        """
 
     @_abc_1.abstractmethod
     def GetContext(

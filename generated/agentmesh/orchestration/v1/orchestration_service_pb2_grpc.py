@@ -55,6 +55,16 @@ class OrchestrationServiceStub:
                 request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetSessionRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetSessionResponse.FromString,
                 _registered_method=True)
+        self.UpdateSession = channel.unary_unary(
+                '/agentmesh.orchestration.v1.OrchestrationService/UpdateSession',
+                request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateSessionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateSessionResponse.FromString,
+                _registered_method=True)
+        self.DeleteSession = channel.unary_unary(
+                '/agentmesh.orchestration.v1.OrchestrationService/DeleteSession',
+                request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteSessionRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteSessionResponse.FromString,
+                _registered_method=True)
         self.ListSessions = channel.unary_unary(
                 '/agentmesh.orchestration.v1.OrchestrationService/ListSessions',
                 request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListSessionsRequest.SerializeToString,
@@ -64,6 +74,21 @@ class OrchestrationServiceStub:
                 '/agentmesh.orchestration.v1.OrchestrationService/SendMessage',
                 request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendMessageRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendMessageResponse.FromString,
+                _registered_method=True)
+        self.EditMessage = channel.unary_unary(
+                '/agentmesh.orchestration.v1.OrchestrationService/EditMessage',
+                request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.EditMessageRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.EditMessageResponse.FromString,
+                _registered_method=True)
+        self.RegenerateAnswer = channel.unary_unary(
+                '/agentmesh.orchestration.v1.OrchestrationService/RegenerateAnswer',
+                request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RegenerateAnswerRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RegenerateAnswerResponse.FromString,
+                _registered_method=True)
+        self.SwitchBranch = channel.unary_unary(
+                '/agentmesh.orchestration.v1.OrchestrationService/SwitchBranch',
+                request_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SwitchBranchRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SwitchBranchResponse.FromString,
                 _registered_method=True)
         self.Chat = channel.stream_stream(
                 '/agentmesh.orchestration.v1.OrchestrationService/Chat',
@@ -137,6 +162,24 @@ class OrchestrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateSession(self, request, context):
+        """Renames a session: update_mask names the fields to replace (only "title"; "*" means it too).
+        The title is its conversation's title as well.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteSession(self, request, context):
+        """Erases a session: its live runs are cancelled (their partial answers discarded), its
+        conversation and messages are deleted, its runs and their tool calls are deleted. The usage
+        its runs consumed stays in the tenant's usage (it was spent). Afterwards the session and its
+        runs are NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListSessions(self, request, context):
         """Pages through the caller's sessions (the tenant's for owners and admins), newest first.
         """
@@ -146,6 +189,33 @@ class OrchestrationServiceServicer:
 
     def SendMessage(self, request, context):
         """Starts a run for the message and streams its events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EditMessage(self, request, context):
+        """Answers a new version of a user message: the run stores the text as a sibling of the message
+        (EditMessage of conversation) when it starts and answers it; the old version and its answers
+        stay on their branch. Admitted like SendMessage (busy policy, limits, quota); join the run
+        (JoinRun) for its events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegenerateAnswer(self, request, context):
+        """Answers again the user message an assistant message answered: the new run's answer becomes a
+        sibling of that run's first answer; the old answer stays on its branch. Admitted like
+        SendMessage; join the run for its events.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SwitchBranch(self, request, context):
+        """Makes the branch through a message the session's active path (the newest leaf below it), the
+        one the page shows and the next message follows. FAILED_PRECONDITION while a run is live.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -230,6 +300,16 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetSessionRequest.FromString,
                     response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.GetSessionResponse.SerializeToString,
             ),
+            'UpdateSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateSession,
+                    request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateSessionRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateSessionResponse.SerializeToString,
+            ),
+            'DeleteSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteSession,
+                    request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteSessionRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteSessionResponse.SerializeToString,
+            ),
             'ListSessions': grpc.unary_unary_rpc_method_handler(
                     servicer.ListSessions,
                     request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.ListSessionsRequest.FromString,
@@ -239,6 +319,21 @@ def add_OrchestrationServiceServicer_to_server(servicer, server):
                     servicer.SendMessage,
                     request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendMessageRequest.FromString,
                     response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendMessageResponse.SerializeToString,
+            ),
+            'EditMessage': grpc.unary_unary_rpc_method_handler(
+                    servicer.EditMessage,
+                    request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.EditMessageRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.EditMessageResponse.SerializeToString,
+            ),
+            'RegenerateAnswer': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegenerateAnswer,
+                    request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RegenerateAnswerRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RegenerateAnswerResponse.SerializeToString,
+            ),
+            'SwitchBranch': grpc.unary_unary_rpc_method_handler(
+                    servicer.SwitchBranch,
+                    request_deserializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SwitchBranchRequest.FromString,
+                    response_serializer=agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SwitchBranchResponse.SerializeToString,
             ),
             'Chat': grpc.stream_stream_rpc_method_handler(
                     servicer.Chat,
@@ -379,6 +474,60 @@ class OrchestrationService:
             _registered_method=True)
 
     @staticmethod
+    def UpdateSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestration.v1.OrchestrationService/UpdateSession',
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateSessionRequest.SerializeToString,
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.UpdateSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestration.v1.OrchestrationService/DeleteSession',
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteSessionRequest.SerializeToString,
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.DeleteSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def ListSessions(request,
             target,
             options=(),
@@ -422,6 +571,87 @@ class OrchestrationService:
             '/agentmesh.orchestration.v1.OrchestrationService/SendMessage',
             agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendMessageRequest.SerializeToString,
             agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SendMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EditMessage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestration.v1.OrchestrationService/EditMessage',
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.EditMessageRequest.SerializeToString,
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.EditMessageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegenerateAnswer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestration.v1.OrchestrationService/RegenerateAnswer',
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RegenerateAnswerRequest.SerializeToString,
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.RegenerateAnswerResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SwitchBranch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.orchestration.v1.OrchestrationService/SwitchBranch',
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SwitchBranchRequest.SerializeToString,
+            agentmesh_dot_orchestration_dot_v1_dot_orchestration__service__pb2.SwitchBranchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,10 +45,35 @@ class OrchestrationServiceStub:
     """Closes the session's conversation; a running run is cancelled."""
     GetSession: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetSessionRequest, _orchestration_service_pb2.GetSessionResponse]
     """Reads one session, with the run in progress if any."""
+    UpdateSession: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.UpdateSessionRequest, _orchestration_service_pb2.UpdateSessionResponse]
+    """Renames a session: update_mask names the fields to replace (only "title"; "*" means it too).
+    The title is its conversation's title as well.
+    """
+    DeleteSession: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.DeleteSessionRequest, _orchestration_service_pb2.DeleteSessionResponse]
+    """Erases a session: its live runs are cancelled (their partial answers discarded), its
+    conversation and messages are deleted, its runs and their tool calls are deleted. The usage
+    its runs consumed stays in the tenant's usage (it was spent). Afterwards the session and its
+    runs are NOT_FOUND.
+    """
     ListSessions: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListSessionsRequest, _orchestration_service_pb2.ListSessionsResponse]
     """Pages through the caller's sessions (the tenant's for owners and admins), newest first."""
     SendMessage: _grpc.UnaryStreamMultiCallable[_orchestration_service_pb2.SendMessageRequest, _orchestration_service_pb2.SendMessageResponse]
     """Starts a run for the message and streams its events."""
+    EditMessage: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.EditMessageRequest, _orchestration_service_pb2.EditMessageResponse]
+    """Answers a new version of a user message: the run stores the text as a sibling of the message
+    (EditMessage of conversation) when it starts and answers it; the old version and its answers
+    stay on their branch. Admitted like SendMessage (busy policy, limits, quota); join the run
+    (JoinRun) for its events.
+    """
+    RegenerateAnswer: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.RegenerateAnswerRequest, _orchestration_service_pb2.RegenerateAnswerResponse]
+    """Answers again the user message an assistant message answered: the new run's answer becomes a
+    sibling of that run's first answer; the old answer stays on its branch. Admitted like
+    SendMessage; join the run for its events.
+    """
+    SwitchBranch: _grpc.UnaryUnaryMultiCallable[_orchestration_service_pb2.SwitchBranchRequest, _orchestration_service_pb2.SwitchBranchResponse]
+    """Makes the branch through a message the session's active path (the newest leaf below it), the
+    one the page shows and the next message follows. FAILED_PRECONDITION while a run is live.
+    """
     Chat: _grpc.StreamStreamMultiCallable[_orchestration_service_pb2.ChatRequest, _orchestration_service_pb2.ChatResponse]
     """A long-lived stream for one session: messages and cancels in, the events of every run out.
     The gateway's WebSocket maps onto it.
@@ -93,10 +118,35 @@ class OrchestrationServiceAsyncStub(OrchestrationServiceStub):
     """Closes the session's conversation; a running run is cancelled."""
     GetSession: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.GetSessionRequest, _orchestration_service_pb2.GetSessionResponse]  # type: ignore[assignment]
     """Reads one session, with the run in progress if any."""
+    UpdateSession: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.UpdateSessionRequest, _orchestration_service_pb2.UpdateSessionResponse]  # type: ignore[assignment]
+    """Renames a session: update_mask names the fields to replace (only "title"; "*" means it too).
+    The title is its conversation's title as well.
+    """
+    DeleteSession: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.DeleteSessionRequest, _orchestration_service_pb2.DeleteSessionResponse]  # type: ignore[assignment]
+    """Erases a session: its live runs are cancelled (their partial answers discarded), its
+    conversation and messages are deleted, its runs and their tool calls are deleted. The usage
+    its runs consumed stays in the tenant's usage (it was spent). Afterwards the session and its
+    runs are NOT_FOUND.
+    """
     ListSessions: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.ListSessionsRequest, _orchestration_service_pb2.ListSessionsResponse]  # type: ignore[assignment]
     """Pages through the caller's sessions (the tenant's for owners and admins), newest first."""
     SendMessage: _aio.UnaryStreamMultiCallable[_orchestration_service_pb2.SendMessageRequest, _orchestration_service_pb2.SendMessageResponse]  # type: ignore[assignment]
     """Starts a run for the message and streams its events."""
+    EditMessage: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.EditMessageRequest, _orchestration_service_pb2.EditMessageResponse]  # type: ignore[assignment]
+    """Answers a new version of a user message: the run stores the text as a sibling of the message
+    (EditMessage of conversation) when it starts and answers it; the old version and its answers
+    stay on their branch. Admitted like SendMessage (busy policy, limits, quota); join the run
+    (JoinRun) for its events.
+    """
+    RegenerateAnswer: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.RegenerateAnswerRequest, _orchestration_service_pb2.RegenerateAnswerResponse]  # type: ignore[assignment]
+    """Answers again the user message an assistant message answered: the new run's answer becomes a
+    sibling of that run's first answer; the old answer stays on its branch. Admitted like
+    SendMessage; join the run for its events.
+    """
+    SwitchBranch: _aio.UnaryUnaryMultiCallable[_orchestration_service_pb2.SwitchBranchRequest, _orchestration_service_pb2.SwitchBranchResponse]  # type: ignore[assignment]
+    """Makes the branch through a message the session's active path (the newest leaf below it), the
+    one the page shows and the next message follows. FAILED_PRECONDITION while a run is live.
+    """
     Chat: _aio.StreamStreamMultiCallable[_orchestration_service_pb2.ChatRequest, _orchestration_service_pb2.ChatResponse]  # type: ignore[assignment]
     """A long-lived stream for one session: messages and cancels in, the events of every run out.
     The gateway's WebSocket maps onto it.
@@ -158,6 +208,28 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         """Reads one session, with the run in progress if any."""
 
     @_abc_1.abstractmethod
+    def UpdateSession(
+        self,
+        request: _orchestration_service_pb2.UpdateSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.UpdateSessionResponse, _abc.Awaitable[_orchestration_service_pb2.UpdateSessionResponse]]:
+        """Renames a session: update_mask names the fields to replace (only "title"; "*" means it too).
+        The title is its conversation's title as well.
+        """
+
+    @_abc_1.abstractmethod
+    def DeleteSession(
+        self,
+        request: _orchestration_service_pb2.DeleteSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.DeleteSessionResponse, _abc.Awaitable[_orchestration_service_pb2.DeleteSessionResponse]]:
+        """Erases a session: its live runs are cancelled (their partial answers discarded), its
+        conversation and messages are deleted, its runs and their tool calls are deleted. The usage
+        its runs consumed stays in the tenant's usage (it was spent). Afterwards the session and its
+        runs are NOT_FOUND.
+        """
+
+    @_abc_1.abstractmethod
     def ListSessions(
         self,
         request: _orchestration_service_pb2.ListSessionsRequest,
@@ -172,6 +244,39 @@ class OrchestrationServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_orchestration_service_pb2.SendMessageResponse], _abc.AsyncIterator[_orchestration_service_pb2.SendMessageResponse]]:
         """Starts a run for the message and streams its events."""
+
+    @_abc_1.abstractmethod
+    def EditMessage(
+        self,
+        request: _orchestration_service_pb2.EditMessageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.EditMessageResponse, _abc.Awaitable[_orchestration_service_pb2.EditMessageResponse]]:
+        """Answers a new version of a user message: the run stores the text as a sibling of the message
+        (EditMessage of conversation) when it starts and answers it; the old version and its answers
+        stay on their branch. Admitted like SendMessage (busy policy, limits, quota); join the run
+        (JoinRun) for its events.
+        """
+
+    @_abc_1.abstractmethod
+    def RegenerateAnswer(
+        self,
+        request: _orchestration_service_pb2.RegenerateAnswerRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.RegenerateAnswerResponse, _abc.Awaitable[_orchestration_service_pb2.RegenerateAnswerResponse]]:
+        """Answers again the user message an assistant message answered: the new run's answer becomes a
+        sibling of that run's first answer; the old answer stays on its branch. Admitted like
+        SendMessage; join the run for its events.
+        """
+
+    @_abc_1.abstractmethod
+    def SwitchBranch(
+        self,
+        request: _orchestration_service_pb2.SwitchBranchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_orchestration_service_pb2.SwitchBranchResponse, _abc.Awaitable[_orchestration_service_pb2.SwitchBranchResponse]]:
+        """Makes the branch through a message the session's active path (the newest leaf below it), the
+        one the page shows and the next message follows. FAILED_PRECONDITION while a run is live.
+        """
 
     @_abc_1.abstractmethod
     def Chat(
