@@ -73,7 +73,15 @@ def write_signing_key(path: Path) -> Path:
 class Cluster:
     """`add()` processes, `start()` them, `stop()`/`kill()` one, `close()` all (SIGTERM, exit codes)."""
 
-    def __init__(self, directory: Path, *, database_url: str, redis_url: str, **env: str):
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        database_url: str,
+        redis_url: str,
+        redis_mode: str = "standalone",
+        **env: str,
+    ):
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, Proc] = {}
@@ -90,6 +98,8 @@ class Cluster:
             "PYTHONUNBUFFERED": "1",
             "DATABASE_URL": database_url,
             "REDIS_URL": redis_url,
+            # `cluster` when redis_url names a node of a Redis Cluster (the suite's, in its cluster mode).
+            "AGENTMESH_REDIS_MODE": redis_mode,
             "AGENTMESH_PAGE_TOKEN_SECRET": "system-page-token-secret",
             "AGENTMESH_SERVICE_SECRET": "system-service-secret",
             # The stories sign tenants up themselves (production's default is closed).

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import fresh_database
+from tests.helpers import REDIS_MODE
 from tests.system.cluster import Cluster
 
 SERVICES = ("identity", "agents", "conversation", "orchestration", "gateway")
@@ -27,8 +28,14 @@ def cluster(
     cluster_pg_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Cluster]:
     """identity, agents, conversation, orchestration and the gateway, each its own process, on a
-    PostgreSQL database of their own and the session's Redis db; stopped with SIGTERM at the end (each exits 0)."""
-    running = Cluster(tmp_path_factory.mktemp("cluster"), database_url=cluster_pg_url, redis_url=redis_url)
+    PostgreSQL database of their own and the session's Redis (its Redis Cluster with
+    AGENTMESH_TEST_REDIS_MODE=cluster); stopped with SIGTERM at the end (each exits 0)."""
+    running = Cluster(
+        tmp_path_factory.mktemp("cluster"),
+        database_url=cluster_pg_url,
+        redis_url=redis_url,
+        redis_mode=REDIS_MODE,
+    )
     for name in SERVICES:
         running.add(name)
     running.start()
