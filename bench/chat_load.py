@@ -103,7 +103,8 @@ class Measured:
 
 
 def summarize(side: str, chats: list[dict[str, Any]], expected_tokens: int) -> dict[str, Any]:
-    """Per-chat arrivals to the figures: TTFDs, paces of the completed chats, worst gaps, failures."""
+    """Per-chat arrivals to the figures: TTFDs (inf for a chat without a delta), paces of the
+    completed chats, worst gaps, failures."""
     ttfd, paces, gaps = [], [], []
     failures: collections.Counter[str] = collections.Counter()
     for chat in chats:
@@ -112,8 +113,8 @@ def summarize(side: str, chats: list[dict[str, Any]], expected_tokens: int) -> d
         error = chat["error"] or (
             None if tokens == expected_tokens else f"{tokens} of {expected_tokens} tokens"
         )
-        if chat["ttfd"] is not None:
-            ttfd.append(chat["ttfd"])
+        # A chat that never got a delta counts as never, not as absent: p99 is then unbounded.
+        ttfd.append(math.inf if chat["ttfd"] is None else chat["ttfd"])
         if len(arrivals) > 1:
             gaps.append(max(b[0] - a[0] for a, b in itertools.pairwise(arrivals)))
         if error:
@@ -230,8 +231,16 @@ def report(chats: int, rows: list[Measured], provider: float) -> list[str]:
     return lines
 
 
+def _div(ours: float, theirs: float) -> float:
+    """ours / theirs, NaN when it means nothing (no reference, both unbounded)."""
+    if not theirs or math.isnan(theirs) or math.isnan(ours) or (math.isinf(ours) and math.isinf(theirs)):
+        return math.nan
+    return ours / theirs
+
+
 def _ratio(ours: float, theirs: float) -> str:
-    return f"{ours / theirs:.2f}" if theirs and not math.isnan(theirs) and not math.isnan(ours) else "n/a"
+    ratio = _div(ours, theirs)
+    return "n/a" if math.isnan(ratio) else f"{ratio:.2f}"
 
 
 def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: int) -> list[Figure]:
@@ -258,8 +267,8 @@ def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: 
                 f"{label}: time to first delta p99",
                 f"p50 {m.ttfd_ms(0.5):.0f} ms, p99 {m.ttfd_ms(0.99):.0f} ms{lg_ttfd}{vs_lg}",
                 *(
-                    (m.ttfd_ms(0.99) / lg.ttfd_ms(0.99), "TTFD p99 agentmesh / LangGraph")
-                    if lg and lg.ttfd
+                    (_div(m.ttfd_ms(0.99), lg.ttfd_ms(0.99)), "TTFD p99 agentmesh / LangGraph")
+                    if lg
                     else (
                         m.ttfd_ms(0.99) / delay_ms,
                         f"TTFD p99 / the provider's first token ({delay_ms} ms)",
@@ -347,7 +356,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     )
     parser.add_argument("--delay-ms", type=int, default=20, help="the provider's pause before each token")
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
-    parser.add_argument("--timeout", type=float, default=60, help="each chat's deadline, seconds")
+    parser.add_argument("--timeout", type=float, default=120, help="each chat's deadline, seconds")
     parser.add_argument("--database-url", default="", help="the PostgreSQL `up` side's (fresh) database")
     parser.add_argument(
         "--pg-server",

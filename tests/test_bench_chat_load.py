@@ -1,9 +1,10 @@
 """bench/chat_load.py's arithmetic and /proc readings, apart from its (smoke) run in test_bench.py:
-a chat that fails counts once with its reason, a short answer is a failure, the pace leaves the
-time to the first delta out, and a process tree's CPU and RSS include its children."""
+a chat that fails counts once with its reason, a short answer is a failure, a chat without a
+delta has no time to first delta (not a missing sample), the pace leaves the time to the first delta out, and a process tree's CPU and RSS include its children."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def test_summarize_separates_failures_from_the_pace_and_gaps() -> None:
         {"ttfd": None, "arrivals": [], "error": "UNAVAILABLE: Too many connections"},
     ]
     got = summarize("embedded", chats, expected_tokens=5)
-    assert got["ttfd"] == [0.5, 0.1, 0.2]
+    assert got["ttfd"] == [0.5, 0.1, 0.2, math.inf, math.inf]
     assert got["paces"] == pytest.approx([20.0, 4 / 0.3])
     assert got["gaps"] == pytest.approx([0.05, 0.3, 0.1])
     assert got["failures"] == {"UNAVAILABLE: Too many connections": 2, "2 of 5 tokens": 1}
