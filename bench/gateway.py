@@ -1,5 +1,6 @@
 """Gateway benchmark: the same unary RPC through the gateway (HTTP/JSON on a uvicorn port) and
-directly over gRPC, in one run; WebSocket time to first delta and events per second with a
+directly over gRPC, in one run; the gateway with one worker and with two (two processes on one
+SO_REUSEPORT port, as `agentmesh serve gateway --workers 2` runs them) against the bare Python hop; WebSocket time to first delta and events per second with a
 zero-delay stream; RSS of the gateway process, and of `agentmesh up`, idle and with N open WebSockets.
 
 As in production, the fake upstreams and the gateway are two processes, and the client a third, so
@@ -85,8 +86,9 @@ async def _serve_upstream() -> None:
     await server.stop(0)
 
 
-async def _serve_gateway(upstream_port: int) -> None:
-    """Child process: the gateway on an HTTP port, in front of the fake upstreams."""
+async def _serve_gateway(upstream_port: int, port: int = 0) -> None:
+    """Child process: the gateway on an HTTP port, in front of the fake upstreams; with `port`, one
+    worker of several sharing it (SO_REUSEPORT, as `serve gateway --workers N`)."""
     from gateway import create_app
     from gateway.server import HttpServer
     from gateway.websocket import Limits
@@ -97,7 +99,7 @@ async def _serve_gateway(upstream_port: int) -> None:
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream_port}")
     limits = Limits(connections_per_user=100_000, max_connections=100_000, messages_per_minute=100_000)
     app = create_app(settings, channels={"*": channel}, limits=limits)
-    http = HttpServer(app, host="127.0.0.1", port=0)
+    http = HttpServer(app, host="127.0.0.1", port=port, reuse_port=bool(port))
     print(f"PORT {await http.start()}", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
     await http.stop()
@@ -327,13 +329,17 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         elif args.serve[0] == "bare":
             await _serve_bare_hop(int(args.serve[1]))
         else:
-            await _serve_gateway(int(args.serve[1]))
+            await _serve_gateway(int(args.serve[1]), *(int(p) for p in args.serve[2:]))
         return []
     figures: list[Figure] = []
     _raise_fd_limit()
     upstream, (_, grpc_address) = await start_child("bench.gateway", "upstream")
     gateway, (_, http_address) = await start_child("bench.gateway", "gateway", grpc_address)
     bare, (_, bare_address) = await start_child("bench.gateway", "bare", grpc_address)
+    pair_port = free_port()
+    pair = [
+        (await start_child("bench.gateway", "gateway", grpc_address, str(pair_port)))[0] for _ in range(2)
+    ]
     grpc_port, http_port = int(grpc_address), int(http_address)
     try:
         print(f"gateway benchmark on {machine()}")
@@ -341,6 +347,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         stub = identity_grpc.IdentityServiceStub(channel)
         request = identity_pb.GetJwksRequest()
         client, bare_client = _KeepAlive(http_port), _KeepAlive(int(bare_address))
+        pair_client = _KeepAlive(pair_port)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{http_port}") as http:
 
             async def via_httpx() -> object:
@@ -355,11 +362,14 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                         "direct": lambda: stub.GetJwks(request),
                         "gateway": lambda: client.get("/v1/identity/jwks"),
                         "bare": lambda: bare_client.get("/v1/identity/jwks"),
+                        "two": lambda: pair_client.get("/v1/identity/jwks"),
                     },
                     concurrency=concurrency,
                     seconds=args.seconds,
                 )
-                empty, direct, gw, hop = (measured[k] for k in ("floor", "direct", "gateway", "bare"))
+                empty, direct, gw, hop, two = (
+                    measured[k] for k in ("floor", "direct", "gateway", "bare", "two")
+                )
                 slow = await measure(via_httpx, concurrency=concurrency, seconds=args.seconds)
                 print(
                     f"GetJwks concurrency {concurrency:>2}: direct gRPC {direct.throughput:8.0f}/s p50 {direct.p50_ms:6.3f} ms"
@@ -369,6 +379,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                     f" | bare Python hop p50 {hop.p50_ms:6.3f} ms ({hop.p50_ms / direct.p50_ms:4.2f}x)"
                     f" | HTTP floor (/healthz, no gRPC) p50 {empty.p50_ms:6.3f} ms"
                     f" | gateway with an httpx client p50 {slow.p50_ms:6.3f} ms"
+                    f" | gateway 2 workers {two.throughput:8.0f}/s p50 {two.p50_ms:6.3f} ms"
                 )
                 figures.append(
                     figure(
@@ -391,8 +402,29 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                         "p50 bare hop / direct",
                     )
                 )
+                figures.append(
+                    figure(
+                        f"the gateway's own cost: gateway p50 against the bare Python hop p50 (c={concurrency})",
+                        f"gateway (1 worker) p50 {gw.p50_ms:.2f} ms {gw.throughput:,.0f}/s; bare hop p50 "
+                        f"{hop.p50_ms:.2f} ms {hop.throughput:,.0f}/s",
+                        gw.p50_ms / hop.p50_ms,
+                        "p50 gateway / bare hop",
+                        at_most=1.2,
+                    )
+                )
+                figures.append(
+                    figure(
+                        f"gateway throughput, 2 workers against 1 (c={concurrency}, {os.cpu_count()} cores)",
+                        f"2 workers {two.throughput:,.0f}/s p50 {two.p50_ms:.2f} ms; 1 worker "
+                        f"{gw.throughput:,.0f}/s p50 {gw.p50_ms:.2f} ms; bare hop (1 process) "
+                        f"{hop.throughput:,.0f}/s; 2 workers / bare hop {two.throughput / hop.throughput:.2f}",
+                        two.throughput / gw.throughput,
+                        "throughput 2 workers / 1 worker",
+                    )
+                )
         client.close()
         bare_client.close()
+        pair_client.close()
         grpc_firsts, grpc_rate = await _grpc_first_delta_and_rate(
             orch_grpc.OrchestrationServiceStub(channel), args.runs
         )
@@ -443,7 +475,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         for ws in sockets:
             await ws.close()  # type: ignore[attr-defined]
     finally:
-        await stop_children(gateway, bare, upstream)
+        await stop_children(gateway, bare, *pair, upstream)
     figures.append(await _agentmesh_up_memory(args.sockets))
     return figures
 
