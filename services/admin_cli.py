@@ -1,9 +1,12 @@
 """`agentmesh admin`: the platform operator's commands (tenants, tiers, quotas, prices, usage, password
 resets).
 
-The operator is no tenant's user and holds no token: these commands work on identity's database
-directly (services.identity.operator), the one `agentmesh up --data-dir` or `agentmesh serve`
-(DATABASE_URL) uses. Exit codes: 0 done, 1 refused (not found, taken, bad value), 2 configuration.
+The operator is no tenant's user and holds no token: these commands work on the databases
+directly, each table in the database of the service that owns it: tenants and users in identity's
+(services.identity.operator), prices, quotas and usage in conversation's. One shared database
+(DATABASE_URL, or `agentmesh up --data-dir`) holds both; where the services have databases of their
+own, AGENTMESH_IDENTITY_DATABASE_URL and AGENTMESH_CONVERSATION_DATABASE_URL name them.
+Exit codes: 0 done, 1 refused (not found, taken, bad value), 2 configuration.
 """
 
 from __future__ import annotations
@@ -42,17 +45,31 @@ GENERATED_PASSWORD_BYTES = 15  # 20 URL-safe characters
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    """--data-dir: the embedded SQLite of `agentmesh up`; else DATABASE_URL. Never a silent default:
-    an operator must not create tenants in a stray ./.agentmesh by mistake."""
+    """--data-dir: the embedded SQLite of `agentmesh up` (both services' tables); else the databases
+    the environment names. Never a silent default: an operator must not create tenants in a stray
+    ./.agentmesh by mistake."""
     settings = Settings.from_env()
     if args.data_dir:
-        return dataclasses.replace(settings, data_dir=args.data_dir, database_url="", embedded=True)
-    if not settings.database_url:
-        raise SettingsError(
-            "DATABASE_URL is not set: `agentmesh admin` needs identity's database "
-            "(or --data-dir DIR for the embedded one of `agentmesh up`)"
+        return dataclasses.replace(
+            settings,
+            data_dir=args.data_dir,
+            database_url="",
+            identity_database_url="",
+            conversation_database_url="",
+            embedded=True,
         )
+    _database_url(settings, "identity")  # every command finds its tenant there
     return settings
+
+
+def _database_url(settings: Settings, service: str) -> str:
+    url = settings.database_url_for(service)
+    if not url:
+        raise SettingsError(
+            f"DATABASE_URL is not set (nor AGENTMESH_{service.upper()}_DATABASE_URL): `agentmesh admin` "
+            f"needs {service}'s database (or --data-dir DIR for the embedded one of `agentmesh up`)"
+        )
+    return url
 
 
 def _password(stdin: TextIO, out: TextIO, whose: str) -> str:
@@ -67,7 +84,7 @@ def _password(stdin: TextIO, out: TextIO, whose: str) -> str:
 
 
 async def _with_operator(settings: Settings, work: Callable[[Operator], Awaitable[str]]) -> str:
-    engine = db.create_engine(settings.effective_database_url)
+    engine = db.create_engine(_database_url(settings, "identity"))
     redis = redis_client.create_redis(settings.redis_url, mode=settings.redis_mode)
     try:
         if settings.embedded:
@@ -135,10 +152,10 @@ def _users_reset_password(args: argparse.Namespace) -> Callable[[Operator], Awai
 
 @contextlib.asynccontextmanager
 async def _conversation(args: argparse.Namespace) -> AsyncIterator[ConversationService]:
-    """Conversation's service over its tables in the same database (prices, quotas and usage live
-    there); only its operator use cases are called, so nothing reads the hot window or page tokens."""
+    """Conversation's service over its tables (prices, quotas and usage), in conversation's database;
+    only its operator use cases are called, so nothing reads the hot window or page tokens."""
     settings = _settings(args)
-    engine = db.create_engine(settings.effective_database_url)
+    engine = db.create_engine(_database_url(settings, "conversation"))
     redis = redis_client.create_redis(settings.redis_url)
     try:
         yield ConversationService(
@@ -282,7 +299,8 @@ def cmd_admin(args: argparse.Namespace) -> int:
     except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.ProgrammingError) as exc:
         reason = str(exc.orig or exc).strip().splitlines()[0]
         print(
-            f"agentmesh admin: database error ({reason}); is DATABASE_URL right and `agentmesh migrate` done?",
+            f"agentmesh admin: database error ({reason}); are DATABASE_URL (or AGENTMESH_IDENTITY_DATABASE_URL / "
+            "AGENTMESH_CONVERSATION_DATABASE_URL) right and `agentmesh migrate` done?",
             file=sys.stderr,
         )
         return 1

@@ -20,7 +20,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,9 +51,9 @@ AUDIENCE = "agentmesh"
 
 
 @contextlib.contextmanager
-def fresh_database() -> Iterator[str]:
-    """A PostgreSQL database of its own (SQLAlchemy URL) with every service's migrations applied,
-    dropped on exit."""
+def fresh_database(services: Iterable[str] = SERVICES) -> Iterator[str]:
+    """A PostgreSQL database of its own (SQLAlchemy URL) with the migrations of `services` (default:
+    every service's) applied, dropped on exit."""
     name = f"agentmesh_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_SERVER, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -64,7 +64,7 @@ def fresh_database() -> Iterator[str]:
     async def migrate() -> None:
         engine = create_engine(url)
         try:
-            await migrations.upgrade(engine, list(SERVICES))
+            await migrations.upgrade(engine, list(services))
         finally:
             await engine.dispose()
 

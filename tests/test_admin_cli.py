@@ -9,13 +9,14 @@ import dataclasses
 import os
 import subprocess
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 import httpx
 import jwt
+import psycopg
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -25,8 +26,9 @@ from agentmesh.identity.v1 import identity_service_pb2 as pb
 from agentmesh.identity.v1 import identity_service_pb2_grpc as pb_grpc
 from services.identity.keys import private_pem
 from services.platform.settings import Settings
+from tests.conftest import fresh_database
 from tests.embedded import BIN, run_embedded
-from tests.helpers import bearer
+from tests.helpers import bearer, build_runtime, start_server
 
 PASSWORD = "operator-chosen-secret"
 
@@ -189,10 +191,35 @@ def test_refusals(
     assert (result.returncode, says in result.stderr) == (code, True), result.stderr
 
 
+@pytest.fixture(params=["shared", "split"])
+def layout(
+    request: pytest.FixtureRequest, pg_url: str, redis_url: str
+) -> Iterator[tuple[dict[str, str], str]]:
+    """(the operator's environment, conversation's database): one database for every service
+    (DATABASE_URL), or identity and conversation each in a database of its own that holds only its
+    tables (so a command reading the wrong one fails)."""
+    if request.param == "shared":
+        yield {"DATABASE_URL": pg_url, "REDIS_URL": redis_url}, pg_url
+        return
+    with fresh_database(["identity"]) as identity_db, fresh_database(["conversation"]) as conversation_db:
+        env = {
+            "AGENTMESH_IDENTITY_DATABASE_URL": identity_db,
+            "AGENTMESH_CONVERSATION_DATABASE_URL": conversation_db,
+            "REDIS_URL": redis_url,
+        }
+        yield env, conversation_db
+
+
+def _tables(url: str) -> set[str]:
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://", 1)) as conn:
+        rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {row[0] for row in rows}
+
+
 async def test_prices_quota_and_usage(
-    serve: Callable[..., Any], keys: Any, pg_url: str, redis_url: str
+    layout: tuple[dict[str, str], str], settings: Settings, keys: Any
 ) -> None:
-    env = {"DATABASE_URL": pg_url, "REDIS_URL": redis_url}
+    env, conversation_db = layout
     name = f"use-{uuid.uuid4().hex[:10]}"
     created = ok(
         admin("tenants", "create", name, "--tier", "free", "--owner", "dora", env=env, stdin=PASSWORD)
@@ -202,12 +229,37 @@ async def test_prices_quota_and_usage(
     assert "per million tokens" in ok(
         admin("prices", "set", model, "--input", "2.5", "--output", "10", env=env)
     )
-    listed = ok(admin("prices", "list", env=env))
-    assert any(line.split()[:3] == [model, "2.5", "10"] for line in listed.splitlines()), listed
+    if "DATABASE_URL" in env:  # the listing reads what the usage below reads: once is enough
+        listed = ok(admin("prices", "list", env=env))
+        assert any(line.split()[:3] == [model, "2.5", "10"] for line in listed.splitlines()), listed
     assert "1000 tokens a month" in ok(admin("tenants", "set-quota", name, "--tokens", "1000", env=env))
 
-    running = await serve("conversation")
-    stub = conv_grpc.ConversationServiceStub(running.channel)
+    # Conversation serves from its own database, as its process would.
+    runtime = await build_runtime(dataclasses.replace(settings, database_url=conversation_db), keys)
+    running = await start_server(runtime, "conversation")
+    try:
+        await _spend_and_read(running.channel, env, name, tenant_id, model, keys)
+    finally:
+        await running.close()
+        await runtime.close()
+    if "AGENTMESH_IDENTITY_DATABASE_URL" in env:
+        identity_db = env["AGENTMESH_IDENTITY_DATABASE_URL"]
+        assert "identity_tenants" in _tables(identity_db) and "model_prices" not in _tables(identity_db)
+        assert "model_prices" in _tables(conversation_db) and "identity_tenants" not in _tables(
+            conversation_db
+        )
+        # A command on conversation's tables with only identity's database named: refused, saying which.
+        only_identity = {k: v for k, v in env.items() if k != "AGENTMESH_CONVERSATION_DATABASE_URL"}
+        refused = admin("prices", "list", env=only_identity)
+        assert (refused.returncode, "AGENTMESH_CONVERSATION_DATABASE_URL" in refused.stderr) == (2, True), (
+            refused.stderr
+        )
+
+
+async def _spend_and_read(
+    channel: grpc.aio.Channel, env: dict[str, str], name: str, tenant_id: str, model: str, keys: Any
+) -> None:
+    stub = conv_grpc.ConversationServiceStub(channel)
     auth = bearer(keys.token(tenant=tenant_id, sub="dora", roles=("owner",), tier="free"))
     conv = (
         await stub.CreateConversation(conv_pb.CreateConversationRequest(agent_id="a1"), metadata=auth)
@@ -240,6 +292,8 @@ async def test_prices_quota_and_usage(
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.CheckQuota(conv_pb.CheckQuotaRequest(), metadata=auth)
     assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    if "DATABASE_URL" not in env:
+        return  # what follows does not depend on where the tables are (each admin run costs seconds)
     # Another month has none of it.
     assert ok(admin("usage", name, "--month", "2020-01", env=env)).splitlines()[1].split()[:2] == [
         "TOTAL",

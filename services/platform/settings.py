@@ -407,6 +407,20 @@ class Settings:
         shown="SQLite in the data dir",
         doc="SQLAlchemy URL; `postgresql+psycopg://…` for PostgreSQL",
     )
+    # Each process serves from its own DATABASE_URL; only `agentmesh admin`, which acts on two
+    # services' tables from one process, needs to be told where each one's are.
+    identity_database_url: str = setting(
+        "AGENTMESH_IDENTITY_DATABASE_URL",
+        "",
+        shown="`DATABASE_URL`",
+        doc="`agentmesh admin`: identity's database (tenants, users), when identity has a database of its own",
+    )
+    conversation_database_url: str = setting(
+        "AGENTMESH_CONVERSATION_DATABASE_URL",
+        "",
+        shown="`DATABASE_URL`",
+        doc="`agentmesh admin`: conversation's database (prices, quotas, usage), when conversation has a database of its own",
+    )
     redis_url: str = setting(
         "REDIS_URL", "", shown="in-process fakeredis", doc="`redis://host:port/db` for a real Redis"
     )
@@ -474,6 +488,14 @@ class Settings:
             return self.database_url
         path = pathlib.Path(self.data_dir).resolve() / "agentmesh.db"
         return f"sqlite+aiosqlite:///{path}"
+
+    def database_url_for(self, service: str) -> str:
+        """Where `service`'s tables are: its own database when one is named (identity, conversation),
+        else the shared one (DATABASE_URL, or the embedded SQLite); "" when none is configured."""
+        own = {"identity": self.identity_database_url, "conversation": self.conversation_database_url}
+        if own.get(service):
+            return own[service]
+        return self.database_url or (self.effective_database_url if self.embedded else "")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
