@@ -195,6 +195,18 @@ async def test_xss_in_a_message_never_runs(up: Embedded) -> None:
         hrefs = await page.locator(".msg a").evaluate_all("els => els.map(e => e.getAttribute('href'))")
         assert not [h for h in hrefs if h and h.lower().startswith("javascript")], hrefs
         await expect(page.locator(".msg.user").first).to_contain_text("<img src=x")  # shown as text
+        # Clicking what was written as a javascript: link (in the question and in the answer) and
+        # every link the page did render: nothing runs and the page does not navigate.
+        written = page.locator(".msg", has_text="javascript:")
+        assert await written.count() == 4  # two payloads, each as a question and in its answer
+        for message in await written.all():
+            await message.get_by_text("javascript:", exact=False).first.click()
+        for link in await page.locator(".msg a").all():
+            await link.click()
+        await page.wait_for_timeout(300)
+        assert await page.evaluate("window.__xss") is None
+        assert page.url == up.http_url + "/"
+        assert len(page.context.pages) == 1  # no window opened by a click
         await shot(page, "xss")
 
 

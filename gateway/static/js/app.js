@@ -5,6 +5,7 @@ import { bubble, setText, appendText, finish, stored, scrollDown } from "./rende
 import * as sessions from "./sessions.js";
 import { listAgents, renderAgents, AgentEditor } from "./agents.js";
 import { ToolCalls, fromRun, fromStored } from "./tools.js";
+import { decorate, editForm, cutFrom } from "./branches.js";
 
 const store = window.sessionStorage;
 const $ = (sel) => document.querySelector(sel);
@@ -19,6 +20,9 @@ const bubbles = new Map(); // run_id -> element
 // A waiting run's state read at (re)load: {last: its last event id, pending: ids of calls still
 // waiting}. Replayed frames up to `last` must not reopen a call that was answered since.
 const snapshots = new Map();
+// Runs of an edit or a regenerate: when they end, the history is read again (the new branch with
+// its switcher replaces the bubbles shown meanwhile).
+const reloadAfter = new Set();
 
 function toast(text, kind = "error") {
   const el = $("#toast");
@@ -99,6 +103,7 @@ const handlers = {
       if (el) finish(el, m.event, m.error);
       if (m.event === "run_failed") toast("The answer failed: " + (m.error?.message || "unknown error"));
       if (activeRun === m.run_id) setRunning(null);
+      if (reloadAfter.delete(m.run_id)) showSession().catch((e) => toast(e.message));
       refreshSessions();
     }
   },
@@ -125,11 +130,21 @@ async function refreshSessions() {
   try {
     const list = await sessions.listSessions();
     if (!api.token()) return;
-    sessions.renderSessions(list, { agentName, currentId: current?.id, open: openSession, end: endSession });
+    sessions.renderSessions(list, {
+      agentName,
+      currentId: current?.id,
+      open: openSession,
+      end: endSession,
+      rename: renameSession,
+      remove: deleteSession,
+    });
   } catch (e) {
     toast(e.message);
   }
 }
+
+const chatTitle = () =>
+  current.title ? `${current.title} · ${agentName(current.agentId)}` : "Chat with " + agentName(current.agentId);
 
 function showChat() {
   $("#agent-view").hidden = true;
@@ -146,7 +161,7 @@ async function showSession() {
   snapshots.clear();
   setRunning(null);
   if (!current) return;
-  $("#chat-title").textContent = "Chat with " + (current.title || agentName(current.agentId));
+  $("#chat-title").textContent = chatTitle();
   const ended = current.state === "SESSION_STATE_ENDED";
   $("#composer").disabled = ended;
   $("#send").disabled = ended;
@@ -175,6 +190,7 @@ async function showSession() {
 function showStored(messages, run) {
   const results = new Map(messages.filter((m) => m.role === "MESSAGE_ROLE_TOOL").map((m) => [m.toolCallId, m]));
   const byRun = new Map();
+  const decorated = [];
   for (const m of messages) {
     // The live run's answer is not stored yet, except as a partial; it streams in below instead.
     if (run && m.metadata?.run_id === run.id) continue;
@@ -182,9 +198,75 @@ function showStored(messages, run) {
     const runId = m.metadata?.run_id;
     let el = m.role === "MESSAGE_ROLE_ASSISTANT" && runId ? byRun.get(runId) : null;
     if (el && m.content) setText(el, m.content);
-    if (!el) el = stored(m);
+    if (!el) {
+      el = stored(m);
+      decorated.push([el, m]); // a run's first answer message carries its siblings
+    }
     if (m.role === "MESSAGE_ROLE_ASSISTANT" && runId) byRun.set(runId, el);
     for (const ref of m.toolCalls || []) tools.show(el, runId, current.id, fromStored(ref, results.get(ref.id)));
+  }
+  const enabled = current.state !== "SESSION_STATE_ENDED";
+  for (const [el, m] of decorated) decorate(el, m, { edit: editMessage, regenerate, switchTo: switchBranch, enabled });
+}
+
+// ---- branches ----
+function idle() {
+  if (!activeRun) return true;
+  toast("Wait for the answer to finish (or stop it) first.");
+  return false;
+}
+
+// A run of an edit or a regenerate: the bubbles from `el` on give way to its answer as it streams.
+function followBranch(run, el, userText) {
+  cutFrom(el);
+  if (userText !== undefined) bubble("user", userText);
+  reloadAfter.add(run.id);
+  setRunning(run.id);
+  runBubble(run.id);
+  socket.follow(run.id, current.id, 0);
+}
+
+function editMessage(el, m) {
+  if (!idle()) return;
+  editForm(el, m.content, {
+    cancel: () => showSession().catch((e) => toast(e.message)),
+    save: async (text) => {
+      try {
+        const { run } = await api.call("OrchestrationService.EditMessage", {
+          sessionId: current.id,
+          messageId: m.id,
+          text,
+          requestId: crypto.randomUUID(),
+        });
+        followBranch(run, el, text);
+      } catch (e) {
+        toast(e.message);
+      }
+    },
+  });
+}
+
+async function regenerate(el, m) {
+  if (!idle()) return;
+  try {
+    const { run } = await api.call("OrchestrationService.RegenerateAnswer", {
+      sessionId: current.id,
+      messageId: m.id,
+      requestId: crypto.randomUUID(),
+    });
+    followBranch(run, el);
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+async function switchBranch(messageId) {
+  if (!idle()) return;
+  try {
+    await api.call("OrchestrationService.SwitchBranch", { sessionId: current.id, messageId });
+    await showSession();
+  } catch (e) {
+    toast(e.message);
   }
 }
 
@@ -194,7 +276,7 @@ async function openSession(s) {
     userId: s.userId,
     conversationId: s.conversationId,
     agentId: s.agentId,
-    title: agentName(s.agentId),
+    title: s.title || "",
     state: s.state,
   };
   store.setItem("session", JSON.stringify(current));
@@ -217,6 +299,40 @@ async function endSession(s) {
       $("#send").disabled = true;
     }
     toast("Session ended", "ok");
+    await refreshSessions();
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+async function renameSession(s, title) {
+  try {
+    await sessions.renameSession(s.id, title);
+    if (current?.id === s.id) {
+      current.title = title;
+      store.setItem("session", JSON.stringify(current));
+      $("#chat-title").textContent = chatTitle();
+    }
+    toast("Session renamed", "ok");
+    await refreshSessions();
+  } catch (e) {
+    toast(e.message);
+  }
+}
+
+async function deleteSession(s) {
+  try {
+    await sessions.deleteSession(s.id);
+    if (current?.id === s.id) {
+      current = null;
+      store.removeItem("session");
+      $("#messages").textContent = "";
+      $("#chat-title").textContent = "Pick an agent to start a session";
+      $("#composer").disabled = true;
+      $("#send").disabled = true;
+      setRunning(null);
+    }
+    toast("Session deleted", "ok");
     await refreshSessions();
   } catch (e) {
     toast(e.message);
@@ -341,6 +457,13 @@ function send() {
   if (!socket.send({ type: "chat_message", session_id: current.id, content, request_id: crypto.randomUUID() })) {
     toast("Not connected yet; try again in a moment.");
     return;
+  }
+  // A session without a title takes its first message's beginning (the list shows it).
+  if (!current.title && !$("#messages .msg")) {
+    const title = content.replace(/\s+/g, " ").slice(0, 60);
+    current.title = title;
+    store.setItem("session", JSON.stringify(current));
+    sessions.renameSession(current.id, title).then(refreshSessions, () => {});
   }
   bubble("user", content);
   input.value = "";

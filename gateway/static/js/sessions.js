@@ -1,7 +1,6 @@
 // The user's sessions (ListSessions), reopening one (its history from ListMessages and its
-// unfinished run from ListRuns), ending one (EndSession), and search across conversations.
-// Rename and delete need RPCs that do not exist yet: when OrchestrationService.UpdateSession /
-// DeleteSession appear in /v1/_routes, `sessionActions` is where their buttons go.
+// unfinished run from ListRuns), renaming (UpdateSession), ending (EndSession) and deleting one
+// (DeleteSession), and search across conversations.
 import { api } from "./api.js";
 
 const $ = (sel) => document.querySelector(sel);
@@ -40,8 +39,17 @@ export async function endSession(sessionId) {
   await api.call("OrchestrationService.EndSession", { sessionId });
 }
 
-// Renders the list; open(session) reopens one, end(session) ends it.
-export function renderSessions(sessions, { agentName, currentId, open, end }) {
+export async function renameSession(sessionId, title) {
+  await api.call("OrchestrationService.UpdateSession", { session: { id: sessionId, title }, updateMask: "title" });
+}
+
+export async function deleteSession(sessionId) {
+  await api.call("OrchestrationService.DeleteSession", { sessionId });
+}
+
+// Renders the list; open(session) reopens one, end(session) ends it, rename(session, title) and
+// remove(session) rename and delete it.
+export function renderSessions(sessions, { agentName, currentId, open, end, rename, remove }) {
   const list = $("#sessions");
   list.textContent = "";
   for (const s of sessions) {
@@ -52,27 +60,76 @@ export function renderSessions(sessions, { agentName, currentId, open, end }) {
     b.dataset.sessionId = s.id;
     const title = document.createElement("span");
     title.className = "title";
-    title.textContent = agentName(s.agentId);
+    title.textContent = s.title || agentName(s.agentId);
     const meta = document.createElement("span");
     meta.className = "meta";
-    meta.textContent = (s.state === "SESSION_STATE_ENDED" ? "ended · " : "") + when(s.updateTime || s.createTime);
+    meta.textContent =
+      (s.title ? agentName(s.agentId) + " · " : "") +
+      (s.state === "SESSION_STATE_ENDED" ? "ended · " : "") +
+      when(s.updateTime || s.createTime);
     b.append(title, meta);
     b.onclick = () => open(s);
     li.appendChild(b);
-    li.append(...sessionActions(s, end, agentName(s.agentId)));
+    const name = s.title || agentName(s.agentId);
+    const actions = document.createElement("span");
+    actions.className = "session-actions";
+    actions.append(
+      small("Rename", "Rename session " + name, () => renameForm(li, s, rename)),
+      ...(s.state === "SESSION_STATE_ENDED" ? [] : [small("End", "End session " + name, () => end(s))]),
+      small("Delete", "Delete session " + name, () => {
+        // Deleting erases the conversation for good: asked once more.
+        if (window.confirm(`Delete the session "${name}" and its messages? This cannot be undone.`)) remove(s);
+      }),
+    );
+    li.appendChild(actions);
     list.appendChild(li);
   }
 }
 
-function sessionActions(s, end, name) {
-  if (s.state === "SESSION_STATE_ENDED") return [];
+function small(text, label, onclick) {
   const b = document.createElement("button");
   b.type = "button";
   b.className = "small";
-  b.textContent = "End";
-  b.setAttribute("aria-label", "End session with " + name);
-  b.onclick = () => end(s);
-  return [b];
+  b.textContent = text;
+  b.setAttribute("aria-label", label);
+  b.onclick = onclick;
+  return b;
+}
+
+// The list item becomes a form with the title; Enter saves, Escape or Cancel gives up.
+function renameForm(li, s, rename) {
+  const form = document.createElement("form");
+  form.className = "rename-form";
+  const id = "rename-" + s.id;
+  const label = document.createElement("label");
+  label.className = "sr-only";
+  label.htmlFor = id;
+  label.textContent = "New session title";
+  const input = document.createElement("input");
+  input.id = id;
+  input.name = "title";
+  input.maxLength = 256;
+  input.value = s.title || "";
+  const save = document.createElement("button");
+  save.type = "submit";
+  save.className = "small";
+  save.textContent = "Save";
+  const cancel = small("Cancel", "Cancel renaming", () => form.replaceWith(...kept));
+  const kept = [...li.childNodes];
+  form.append(label, input, save, cancel);
+  form.onsubmit = (e) => {
+    e.preventDefault();
+    rename(s, input.value.trim());
+  };
+  input.onkeydown = (e) => {
+    if (e.key === "Escape") {
+      e.stopPropagation();
+      form.replaceWith(...kept);
+    }
+  };
+  li.textContent = "";
+  li.appendChild(form);
+  input.focus();
 }
 
 export async function search(query) {
