@@ -419,6 +419,9 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                     results[chats][side] = await measure(running, chats, args, text)
             for line in report(chats, list(results[chats].values()), provider):
                 print(line, flush=True)
+            for note in servers.notes:
+                print(f"  note: {note}", flush=True)
+            servers.notes.clear()
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
     return figures(results, provider, args.delay_ms)
