@@ -9,6 +9,7 @@ the renew interval) AND its owner's heartbeat in PostgreSQL (runs.heartbeat_us) 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -94,31 +95,49 @@ class LeaseSweeper:
             message += f" while tool calls were in flight: {named}"
         error = RunError("UNAVAILABLE", message)
         last = await self._events.last_event_id(run.id)
+        # Each call in flight gets its TOOL_CALL_COMPLETED (an error result), then the run its end.
+        closed = [
+            dataclasses.replace(
+                c,
+                status=ToolCallStatus.COMPLETED,
+                output=f"{stopped} before this call's result arrived",
+                is_error=True,
+            )
+            for c in in_flight
+        ]
         if not await self._store.finish_run(
-            run.id, state=RunState.FAILED, now_us=micros(self._clock), last_event_id=last + 1, error=error
+            run.id,
+            state=RunState.FAILED,
+            now_us=micros(self._clock),
+            last_event_id=last + 1 + len(closed),
+            error=error,
         ):
             return False
-        if in_flight:
+        if closed:
             # Closed by the sweeper that ended the run: no call is left without a result.
-            output = f"{stopped} before this call's result arrived"
-            await self._store.close_running_calls(run.id, output, micros(self._clock))
+            await self._store.close_running_calls(run.id, closed[0].output, micros(self._clock))
         await self._store.set_active_run(run.session_id, None, micros(self._clock), only_if=run.id)
         await self._limits.release(run.tenant_id, run.id)
-        for attempt in range(5):
-            event = RunEvent(
-                event_id=last + 1 + attempt,
-                run_id=run.id,
-                session_id=run.session_id,
-                type=EventType.RUN_FAILED,
-                error=error,
-                agent_version=run.agent_version,
-                event_time_us=micros(self._clock),
-            )
-            try:
-                await self._events.append(event)
-                break
-            except StaleWriter:
-                continue
+        ends = [(EventType.TOOL_CALL_COMPLETED, (call,)) for call in closed]
+        next_id = last + 1
+        for type_, calls in [*ends, (EventType.RUN_FAILED, ())]:
+            for _attempt in range(5):
+                event = RunEvent(
+                    event_id=next_id,
+                    run_id=run.id,
+                    session_id=run.session_id,
+                    type=type_,
+                    error=error if type_ is EventType.RUN_FAILED else None,
+                    tool_calls=calls,
+                    agent_version=run.agent_version,
+                    event_time_us=micros(self._clock),
+                )
+                next_id += 1
+                try:
+                    await self._events.append(event)
+                    break
+                except StaleWriter:
+                    continue  # the dead worker's last write took that id: the next one
         log.warning("run failed: lease expired", extra={"fields": {"run_id": run.id}})
         return True
 

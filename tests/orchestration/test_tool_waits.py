@@ -268,6 +268,12 @@ async def test_a_run_killed_during_an_http_call_fails_naming_the_call_in_flight(
     assert (started.name, started.id) == ("lookup", "call_1_0")
     failed = rest[-1]
     assert failed.type == E.RUN_EVENT_TYPE_RUN_FAILED and failed.error.code == "UNAVAILABLE"
+    # Readers of the stream see the call end (an error result) before the run does, ids unbroken.
+    [ended] = [e for e in rest if e.type == E.RUN_EVENT_TYPE_TOOL_CALL_COMPLETED]
+    assert ended.tool_calls[0].id == "call_1_0" and ended.tool_calls[0].is_error
+    assert "stopped" in ended.tool_calls[0].output
+    ids = [e.event_id for e in seen + rest]
+    assert ids == list(range(1, len(ids) + 1))
     assert failed.error.message.endswith("while tool calls were in flight: lookup (call_1_0)")
     run = (await second.stub.GetRun(pb.GetRunRequest(run_id=seen[0].run_id), metadata=second.md())).run
     assert run.state == pb.RUN_STATE_FAILED and run.error.message == failed.error.message
