@@ -35,7 +35,7 @@ import grpc
 import psycopg
 import redis as sync_redis
 
-from bench import agents, chat_load, conversation, gateway, identity, metering, orchestration
+from bench import admission, agents, chat_load, conversation, gateway, identity, metering, orchestration
 from bench import platform as platform_bench
 from bench.harness import Figure
 
@@ -102,6 +102,13 @@ BENCHMARKS = (
         "step 12 (issue 16): run admission with the quota check",
         metering.main,
         ("--runs", "50", "--rounds", "3"),
+        ("--runs", "3", "--rounds", "1"),
+    ),
+    Benchmark(
+        "admission",
+        "step 11 (issue 15): run admission CPU",
+        admission.main,
+        ("--runs", "100", "--rounds", "3"),
         ("--runs", "3", "--rounds", "1"),
     ),
     Benchmark(

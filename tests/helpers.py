@@ -315,7 +315,7 @@ def build_orchestration(
     conversation = ConversationClient(
         runtime.peers.channel(peers.conversation), timeout=options.peer_timeout_seconds
     )
-    store = OrchestrationStore(runtime.engine)
+    store = OrchestrationStore(runtime.engine, autocommit=runtime.autocommit)
     runs = RunManager(
         store=store,
         events=events,

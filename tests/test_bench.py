@@ -42,7 +42,7 @@ def test_smoke_run_reports_every_benchmark(tmp_path: pathlib.Path, flushable_red
     summary = text.split("## Summary", 1)[1].split("## Details", 1)[0]
     rows = [line.split("|")[1:-1] for line in summary.splitlines() if line.startswith("| ")][1:]
     names = [b.name for b in BENCHMARKS]
-    assert len(names) == 8
+    assert len(names) == 9
     for name in names:
         own = [row for row in rows if row[0].strip() == name]
         assert own, f"no row for {name}"

@@ -51,7 +51,7 @@ async def build(runtime: Runtime) -> Built[OrchestrationService]:
     conversation = ConversationClient(
         runtime.peers.channel(settings.peers.conversation), timeout=options.peer_timeout_seconds
     )
-    store = OrchestrationStore(runtime.engine)
+    store = OrchestrationStore(runtime.engine, autocommit=runtime.autocommit)
     runs = RunManager(
         store=store,
         events=events,

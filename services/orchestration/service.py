@@ -35,6 +35,7 @@ from services.orchestration.models import (
     ToolDecision,
     ToolOutput,
 )
+from services.orchestration.quota import QuotaChecks
 from services.orchestration.waiting import (
     answered_outputs,
     decided_calls,
@@ -185,6 +186,7 @@ class OrchestrationService:
         self.runs = runs
         self.agents = agents
         self._conversation = conversation
+        self._quota = QuotaChecks(conversation)
         self._locks = locks
         self._page_tokens = page_tokens
         self._options = options
@@ -482,8 +484,9 @@ class OrchestrationService:
 
         Asked on every admission, not cached: a cached "under quota" would admit a whole cache
         window of runs past the edge, and the check is one indexed read in conversation (its cost at
-        50 concurrent runs: bench/metering.py)."""
-        await self._conversation.check_quota(token=caller.token)
+        50 concurrent runs: bench/metering.py). Concurrent admissions of a tenant share a call that
+        started after they all arrived (quota.QuotaChecks), which keeps that bound."""
+        await self._quota.check(caller)
 
     def _check_message(self, text: str, request_id: str) -> None:
         if not text.strip():

@@ -11,8 +11,10 @@ import uuid
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+import psycopg
 import redis.asyncio as aioredis
 import sqlalchemy as sa
+from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from services.orchestration.models import (
@@ -29,6 +31,8 @@ from services.orchestration.models import (
     Usage,
 )
 from services.platform import errors
+from services.platform.batching import Batcher
+from services.platform.db import AutocommitPool
 
 metadata = sa.MetaData()
 
@@ -195,6 +199,49 @@ def _run(row: Any) -> Run:
     )
 
 
+# Run admission's statements on PostgreSQL (OrchestrationStore._fetch); SQLite takes the Core ones.
+_SESSION_SQL = "SELECT * FROM sessions WHERE id = %(id)s AND tenant_id = %(tenant)s"
+_LIVE_RUNS_SQL = "SELECT * FROM runs WHERE session_id = %(session)s AND state = ANY(%(states)s) ORDER BY create_time_us, id"
+# QUEUED -> RUNNING for a batch of runs, and each started run's session names it as its active run,
+# in one statement (a data-modifying CTE runs exactly once, read or not).
+_BEGIN_RUNS_SQL = """
+WITH input AS (
+    SELECT * FROM json_to_recordset(%(batch)s::json) AS i(run_id text, session_id text, version bigint)
+), moved AS (
+    UPDATE runs SET state = %(running)s, agent_version = input.version, start_time_us = %(now)s
+    FROM input WHERE runs.id = input.run_id AND runs.state = %(queued)s
+    RETURNING runs.id, input.session_id
+), active AS (
+    UPDATE sessions SET active_run_id = moved.id, update_time_us = %(now)s
+    FROM moved WHERE sessions.id = moved.session_id
+)
+SELECT id FROM moved
+"""
+
+
+def _run_values(run: Run, request_id: str | None) -> dict[str, Any]:
+    """A new run's row."""
+    return {
+        "id": run.id,
+        "tenant_id": run.tenant_id,
+        "session_id": run.session_id,
+        "user_id": run.user_id,
+        "state": RUN_STATE_CODES[run.state],
+        "agent_version": run.agent_version,
+        "input_text": run.input_text,
+        "request_id": request_id or None,
+        "user_message_id": "",
+        "assistant_message_id": "",
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "last_event_id": run.last_event_id,
+        "create_time_us": run.create_time_us,
+        "model_override": run.model_override or None,
+        "response_format": _format_text(run.response_format),
+        "steps": 0,
+    }
+
+
 def _call(row: Any) -> RunToolCall:
     return RunToolCall(
         id=row.call_id,
@@ -232,8 +279,16 @@ def _call_values(run_id: str, position: int, call: RunToolCall, now_us: int) -> 
 class OrchestrationStore:
     """Sessions and runs. Every read is scoped by tenant; the sweeper's scan is the one exception."""
 
-    def __init__(self, engine: AsyncEngine):
+    def __init__(self, engine: AsyncEngine, *, autocommit: AutocommitPool | None = None):
+        """`autocommit`: the runtime's psycopg pool, which it has exactly when the database is
+        PostgreSQL; run admission's statements then go through it (`_fetch`)."""
         self._engine = engine
+        self._autocommit = autocommit
+        # Run admission's writes, shared by concurrent admissions (bench/admission.py).
+        self._run_inserts: Batcher[dict[str, Any], None] = Batcher(self._insert_runs, max_batch=256)
+        self._run_starts: Batcher[tuple[str, str, int, int], bool] = Batcher(
+            self._begin_runs, key=lambda item: item[1], max_batch=256
+        )
 
     # Sessions -------------------------------------------------------------------------------------
 
@@ -266,7 +321,19 @@ class OrchestrationStore:
             row = (await conn.execute(query)).first()
         return _session(row) if row else None
 
+    async def _fetch(self, sql: str, params: dict[str, Any] | list[Any]) -> list[Any]:
+        """One autocommit statement on psycopg directly: run admission's reads and writes, where
+        SQLAlchemy's checkout, statement and result layers cost about four times the statement's
+        own CPU (bench/admission.py)."""
+        assert self._autocommit is not None
+        async with self._autocommit.connection() as raw, raw.cursor(row_factory=namedtuple_row) as cursor:
+            await cursor.execute(sql, params)
+            return await cursor.fetchall() if cursor.description is not None else []
+
     async def get_session(self, tenant_id: str, session_id: str) -> Session | None:
+        if self._autocommit is not None:
+            found = await self._fetch(_SESSION_SQL, {"id": session_id, "tenant": tenant_id})
+            return _session(found[0]) if found else None
         query = sessions.select().where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
@@ -339,28 +406,33 @@ class OrchestrationStore:
     # Runs -----------------------------------------------------------------------------------------
 
     async def insert_run(self, run: Run, *, request_id: str | None) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                runs.insert().values(
-                    id=run.id,
-                    tenant_id=run.tenant_id,
-                    session_id=run.session_id,
-                    user_id=run.user_id,
-                    state=RUN_STATE_CODES[run.state],
-                    agent_version=run.agent_version,
-                    input_text=run.input_text,
-                    request_id=request_id or None,
-                    user_message_id="",
-                    assistant_message_id="",
-                    prompt_tokens=0,
-                    completion_tokens=0,
-                    last_event_id=run.last_event_id,
-                    create_time_us=run.create_time_us,
-                    model_override=run.model_override or None,
-                    response_format=_format_text(run.response_format),
-                    steps=0,
-                )
-            )
+        """The run's row. Admissions that arrive while an insert is on the wire share the next one
+        (one transaction, one multi-row INSERT: platform.batching.Batcher, no timer)."""
+        await self._run_inserts.submit(_run_values(run, request_id))
+
+    async def _insert_runs(self, batch: list[dict[str, Any]]) -> list[BaseException | None]:
+        try:
+            if self._autocommit is not None:
+                columns = list(batch[0])
+                row = "(" + ", ".join(["%s"] * len(columns)) + ")"
+                sql = f"INSERT INTO runs ({', '.join(columns)}) VALUES " + ", ".join([row] * len(batch))
+                await self._fetch(sql, [values[c] for values in batch for c in columns])
+            else:
+                async with self._engine.begin() as conn:
+                    await conn.execute(runs.insert(), batch)
+        except (sa.exc.IntegrityError, psycopg.IntegrityError):
+            # A twin request_id undoes the whole statement: one by one, only the twin fails.
+            if len(batch) == 1:
+                raise
+            return [await self._insert_alone(values) for values in batch]
+        return [None] * len(batch)
+
+    async def _insert_alone(self, values: dict[str, Any]) -> BaseException | None:
+        try:
+            await self._insert_runs([values])
+        except Exception as exc:  # that run's failure, not its batch's
+            return exc
+        return None
 
     async def get_run(self, tenant_id: str, run_id: str) -> Run | None:
         query = runs.select().where(runs.c.id == run_id, runs.c.tenant_id == tenant_id)
@@ -376,6 +448,9 @@ class OrchestrationStore:
 
     async def live_runs(self, session_id: str) -> list[Run]:
         """The session's queued and running runs, oldest first."""
+        if self._autocommit is not None:
+            rows = await self._fetch(_LIVE_RUNS_SQL, {"session": session_id, "states": list(LIVE_STATES)})
+            return [_run(r) for r in rows]
         query = (
             runs.select()
             .where(runs.c.session_id == session_id, runs.c.state.in_(LIVE_STATES))
@@ -415,17 +490,49 @@ class OrchestrationStore:
         async with self._engine.connect() as conn:
             return [_run(r) for r in await conn.execute(query)]
 
-    async def start_run(self, run_id: str, *, agent_version: int, now_us: int) -> bool:
-        """QUEUED -> RUNNING; False when the run is no longer queued (cancelled or swept)."""
-        stmt = (
-            runs.update()
-            .where(runs.c.id == run_id, runs.c.state == RUN_STATE_CODES[RunState.QUEUED])
-            .values(
-                state=RUN_STATE_CODES[RunState.RUNNING], agent_version=agent_version, start_time_us=now_us
+    async def begin_run(self, run_id: str, *, session_id: str, agent_version: int, now_us: int) -> bool:
+        """QUEUED -> RUNNING and the session's active run, in one transaction shared with the runs
+        that start meanwhile (one session once per batch); False when the run is no longer queued
+        (cancelled or swept)."""
+        return await self._run_starts.submit((run_id, session_id, agent_version, now_us))
+
+    async def _begin_runs(self, batch: list[tuple[str, str, int, int]]) -> list[bool]:
+        versions = {run_id: version for run_id, _, version, _ in batch}
+        now = max(now for *_, now in batch)
+        if self._autocommit is not None:
+            rows = await self._fetch(
+                _BEGIN_RUNS_SQL,
+                {
+                    "batch": json.dumps(
+                        [{"run_id": r, "session_id": s, "version": v} for r, s, v, _ in batch]
+                    ),
+                    "now": now,
+                    "running": RUN_STATE_CODES[RunState.RUNNING],
+                    "queued": RUN_STATE_CODES[RunState.QUEUED],
+                },
             )
-        )
+            started = {row.id for row in rows}
+            return [run_id in started for run_id, *_ in batch]
         async with self._engine.begin() as conn:
-            return (await conn.execute(stmt)).rowcount == 1
+            moved = await conn.execute(
+                runs.update()
+                .where(runs.c.id.in_(list(versions)), runs.c.state == RUN_STATE_CODES[RunState.QUEUED])
+                .values(
+                    state=RUN_STATE_CODES[RunState.RUNNING],
+                    agent_version=sa.case(versions, value=runs.c.id),
+                    start_time_us=now,
+                )
+                .returning(runs.c.id)
+            )
+            started = {row.id for row in moved}
+            active = {session_id: run_id for run_id, session_id, _, _ in batch if run_id in started}
+            if active:
+                await conn.execute(
+                    sessions.update()
+                    .where(sessions.c.id.in_(list(active)))
+                    .values(active_run_id=sa.case(active, value=sessions.c.id), update_time_us=now)
+                )
+        return [run_id in started for run_id, *_ in batch]
 
     async def update_run(self, run_id: str, **values: Any) -> None:
         async with self._engine.begin() as conn:
@@ -644,6 +751,16 @@ class OrchestrationStore:
 SESSION_LOCK_KEY = "{{session:{session_id}}}:lock"
 
 
+# Deletes the lock only while it is still the caller's (its TTL may have passed and another taken
+# it): one round trip where GET then DEL took two.
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+    return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
 class SessionLocks:
     """A short Redis lock per session (SET NX PX, released only by its holder)."""
 
@@ -651,6 +768,7 @@ class SessionLocks:
         self._redis = redis
         self._wait = wait_seconds
         self._ttl_ms = ttl_ms
+        self._release = redis.register_script(_RELEASE_LOCK)
 
     @contextlib.asynccontextmanager
     async def session(self, session_id: str) -> AsyncIterator[None]:
@@ -664,5 +782,4 @@ class SessionLocks:
         try:
             yield
         finally:
-            if await self._redis.get(key) == token:
-                await self._redis.delete(key)
+            await self._release(keys=[key], args=[token])

@@ -376,9 +376,10 @@ class RunWorker:
         caller, session = h.caller, h.session
         agent = await self._agents.get(session.agent_id, tenant_id=caller.tenant_id, token=caller.token)
         h.agent_version = agent.version
-        if not await self._store.start_run(h.run.id, agent_version=agent.version, now_us=micros(self._clock)):
+        if not await self._store.begin_run(
+            h.run.id, session_id=session.id, agent_version=agent.version, now_us=micros(self._clock)
+        ):
             raise Lost()
-        await self._store.set_active_run(session.id, h.run.id, micros(self._clock))
         await self._emit(h, EventType.RUN_STARTED)
         user_message_id = await self._user_message(h)
         await self._store.update_run(h.run.id, user_message_id=user_message_id)
