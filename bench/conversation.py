@@ -6,6 +6,8 @@
    layer directly (no gRPC, no auth), which shows where the time goes.
 2. GetContext p50 for a conversation of 100 messages against one of 100,000 (bulk-inserted), as a ratio.
 3. SearchConversations latency over a corpus of --messages messages (one tenant, the worst case).
+4. Branches: the active path's reads (GetContext, ListMessages) inside a tree of 11 branches against
+   a lone path of the same length (min(1,000, --history) messages), and SwitchBranch's cost.
 
     python -m bench.conversation [--seconds 3] [--messages 100000] [--history 100000]
         [--database-url URL (used as is; else a fresh database, dropped after)] [--redis-url URL]
@@ -136,14 +138,23 @@ def _settings(url: str, redis_url: str) -> Settings:
 def _copy_messages(dsn: str, rows: list[tuple[Any, ...]]) -> None:
     """Bulk-inserts message rows with COPY (setup only; the service never writes this way)."""
     with psycopg.connect(dsn) as conn, conn.cursor() as cur:
-        cols = "id, conversation_id, tenant_id, sequence, role, content, token_count, metadata, tool_call_id, request_id, create_time"
+        cols = (
+            "id, conversation_id, tenant_id, sequence, role, content, token_count, metadata, tool_call_id,"
+            " request_id, create_time, parent_id"
+        )
         with cur.copy(f"COPY messages ({cols}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         conn.commit()
 
 
+def _message_id(conversation_id: str, sequence: int) -> str:
+    """A history row's id, derived from its place, so a chunk names its first row's parent."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{conversation_id}/{sequence}")) if sequence else ""
+
+
 def _history_rows(conversation_id: str, tenant: str, start: int, count: int, words: list[str]) -> list[tuple]:
+    """One path (each message the parent of the next), as the service stores an unbranched history."""
     rng = random.Random(f"{conversation_id}:{start}")
     weights = _zipf(len(words))
     now = int(time.time() * 1_000_000)
@@ -151,10 +162,118 @@ def _history_rows(conversation_id: str, tenant: str, start: int, count: int, wor
     for seq in range(start, start + count):
         content = " ".join(rng.choices(words, cum_weights=weights, k=rng.randint(8, 30)))
         out.append(
-            (str(uuid.uuid4()), conversation_id, tenant, seq, "user" if seq % 2 else "assistant", content,
-             -(-len(content) // 4) + 4, "{}", "", "", now)
+            (_message_id(conversation_id, seq), conversation_id, tenant, seq, "user" if seq % 2 else "assistant",
+             content, -(-len(content) // 4) + 4, "{}", "", "", now, _message_id(conversation_id, seq - 1))
         )  # fmt: skip
     return out
+
+
+def _copy_branch(dsn: str, conversation_id: str, tenant: str, fork: int, length: int, tag: str) -> str:
+    """An off-path branch (on_path false): a sibling of the path's message at depth `fork` and its
+    descendants down to depth `length`; the id of its leaf."""
+    now = int(time.time() * 1_000_000)
+
+    def mid(seq: int) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{conversation_id}/{tag}/{seq}"))
+
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur:
+        cols = (
+            "id, conversation_id, tenant_id, sequence, role, content, token_count, metadata, tool_call_id,"
+            " request_id, create_time, parent_id, on_path"
+        )
+        with cur.copy(f"COPY messages ({cols}) FROM STDIN") as copy:
+            for seq in range(fork, length + 1):
+                parent = _message_id(conversation_id, seq - 1) if seq == fork else mid(seq - 1)
+                copy.write_row(
+                    (mid(seq), conversation_id, tenant, seq, "user" if seq % 2 else "assistant",
+                     f"branch {tag} message {seq}", 8, "{}", "", "", now, parent, False)
+                )  # fmt: skip
+        conn.commit()
+    return mid(length)
+
+
+async def _branches(
+    stub: Any,
+    md: Any,
+    dsn: str,
+    runtime: Runtime,
+    tenant: str,
+    words: list[str],
+    *,
+    path: int,
+    seconds: float,
+) -> list[Figure]:
+    """4. Branches (issue 17): the active path's reads on a conversation whose tree holds 10 more
+    branches (each as long as the path) against a single path of the same length, and what a
+    SwitchBranch between two branches that part at depth 2 costs (it rewrites both paths' flags)."""
+    from sqlalchemy import text
+
+    cids = {}
+    for shape in ("path", "tree"):
+        cid = (
+            await stub.CreateConversation(pb.CreateConversationRequest(agent_id="br"), metadata=md)
+        ).conversation.id
+        await asyncio.to_thread(_copy_messages, dsn, _history_rows(cid, tenant, 1, path, words))
+        extra = 0
+        if shape == "tree":
+            for b in range(10):
+                fork = 2 + b * max(1, path // 10) if b else 2
+                fork = min(fork, path)
+                await asyncio.to_thread(_copy_branch, dsn, cid, tenant, fork, path, f"b{b}")
+                extra += path - fork + 1
+        async with runtime.engine.begin() as conn:
+            await conn.execute(
+                text(
+                    "UPDATE conversations SET message_count = :n, path_length = :p, active_leaf_id = :leaf"
+                    " WHERE id = :id"
+                ),
+                {"n": path + extra, "p": path, "id": cid, "leaf": _message_id(cid, path)},
+            )
+        cids[shape] = (cid, extra)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ANALYZE messages")
+    calls = {}
+    for shape, (cid, _) in cids.items():
+        context = pb.GetContextRequest(conversation_id=cid, token_budget=4000)
+        listing = pb.ListMessagesRequest(conversation_id=cid, page_size=50)
+        await stub.GetContext(context, metadata=md)  # fills the hot window
+        calls[f"context {shape}"] = lambda r=context: stub.GetContext(r, metadata=md)
+        calls[f"list {shape}"] = lambda r=listing: stub.ListMessages(r, metadata=md)
+    results = await interleaved(calls, concurrency=1, seconds=seconds / 3)
+    tree_extra = cids["tree"][1]
+    for name, r in results.items():
+        print(
+            f"Branches: {name:<13} p50 {r.p50_ms:7.3f} ms  (path {path} messages; the tree {tree_extra} more)"
+        )
+    context_ratio = results["context tree"].p50_ms / results["context path"].p50_ms
+    list_ratio = results["list tree"].p50_ms / results["list path"].p50_ms
+    # SwitchBranch back and forth between the path and a branch that parts from it at depth 2.
+    tree_id = cids["tree"][0]
+    leaves = [str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tree_id}/b0/{path}")), _message_id(tree_id, path)]
+    turn = itertools.cycle(leaves)
+
+    async def switch() -> Any:
+        request = pb.SwitchBranchRequest(conversation_id=tree_id, message_id=next(turn))
+        return await stub.SwitchBranch(request, metadata=md)
+
+    switched = await measure(switch, concurrency=1, seconds=seconds, warmup=0.2)
+    print(
+        f"Branches: GetContext tree / path {context_ratio:.2f}, ListMessages tree / path {list_ratio:.2f}; "
+        f"SwitchBranch (2 x {path - 1} flags) p50 {switched.p50_ms:.2f} ms p99 {switched.p99_ms:.2f} ms"
+    )
+    return [
+        figure(
+            f"Branches: GetContext and ListMessages p50 on a {path:,}-message path inside a tree of "
+            f"{path + tree_extra:,} messages, against a lone path",
+            f"GetContext {results['context tree'].p50_ms:.2f} vs {results['context path'].p50_ms:.2f} ms; "
+            f"ListMessages (page of 50) {results['list tree'].p50_ms:.2f} vs {results['list path'].p50_ms:.2f} ms "
+            f"(ratio {list_ratio:.2f}); SwitchBranch between branches parting at depth 2 p50 "
+            f"{switched.p50_ms:.2f} ms (median of 3 alternating rounds)",
+            max(context_ratio, list_ratio),
+            "the larger of the two p50 ratios tree / path",
+            at_most=1.2,
+        )
+    ]
 
 
 def _zipf(n: int) -> list[float]:
@@ -320,7 +439,11 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                 from sqlalchemy import text
 
                 await conn.execute(
-                    text("UPDATE conversations SET message_count = :n WHERE id = :id"), {"n": size, "id": cid}
+                    text(
+                        "UPDATE conversations SET message_count = :n, path_length = :n, active_leaf_id = :leaf"
+                        " WHERE id = :id"
+                    ),
+                    {"n": size, "id": cid, "leaf": _message_id(cid, size)},
                 )
             lengths[size] = cid
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -431,6 +554,9 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                 common_r.p50_ms / rare_r.p50_ms,
                 "p50 most frequent word / rare word",
             )
+        )
+        figures += await _branches(
+            stub, md, dsn, runtime, tenant, words, path=min(1000, args.history), seconds=args.seconds
         )
         await channel.close()
     finally:
