@@ -198,14 +198,22 @@ def test_serve_on_a_taken_grpc_port_is_one_line(tmp_path, pg_url, redis_url):
         )
 
 
-def test_serve_gateway_on_a_taken_http_port_is_one_line(tmp_path, redis_url):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_serve_gateway_on_a_taken_http_port_is_one_line(tmp_path, redis_url, workers):
     addresses = {f"AGENTMESH_{s}_ADDR": f"127.0.0.1:{free_port()}" for s in ("IDENTITY", "AGENTS")}
     addresses |= {
         f"AGENTMESH_{s}_ADDR": f"127.0.0.1:{free_port()}" for s in ("CONVERSATION", "ORCHESTRATION")
     }
     with taken_port() as port:
         done = agentmesh(
-            "serve", "gateway", cwd=tmp_path, AGENTMESH_HTTP_PORT=str(port), REDIS_URL=redis_url, **addresses
+            "serve",
+            "gateway",
+            "--workers",
+            workers,
+            cwd=tmp_path,
+            AGENTMESH_HTTP_PORT=str(port),
+            REDIS_URL=redis_url,
+            **addresses,
         )
     line = refused(done, 1)
     assert line == (
