@@ -265,3 +265,24 @@ async def test_regenerate_a_tool_runs_answer(real_mesh: RealMesh) -> None:
     assert new_path[0].id == path[0].id
     assert list(new_path[1].sibling_ids) == [path[1].id, new_path[1].id]
     assert "43" in new_path[3].content and "42" in path[3].content
+
+
+async def test_cancel_an_edit_run_keeps_its_partial_answer_on_the_new_branch(make_real_mesh) -> None:
+    mesh: RealMesh = await make_real_mesh(echo_delay=0.05)
+    session = await _session(mesh)
+    await _send(mesh, session.id, "short")
+    user, answer = await _path(mesh, session)
+    run = await _edit(mesh, session, user.id, LONG)
+    call = mesh.stub.JoinRun(pb.JoinRunRequest(run_id=run.id), metadata=mesh.md())
+    async for reply in call:
+        if reply.event.type == E.RUN_EVENT_TYPE_MESSAGE_DELTA:
+            break
+    cancelled = (await mesh.stub.CancelRun(pb.CancelRunRequest(run_id=run.id), metadata=mesh.md())).run
+    assert cancelled.state == pb.RUN_STATE_CANCELLED
+    path = await _path(mesh, session)
+    assert len(path) == 2 and path[0].content == LONG and path[1].metadata["partial"] == "true"
+    assert f"Echo: {LONG}".startswith(path[1].content)
+    assert list(path[0].sibling_ids) == [user.id, path[0].id]
+    # The first exchange is untouched on its branch.
+    old = await _path(mesh, session, branch_message_id=answer.id)
+    assert [m.id for m in old] == [user.id, answer.id]
