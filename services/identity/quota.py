@@ -1,7 +1,9 @@
 """The tenant's monthly quota for WhoAmI, asked of conversation, which owns usage (identity reads
-no table of conversation's): its GetUsage with no filters, through `peers.call` on the peer channel,
-which forwards the caller's token and deadline. A conversation that is down, slow or refuses makes
-the quota UNKNOWN; WhoAmI answers all the same."""
+no table of conversation's), through `peers.call` on the peer channel, which forwards the caller's
+token and deadline: CheckQuota, the cheaper call (it reads no usage totals), and, only when that
+refuses because the quota is used up, GetUsage, whose answer carries the quota all the same. A
+conversation that is down, slow or refuses otherwise makes the quota UNKNOWN; WhoAmI answers all
+the same."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ log = logging.getLogger("agentmesh.identity")
 # WhoAmI is on every page load and WebSocket connect: the quota may not hold it up for long (the
 # caller's own remaining deadline wins when shorter).
 QUOTA_TIMEOUT_SECONDS = 2.0
+# CheckQuota's reason when a monthly limit is used up (conversation's service.check_quota).
+USED_UP = "MONTHLY_QUOTA_EXHAUSTED"
 
 
 class ConversationQuota:
@@ -30,14 +34,13 @@ class ConversationQuota:
 
     async def quota(self) -> TenantQuota:
         try:
-            reply = await peers.call(self._stub.GetUsage, conv_pb.GetUsageRequest(), timeout=self._timeout)
+            q = await self._read()
         except errors.AgentmeshError as exc:
             log.warning(
                 "quota unknown: conversation did not answer",
                 extra={"fields": {"code": exc.code.name, "error": exc.message[:300]}},
             )
             return UNKNOWN_QUOTA
-        q = reply.quota
         return TenantQuota(
             limit_tokens=q.limit_tokens,
             used_tokens=q.used_tokens,
@@ -46,6 +49,18 @@ class ConversationQuota:
             used_cost_micros=q.used_cost_micros,
             reset_time_us=q.reset_time.ToMicroseconds() if q.HasField("reset_time") else 0,
         )
+
+    async def _read(self) -> conv_pb.Quota:
+        try:
+            checked = await peers.call(
+                self._stub.CheckQuota, conv_pb.CheckQuotaRequest(), timeout=self._timeout
+            )
+            return checked.quota
+        except errors.ResourceExhausted as exc:
+            if exc.reason != USED_UP:
+                raise
+        usage = await peers.call(self._stub.GetUsage, conv_pb.GetUsageRequest(), timeout=self._timeout)
+        return usage.quota
 
 
 class NoQuota:
