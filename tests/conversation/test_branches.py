@@ -296,3 +296,39 @@ async def test_existing_messages_become_one_path(engine: AsyncEngine) -> None:
     ]
     assert [tuple(c) for c in convs] == [("c1", "m3", 3), ("c2", "", 0)]
     await _alembic(engine, "downgrade", "conversation_0003")
+
+
+# UpdateConversation ------------------------------------------------------------------------------
+
+
+async def test_update_conversation_title_and_metadata(alice, make_caller, serve) -> None:
+    from google.protobuf import field_mask_pb2
+
+    def update(conversation_id: str, *paths: str, **fields: Any) -> pb.UpdateConversationRequest:
+        return pb.UpdateConversationRequest(
+            conversation=pb.Conversation(id=conversation_id, **fields),
+            update_mask=field_mask_pb2.FieldMask(paths=list(paths)),
+        )
+
+    conv = await alice.create(title="old", metadata={"k": "v"})
+    reply = await alice.call("UpdateConversation", update(conv.id, "title", title="new", metadata={"x": "y"}))
+    assert reply.conversation.title == "new" and dict(reply.conversation.metadata) == {"k": "v"}
+    reply = await alice.call("UpdateConversation", update(conv.id, "*", title="both", metadata={"x": "y"}))
+    assert reply.conversation.title == "both" and dict(reply.conversation.metadata) == {"x": "y"}
+    # Bad masks and values change nothing.
+    for request in (
+        update(conv.id, title="x"),
+        update(conv.id, "status", title="x"),
+        update(conv.id, "title", title="x" * 513),
+    ):
+        await expect_status(alice.call("UpdateConversation", request), C.INVALID_ARGUMENT)
+    # Another tenant's conversation does not exist for the caller.
+    server = await serve("conversation")
+    eve = make_caller(server.channel, f"tenant-{uuid.uuid4().hex[:8]}", "eve", roles=("owner",))
+    await expect_status(eve.call("UpdateConversation", update(conv.id, "title", title="stolen")), C.NOT_FOUND)
+    # A closed conversation can still be renamed.
+    await alice.call("CloseConversation", conversation_id=conv.id)
+    reply = await alice.call("UpdateConversation", update(conv.id, "title", title="archived"))
+    assert reply.conversation.title == "archived"
+    got = await alice.call("GetConversation", conversation_id=conv.id)
+    assert got.conversation.title == "archived" and dict(got.conversation.metadata) == {"x": "y"}
