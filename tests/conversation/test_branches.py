@@ -1,7 +1,8 @@
 """Issue 17: conversation branches on PostgreSQL (batched appends, real Redis hot window, gRPC) and
 on SQLite (the embedded default, fakeredis): edit, switch, the active path in ListMessages, the
 context window, search and stats; siblings with their index; sequence numbers gap-free along a
-path; nothing deleted; bad input; and the migration that makes existing messages one path."""
+path; nothing deleted; bad input; the migration that makes existing messages one path; and
+UpdateConversation."""
 
 from __future__ import annotations
 
