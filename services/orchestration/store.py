@@ -752,7 +752,7 @@ SESSION_LOCK_KEY = "{{session:{session_id}}}:lock"
 
 
 # Deletes the lock only while it is still the caller's (its TTL may have passed and another taken
-# it): one round trip where GET then DEL took two.
+# it): one command where GET then DEL took two round trips.
 _RELEASE_LOCK = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then
     return redis.call('DEL', KEYS[1])
@@ -768,18 +768,34 @@ class SessionLocks:
         self._redis = redis
         self._wait = wait_seconds
         self._ttl_ms = ttl_ms
-        self._release = redis.register_script(_RELEASE_LOCK)
+        # The locks taken and released meanwhile by other admissions share a pipeline (one round
+        # trip): platform.batching.Batcher, no timer.
+        self._takes: Batcher[tuple[str, bytes], bool] = Batcher(self._take_all, max_batch=512)
+        self._releases: Batcher[tuple[str, bytes], None] = Batcher(self._release_all, max_batch=512)
+
+    async def _take_all(self, locks: list[tuple[str, bytes]]) -> list[bool]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, token in locks:
+                pipe.set(key, token, nx=True, px=self._ttl_ms)
+            return [bool(taken) for taken in await pipe.execute()]
+
+    async def _release_all(self, locks: list[tuple[str, bytes]]) -> list[None]:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, token in locks:
+                pipe.eval(_RELEASE_LOCK, 1, key, token)
+            await pipe.execute()
+        return [None] * len(locks)
 
     @contextlib.asynccontextmanager
     async def session(self, session_id: str) -> AsyncIterator[None]:
         """Serialises the busy-policy decision of one session across instances."""
         key, token = SESSION_LOCK_KEY.format(session_id=session_id), uuid.uuid4().hex.encode()
         deadline = time.monotonic() + self._wait
-        while not await self._redis.set(key, token, nx=True, px=self._ttl_ms):
+        while not await self._takes.submit((key, token)):
             if time.monotonic() > deadline:
                 raise errors.Unavailable("the session is busy; try again", reason="SESSION_LOCKED")
             await asyncio.sleep(0.005)
         try:
             yield
         finally:
-            await self._release(keys=[key], args=[token])
+            await self._releases.submit((key, token))

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import fakeredis
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -272,22 +273,52 @@ async def test_live_runs_and_sessions_read_the_same_on_both_paths(store: Countin
     assert await store.get_session("another-tenant", session.id) is None
 
 
-async def test_the_session_lock_is_released_only_by_its_holder(redis_url: str) -> None:
-    client = create_redis(redis_url, mode=REDIS_MODE)
+@pytest.fixture(params=["redis", "fakeredis"])
+async def lock_redis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Any]:
+    """The suite's Redis, or the embedded default's in-process one (fakeredis with Lua)."""
+    client = (
+        create_redis(redis_url, mode=REDIS_MODE)
+        if request.param == "redis"
+        else fakeredis.aioredis.FakeRedis()
+    )
     try:
-        locks = SessionLocks(client, ttl_ms=200)
-        session_id = uuid.uuid4().hex
-        key = SESSION_LOCK_KEY.format(session_id=session_id)
-        async with locks.session(session_id):
-            assert await client.exists(key)
-        assert not await client.exists(key)
-        # A holder whose lock lapsed and was taken by another does not delete the other's.
-        async with locks.session(session_id):
-            await asyncio.sleep(0.3)
-            await client.set(key, b"someone-else", px=5000)
-        assert await client.get(key) == b"someone-else"
+        yield client
     finally:
         await client.aclose()
+
+
+async def test_the_session_lock_is_released_only_by_its_holder(lock_redis: Any) -> None:
+    locks = SessionLocks(lock_redis, ttl_ms=200)
+    session_id = uuid.uuid4().hex
+    key = SESSION_LOCK_KEY.format(session_id=session_id)
+    async with locks.session(session_id):
+        assert await lock_redis.exists(key)
+    assert not await lock_redis.exists(key)
+    # A holder whose lock lapsed and was taken by another does not delete the other's.
+    async with locks.session(session_id):
+        await asyncio.sleep(0.3)
+        await lock_redis.set(key, b"someone-else", px=5000)
+    assert await lock_redis.get(key) == b"someone-else"
+
+
+async def test_concurrent_lockers_share_round_trips_and_still_exclude_each_other(lock_redis: Any) -> None:
+    locks = SessionLocks(lock_redis)
+    shared = uuid.uuid4().hex
+    inside, most = 0, 0
+
+    async def hold(session_id: str) -> None:
+        nonlocal inside, most
+        async with locks.session(session_id):
+            if session_id == shared:
+                inside += 1
+                most = max(most, inside)
+                await asyncio.sleep(0.01)
+                inside -= 1
+
+    # 8 admissions of one session and 20 of others, at once.
+    await asyncio.gather(*(hold(shared) for _ in range(8)), *(hold(uuid.uuid4().hex) for _ in range(20)))
+    assert most == 1
+    assert not await lock_redis.exists(SESSION_LOCK_KEY.format(session_id=shared))
 
 
 async def test_concurrent_rate_checks_and_slots_refuse_exactly_what_one_at_a_time_would(
