@@ -400,7 +400,8 @@ class OrchestrationService:
         busy_policy: BusyPolicy | None,
     ) -> Run:
         """A run that answers again the user message an assistant message answered (through any
-        tool steps in between); its answer becomes a sibling of that run's first answer."""
+        tool steps in between), with that run's model override and response format; its answer
+        becomes a sibling of that run's first answer."""
         require_id(message_id, "message_id")
         require_request_id(request_id)
         session = await self._visible_session(caller, session_id)
@@ -424,12 +425,17 @@ class OrchestrationService:
             asked = await self._conversation.get_message(
                 session.conversation_id, asked.parent_id, token=caller.token
             )
+        # The answer is asked again as it was asked: the first run's model and response format.
+        run_id = message.metadata.get("run_id", "")
+        first = await self._store.get_run(caller.tenant_id, run_id) if run_id else None
         return await self.send_message(
             caller,
             session_id=session.id,
             text=asked.content,
             request_id=request_id,
             busy_policy=busy_policy,
+            model_override=first.model_override if first else "",
+            response_format=first.response_format if first else None,
             regenerate_from=asked.id,
         )
 

@@ -286,3 +286,15 @@ async def test_cancel_an_edit_run_keeps_its_partial_answer_on_the_new_branch(mak
     # The first exchange is untouched on its branch.
     old = await _path(mesh, session, branch_message_id=answer.id)
     assert [m.id for m in old] == [user.id, answer.id]
+
+
+async def test_regenerate_asks_with_the_first_runs_model_override(real_mesh: RealMesh) -> None:
+    mesh = real_mesh
+    session = await _session(mesh, allow_model_override=True)
+    events = await _send(mesh, session.id, "hi", model_override="echo:other")
+    assert events[-1].model == "echo:other"
+    _, answer = await _path(mesh, session)
+    run = await _regenerate(mesh, session, answer.id)
+    assert run.model_override == "echo:other"
+    events = await _join(mesh, run.id)
+    assert events[-1].type == E.RUN_EVENT_TYPE_RUN_COMPLETED and events[-1].model == "echo:other"
