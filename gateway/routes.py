@@ -214,18 +214,38 @@ def discover(modules: Sequence[ModuleType] | None = None) -> list[Route]:
     return routes_from_files(m.DESCRIPTOR for m in modules)
 
 
+def _prefix(path: str) -> str:
+    """The first two segments (`/v1/agents`), the key the router files routes under."""
+    return "/".join(path.split("/", 3)[:3])
+
+
 @dataclasses.dataclass
 class Router:
-    """Matches a request to a route: 404 when no template matches, 405 when only the verb differs."""
+    """Matches a request to a route: 404 when no template matches, 405 when only the verb differs.
+
+    Routes are filed by their first two segments when those are literal (`/v1/identity`), so a
+    request tries only the templates that can match it (and those with a variable there): trying
+    every template in turn cost about 70 µs a request with ~40 routes (bench/gateway.py, profiled),
+    a third of the gateway's own cost over a bare HTTP-to-gRPC hop."""
 
     routes: list[Route]
 
     def __post_init__(self) -> None:
         self.routes = sorted(self.routes, key=lambda r: -r.template.specificity)
+        literal = {id(r): _prefix(r.template.text) for r in self.routes}
+        for route in self.routes:
+            if "{" in literal[id(route)] or literal[id(route)].count("/") < 2:
+                literal[id(route)] = ""  # may match under any prefix
+        # Each list keeps the specificity order of self.routes.
+        self._anywhere = [r for r in self.routes if not literal[id(r)]]
+        self._by_prefix = {
+            key: [r for r in self.routes if literal[id(r)] in (key, "")]
+            for key in {k for k in literal.values() if k}
+        }
 
     def match(self, method: str, path: str) -> tuple[Route | None, dict[str, str], list[str]]:
         allowed: list[str] = []
-        for route in self.routes:
+        for route in self._by_prefix.get(_prefix(path), self._anywhere):
             params = route.template.match(path)
             if params is None:
                 continue
