@@ -200,8 +200,11 @@ def _run(row: Any) -> Run:
 
 
 # Run admission's statements on PostgreSQL (OrchestrationStore._fetch); SQLite takes the Core ones.
-_SESSION_SQL = "SELECT * FROM sessions WHERE id = %(id)s AND tenant_id = %(tenant)s"
-_LIVE_RUNS_SQL = "SELECT * FROM runs WHERE session_id = %(session)s AND state = ANY(%(states)s) ORDER BY create_time_us, id"
+_SESSIONS_SQL = "SELECT * FROM sessions WHERE id = ANY(%(ids)s)"
+_LIVE_RUNS_SQL = (
+    "SELECT * FROM runs WHERE session_id = ANY(%(sessions)s) AND state = ANY(%(states)s)"
+    " ORDER BY create_time_us, id"
+)
 # QUEUED -> RUNNING for a batch of runs, and each started run's session names it as its active run,
 # in one statement (a data-modifying CTE runs exactly once, read or not).
 _BEGIN_RUNS_SQL = """
@@ -289,6 +292,9 @@ class OrchestrationStore:
         self._run_starts: Batcher[tuple[str, str, int, int], bool] = Batcher(
             self._begin_runs, key=lambda item: item[1], max_batch=256
         )
+        # PostgreSQL: the session and live-run reads of concurrent calls share a statement too.
+        self._session_reads: Batcher[str, Session | None] = Batcher(self._read_sessions, max_batch=256)
+        self._live_reads: Batcher[str, list[Run]] = Batcher(self._read_live_runs, max_batch=256)
 
     # Sessions -------------------------------------------------------------------------------------
 
@@ -330,10 +336,27 @@ class OrchestrationStore:
             await cursor.execute(sql, params)
             return await cursor.fetchall() if cursor.description is not None else []
 
+    async def _read_sessions(self, ids: list[str]) -> list[Session | None]:
+        """The sessions asked for meanwhile, in one statement (the tenant is checked per caller)."""
+        rows = await self._fetch(_SESSIONS_SQL, {"ids": list(set(ids))})
+        found = {row.id: _session(row) for row in rows}
+        return [found.get(i) for i in ids]
+
+    async def _read_live_runs(self, session_ids: list[str]) -> list[list[Run]]:
+        """The live runs of the sessions asked for meanwhile, in one statement; each read started
+        after its caller asked (Batcher), as the busy-policy decision under the lock needs."""
+        rows = await self._fetch(
+            _LIVE_RUNS_SQL, {"sessions": list(set(session_ids)), "states": list(LIVE_STATES)}
+        )
+        by_session: dict[str, list[Run]] = {}
+        for row in rows:
+            by_session.setdefault(row.session_id, []).append(_run(row))
+        return [list(by_session.get(i, ())) for i in session_ids]
+
     async def get_session(self, tenant_id: str, session_id: str) -> Session | None:
         if self._autocommit is not None:
-            found = await self._fetch(_SESSION_SQL, {"id": session_id, "tenant": tenant_id})
-            return _session(found[0]) if found else None
+            found = await self._session_reads.submit(session_id)
+            return found if found is not None and found.tenant_id == tenant_id else None
         query = sessions.select().where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id)
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
@@ -449,8 +472,7 @@ class OrchestrationStore:
     async def live_runs(self, session_id: str) -> list[Run]:
         """The session's queued and running runs, oldest first."""
         if self._autocommit is not None:
-            rows = await self._fetch(_LIVE_RUNS_SQL, {"session": session_id, "states": list(LIVE_STATES)})
-            return [_run(r) for r in rows]
+            return await self._live_reads.submit(session_id)
         query = (
             runs.select()
             .where(runs.c.session_id == session_id, runs.c.state.in_(LIVE_STATES))

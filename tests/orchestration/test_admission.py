@@ -137,6 +137,7 @@ class CountingStore(OrchestrationStore):
     def __init__(self, *args: Any, **kwargs: Any):
         self.inserts: list[int] = []
         self.starts: list[int] = []
+        self.reads: list[int] = []
         super().__init__(*args, **kwargs)
 
     async def _insert_runs(self, batch: list[dict[str, Any]]) -> list[BaseException | None]:
@@ -146,6 +147,14 @@ class CountingStore(OrchestrationStore):
     async def _begin_runs(self, batch: list[tuple[str, str, int, int]]) -> list[bool]:
         self.starts.append(len(batch))
         return await super()._begin_runs(batch)
+
+    async def _read_sessions(self, ids: list[str]) -> list[Session | None]:
+        self.reads.append(len(ids))
+        return await super()._read_sessions(ids)
+
+    async def _read_live_runs(self, session_ids: list[str]) -> list[list[Run]]:
+        self.reads.append(len(session_ids))
+        return await super()._read_live_runs(session_ids)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
@@ -165,7 +174,7 @@ async def store(database_url: str) -> AsyncIterator[CountingStore]:
     else:
         await migrations.upgrade(engine, ["orchestration"])
     try:
-        yield CountingStore(engine, autocommit=autocommit)
+        yield CountingStore(engine, autocommit=autocommit)  # SQLite: no autocommit pool, no shared reads
     finally:
         if autocommit is not None:
             await autocommit.close()
@@ -285,6 +294,30 @@ async def lock_redis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIte
         yield client
     finally:
         await client.aclose()
+
+
+async def test_concurrent_session_and_live_run_reads_share_a_statement_and_keep_tenancy(
+    store: CountingStore,
+) -> None:
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    made = []
+    for n in range(8):
+        session = new_session(tenant)
+        await store.insert_session(session, request_id=None)
+        run = new_run(session, n)
+        await store.insert_run(run, request_id=None)
+        made.append((session, run))
+    await store.finish_run(made[0][1].id, state=RunState.COMPLETED, now_us=5, last_event_id=3)
+    sessions_ = await asyncio.gather(
+        *(store.get_session(tenant, s.id) for s, _ in made),
+        store.get_session("another-tenant", made[1][0].id),
+    )
+    assert sessions_[:-1] == [s for s, _ in made] and sessions_[-1] is None
+    live = await asyncio.gather(*(store.live_runs(s.id) for s, _ in made), store.live_runs("no-such-session"))
+    assert live[0] == [] and live[-1] == []
+    assert [[r.id for r in runs_] for runs_ in live[1:-1]] == [[r.id] for _, r in made[1:]]
+    if store._autocommit is not None:  # PostgreSQL's reads are shared
+        assert max(store.reads) > 1, store.reads
 
 
 async def test_the_session_lock_is_released_only_by_its_holder(lock_redis: Any) -> None:
