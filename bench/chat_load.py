@@ -4,7 +4,7 @@ LangGraph Agent Server (`langgraph dev`, in-memory runtime) streaming the same p
 sides take turns at each N, so every ratio agentmesh / LangGraph comes from the same minutes.
 
     python -m bench.chat_load [--chats 1 50 200 500] [--words 50] [--delay-ms 20]
-        [--sides langgraph embedded postgres services] [--timeout 60] [--database-url URL]
+        [--sides langgraph embedded postgres services] [--timeout 120] [--database-url URL]
 
 Every chat is its own session (LangGraph: its own thread) and sends one message of --words words; the
 echo provider answers "Echo: " and the message one word token every --delay-ms (51 tokens, 50 a
