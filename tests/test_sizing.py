@@ -64,6 +64,7 @@ def test_the_report_is_read_and_what_it_lacks_is_not_measured() -> None:
     report = _report(
         "| chat_load | 300 paced chats, agentmesh serve (process per service): time to first delta p99 | 1.2 | x | y | yes |",
         "| chat_load | 300 paced chats, agentmesh serve (process per service): delivered pace | 0.99 | x | y | yes |",
+        "| chat_load | 300 paced chats, agentmesh serve (process per service): worst gap between deltas p99 | 2 | x | y | yes |",
         "- **Login throughput, bounded by argon2id (c=4)**: Login 40.0/s p50 100.0 ms; argon2id verify alone 51.1/s.",
         "- **300 paced chats, agentmesh serve (process per service): time to first delta p99**: p50 30 ms, p99 120 ms.",
     )
@@ -100,3 +101,21 @@ def test_a_figure_the_harness_formats_is_found() -> None:
     read = sizing.read_report(text)
     assert read["identity_logins_per_s"] == {"per_s": 39.2, "p50_ms": 99.1}
     assert read["gateway_ws_events_per_s"] == 4127.0
+
+
+def test_paced_chats_held_past_their_targets_size_nothing() -> None:
+    report = _report(
+        "| chat_load | 500 paced chats, agentmesh serve (process per service): time to first delta p99 | 9.0 | x | y | **no** |",
+        "| chat_load | 500 paced chats, agentmesh serve (process per service): delivered pace | 0.99 | x | y | yes |",
+        "- **500 paced chats, agentmesh serve (process per service): time to first delta p99**: p50 90 ms, p99 900 ms.",
+    )
+    read = sizing.read_report(report)
+    assert read["orchestration_paced_chats"] == {"chats": 500, "ttfd_p99_ms": 900.0, "targets_met": False}
+    figures = read | {"assumptions": sizing.ASSUMPTIONS}
+    assert sizing.plan(figures)["replicas"]["orchestration"] is None
+    assert "not sized: targets not met at 500" in sizing.render(figures)
+    # A second report fills only what the first lacks.
+    other = sizing.read_report(_report("- **Login throughput (c=4)**: Login 10.0/s p50 50.0 ms; more."))
+    merged = sizing.merge_reports([read, other])
+    assert merged["orchestration_paced_chats"] == read["orchestration_paced_chats"]
+    assert merged["identity_logins_per_s"] == {"per_s": 10.0, "p50_ms": 50.0}
