@@ -15,6 +15,7 @@ from agentmesh.agents.v1 import agents_service_pb2 as agents_pb
 from services.orchestration.clients import AgentsClient
 from services.orchestration.convert import agent_from_proto
 from services.orchestration.models import AgentSnapshot
+from services.platform.cancellation import raise_if_cancelled
 
 log = logging.getLogger("agentmesh.orchestration.agents")
 
@@ -84,6 +85,7 @@ class AgentCache:
         """The background subscriber: reconnects with exponential backoff for as long as it runs."""
         backoff = self._backoff_initial
         while True:
+            raise_if_cancelled()
             try:
                 token = await self._service_token()
                 stream = self._client.watch(token=token, timeout=self._stream_seconds)

@@ -12,6 +12,7 @@ from services.orchestration.events import RunEvents
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import CancelMode
 from services.orchestration.worker import RunHandle
+from services.platform.cancellation import raise_if_cancelled
 from services.platform.error_mapping import DEPENDENCY_ERRORS, unavailable
 
 log = logging.getLogger("agentmesh.orchestration.runs")
@@ -42,6 +43,7 @@ class LeaseKeeper:
         last_renew = time.monotonic()
         while True:
             await asyncio.sleep(self._poll)
+            raise_if_cancelled()
             try:
                 if time.monotonic() - last_renew >= self._renew:
                     held, mode = await self._events.renew_lease(h.run.id, self._owner, self._ttl)

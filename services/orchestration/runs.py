@@ -29,6 +29,7 @@ from services.orchestration.tools.http import HttpToolExecutor
 from services.orchestration.worker import RunHandle, RunWorker
 from services.platform.auth import Principal
 from services.platform.call_context import current_call
+from services.platform.cancellation import raise_if_cancelled
 from services.platform.outbound import OutboundClient
 from services.platform.timestamps import micros
 
@@ -119,6 +120,7 @@ class RunManager:
         another owner, a crash of that task) must not keep vouching for it, and the sweeper then
         needs no owner column or join."""
         while self._handles:
+            raise_if_cancelled()
             try:
                 await self._store.beat(list(self._handles), micros(self._clock))
             except Exception as exc:
@@ -151,18 +153,25 @@ class RunManager:
         handle.task.cancel()
 
     async def shutdown(self, grace: float = 5.0) -> None:
-        """Graceful stop: local runs end now as FAILED (UNAVAILABLE), rather than after their lease."""
+        """Graceful stop: local runs end now as FAILED (UNAVAILABLE), rather than after their lease;
+        a run already finishing (its answer complete) finishes. Returns once every run task and the
+        heartbeat ended (or after `grace`): the Redis pool closes next, and a task still writing
+        then would reconnect the closed client (a cluster client re-initializes and leaks the
+        sockets of its nodes)."""
         tasks = []
         for handle in list(self._handles.values()):
-            if handle.task is not None and not handle.finishing:
+            if handle.task is None:
+                continue
+            if not handle.finishing:
                 handle.stopping = True
                 handle.task.cancel()
-                tasks.append(handle.task)
+            tasks.append(handle.task)
         tasks += self._abandoned
-        if tasks:
-            await asyncio.wait(tasks, timeout=grace)
         if self._beating is not None:
             self._beating.cancel()
+            tasks.append(self._beating)
+        if tasks:
+            await asyncio.wait(tasks, timeout=grace)
         await self._providers.close()
         await self._outbound.aclose()
 

@@ -19,6 +19,7 @@ from services.orchestration.limits import RunLimits
 from services.orchestration.models import EventType, Run, RunError, RunEvent, RunState, ToolCallStatus
 from services.orchestration.store import OrchestrationStore
 from services.orchestration.waiting import end_waiting
+from services.platform.cancellation import raise_if_cancelled
 from services.platform.timestamps import micros
 
 log = logging.getLogger("agentmesh.orchestration.runs")
@@ -144,6 +145,7 @@ class LeaseSweeper:
     async def run(self) -> None:
         """The background job: a sweep at start-up, then every sweep interval."""
         while True:
+            raise_if_cancelled()
             try:
                 # Bounded: a query on a connection that died silently must not stop sweeping forever.
                 await asyncio.wait_for(self.sweep(), timeout=max(10.0, 2 * self._interval))

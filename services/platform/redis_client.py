@@ -21,8 +21,10 @@ from redis.exceptions import ClusterDownError, ConnectionError, TimeoutError
 from services.platform.settings import SettingsError
 
 MODES = ("standalone", "cluster")
-# AGENTMESH_REDIS_RETRY_SECONDS's default (settings.py declares the setting).
-DEFAULT_RETRY_SECONDS = 10.0
+# AGENTMESH_REDIS_RETRY_SECONDS's default (settings.py declares the setting). Shorter than the peer
+# deadline cap (AGENTMESH_PEER_DEADLINE_SECONDS, 10 s): a call that waits for Redis then fails
+# UNAVAILABLE, saying why, before its caller's deadline turns it into a bare DEADLINE_EXCEEDED.
+DEFAULT_RETRY_SECONDS = 8.0
 _BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0
 
 

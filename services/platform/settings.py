@@ -432,7 +432,7 @@ class Settings:
     )
     redis_retry_seconds: float = setting(
         "AGENTMESH_REDIS_RETRY_SECONDS",
-        10.0,
+        8.0,
         parse=number,
         doc="how long a Redis command retries a lost connection (backoff 50 ms doubling to 1 s) before it "
         "fails UNAVAILABLE; `0`: no retry (docs/operations.md, Redis outages)",

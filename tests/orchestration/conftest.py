@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import io
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -131,25 +132,46 @@ async def make_mesh(serve, settings, keys) -> AsyncIterator[Callable[..., Any]]:
         return mesh
 
     yield make
-    # Each step is bounded: a teardown that hung after a test that stopped or abandoned an instance
-    # (seen twice in full runs, never alone) must not hold the suite; what it left is the test's.
+    # Each step is bounded (and a step that ignores its cancellation is left behind, not awaited):
+    # a teardown must not hold the suite; what it left is logged with its stack.
     for mesh in reversed(cleanups):
         await _bounded(mesh.channel.close())
+        # The runs' tasks end within the stop (RunManager.shutdown waits for them, finishing ones
+        # too), before the pools close: a task still writing then would reconnect a closed client.
         await _bounded(mesh.server.stop(0))
-    # Handlers cancelled by the stop finish their clean-up before the pools close under them.
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    if others:
-        await asyncio.wait(others, timeout=0.5)
+    await _end_leftover_tasks()
     for mesh in reversed(cleanups):
         await _bounded(mesh.redis.aclose())
         await _bounded(mesh.runtime.close())
 
 
+log = logging.getLogger("tests")
+
+
 async def _bounded(step: Any, seconds: float = 15) -> None:
-    try:
-        await asyncio.wait_for(step, seconds)
-    except TimeoutError:
-        logging.getLogger("tests").warning("teardown step timed out after %s s: %r", seconds, step)
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if done:
+        task.result()
+        return
+    task.cancel()
+    log.warning("teardown step timed out after %s s: %r\n%s", seconds, step, _stacks([task]))
+
+
+async def _end_leftover_tasks(seconds: float = 0.5) -> None:
+    """Lets the handlers the stop cancelled finish their clean-up before the pools close under them
+    (the fakes' server still runs, so its tasks are not this teardown's to cancel)."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    if others:
+        await asyncio.wait(others, timeout=seconds)
+
+
+def _stacks(tasks: Any) -> str:
+    out = io.StringIO()
+    for task in tasks:
+        out.write(f"--- {task!r}\n")
+        task.print_stack(file=out)
+    return out.getvalue()
 
 
 # With the real conversation service (PostgreSQL) --------------------------------------------------
