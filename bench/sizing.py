@@ -292,7 +292,7 @@ def render(figures: dict[str, Any]) -> str:
         f"report(s) started {source} UTC, and the operation counts of `python -m bench.sizing --measure`). "
         f"A chat here is one user sending a message every {a['message_interval_seconds']:g} s and "
         f"reading a {a['answer_tokens']}-token answer streamed at {a['tokens_per_second']:g} tokens/s; "
-        f"each user logs in {a['logins_per_chat_per_hour']:g} per hour. A figure the report "
+        f"{a['logins_per_chat_per_hour']:g} login(s) per user an hour. A figure the report "
         'lacks is "not measured": run `python -m bench`, then `python -m bench.sizing --measure --write`.'
     )
     return "\n".join([BEGIN, "", intro, "", *rows, "", *per_message, "", *totals, "", *scaling, "", END])
