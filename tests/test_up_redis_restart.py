@@ -2,7 +2,10 @@
 (issue 15): under 20 live paced runs (AGENTMESH_ECHO_DELAY_MS=20) the server is shut down without
 saving (every connection cut, every key gone) and started again on the same port about half a second
 later. No run fails, no client stream ends, every stored answer equals the deltas its client saw, a
-resume afterwards is exact. Before redis-py's retry, all 20 runs failed INTERNAL "ConnectionError"."""
+resume afterwards is exact. Before redis-py's retry, all 20 runs failed INTERNAL "ConnectionError".
+
+AGENTMESH_TEST_REDIS_DOWN_SECONDS (default 0.5) sets how long Redis stays down: how the outage
+tolerance in docs/operations.md was measured."""
 
 import asyncio
 import os
@@ -29,6 +32,7 @@ from tests.helpers import RedisServer, bearer, free_port
 T = pb.RunEventType
 RUNS = 20
 WORDS = 60  # at 20 ms a word, about 1.2 s per answer
+DOWN_SECONDS = float(os.environ.get("AGENTMESH_TEST_REDIS_DOWN_SECONDS", "0.5"))
 
 
 @pytest.fixture
@@ -106,11 +110,11 @@ async def _converse_through_restart(channel: grpc.aio.Channel, redis: RedisServe
 
     tasks = [asyncio.create_task(converse(i)) for i in range(RUNS)]
     await asyncio.wait_for(started.wait(), 30)
-    down = await asyncio.to_thread(redis.restart, 0.5)
+    down = await asyncio.to_thread(redis.restart, DOWN_SECONDS)
     restarted = True
     began = time.monotonic()
     results = await asyncio.gather(*tasks)  # a client stream that ended with an error raises here
-    assert down >= 0.5 and time.monotonic() - began < 30
+    assert down >= DOWN_SECONDS and time.monotonic() - began < 30 + DOWN_SECONDS
 
     messages = cpb_grpc.ConversationServiceStub(channel)
     for i, events in enumerate(results):
