@@ -33,7 +33,8 @@ from services.identity.operator import operator_principal
 from services.orchestration.agent_cache import AgentCache
 from services.orchestration.clients import AgentsClient, ConversationClient
 from services.orchestration.config import OrchestrationOptions
-from services.orchestration.events import RunEvents, stream_client
+from services.orchestration.events import stream_client
+from services.orchestration.hub import EventHub
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import EventType, QuotaState
 from services.orchestration.providers import EchoProvider, Providers
@@ -146,7 +147,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
 
     options = OrchestrationOptions()
     redis = stream_client(settings.redis_url, max_connections=options.max_stream_readers)
-    events = RunEvents(
+    events = EventHub(
         redis, block_ms=options.read_block_ms, retention_seconds=options.event_retention_seconds
     )
     limits = RunLimits(redis, slot_ttl_seconds=options.lease_ttl_seconds, clock=runtime.clock)
@@ -246,6 +247,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
         ]
     finally:
         await runs.shutdown()
+        await events.stop()
         await peers_server.stop(0)
         await redis.aclose()
         await runtime.close()

@@ -25,7 +25,7 @@ from services.orchestration import SERVICE_NAME as ORCHESTRATION
 from services.orchestration.agent_cache import AgentCache
 from services.orchestration.clients import AgentsClient, ConversationClient
 from services.orchestration.config import OrchestrationOptions
-from services.orchestration.events import RunEvents
+from services.orchestration.hub import EventHub
 from services.orchestration.limits import RunLimits
 from services.orchestration.providers import Providers
 from services.orchestration.runs import RunManager
@@ -300,8 +300,12 @@ def build_orchestration(
     """Orchestration as `services.orchestration.build` wires it, with the test's timings, providers
     and service token (no identity), on `redis` (its stream pool, which the caller closes)."""
     peers = runtime.settings.peers
-    events = RunEvents(
-        redis, block_ms=options.read_block_ms, retention_seconds=options.event_retention_seconds
+    events = EventHub(
+        redis,
+        block_ms=options.read_block_ms,
+        retention_seconds=options.event_retention_seconds,
+        reader_buffer_events=options.reader_buffer_events,
+        redis_buffer_events=options.redis_buffer_events,
     )
     limits = RunLimits(redis, slot_ttl_seconds=options.lease_ttl_seconds, clock=runtime.clock)
     agents = AgentCache(
@@ -347,6 +351,6 @@ def build_orchestration(
                 orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
             ),
             background=[agents.run_watch, runs.sweeper.run],
-            on_stop=[runs.shutdown],
+            on_stop=[runs.shutdown, events.stop],
         ),
     )

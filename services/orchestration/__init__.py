@@ -7,7 +7,8 @@ from services.orchestration import providers
 from services.orchestration.agent_cache import AgentCache
 from services.orchestration.clients import AgentsClient, ConversationClient, ServiceTokens
 from services.orchestration.config import OrchestrationOptions
-from services.orchestration.events import RunEvents, stream_client
+from services.orchestration.events import stream_client
+from services.orchestration.hub import EventHub
 from services.orchestration.limits import RunLimits
 from services.orchestration.runs import RunManager
 from services.orchestration.service import OrchestrationService
@@ -25,13 +26,20 @@ async def build(runtime: Runtime) -> Built[OrchestrationService]:
     own = settings.redis_url != ""  # embedded: the runtime's fakeredis
     redis = (
         stream_client(
-            settings.redis_url, max_connections=options.max_stream_readers, mode=settings.redis_mode
+            settings.redis_url,
+            max_connections=options.max_stream_readers,
+            mode=settings.redis_mode,
+            retry_seconds=settings.redis_retry_seconds,
         )
         if own
         else runtime.redis
     )
-    events = RunEvents(
-        redis, block_ms=options.read_block_ms, retention_seconds=options.event_retention_seconds
+    events = EventHub(
+        redis,
+        block_ms=options.read_block_ms,
+        retention_seconds=options.event_retention_seconds,
+        reader_buffer_events=options.reader_buffer_events,
+        redis_buffer_events=options.redis_buffer_events,
     )
     limits = RunLimits(redis, slot_ttl_seconds=options.lease_ttl_seconds, clock=runtime.clock)
     service_token = ServiceTokens(
@@ -84,6 +92,8 @@ async def build(runtime: Runtime) -> Built[OrchestrationService]:
                 orchestration_service_pb2_grpc.add_OrchestrationServiceServicer_to_server(servicer, server)
             ),
             background=[agents.run_watch, runs.sweeper.run],
-            on_stop=[runs.shutdown, events.close] if own else [runs.shutdown],
+            # The hub after the runs' end (their last events go through it); embedded, the pool
+            # is the runtime's and the runtime closes it.
+            on_stop=[runs.shutdown, events.close] if own else [runs.shutdown, events.stop],
         ),
     )

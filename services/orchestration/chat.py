@@ -23,6 +23,8 @@ from services.platform import errors
 from services.platform.auth import Principal
 
 log = logging.getLogger("agentmesh.orchestration.chat")
+# Items waiting for the client's stream (events of every run followed, failures).
+OUT_BUFFER = 256
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +41,11 @@ class ChatSession:
         self._events = events
         self._caller = caller
         self._session_id = session_id
-        self._out: asyncio.Queue[RunEvent | ChatFailure | errors.AgentmeshError | None] = asyncio.Queue()
+        # Bounded: a client that stops reading stops the pumps here, so the hub's bounded buffer
+        # of each run fills and cuts the stream (RESOURCE_EXHAUSTED) instead of memory growing.
+        self._out: asyncio.Queue[RunEvent | ChatFailure | errors.AgentmeshError | None] = asyncio.Queue(
+            OUT_BUFFER
+        )
         self._tailers: dict[str, asyncio.Task[None]] = {}
 
     async def run(self, actions: AsyncIterator[Action]) -> AsyncIterator[RunEvent | ChatFailure]:
@@ -74,8 +80,12 @@ class ChatSession:
             current.cancel()
 
         async def pump() -> None:
-            async for event in stream:
-                await self._out.put(event)
+            try:
+                async for event in stream:
+                    await self._out.put(event)
+            except errors.AgentmeshError as exc:
+                # A cut (slow reader) or a stopping instance ends the whole Chat call with it.
+                await self._out.put(exc)
 
         self._tailers[run_id] = asyncio.create_task(pump())
 

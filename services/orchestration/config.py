@@ -31,9 +31,16 @@ class OrchestrationOptions:
     # A WatchAgents stream is re-opened after this long (the peer channel needs a finite timeout).
     watch_stream_seconds: float = 3600.0
     agent_cache_size: int = 10_000
-    # Orchestration's own Redis pool (events, leases, limits): every live stream being read holds a
-    # connection during its blocking XREAD, so it needs far more than the shared client's 100.
-    max_stream_readers: int = 4000
+    # Orchestration's own Redis pool (events, leases, limits), a blocking pool of this many
+    # connections. A constant: the event hub reads every remote stream with one multiplexed XREAD
+    # and writes every run's events in one pipeline, so no stream holds a connection of its own.
+    max_stream_readers: int = 64
+    # Deltas produced within this window become one event (0: every delta its own event).
+    delta_flush_ms: int = 30
+    # Events buffered for one stream whose client stopped reading before it is cut.
+    reader_buffer_events: int = 2000
+    # Events of one run Redis has not taken (it is unreachable) before the run fails UNAVAILABLE.
+    redis_buffer_events: int = 10000
     # How long CancelRun waits for the run to reach its end before answering.
     cancel_wait_seconds: float = 2.0
     # A run waiting for tool outputs or approvals fails this long after it began to wait.
@@ -51,6 +58,9 @@ class OrchestrationOptions:
             lease_renew_seconds=runs.lease_seconds / 5,
             sweep_interval_seconds=runs.sweep_interval_seconds,
             event_retention_seconds=runs.event_retention_seconds,
+            delta_flush_ms=max(0, runs.delta_flush_ms),
+            reader_buffer_events=runs.reader_buffer_events,
+            redis_buffer_events=runs.redis_buffer_events,
             tool_wait_seconds=tools.wait_seconds,
             tool_allowed_hosts=tools.allowed_hosts,
         )

@@ -17,9 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.typing import KeyT, StreamIdT
 
 from services.orchestration.models import (
@@ -34,7 +32,7 @@ from services.orchestration.models import (
     Usage,
 )
 from services.platform import errors
-from services.platform.redis_client import DEFAULT_RETRY_SECONDS, create_redis, is_cluster, retry_policy
+from services.platform.redis_client import DEFAULT_RETRY_SECONDS, create_redis, is_cluster
 
 # Doubled braces: a literal hash tag around the formatted id.
 EVENTS_KEY = "{{run:{run_id}}}:events"
@@ -48,22 +46,11 @@ log = logging.getLogger("agentmesh.orchestration.runs")
 def stream_client(
     url: str, *, max_connections: int, mode: str = "standalone", retry_seconds: float = DEFAULT_RETRY_SECONDS
 ) -> aioredis.Redis:
-    """Orchestration's own Redis pool (events, leases, limits): every live stream being read holds a
-    connection during its blocking XREAD, so it needs far more than the shared client's. Commands
-    ride through a Redis restart as the shared client's do (`retry_policy`): a blocking read cut by
-    it is sent again from the same position, a write waits for Redis to be back."""
-    if mode != "standalone":
-        return create_redis(url, mode=mode, max_connections=max_connections, retry_seconds=retry_seconds)
-    return aioredis.from_url(
-        url,
-        decode_responses=False,
-        socket_connect_timeout=2,
-        socket_timeout=5,
-        health_check_interval=10,
-        max_connections=max_connections,
-        retry=retry_policy(retry_seconds),
-        retry_on_error=[RedisConnectionError, RedisTimeoutError],
-    )
+    """Orchestration's own Redis pool (events, leases, limits): a blocking pool of a constant size,
+    since the event hub (hub.py) holds no connection per stream. Commands ride through a Redis
+    restart as the shared client's do (`retry_policy`): a blocking read cut by it is sent again
+    from the same position, a write waits for Redis to be back."""
+    return create_redis(url, mode=mode, max_connections=max_connections, retry_seconds=retry_seconds)
 
 
 # The event type codes in the stream entries (unchanged, so instances of every version read them).

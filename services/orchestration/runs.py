@@ -18,7 +18,7 @@ from collections.abc import Callable
 from services.orchestration.agent_cache import AgentCache
 from services.orchestration.clients import ConversationClient
 from services.orchestration.config import OrchestrationOptions
-from services.orchestration.events import RunEvents
+from services.orchestration.hub import EventHub
 from services.orchestration.lease import LeaseKeeper
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import CancelMode, Run, Session
@@ -41,7 +41,7 @@ class RunManager:
         self,
         *,
         store: OrchestrationStore,
-        events: RunEvents,
+        events: EventHub,
         limits: RunLimits,
         agents: AgentCache,
         conversation: ConversationClient,
@@ -71,6 +71,7 @@ class RunManager:
             # One outbound client for every http tool call of this instance (its pool, its checks).
             tool_executor=HttpToolExecutor(self._outbound, clock=clock),
             tool_wait_seconds=options.tool_wait_seconds,
+            delta_flush_seconds=options.delta_flush_ms / 1000,
             clock=clock,
         )
         self.keeper = LeaseKeeper(
@@ -134,6 +135,8 @@ class RunManager:
             await self.worker.work(h)
         finally:
             keeper.cancel()
+            # Its readers here: from memory a moment longer if it ended, else from Redis.
+            self._events.release(h.run.id)
             if self._handles.get(h.run.id) is h:
                 del self._handles[h.run.id]
 

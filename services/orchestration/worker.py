@@ -20,7 +20,8 @@ from typing import Any
 from services.conversation.tokens import ApproximateTokenCounter
 from services.orchestration.agent_cache import AgentCache
 from services.orchestration.clients import ConversationClient
-from services.orchestration.events import RunEvents, StaleWriter
+from services.orchestration.events import StaleWriter
+from services.orchestration.hub import EventHub
 from services.orchestration.limits import RunLimits
 from services.orchestration.models import (
     AgentSnapshot,
@@ -113,6 +114,12 @@ class RunHandle:
     # The run's usage so far: every model step's, and the tool calls executed (a resumed run
     # starts from the sum its row kept while it waited).
     usage: Usage = dataclasses.field(default_factory=Usage)
+    # Delta coalescing: text not yet sent, when the last delta event went (loop time), the timer
+    # that sends the text at the window's end, and what that timer's publish raised.
+    pending: list[str] = dataclasses.field(default_factory=list)
+    last_delta_at: float = float("-inf")
+    flush_timer: asyncio.TimerHandle | None = None
+    delta_error: Exception | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,15 +141,17 @@ class RunWorker:
         self,
         *,
         store: OrchestrationStore,
-        events: RunEvents,
+        events: EventHub,
         limits: RunLimits,
         agents: AgentCache,
         conversation: ConversationClient,
         providers: Providers,
         tool_executor: HttpToolExecutor,
         tool_wait_seconds: float,
+        delta_flush_seconds: float = 0.03,
         clock: Callable[[], float] = time.time,
     ):
+        self._delta_window = delta_flush_seconds
         self._tool_executor = tool_executor
         self._tool_wait_seconds = tool_wait_seconds
         self._store = store
@@ -445,7 +454,7 @@ class RunWorker:
                         reported = delta.usage
                     calls += delta.tool_calls
                     if delta.text:
-                        await self._emit(h, EventType.MESSAGE_DELTA, text_delta=delta.text)
+                        self._delta(h, delta.text)
             except ProviderError as exc:
                 if h.text or exc.code not in FALLBACK_CODES or index == len(candidates) - 1:
                     raise
@@ -456,6 +465,7 @@ class RunWorker:
                 )
                 continue
             break
+        self._flush_deltas(h)
         answer = "".join(h.text)
         structured, mismatch = check_answer(fmt, answer) if fmt is not None and not calls else (None, "")
         # An answer with tool calls (or one to be asked again) is not the run's last: a cancel
@@ -513,7 +523,67 @@ class RunWorker:
             structured=step.structured,
         )
 
+    def _delta(self, h: RunHandle, text: str) -> None:
+        """A delta from the provider: sent at once when none went within the window (a run's
+        first delta never waits), else joined to the text the window's timer sends."""
+        if h.delta_error is not None:
+            self._flush_deltas(h)
+        loop = asyncio.get_running_loop()
+        if not h.pending and loop.time() - h.last_delta_at >= self._delta_window:
+            self._publish_delta(h, text)
+            return
+        h.pending.append(text)
+        if h.flush_timer is None:
+            h.flush_timer = loop.call_at(h.last_delta_at + self._delta_window, self._window_ended, h)
+
+    def _window_ended(self, h: RunHandle) -> None:
+        h.flush_timer = None
+        if h.abandoned or not h.pending:
+            return
+        try:
+            self._flush_deltas(h)
+        except Exception as exc:
+            # Raised in the worker at its next delta or event.
+            h.delta_error = exc
+
+    def _flush_deltas(self, h: RunHandle, *, quiet: bool = False) -> None:
+        """Sends the text the window holds as one event (before any other event of the run, and
+        when the window ends). `quiet`: a run that is ending drops what cannot be sent."""
+        if h.flush_timer is not None:
+            h.flush_timer.cancel()
+            h.flush_timer = None
+        error, h.delta_error = h.delta_error, None
+        if error is None and h.pending:
+            text = "".join(h.pending)
+            h.pending.clear()
+            try:
+                self._publish_delta(h, text)
+            except Exception as exc:
+                error = exc
+        h.pending.clear()
+        if error is not None and not quiet:
+            raise error
+
+    def _publish_delta(self, h: RunHandle, text: str) -> None:
+        event = RunEvent(
+            event_id=h.next_event_id,
+            run_id=h.run.id,
+            session_id=h.run.session_id,
+            type=EventType.MESSAGE_DELTA,
+            agent_version=h.agent_version,
+            event_time_us=micros(self._clock),
+            text_delta=text,
+        )
+        try:
+            self._events.publish(event)
+        except StaleWriter:
+            raise Lost() from None
+        self._written(h, event)
+        h.last_delta_at = asyncio.get_running_loop().time()
+
     async def _emit(self, h: RunHandle, type_: EventType, **fields: object) -> None:
+        # Deltas held by the window go first: event ids follow the order things happened.
+        self._flush_deltas(h, quiet=type_.terminal)
         event = RunEvent(
             event_id=h.next_event_id,
             run_id=h.run.id,
@@ -545,6 +615,7 @@ class RunWorker:
 
     async def _end(self, h: RunHandle, state: RunState, error: RunError) -> None:
         """Ends a run that did not complete: stores its partial answer (unless discarded) and says why."""
+        self._flush_deltas(h, quiet=True)
         partial = "".join(h.text)
         keep = partial and h.cancel_mode is not CancelMode.DISCARD and not h.finishing
         assistant_id = ""

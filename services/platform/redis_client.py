@@ -95,7 +95,14 @@ def create_redis(
         return aioredis.Redis.from_pool(pool)  # closing the client closes the pool
     import fakeredis
 
-    return fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
+    # Blocking, as the server's: fakeredis's default pool (100) fails a command past it with "Too
+    # many connections" (hundreds of concurrent calls each check the deny-list, the rate limit, ...).
+    return fakeredis.FakeAsyncRedis(
+        server=fakeredis.FakeServer(),
+        connection_pool_class=aioredis.BlockingConnectionPool,
+        max_connections=max_connections,
+        timeout=5,
+    )
 
 
 def is_cluster(redis: object) -> bool:

@@ -341,6 +341,24 @@ class RunSettings:
         parse=positive_integer,
         doc="how long a finished run's events stay readable by `JoinRun`",
     )
+    delta_flush_ms: int = setting(
+        "AGENTMESH_RUN_DELTA_FLUSH_MS",
+        30,
+        parse=integer,
+        doc="answer deltas produced within this window become one event (a run's first delta, and one after a quiet window, go at once); 0 sends every delta as its own event",
+    )
+    reader_buffer_events: int = setting(
+        "AGENTMESH_RUN_READER_BUFFER_EVENTS",
+        2000,
+        parse=positive_integer,
+        doc="events held for one stream whose client stopped reading; past it the stream ends RESOURCE_EXHAUSTED (resume with `JoinRun` from the last event id)",
+    )
+    redis_buffer_events: int = setting(
+        "AGENTMESH_RUN_REDIS_BUFFER_EVENTS",
+        10000,
+        parse=positive_integer,
+        doc="events of one run held while Redis is unreachable (local readers keep streaming, Redis gets them when back); past it the run fails UNAVAILABLE",
+    )
 
 
 def hosts(name: str, raw: str) -> tuple[str, ...]:
