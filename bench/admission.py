@@ -67,6 +67,7 @@ def _minus(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float
 
 
 _START_TIMEOUT = 120.0
+_END_TIMEOUT = 120.0
 
 
 class _HeldAtStart:
@@ -122,12 +123,21 @@ class _Graph:
 
 
 async def _finish(graph: _Graph, run_ids: list[str]) -> None:
+    """Until the runs end (outside the measured window); a run that never ends is an error naming
+    it, not a benchmark that waits forever."""
+
     async def drain(run_id: str) -> None:
         async for event in graph.service.events(run_id, 0):
             if event.type.terminal:
                 return
 
-    await asyncio.gather(*(drain(r) for r in run_ids))
+    done, pending = await asyncio.wait([asyncio.create_task(drain(r)) for r in run_ids], timeout=_END_TIMEOUT)
+    for task in pending:
+        task.cancel()
+    if pending:
+        raise RuntimeError(f"{len(pending)} of {len(run_ids)} runs did not end within {_END_TIMEOUT:g} s")
+    for task in done:
+        task.result()
 
 
 async def _sessions(graph: _Graph, n: int) -> list[str]:
