@@ -43,8 +43,9 @@ test: $(STAMP) check-generated lint
 	# The Redis-using suites again on a three-master Redis Cluster of their own: conversation, agents
 	# and identity whole (about 40 s); of orchestration the modules that exercise Redis (runs, leases
 	# and the sweeper, Chat's session streams, Redis losing its keys, tool waits across instances,
-	# busy policies), and the system story on production processes. Measured on 2 shared cores: those
-	# 29 tests 86 s, the whole orchestration suite 229 s; its other modules repeat the same Redis paths.
+	# busy policies), and the system story on production processes. Measured on 2 shared cores,
+	# minutes apart: those 26 orchestration tests 60 s, the whole orchestration suite 117-139 s (229 s
+	# under heavier load), the story 86 s; the other orchestration modules repeat the same Redis paths.
 	AGENTMESH_TEST_REDIS_MODE=cluster $(BIN)/pytest tests/conversation tests/agents tests/identity \
 		tests/orchestration/test_runs.py tests/orchestration/test_chat.py \
 		tests/orchestration/test_redis_loss.py tests/orchestration/test_tool_waits.py \
