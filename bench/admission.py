@@ -210,10 +210,11 @@ async def first_delta(graph: _Graph, runs: int) -> list[float]:
 # What an admission spends its round trips on, counted by functions that are not coroutines (cProfile
 # counts every resume of a coroutine as a call): (label, file, function).
 _COUNTED = (
-    ("SQL statements", "sqlalchemy/engine/base.py", "_execute_context"),
-    ("SQL commits", "sqlalchemy/engine/base.py", "_commit_impl"),
+    ("SQL statements sent", "psycopg/_cursor_base.py", "_execute_send"),
+    ("of them through SQLAlchemy", "sqlalchemy/engine/base.py", "_execute_context"),
+    ("SQLAlchemy commits", "sqlalchemy/engine/base.py", "_commit_impl"),
     ("peer calls", "services/platform/peers.py", "call"),
-    ("Redis commands sent alone", "redis/asyncio/connection.py", "pack_command"),
+    ("Redis commands (alone or in a pipeline)", "redis/asyncio/connection.py", "pack_command"),
     ("Redis pipelines", "redis/asyncio/connection.py", "pack_commands"),
 )
 
