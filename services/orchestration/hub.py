@@ -156,7 +156,7 @@ class EventHub(RunEvents):
         self._wake_position = "0-0"
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._lingering: set[asyncio.TimerHandle] = set()
+        self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._lingering_tasks: set[asyncio.Task[None]] = set()
         self._cluster = is_cluster(redis)
         self._stopped = False
@@ -225,21 +225,29 @@ class EventHub(RunEvents):
             return
         if not run.ended:
             del self._local[run_id]
+            last = run.log[-1].event_id if run.log else 0
             for reader in run.readers:
-                last = run.log[-1].event_id if run.log else 0
-                self._watch(run.key, last, reader, runs=True)
+                if self._closing:
+                    reader.fail(errors.Unavailable("the orchestration instance stopped", reason="STOPPING"))
+                else:
+                    self._watch(run.key, last, reader, runs=True)
             return
-        handle = asyncio.get_running_loop().call_later(LINGER_SECONDS, self._forget, run_id, run)
-        self._lingering.add(handle)
+        self._linger(run_id, run)
+
+    def _linger(self, run_id: str, run: _LocalRun) -> None:
+        self._lingering[run_id] = asyncio.get_running_loop().call_later(
+            LINGER_SECONDS, self._forget, run_id, run
+        )
 
     def _forget(self, run_id: str, run: _LocalRun) -> None:
-        if self._local.get(run_id) is run and run.unwritten == 0:
+        self._lingering.pop(run_id, None)
+        if self._local.get(run_id) is not run:
+            return
+        if run.unwritten == 0:
             del self._local[run_id]
-        elif self._local.get(run_id) is run:
+        else:
             # Still unwritten (Redis is down): kept until the writer has it.
-            self._lingering.add(
-                asyncio.get_running_loop().call_later(LINGER_SECONDS, self._forget, run_id, run)
-            )
+            self._linger(run_id, run)
 
     async def _write_loop(self) -> None:
         backoff, down = 0.05, False
@@ -552,7 +560,7 @@ class EventHub(RunEvents):
         for watch in self._watches.values():
             for reader in watch.readers:
                 reader.fail(stopping)
-        for handle in self._lingering:
+        for handle in self._lingering.values():
             handle.cancel()
         if self._reader is not None and self._reads and not self._cluster:
             await self._nudge()
