@@ -19,6 +19,9 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import Connection
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from services.agents.models import AgentEvent
 from services.platform.redis_client import load_slot_map
@@ -60,11 +63,19 @@ class EventBus:
             return
         await load_slot_map(self._redis)
         pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+        kept_retry: Retry | None = None
         try:
             if tenant_id is None:
                 await pubsub.psubscribe(ALL_CHANNELS)
             else:
                 await pubsub.subscribe(CHANNEL.format(tenant_id=tenant_id))
+            # A lost subscription must end the stream, not be re-made silently by the client's
+            # retry (redis_client.retry_policy): what was published meanwhile is gone, and only a
+            # watcher that hears of the gap (it subscribes again, on_ready) empties its cache.
+            connection: object = pubsub.connection  # typed None until subscribed
+            if isinstance(connection, Connection):
+                kept_retry = connection.retry
+                connection.retry = Retry(NoBackoff(), 0)
             if on_ready is not None:
                 await on_ready()
             while not self._closing.is_set():
@@ -78,6 +89,9 @@ class EventBus:
                     continue
                 yield event
         finally:
+            held: object = pubsub.connection
+            if kept_retry is not None and isinstance(held, Connection):
+                held.retry = kept_retry  # the connection goes back to the pool
             with contextlib.suppress(Exception):
                 await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
 

@@ -183,20 +183,22 @@ def assert_clean(load: Load) -> None:
 
 
 async def test_redis_killed_and_restarted_under_load(faulty: Faulty, stubs: Stubs) -> None:
+    """Redis killed and back (empty) within AGENTMESH_REDIS_RETRY_SECONDS: health goes NOT_SERVING
+    and back, and the calls in flight wait for Redis (redis-py's retry) instead of failing. Past the
+    window a call fails UNAVAILABLE: tests/platform/test_redis_outage.py."""
     tenant = await enterprise_tenant(stubs, faulty.pg_url)
     load = Load(stubs, tenant.metadata, tenant.conversation_id)
     load.start()
     await load.until_ok(20)
     faulty.redis.kill()
     await wait_health(faulty.cluster, BACKENDS, NOT_SERVING)
-    failed_before = load.codes["UNAVAILABLE"]
     await asyncio.sleep(0.5)
     faulty.redis.start()  # same port, empty: what a crashed Redis without persistence comes back as
     await wait_health(faulty.cluster, BACKENDS, SERVING)
     await load.until_ok(20)
     await load.stop()
     assert_clean(load)
-    assert load.codes["UNAVAILABLE"] > 0 and failed_before > 0, load.codes
+    assert load.codes["UNAVAILABLE"] == 0, load.codes
     assert_nothing_lost(faulty.pg_url, load)
 
 
