@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Generic, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterDownError, RedisError, ResponseError, TryAgainError
 
 from services.orchestration.events import (
     CANCEL_KEY,
@@ -55,6 +55,8 @@ MAX_BATCH = 4096
 READ_COUNT = 512
 # A finished run's events stay in memory this long, for readers that arrive just after its end.
 LINGER_SECONDS = 5.0
+# Refusals that are an outage, not an answer (a cluster without a master for a slot, a resharding).
+RETRYABLE = (ClusterDownError, TryAgainError)
 # The cluster poll's tick (no blocking multi-slot read there).
 CLUSTER_POLL_SECONDS = 0.02
 
@@ -278,8 +280,14 @@ class EventHub(RunEvents):
                 continue
             if down:
                 log.warning("Redis takes the run events again", extra={"fields": {"events": len(batch)}})
+            if self._settle(batch, results):
+                log.warning("Redis did not take some run events; retrying them")
+                if self._stopped:
+                    return
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+                continue
             backoff, down = 0.05, False
-            self._settle(batch, results)
             self._flushed.set()
 
     async def _send(self, batch: list[tuple[_LocalRun, RunEvent]]) -> list[Any]:
@@ -298,8 +306,17 @@ class EventHub(RunEvents):
             replies = await pipe.execute(raise_on_error=False)
         return [replies[i] for i in at]
 
-    def _settle(self, batch: list[tuple[_LocalRun, RunEvent]], results: list[Any]) -> None:
+    def _settle(self, batch: list[tuple[_LocalRun, RunEvent]], results: list[Any]) -> bool:
+        """Records what Redis took; puts back (first in line, in order) what met a connection
+        error (a cluster pipeline answers per node); True when something was put back."""
+        retry: list[tuple[_LocalRun, RunEvent]] = []
         for (run, event), result in zip(batch, results, strict=True):
+            if isinstance(result, RedisError) and (
+                not isinstance(result, ResponseError) or isinstance(result, RETRYABLE)
+            ):
+                run.attempted_upto = max(run.attempted_upto, event.event_id)
+                retry.append((run, event))
+                continue
             run.unwritten -= 1
             if isinstance(result, ResponseError):
                 if "equal or smaller" not in str(result):
@@ -318,6 +335,8 @@ class EventHub(RunEvents):
             else:
                 run.written_upto = max(run.written_upto, event.event_id)
             run.progress.set()
+        self._pending.extendleft(reversed(retry))
+        return bool(retry)
 
     # Reading ---------------------------------------------------------------------------------------
 

@@ -203,11 +203,13 @@ async def _redis_clients(url: str) -> int:
         await client.aclose()
 
 
-async def test_redis_connections_do_not_grow_with_200_streams_and_answers_add_up(make_mesh, redis_url):
+async def test_redis_connections_do_not_grow_with_200_streams_and_answers_add_up(
+    make_mesh, redis_url, settings
+):
     """200 concurrent streams on two instances (100 each, readers on both): the suite's Redis sees
     no more connections than the two pools' constant bound, far fewer than streams; every stream
     completes with gap-free ids and deltas that add up to its stored answer."""
-    if not redis_url.startswith("redis://"):
+    if settings.redis_mode != "standalone":
         pytest.skip("counts the clients of the suite's own single server")
     # A pool of 16 connections per instance for 100 streams each.
     options = dataclasses.replace(LOADED, max_stream_readers=16)
