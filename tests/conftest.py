@@ -53,7 +53,7 @@ AUDIENCE = "agentmesh"
 @contextlib.contextmanager
 def fresh_database(services: Iterable[str] = SERVICES) -> Iterator[str]:
     """A PostgreSQL database of its own (SQLAlchemy URL) with the migrations of `services` (default:
-    every service's) applied, dropped on exit."""
+    every service's; none: an empty database) applied, dropped on exit."""
     name = f"agentmesh_test_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_SERVER, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
@@ -69,7 +69,8 @@ def fresh_database(services: Iterable[str] = SERVICES) -> Iterator[str]:
             await engine.dispose()
 
     try:
-        asyncio.run(migrate())
+        if services:  # an empty database may be opened from a running event loop
+            asyncio.run(migrate())
         yield url
     finally:
         with psycopg.connect(PG_SERVER, autocommit=True) as conn:

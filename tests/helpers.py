@@ -19,6 +19,7 @@ import redis as sync_redis
 import redis.asyncio as aioredis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc
 from services.orchestration import SERVICE_NAME as ORCHESTRATION
@@ -354,3 +355,22 @@ def build_orchestration(
             on_stop=[runs.shutdown, events.stop],
         ),
     )
+
+
+async def alembic(engine: AsyncEngine, service: str, verb: str, revision: str) -> None:
+    """One alembic command (`upgrade`/`downgrade` to `revision`) of a service's migrations on `engine`,
+    for the tests that walk a migration by hand."""
+    from alembic import command
+    from sqlalchemy import Connection
+
+    from services.platform import migrations
+
+    cfg = migrations._config(service)
+    assert cfg is not None
+
+    def run(connection: Connection) -> None:
+        cfg.attributes["connection"] = connection
+        getattr(command, verb)(cfg, revision)
+
+    async with engine.begin() as conn:
+        await conn.run_sync(run)

@@ -13,11 +13,8 @@ from typing import Any
 
 import fakeredis
 import grpc
-import psycopg
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from agentmesh.conversation.v1 import conversation_service_pb2 as pb
@@ -31,8 +28,8 @@ from services.platform import db, errors, migrations
 from services.platform.auth import Principal
 from services.platform.metrics import USAGE
 from services.platform.pagination import PageTokens
-from tests.conftest import PG_SERVER
-from tests.helpers import expect_status
+from tests.conftest import fresh_database
+from tests.helpers import alembic, expect_status
 
 USER = pb.MESSAGE_ROLE_USER
 ASSISTANT = pb.MESSAGE_ROLE_ASSISTANT
@@ -234,33 +231,16 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield sqlite
         await sqlite.dispose()
         return
-    name = f"agentmesh_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_SERVER.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    pg = db.create_engine(f"{base}/{name}")
-    try:
-        yield pg
-    finally:
-        await pg.dispose()
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _alembic(engine: AsyncEngine, verb: str, revision: str) -> None:
-    cfg = migrations._config("conversation")
-    assert cfg is not None
-
-    def run(connection: Connection) -> None:
-        cfg.attributes["connection"] = connection
-        getattr(command, verb)(cfg, revision)
-
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
+    with fresh_database(()) as url:
+        pg = db.create_engine(url)
+        try:
+            yield pg
+        finally:
+            await pg.dispose()
 
 
 async def test_existing_messages_become_one_path(engine: AsyncEngine) -> None:
-    await _alembic(engine, "upgrade", "conversation_0003")
+    await alembic(engine, "conversation", "upgrade", "conversation_0003")
     async with engine.begin() as conn:
         await conn.execute(
             sa.text(
@@ -280,7 +260,7 @@ async def test_existing_messages_become_one_path(engine: AsyncEngine) -> None:
                 ),
                 {"id": f"m{seq}", "seq": seq},
             )
-    await _alembic(engine, "upgrade", "conversation_0004")
+    await alembic(engine, "conversation", "upgrade", "conversation_0004")
     async with engine.connect() as conn:
         rows = (
             await conn.execute(sa.text("SELECT id, parent_id, on_path FROM messages ORDER BY sequence"))
@@ -296,7 +276,7 @@ async def test_existing_messages_become_one_path(engine: AsyncEngine) -> None:
         ("m3", "m2", True),
     ]
     assert [tuple(c) for c in convs] == [("c1", "m3", 3), ("c2", "", 0)]
-    await _alembic(engine, "downgrade", "conversation_0003")
+    await alembic(engine, "conversation", "downgrade", "conversation_0003")
 
 
 # UpdateConversation ------------------------------------------------------------------------------

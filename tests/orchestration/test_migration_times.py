@@ -3,20 +3,16 @@ SQLite (embedded) and PostgreSQL, and back on downgrade."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import psycopg
 import pytest
 import sqlalchemy as sa
-from alembic import command
-from sqlalchemy import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from services.platform import migrations
 from services.platform.db import create_engine
-from tests.conftest import PG_SERVER
+from tests.conftest import fresh_database
+from tests.helpers import alembic
 
 # 2025-06-01T12:00:00.123456Z and a second later, as float seconds (not exactly representable).
 T0, T1 = 1748779200.123456, 1748779201.654321
@@ -29,29 +25,12 @@ async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterato
         yield db
         await db.dispose()
         return
-    name = f"agentmesh_test_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    base = PG_SERVER.rsplit("/", 1)[0].replace("postgresql://", "postgresql+psycopg://", 1)
-    db = create_engine(f"{base}/{name}")
-    try:
-        yield db
-    finally:
-        await db.dispose()
-        with psycopg.connect(PG_SERVER, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-async def _alembic(engine: AsyncEngine, verb: str, revision: str) -> None:
-    cfg = migrations._config("orchestration")
-    assert cfg is not None
-
-    def run(connection: Connection) -> None:
-        cfg.attributes["connection"] = connection
-        getattr(command, verb)(cfg, revision)
-
-    async with engine.begin() as conn:
-        await conn.run_sync(run)
+    with fresh_database(()) as url:
+        db = create_engine(url)
+        try:
+            yield db
+        finally:
+            await db.dispose()
 
 
 async def _rows(engine: AsyncEngine, query: str) -> list[tuple[object, ...]]:
@@ -60,7 +39,7 @@ async def _rows(engine: AsyncEngine, query: str) -> list[tuple[object, ...]]:
 
 
 async def test_times_become_microseconds_with_their_data_and_back(engine: AsyncEngine) -> None:
-    await _alembic(engine, "upgrade", "orchestration_0001")
+    await alembic(engine, "orchestration", "upgrade", "orchestration_0001")
     async with engine.begin() as conn:
         await conn.execute(
             sa.text(
@@ -78,7 +57,7 @@ async def test_times_become_microseconds_with_their_data_and_back(engine: AsyncE
             {"t0": T0},
         )
 
-    await _alembic(engine, "upgrade", "orchestration_0002")
+    await alembic(engine, "orchestration", "upgrade", "orchestration_0002")
     assert await _rows(engine, "SELECT create_time_us, update_time_us, end_time_us FROM sessions") == [
         (1748779200123456, 1748779201654321, 1748779201654321)
     ]
@@ -91,7 +70,7 @@ async def test_times_become_microseconds_with_their_data_and_back(engine: AsyncE
             async with conn.begin_nested():
                 await conn.execute(sa.text("UPDATE runs SET create_time_us = NULL"))
 
-    await _alembic(engine, "downgrade", "orchestration_0001")
+    await alembic(engine, "orchestration", "downgrade", "orchestration_0001")
     [(create, update, end)] = await _rows(engine, "SELECT create_time, update_time, end_time FROM sessions")
     assert (create, update, end) == pytest.approx((T0, T1, T1), abs=1e-6)
     assert await _rows(engine, "SELECT start_time, end_time FROM runs") == [(None, None)]
