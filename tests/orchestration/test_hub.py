@@ -281,8 +281,10 @@ class _HeldProvider:
 
 
 async def test_first_delta_not_delayed_by_199_streaming_runs(make_mesh):
-    """199 runs streaming at a model's pace, then one more: its first delta arrives while all of
-    them still stream, within a generous multiple of a lone run's (measured in the same test)."""
+    """199 runs streaming at a model's pace, then one more: it is admitted and gets its first delta
+    while all of them still stream, and all 200 complete. How long that first delta takes is a
+    benchmark's figure, not an assert (bench.orchestration's first delta beside concurrent streams,
+    bench.chat_load's TTFD): this shared machine's timings swing by several times."""
     provider = _HeldProvider()
     mesh = await make_mesh(options=LOADED, providers=Providers({"echo": provider}))
     pairs = await sessions(mesh, 199, model="echo:long")
@@ -332,9 +334,6 @@ async def test_first_delta_not_delayed_by_199_streaming_runs(make_mesh):
     assert [e.type for e in ends] == [T.RUN_EVENT_TYPE_RUN_COMPLETED] * len(pairs), [
         (e.type, e.error.message) for e in ends if e.type != T.RUN_EVENT_TYPE_RUN_COMPLETED
     ][:3]
-    # Generous: this machine is shared and its timings swing; a first delta queued behind the
-    # others' backlog took seconds to tens of seconds at this size before the hub.
-    assert loaded < max(100 * lone, 5.0), (lone, loaded)
 
 
 async def test_500_streams_on_the_embedded_redis_complete(serve, settings, keys):
