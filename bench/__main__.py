@@ -97,7 +97,19 @@ BENCHMARKS = (
         ("--chats", "1", "50", "200", "500"),
         # `up` on PostgreSQL is the embedded side's code with two variables: left out of the smoke
         # run, which every benchmark shares with CI's 300 s test limit.
-        ("--chats", "2", "--words", "5", "--timeout", "30", "--sides", "langgraph", "embedded", "services"),
+        (
+            "--chats",
+            "2",
+            "--words",
+            "5",
+            "--timeout",
+            "30",
+            "--sides",
+            "floor",
+            "langgraph",
+            "embedded",
+            "services",
+        ),
     ),
     Benchmark(
         "metering",

@@ -4,7 +4,7 @@ LangGraph Agent Server (`langgraph dev`, in-memory runtime) streaming the same p
 sides take turns at each N, so every ratio agentmesh / LangGraph comes from the same minutes.
 
     python -m bench.chat_load [--chats 1 50 200 500] [--words 50] [--delay-ms 20]
-        [--sides langgraph embedded postgres services] [--timeout 120] [--database-url URL]
+        [--sides floor langgraph embedded postgres services] [--timeout 120] [--database-url URL]
 
 Every chat is its own session (LangGraph: its own thread) and sends one message of --words words; the
 echo provider answers "Echo: " and the message one word token every --delay-ms (51 tokens, 50 a
@@ -21,6 +21,12 @@ against the provider's; worst gap between two deltas of a chat, p99 over chats; 
 (a chat fails when it ends with a status, a failed run, no terminal event, or fewer tokens); server
 CPU seconds of the server's process tree (/proc) while the chats ran; peak Redis connections (INFO
 clients; the embedded default's Redis is in-process); peak RSS and (peak - idle) / N per open chat.
+
+The floor (bench/chat_floor.py) is what this machine's Python grpc.aio does with nothing else: a bare
+server in a process of its own whose SendMessage sleeps --delay-ms and yields each of the same tokens
+as its own message (no storage, Redis, auth or coalescing), driven by the same client code over the
+same connections. agentmesh / floor is the cost of everything agentmesh does per chat; a target the
+floor itself misses is out of reach of this design in one Python process.
 
 LangGraph runs from its own virtualenv, `make bench-langgraph` (.venv-langgraph, pyproject's
 langgraph-bench dependency group): langgraph-api pins protobuf < 7 and grpcio < 1.82, agentmesh needs
@@ -51,8 +57,11 @@ from bench.chat_servers import ROOT, Running, Sides, cpu_seconds, langgraph_avai
 from bench.harness import Figure, figure
 from bench.orchestration import pct
 
-SIDES = ("langgraph", "embedded", "postgres", "services")
+SIDES = ("floor", "langgraph", "embedded", "postgres", "services")
+# The references every agentmesh side is divided by: a peer product, and bare grpc.aio.
+REFERENCES = ("langgraph", "floor")
 LABELS = {
+    "floor": "floor: bare grpc.aio, sleep + yield",
     "langgraph": "LangGraph dev (in-memory)",
     "embedded": "agentmesh up (embedded)",
     "postgres": "agentmesh up (PostgreSQL + Redis)",
@@ -222,13 +231,17 @@ def report(chats: int, rows: list[Measured], provider: float) -> list[str]:
                 f"  failures, {LABELS[m.side]}: "
                 + "; ".join(f"{n} {why}" for why, n in m.failures.most_common())
             )
-    lg = next((m for m in rows if m.side == "langgraph"), None)
-    if lg is not None:
+    for ref in REFERENCES:
+        base = next((m for m in rows if m.side == ref), None)
+        if base is None:
+            continue
+        name = "LangGraph" if ref == "langgraph" else "floor"
         for m in rows:
-            if m is not lg:
+            if m.side not in REFERENCES:
                 lines.append(
-                    f"  agentmesh / LangGraph, {LABELS[m.side]}: TTFD p99 {_ratio(m.ttfd_ms(0.99), lg.ttfd_ms(0.99))}, "
-                    f"pace {_ratio(m.pace, lg.pace)}, server CPU {_ratio(m.server_cpu, lg.server_cpu)}"
+                    f"  agentmesh / {name}, {LABELS[m.side]}: TTFD p99 {_ratio(m.ttfd_ms(0.99), base.ttfd_ms(0.99))}, "
+                    f"pace {_ratio(m.pace, base.pace)}, gap p99 {_ratio(m.gap_p99_ms, base.gap_p99_ms)}, "
+                    f"server CPU {_ratio(m.server_cpu, base.server_cpu)}"
                 )
     return lines
 
@@ -247,10 +260,12 @@ def _ratio(ours: float, theirs: float) -> str:
 
 def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: int) -> list[Figure]:
     """The summary rows: each agentmesh side at the largest N against the issue's targets, with the
-    ratio to LangGraph at that N where it ran (else to the provider's own pace and first token)."""
+    ratio to LangGraph at that N where it ran (else to the provider's own pace and first token) and
+    the floor's figures beside; then the floor itself against the same targets."""
     n = max(results)
     at_n = results[n]
     lg = at_n.get("langgraph")
+    fl = at_n.get("floor")
     out = []
     for side in ("embedded", "postgres", "services"):
         m = at_n.get(side)
@@ -263,7 +278,14 @@ def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: 
             if side in r and "langgraph" in r
         )
         vs_lg = f"; agentmesh / LangGraph TTFD p99 / pace at N = {per_n}" if per_n else ""
+        per_n_floor = "; ".join(
+            f"{k}: {_ratio(r[side].ttfd_ms(0.99), r['floor'].ttfd_ms(0.99))} / {_ratio(r[side].pace, r['floor'].pace)}"
+            for k, r in sorted(results.items())
+            if side in r and "floor" in r
+        )
+        vs_lg += f"; agentmesh / floor at N = {per_n_floor}" if per_n_floor else ""
         lg_ttfd = f", LangGraph {lg.ttfd_ms(0.5):.0f} / {lg.ttfd_ms(0.99):.0f} ms" if lg else ""
+        lg_ttfd += f", floor {fl.ttfd_ms(0.5):.0f} / {fl.ttfd_ms(0.99):.0f} ms" if fl else ""
         vs = _div(m.ttfd_ms(0.99), lg.ttfd_ms(0.99)) if lg else math.nan
         out.append(
             figure(
@@ -283,6 +305,7 @@ def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: 
             )
         )
         lg_pace = f"; LangGraph {lg.pace:.1f} tokens/s ({lg.pace / provider:.2f})" if lg else ""
+        lg_pace += f"; floor {fl.pace:.1f} tokens/s ({fl.pace / provider:.2f})" if fl else ""
         out.append(
             figure(
                 f"{label}: delivered pace",
@@ -293,6 +316,7 @@ def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: 
             )
         )
         lg_gap = f", LangGraph {lg.gap_p99_ms:.0f} ms" if lg else ""
+        lg_gap += f", floor {fl.gap_p99_ms:.0f} ms" if fl else ""
         out.append(
             figure(
                 f"{label}: worst gap between deltas p99",
@@ -319,8 +343,10 @@ def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: 
         cpu_n = CPU_N if CPU_N in results else n
         c = results[cpu_n].get(side, m)
         c_lg = results[cpu_n].get("langgraph")
+        c_fl = results[cpu_n].get("floor")
         before = BEFORE_CPU_MS_PER_CHAT[side]
         lg_cpu = f"; LangGraph {c_lg.cpu_ms_per_chat:.1f} ms per chat" if c_lg else ""
+        lg_cpu += f"; floor {c_fl.cpu_ms_per_chat:.1f} ms per chat" if c_fl else ""
         out.append(
             figure(
                 f"{cpu_n} paced chats, {LABELS[side]}: server CPU per chat",
@@ -343,6 +369,23 @@ def figures(results: dict[int, dict[str, Measured]], provider: float, delay_ms: 
                     target="bounded by a constant, not by the number of streams",
                 )
             )
+    if fl is not None:
+        # Whether a target is within reach of one Python grpc.aio process at all on this machine.
+        why = "; ".join(f"{c} {w}" for w, c in fl.failures.most_common(3))
+        out.append(
+            figure(
+                f"{n} paced chats, {LABELS['floor']}",
+                f"TTFD p50 {fl.ttfd_ms(0.5):.0f} ms, p99 {fl.ttfd_ms(0.99):.0f} ms; pace {fl.pace:.1f} tokens/s; "
+                f"gap p99 {fl.gap_p99_ms:.0f} ms; {fl.failed} failed"
+                + (f" ({why})" if why else "")
+                + f"; server CPU {fl.cpu_ms_per_chat:.1f} ms per chat",
+                fl.pace / provider,
+                "delivered / provider pace (mean over chats)",
+                at_most=250,
+                value=fl.ttfd_ms(0.99),
+                target="the issue's TTFD p99 <= 250 ms (the floor's own)",
+            )
+        )
     return out
 
 

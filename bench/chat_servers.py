@@ -1,6 +1,7 @@
 """The servers bench/chat_load.py measures, each started afresh for one measurement and stopped after
 it: `agentmesh up` (embedded, or on PostgreSQL + Redis), `agentmesh serve` (every service its own
-process, tests/system/cluster.py's Cluster) and `langgraph dev` (from LangGraph's own virtualenv);
+process, tests/system/cluster.py's Cluster), `langgraph dev` (from LangGraph's own virtualenv) and
+the floor (bench/chat_floor.py, bare grpc.aio);
 and the /proc readings of a server's process tree.
 
 The agentmesh servers run the code of the tree this module is in (PYTHONPATH), so running the bench
@@ -215,7 +216,12 @@ class Sides:
 
     @contextlib.asynccontextmanager
     async def serve(self, side: str) -> AsyncIterator[Running]:
-        starts = {"embedded": self._up, "postgres": self._up, "services": self._services}
+        starts = {
+            "embedded": self._up,
+            "postgres": self._up,
+            "services": self._services,
+            "floor": self._floor,
+        }
         async with (starts.get(side) or self._langgraph)(side) as running:
             yield running
 
@@ -331,6 +337,39 @@ class Sides:
             )
         finally:
             await _stop(proc, f"agentmesh up ({side})", self.notes)
+
+    @contextlib.asynccontextmanager
+    async def _floor(self, side: str) -> AsyncIterator[Running]:
+        """bench/chat_floor.py: bare grpc.aio, the same paced tokens, nothing else; the same client
+        code and the same connections (a channel per `per_tenant` chats)."""
+        directory = self.workdir / side
+        directory.mkdir(parents=True, exist_ok=True)
+        port = free_port()
+        log = directory / "floor.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.chat_floor",
+            "--port",
+            str(port),
+            "--delay-ms",
+            str(self.delay_ms),
+        ]
+        proc = await _start(argv, log, env=_code_env(), cwd=ROOT)
+        address = f"127.0.0.1:{port}"
+
+        async def spec(chats: int) -> dict[str, Any]:
+            groups = [
+                {"token": "floor", "agent_id": "floor", "chats": min(self.per_tenant, chats - start)}
+                for start in range(0, chats, self.per_tenant)
+            ]
+            return {"address": address, "groups": groups}
+
+        try:
+            await _wait_serving(address, proc, log)
+            yield Running(side, [proc.pid], agentmesh_client(), spec)
+        finally:
+            await _stop(proc, "the floor server", self.notes)
 
     @contextlib.asynccontextmanager
     async def _services(self, side: str) -> AsyncIterator[Running]:
