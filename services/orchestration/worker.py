@@ -196,6 +196,7 @@ class RunWorker:
 
     async def _execute(self, h: RunHandle) -> None:
         """The agent loop: model, tool calls, results, model, until an answer, a limit or a wait."""
+        recorded = 0  # the step the run's row already counts
         if h.resuming:
             agent = await self._agent(h)
             if not await self._continue_step(h, agent, await self._store.step_calls(h.run.id, h.step)):
@@ -204,11 +205,13 @@ class RunWorker:
         else:
             agent, messages = await self._prepare(h)
             h.run = dataclasses.replace(h.run, start_time_us=micros(self._clock))
+            recorded = 1
         repaired = False
         while True:
             self._check_limits(h)
             h.step += 1
-            await self._store.set_steps(h.run.id, h.step)
+            if h.step > recorded:
+                await self._store.set_steps(h.run.id, h.step)
             h.text.clear()
             step = await self.model_step(h, agent, messages)
             if step.mismatch:
@@ -391,14 +394,20 @@ class RunWorker:
             raise Lost()
         await self._emit(h, EventType.RUN_STARTED)
         user_message_id = await self._user_message(h)
-        await self._store.update_run(h.run.id, user_message_id=user_message_id)
-        budget = agent.max_context_tokens or limits_for(caller.tier).max_context_tokens
-        messages = await self._conversation.context(
-            session.conversation_id,
-            token_budget=budget,
-            system_prompt=agent.system_prompt,
-            token=caller.token,
+        # The row's user message and first step are written while the context is read: one
+        # statement on the way to the first delta instead of two in a row before the read.
+        record = asyncio.ensure_future(
+            self._store.update_run(h.run.id, user_message_id=user_message_id, steps=1)
         )
+        try:
+            messages = await self._context(h, agent)
+        except BaseException:
+            record.cancel()
+            await asyncio.wait([record])
+            if not record.cancelled():
+                record.exception()  # retrieved: the run fails with the read's error
+            raise
+        await record
         return agent, messages
 
     async def _user_message(self, h: RunHandle) -> str:
