@@ -14,7 +14,7 @@ import dataclasses
 import json
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -265,7 +265,12 @@ class RunEvents:
         lease, cancel = LEASE_KEY.format(run_id=run_id), CANCEL_KEY.format(run_id=run_id)
         holder, mode = await self._redis.mget(lease, cancel)
         if holder is None:
-            if not await self._redis.set(lease, owner.encode(), nx=True, px=int(ttl_seconds * 1000)):
+            # NX with GET: a retried SET whose first try took the lease (its answer lost with the
+            # connection) finds our own name there, not a rival's (Redis 7.0+).
+            before = await self._redis.set(
+                lease, owner.encode(), nx=True, get=True, px=int(ttl_seconds * 1000)
+            )
+            if before is not None and _text(cast(bytes, before)) != owner:
                 return False, None
             log.warning("run lease was missing; re-asserted", extra={"fields": {"run_id": run_id}})
         elif _text(holder) != owner:
@@ -274,24 +279,27 @@ class RunEvents:
             await self._redis.pexpire(lease, int(ttl_seconds * 1000))
         return True, CancelMode(_text(mode)) if mode else None
 
-    async def cancel_requested(self, run_id: str) -> CancelMode | None:
-        mode = await self._redis.get(CANCEL_KEY.format(run_id=run_id))
-        return CancelMode(_text(mode)) if mode else None
+    async def cancels_requested(self, run_ids: list[str]) -> list[CancelMode | None]:
+        """The cancel requested of each run, if any, in one round trip (one batch per node on a
+        cluster)."""
+        modes = await self._get_many([CANCEL_KEY.format(run_id=r) for r in run_ids])
+        return [CancelMode(_text(m)) if m else None for m in modes]
 
     async def lease_holders(self, run_ids: list[str]) -> list[str | None]:
-        if not run_ids:
+        holders = await self._get_many([LEASE_KEY.format(run_id=r) for r in run_ids])
+        return [None if h is None else _text(h) for h in holders]
+
+    async def _get_many(self, keys: list[str]) -> list[Any]:
+        if not keys:
             return []
-        keys = [LEASE_KEY.format(run_id=r) for r in run_ids]
         if is_cluster(self._redis):
-            # Each run's lease is in its own slot and redis-py refuses MGET in a cluster pipeline:
+            # Each run's keys are in their own slot and redis-py refuses MGET in a cluster pipeline:
             # GETs in one pipeline, which it sends as one batch per node.
             async with self._redis.pipeline(transaction=False) as pipe:
                 for key in keys:
                     pipe.get(key)
-                holders = await pipe.execute()
-        else:
-            holders = await self._redis.mget(keys)
-        return [None if h is None else _text(h) for h in holders]
+                return list(await pipe.execute())
+        return list(await self._redis.mget(keys))
 
     async def request_cancel(self, run_id: str, mode: CancelMode) -> None:
         await self._redis.set(CANCEL_KEY.format(run_id=run_id), mode.value.encode(), ex=self._retention)

@@ -54,6 +54,7 @@ class RunManager:
         self._clock = clock
         self._beat_seconds = options.lease_renew_seconds
         self._beating: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
         self._providers = providers
         self.instance_id = uuid.uuid4().hex
         self._handles: dict[str, RunHandle] = {}
@@ -113,6 +114,10 @@ class RunManager:
         self._handles[run.id] = handle
         if self._beating is None or self._beating.done():
             self._beating = asyncio.get_running_loop().create_task(self._beat(), context=context)
+        if self._watching is None or self._watching.done():
+            self._watching = asyncio.get_running_loop().create_task(
+                self.keeper.watch_cancels(lambda: self._handles), context=context
+            )
 
     async def _beat(self) -> None:
         """The heartbeat of this instance's runs, for as long as it has any: one UPDATE of
@@ -170,9 +175,10 @@ class RunManager:
                 handle.task.cancel()
             tasks.append(handle.task)
         tasks += self._abandoned
-        if self._beating is not None:
-            self._beating.cancel()
-            tasks.append(self._beating)
+        for background in (self._beating, self._watching):
+            if background is not None:
+                background.cancel()
+                tasks.append(background)
         if tasks:
             await asyncio.wait(tasks, timeout=grace)
         await self._providers.close()

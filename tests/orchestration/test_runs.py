@@ -1,9 +1,11 @@
 import asyncio
+import dataclasses
 
 import grpc
 import pytest
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
+from tests.orchestration.conftest import FAST
 from tests.orchestration.fakes import assistant_messages
 
 T = pb.RunEventType
@@ -98,6 +100,30 @@ async def test_cancel_stops_the_run_early_and_keeps_the_partial_answer(make_mesh
     with pytest.raises(grpc.aio.AioRpcError) as err:
         await mesh.stub.CancelRun(pb.CancelRunRequest(run_id=run_id), metadata=mesh.md())
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_cancel_on_another_instance_reaches_the_run_between_lease_renewals(make_mesh):
+    """CancelRun on an instance that does not run the run sets its cancel flag; the instance that
+    runs it reads every local run's flag each poll interval (one read for all), so the run ends
+    CANCELLED long before its next lease renewal would have carried the flag."""
+    options = dataclasses.replace(FAST, lease_ttl_seconds=60.0, lease_renew_seconds=30.0)
+    first = await make_mesh(echo_delay=0.05, options=options)
+    second = await make_mesh(share=first, options=options)
+    session = await first.session()
+    call = first.stub.SendMessage(
+        pb.SendMessageRequest(session_id=session.id, text=" ".join(["word"] * 200)), metadata=first.md()
+    )
+    events = []
+    async for reply in call:
+        events.append(reply.event)
+        if reply.event.type == T.RUN_EVENT_TYPE_MESSAGE_DELTA:
+            break
+    run = (await second.stub.CancelRun(pb.CancelRunRequest(run_id=events[0].run_id), metadata=first.md())).run
+    assert run.state == pb.RUN_STATE_CANCELLED
+    async for reply in call:
+        events.append(reply.event)
+    assert events[-1].type == T.RUN_EVENT_TYPE_RUN_CANCELLED
+    assert len("".join(e.text_delta for e in events).split()) < 100
 
 
 async def test_instance_killed_mid_run_is_failed_after_its_lease(make_mesh):
