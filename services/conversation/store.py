@@ -47,6 +47,7 @@ from services.conversation.tables import (
     tenant_quotas,
     usage_daily,
 )
+from services.platform import db
 from services.platform.batching import Batcher
 from services.platform.db import AutocommitPool
 
@@ -349,7 +350,8 @@ class Appends(Protocol):
 
 
 class PortableAppends:
-    """Any database SQLAlchemy speaks: one transaction per message."""
+    """Any database SQLAlchemy speaks: one transaction per message (on SQLite, by its one writer:
+    platform.db.write)."""
 
     def __init__(self, engine: AsyncEngine):
         self.engine = engine
@@ -365,10 +367,36 @@ class PortableAppends:
         request_id: str,
         now: int,
     ) -> Appended | AppendRefused:
+        return await db.write(
+            self.engine,
+            lambda engine: self._append(
+                engine,
+                tenant_id,
+                only_user,
+                conversation_id,
+                new,
+                token_count=token_count,
+                request_id=request_id,
+                now=now,
+            ),
+        )
+
+    @staticmethod
+    async def _append(
+        engine: AsyncEngine,
+        tenant_id: str,
+        only_user: str | None,
+        conversation_id: str,
+        new: NewMessage,
+        *,
+        token_count: int,
+        request_id: str,
+        now: int,
+    ) -> Appended | AppendRefused:
         c = conversations.c
         message_id = new_id()
         # Leaving the block without a commit (an error) closes the connection, which rolls back.
-        async with self.engine.connect() as conn:
+        async with engine.connect() as conn:
             transaction = await conn.begin()
             row = (
                 await conn.execute(

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 import sqlalchemy as sa
 from psycopg.rows import namedtuple_row
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.sql.expression import Executable
 
 from services.orchestration.models import (
     ModelFallback,
@@ -30,7 +31,7 @@ from services.orchestration.models import (
     ToolExecution,
     Usage,
 )
-from services.platform import errors
+from services.platform import db, errors
 from services.platform.batching import Batcher
 from services.platform.db import AutocommitPool
 
@@ -296,6 +297,16 @@ class OrchestrationStore:
         self._session_reads: Batcher[str, Session | None] = Batcher(self._read_sessions, max_batch=256)
         self._live_reads: Batcher[str, list[Run]] = Batcher(self._read_live_runs, max_batch=256)
 
+    async def _execute(self, stmt: Executable, params: list[dict[str, Any]] | None = None) -> int:
+        """One write statement in a transaction of its own (on SQLite by its one writer,
+        platform.db.write); the rows it matched."""
+
+        async def execute(engine: AsyncEngine) -> int:
+            async with engine.begin() as conn:
+                return (await conn.execute(stmt, params)).rowcount
+
+        return await db.write(self._engine, execute)
+
     # Sessions -------------------------------------------------------------------------------------
 
     async def insert_session(self, session: Session, *, request_id: str | None) -> None:
@@ -423,8 +434,7 @@ class OrchestrationStore:
         stmt = sessions.update().where(sessions.c.id == session_id)
         if only_if is not None:
             stmt = stmt.where(sessions.c.active_run_id == only_if)
-        async with self._engine.begin() as conn:
-            await conn.execute(stmt.values(active_run_id=run_id, update_time_us=now_us))
+        await self._execute(stmt.values(active_run_id=run_id, update_time_us=now_us))
 
     # Runs -----------------------------------------------------------------------------------------
 
@@ -441,8 +451,7 @@ class OrchestrationStore:
                 sql = f"INSERT INTO runs ({', '.join(columns)}) VALUES " + ", ".join([row] * len(batch))
                 await self._fetch(sql, [values[c] for values in batch for c in columns])
             else:
-                async with self._engine.begin() as conn:
-                    await conn.execute(runs.insert(), batch)
+                await self._execute(runs.insert(), batch)
         except (sa.exc.IntegrityError, psycopg.IntegrityError):
             # A twin request_id undoes the whole statement: one by one, only the twin fails.
             if len(batch) == 1:
@@ -493,8 +502,7 @@ class OrchestrationStore:
         if not run_ids:
             return
         stmt = runs.update().where(runs.c.id.in_(run_ids), runs.c.state.in_(LEASED_STATES))
-        async with self._engine.begin() as conn:
-            await conn.execute(stmt.values(heartbeat_us=now_us))
+        await self._execute(stmt.values(heartbeat_us=now_us))
 
     async def heartbeats(self, run_ids: list[str]) -> dict[str, int | None]:
         """Each run's last heartbeat (None: never beaten)."""
@@ -535,30 +543,34 @@ class OrchestrationStore:
             )
             started = {row.id for row in rows}
             return [run_id in started for run_id, *_ in batch]
-        async with self._engine.begin() as conn:
-            moved = await conn.execute(
-                runs.update()
-                .where(runs.c.id.in_(list(versions)), runs.c.state == RUN_STATE_CODES[RunState.QUEUED])
-                .values(
-                    state=RUN_STATE_CODES[RunState.RUNNING],
-                    agent_version=sa.case(versions, value=runs.c.id),
-                    start_time_us=now,
+
+        async def begin(engine: AsyncEngine) -> set[str]:
+            async with engine.begin() as conn:
+                moved = await conn.execute(
+                    runs.update()
+                    .where(runs.c.id.in_(list(versions)), runs.c.state == RUN_STATE_CODES[RunState.QUEUED])
+                    .values(
+                        state=RUN_STATE_CODES[RunState.RUNNING],
+                        agent_version=sa.case(versions, value=runs.c.id),
+                        start_time_us=now,
+                    )
+                    .returning(runs.c.id)
                 )
-                .returning(runs.c.id)
-            )
-            started = {row.id for row in moved}
-            active = {session_id: run_id for run_id, session_id, _, _ in batch if run_id in started}
-            if active:
-                await conn.execute(
-                    sessions.update()
-                    .where(sessions.c.id.in_(list(active)))
-                    .values(active_run_id=sa.case(active, value=sessions.c.id), update_time_us=now)
-                )
+                started = {row.id for row in moved}
+                active = {session_id: run_id for run_id, session_id, _, _ in batch if run_id in started}
+                if active:
+                    await conn.execute(
+                        sessions.update()
+                        .where(sessions.c.id.in_(list(active)))
+                        .values(active_run_id=sa.case(active, value=sessions.c.id), update_time_us=now)
+                    )
+                return started
+
+        started = await db.write(self._engine, begin)
         return [run_id in started for run_id, *_ in batch]
 
     async def update_run(self, run_id: str, **values: Any) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(runs.update().where(runs.c.id == run_id).values(**values))
+        await self._execute(runs.update().where(runs.c.id == run_id).values(**values))
 
     async def finish_run(
         self,
@@ -596,8 +608,7 @@ class OrchestrationStore:
             values["assistant_message_id"] = assistant_message_id
         values["wait_expire_us"] = None
         stmt = runs.update().where(runs.c.id == run_id, runs.c.state.in_(list(from_states))).values(**values)
-        async with self._engine.begin() as conn:
-            return (await conn.execute(stmt)).rowcount == 1
+        return await self._execute(stmt) == 1
 
     # Waiting runs and their tool calls ----------------------------------------------------------
 
@@ -668,8 +679,7 @@ class OrchestrationStore:
             await conn.execute(stmt)
 
     async def set_steps(self, run_id: str, steps: int) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(runs.update().where(runs.c.id == run_id).values(steps=steps))
+        await self._execute(runs.update().where(runs.c.id == run_id).values(steps=steps))
 
     async def step_calls(self, run_id: str, step: int) -> list[RunToolCall]:
         t = tool_call_table
