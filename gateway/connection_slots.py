@@ -27,11 +27,16 @@ log = logging.getLogger("agentmesh.gateway")
 
 KEY = "{{user:{tenant}:{user}}}:ws-connections"
 
-# KEYS[1] the user's set; ARGV limit, lease ms, connection id. 1 taken, 0 full.
+# KEYS[1] the user's set; ARGV limit, lease ms, connection id. 1 taken, 0 full. A slot already there
+# was taken by this very call (the client's retry of a script whose answer was lost): taken, not
+# counted against itself.
 _ACQUIRE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
+  return 1
+end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   return 0
 end

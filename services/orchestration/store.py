@@ -325,8 +325,7 @@ class OrchestrationStore:
             "update_time_us": session.update_time_us,
             "end_time_us": None,
         }
-        async with self._engine.begin() as conn:
-            await conn.execute(sessions.insert().values(**values))
+        await self._execute(sessions.insert().values(**values))
 
     async def session_by_request(self, tenant_id: str, user_id: str, request_id: str) -> Session | None:
         query = sessions.select().where(
@@ -806,10 +805,13 @@ class SessionLocks:
         self._releases: Batcher[tuple[str, bytes], None] = Batcher(self._release_all, max_batch=512)
 
     async def _take_all(self, locks: list[tuple[str, bytes]]) -> list[bool]:
+        # NX with GET: a retried SET whose first try took the lock (its answer lost with the
+        # connection) finds its own token, instead of waiting for its own lock to lapse (Redis 7.0+).
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, token in locks:
-                pipe.set(key, token, nx=True, px=self._ttl_ms)
-            return [bool(taken) for taken in await pipe.execute()]
+                pipe.set(key, token, nx=True, get=True, px=self._ttl_ms)
+            before = await pipe.execute()
+        return [held is None or held == token for held, (_, token) in zip(before, locks, strict=True)]
 
     async def _release_all(self, locks: list[tuple[str, bytes]]) -> list[None]:
         async with self._redis.pipeline(transaction=False) as pipe:

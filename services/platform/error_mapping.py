@@ -28,6 +28,9 @@ DEPENDENCY_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.InterfaceError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
+    # A Redis Cluster with a slot unserved past the client's retries (a master down, no replica).
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.SlotNotCoveredError,
     ConnectionError,
     TimeoutError,
 )
@@ -37,7 +40,7 @@ def unavailable(exc: BaseException) -> errors.Unavailable:
     """What a dependency error (one of DEPENDENCY_ERRORS) tells a caller, or a run's record: the
     dependency named in words, never a Python class name. Raised only once redis-py's retry
     (AGENTMESH_REDIS_RETRY_SECONDS) or the database pool gave up, so the outage outlasted them."""
-    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+    if isinstance(exc, redis.exceptions.RedisError | redis.exceptions.RedisClusterException):
         what = "Redis"
     elif isinstance(exc, sqlalchemy.exc.SQLAlchemyError | psycopg.Error):
         what = "the database"

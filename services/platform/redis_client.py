@@ -8,15 +8,26 @@ objects is split by slot (`slot_groups`). docs/operations.md, "Redis Cluster", h
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import cast
+from collections.abc import Awaitable, Callable, Sequence
+from contextvars import ContextVar
+from typing import Any, TypeVar, cast
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
+from redis._parsers import AsyncCommandsParser
+from redis.asyncio.cluster import ClusterPipeline, PipelineStrategy, RedisCluster
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.crc import key_slot
-from redis.exceptions import ClusterDownError, ConnectionError, TimeoutError
+from redis.exceptions import (
+    ClusterDownError,
+    ConnectionError,
+    MaxConnectionsError,
+    RedisClusterException,
+    RedisError,
+    SlotNotCoveredError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from services.platform.settings import SettingsError
 
@@ -28,7 +39,9 @@ DEFAULT_RETRY_SECONDS = 8.0
 _BACKOFF_BASE, _BACKOFF_CAP = 0.05, 1.0
 
 
-def retry_policy(seconds: float) -> Retry:
+def retry_policy(
+    seconds: float, errors: tuple[type[Exception], ...] = (ConnectionError, TimeoutError)
+) -> Retry:
     """redis-py's retry for a connection lost or refused: the command is sent again on a new
     connection after 0.1, 0.2, 0.4, 0.8, then every 1 s, for about `seconds` in all (plus each
     attempt's own connect time). A restart or a failover of a few seconds then delays commands
@@ -40,7 +53,116 @@ def retry_policy(seconds: float) -> Retry:
     while waited < seconds:
         attempts += 1
         waited += backoff.compute(attempts)
-    return Retry(backoff, attempts, supported_errors=(ConnectionError, TimeoutError))
+    # SlotNotCoveredError is no RedisError, though redis-py's Retry types its errors as if all were.
+    return Retry(backoff, attempts, supported_errors=cast(tuple[type[RedisError], ...], errors))
+
+
+T = TypeVar("T")
+
+# What a cluster client rides through: a node's connection lost or refused (it restarts; LOADING is a
+# ConnectionError too), and the cluster's answers while it heals (CLUSTERDOWN: a restarted node
+# until it has met the others, or every node once a master is marked failed; a slot not covered or
+# moving). Not a full pool (MaxConnectionsError): that is this process's load, not Redis's outage.
+_CLUSTER_TRANSIENT = (ConnectionError, TimeoutError, ClusterDownError, SlotNotCoveredError, TryAgainError)
+
+
+def _transient(error: Exception) -> bool:
+    return not isinstance(error, MaxConnectionsError)
+
+
+# Set while a _Cluster call runs (and in the tasks it starts): an aclose() then is redis-py's own.
+_IN_CALL: ContextVar[bool] = ContextVar("agentmesh_redis_cluster_call", default=False)
+
+
+class _Cluster(RedisCluster):
+    """redis-py's cluster client, whose commands and pipelines ride through a node's restart with
+    `ride_through`'s backoff, as the standalone client's connections do (retry_policy).
+
+    redis-py 8.1's cluster client uses its `retry` only as a count of immediate retries (each after
+    reloading the slot map, none waiting), so a node down for a second fails every call meanwhile.
+    Here redis-py's own loops make one attempt (retry of 0: they still mark the slot map for a reload
+    and drop the failed node's connections) and the waiting happens around them."""
+
+    ride_through: Retry
+
+    async def _ride(
+        self, attempt: Callable[[], Awaitable[T]], failed: Callable[[Exception], Awaitable[None]]
+    ) -> T:
+        token = _IN_CALL.set(True)
+        try:
+            return await self.ride_through.call_with_retry(attempt, failed, is_retryable=_transient)
+        finally:
+            _IN_CALL.reset(token)
+
+    async def aclose(self) -> None:
+        """Closes the client; inside a call, where redis-py closes every node's connections on a
+        CLUSTERDOWN to make the slot map reload, only marks the map for a reload: closing the
+        connections other calls are using (or still opening) fails those calls, with an
+        AttributeError from the connection when it was halfway open (seen here)."""
+        if _IN_CALL.get():
+            self._initialize = True
+            return
+        # redis-py closes nothing of a client marked for a reload (as a failed call leaves it),
+        # leaving its nodes' connections open.
+        self._initialize = False
+        await super().aclose()
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        run = super().execute_command
+        return await self._ride(lambda: run(*args, **kwargs), _nothing)
+
+    def pipeline(self, transaction: Any | None = None, shard_hint: Any | None = None) -> ClusterPipeline:
+        if shard_hint:
+            raise RedisClusterException("shard_hint is deprecated in cluster mode")
+        # mypy counts redis-py's AbstractRedis._event_dispatcher as abstract, as for ClusterPipeline.
+        return _Pipeline(self, transaction)  # type: ignore[abstract]
+
+
+async def _nothing(_: Exception) -> None:
+    pass
+
+
+class _CommandsOnce(AsyncCommandsParser):
+    """redis-py asks a node for its COMMAND table at every reload of the slot map, and when that
+    node is the one down, the reload fails and closes every connection of the client, cutting the
+    calls of other tasks halfway (AttributeError on a connection's writer, seen here). The table
+    does not change with the slot map: asked once."""
+
+    async def initialize(self, node: Any = None) -> None:
+        if not self.commands:
+            await super().initialize(node)
+
+
+class _Pipeline(ClusterPipeline):
+    """A pipeline of `_Cluster`: a failed attempt is made again after the backoff. A plain pipeline
+    sends again only the commands that have no answer yet (redis-py keeps each command's result);
+    a transaction is sent whole again, as redis-py's own retry of it would."""
+
+    async def initialize(self) -> ClusterPipeline:
+        # `async with client.pipeline()` starts here: a slot map marked for a reload is loaded (and
+        # the COMMAND table asked of a node) before any command, which a node down would fail.
+        return await cast(_Cluster, self.cluster_client)._ride(super().initialize, _nothing)
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> list[Any]:
+        client = cast(_Cluster, self.cluster_client)
+        strategy = self._execution_strategy
+        # PipelineStrategy.execute empties its queue after each attempt, failed or not.
+        queue = list(strategy._command_queue) if isinstance(strategy, PipelineStrategy) else None
+
+        async def attempt() -> list[Any]:
+            if queue is not None:
+                cast(PipelineStrategy, strategy)._command_queue = list(queue)
+            return await strategy.execute(raise_on_error, allow_redirections)
+
+        async def failed(_: Exception) -> None:
+            # Learn the slot map again before the next attempt (a failover moves slots), without
+            # closing the connections other calls are using (redis-py's retry closes them all).
+            client._initialize = True
+
+        try:
+            return await client._ride(attempt, failed)
+        finally:
+            await self.reset()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
 
 def create_redis(
@@ -64,17 +186,20 @@ def create_redis(
             raise SettingsError("AGENTMESH_REDIS_MODE=cluster needs REDIS_URL (one node of the cluster)")
         # No blocking pool in redis-py's cluster client: past max_connections per node a command
         # fails with MaxConnectionsError (a ConnectionError, so UNAVAILABLE), it does not wait.
-        # Its `retry` (8.1) sets only how many times a command is tried again, after reloading the
-        # slot map, with no backoff between tries (docs/operations.md, Redis outages).
-        cluster = RedisCluster.from_url(
-            url,
-            max_connections=max_connections,
-            decode_responses=False,
-            socket_connect_timeout=2,
-            socket_timeout=5,
-            health_check_interval=10,
-            retry=retry_policy(retry_seconds),
+        cluster = cast(
+            _Cluster,
+            _Cluster.from_url(
+                url,
+                max_connections=max_connections,
+                decode_responses=False,
+                socket_connect_timeout=2,
+                socket_timeout=5,
+                health_check_interval=10,
+                retry=Retry(NoBackoff(), 0),
+            ),
         )
+        cluster.ride_through = retry_policy(retry_seconds, _CLUSTER_TRANSIENT)
+        cluster.commands_parser = _CommandsOnce()
         return cast(aioredis.Redis, cluster)
     if url:
         # A blocking pool: past max_connections a command waits (up to 5 s) for a free connection

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.connection_slots import ConnectionSlots
+from gateway.connection_slots import _ACQUIRE, ConnectionSlots
 from services.platform.redis_client import create_redis
 from tests.helpers import REDIS_MODE, free_port
 
@@ -83,3 +83,13 @@ async def test_unreachable_redis_admits_uncounted() -> None:
     finally:
         await slots.close()
         await down.aclose()
+
+
+async def test_a_retried_acquire_finds_its_own_slot(redis: aioredis.Redis) -> None:
+    """The script sent again by the client's retry (its first answer lost) with the same slot id:
+    taken, not refused for the slot it took itself, and counted once."""
+    key = ConnectionSlots.key("t", user())
+    assert await redis.eval(_ACQUIRE, 1, key, 1, 30_000, "slot-a") == 1
+    assert await redis.eval(_ACQUIRE, 1, key, 1, 30_000, "slot-a") == 1
+    assert await redis.eval(_ACQUIRE, 1, key, 1, 30_000, "slot-b") == 0
+    assert await redis.zcard(key) == 1

@@ -1,7 +1,11 @@
 """Runs that ride through a Redis restart (issue 15): the test's own redis-server (no persistence) is
 shut down (SHUTDOWN NOSAVE: every connection cut, every key gone) and started again on the same port
 about half a second later, under 20 live paced runs on two instances. No run fails, no client stream
-ends, every stored answer equals the deltas its client saw, and a resume afterwards is exact."""
+ends, every stored answer equals the deltas its client saw, and a resume afterwards is exact.
+
+The same on a Redis Cluster of the test's own (issue 18): one of its three masters (the one REDIS_URL
+names) is restarted the same way, down for two seconds (its slots unserved meanwhile, its keys gone,
+CLUSTERDOWN from it until it has met the others again)."""
 
 import asyncio
 import dataclasses
@@ -13,34 +17,51 @@ import pytest
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from services.platform.settings import Settings
-from tests.helpers import RedisServer, free_port
+from tests.helpers import RedisCluster, RedisServer, free_port
 from tests.orchestration.fakes import assistant_messages
 
 T = pb.RunEventType
 RUNS = 20
-WORDS = 60  # at 20 ms a word, about 1.2 s per answer: the restart lands in the middle of every run
+
+
+@dataclasses.dataclass
+class OwnRedis:
+    mode: str
+    url: str
+    restarted: RedisServer  # the server the test restarts
+    down_seconds: float
+    # At 20 ms a word, the answer outlasts the restart: it lands in the middle of every run.
+    words: int
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def own_redis(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[OwnRedis]:
+    """A redis-server, or a three-master Redis Cluster, of this test alone (whatever the suite's
+    mode: the test restarts it)."""
+    if request.param == "standalone":
+        server = RedisServer(tmp_path, free_port())
+        server.start()
+        yield OwnRedis("standalone", server.url, server, 0.5, words=60)
+        server.close()
+        return
+    cluster = RedisCluster(tmp_path)
+    try:
+        cluster.start()
+        yield OwnRedis("cluster", cluster.url, cluster.nodes[0], 2.0, words=200)
+    finally:
+        cluster.close()
 
 
 @pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test alone (a plain server also when the suite runs on a cluster:
-    the test restarts it)."""
-    server = RedisServer(tmp_path, free_port())
-    server.start()
-    yield server
-    server.close()
-
-
-@pytest.fixture
-def settings(settings: Settings, own_redis: RedisServer) -> Settings:
-    return dataclasses.replace(settings, redis_url=own_redis.url, redis_mode="standalone")
+def settings(settings: Settings, own_redis: OwnRedis) -> Settings:
+    return dataclasses.replace(settings, redis_url=own_redis.url, redis_mode=own_redis.mode)
 
 
 async def test_redis_restart_under_20_live_runs_on_two_instances_fails_none(make_mesh, own_redis):
     first = await make_mesh(echo_delay=0.02)
     second = await make_mesh(share=first, echo_delay=0.02)
     meshes = [first, second]
-    texts = [" ".join(f"r{i}w{j}" for j in range(WORDS)) for i in range(RUNS)]
+    texts = [" ".join(f"r{i}w{j}" for j in range(own_redis.words)) for i in range(RUNS)]
     md = first.md(tier="enterprise")  # 20 concurrent runs of one tenant
     agent_id = first.agents.add(first.tenant)
     sessions = [
@@ -72,11 +93,11 @@ async def test_redis_restart_under_20_live_runs_on_two_instances_fails_none(make
 
     tasks = [asyncio.create_task(converse(i)) for i in range(RUNS)]
     await asyncio.wait_for(started.wait(), 15)
-    down = await asyncio.to_thread(own_redis.restart, 0.5)
+    down = await asyncio.to_thread(own_redis.restarted.restart, own_redis.down_seconds)
     restarted_at = time.monotonic()
     # A client stream that ended with an error raises here.
     results = await asyncio.gather(*tasks)
-    assert down >= 0.5
+    assert down >= own_redis.down_seconds
 
     stored = {m.metadata["run_id"]: m.content for m in assistant_messages(first.conversation)}
     for i, events in enumerate(results):
