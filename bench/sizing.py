@@ -13,7 +13,9 @@ PostgreSQL's pg_stat_database counters of that database (transactions, rows writ
 Redis's INFO commandstats, each taken before and after, less what the idle server does in as long
 (health probes, lease sweeps: measured first, for the same time). And it reads the per-process
 figures from the committed benchmark report (docs/benchmarks.md, written by `python -m bench`);
-a figure the report lacks is "not measured" in the table. tests/test_sizing.py checks that the
+a figure the report lacks is "not measured" in the table. Orchestration's concurrent paced chats are
+the largest N of bench/chat_load.py's per-N tables (in its printed output, or in a report's raw
+output; `--report` takes either) at which the process kept PACED_TARGET. tests/test_sizing.py checks that the
 table in docs/operations.md is the one `render(docs/sizing.json)` gives.
 """
 
@@ -71,6 +73,48 @@ _EXTRACT = [
 ]
 _PACED = re.compile(r"^(\d+) paced chats, ([^:]+): time to first delta p99$")
 
+# The latency an orchestration process must keep for a number of concurrent paced chats to count as
+# held (its row in the table states it): the first delta within a second for 99% of the chats, the
+# answer delivered at 90% of the provider's pace or better, and no chat failed.
+PACED_TARGET = {"ttfd_p99_ms": 1000.0, "pace_ratio": 0.9}
+PACED_TARGET_TEXT = "TTFD p99 <= 1 s, delivered pace >= 0.9 of the provider's, no chat failed"
+# bench/chat_load.py's printed tables (in its output, and in the raw output of a `python -m bench`
+# report): "<N> concurrent chats", then a row per side; the `agentmesh serve` side is the one with
+# an orchestration process of its own. Columns: TTFD p50, p99 ms, tok/s, /prov, gap p99, failed, ...
+_CHATS_BLOCK = re.compile(r"^(\d+) concurrent chats$", re.M)
+_SERVICES_ROW = re.compile(
+    r"^  agentmesh serve \(process per service\) +(\S+) +(\S+) +(\S+) +(\S+) +(\S+) +(\d+) ", re.M
+)
+
+
+def paced_capacity(text: str) -> dict[str, Any] | None:
+    """The largest N of bench/chat_load.py's tables at which the `agentmesh serve` side met
+    PACED_TARGET (the smallest N tried, marked not met, when none did); None without such a table."""
+    blocks = list(_CHATS_BLOCK.finditer(text))
+    tried: dict[int, tuple[float, float, int]] = {}
+    for i, block in enumerate(blocks):
+        end = blocks[i + 1].start() if i + 1 < len(blocks) else len(text)
+        row = _SERVICES_ROW.search(text, block.end(), end)
+        if row:
+            tried[int(block.group(1))] = (float(row.group(2)), float(row.group(4)), int(row.group(6)))
+    if not tried:
+        return None
+    met = [
+        n
+        for n, (p99, pace, failed) in tried.items()
+        if p99 <= PACED_TARGET["ttfd_p99_ms"] and pace >= PACED_TARGET["pace_ratio"] and failed == 0
+    ]
+    n = max(met) if met else min(tried)
+    p99, pace, _ = tried[n]
+    return {
+        "chats": n,
+        "ttfd_p99_ms": p99,
+        "pace_ratio": pace,
+        "targets_met": bool(met),
+        "target": PACED_TARGET_TEXT,
+        "tried": sorted(tried),
+    }
+
 
 def _number(text: str) -> float:
     return float(text.replace(",", ""))
@@ -107,6 +151,8 @@ def read_report(text: str) -> dict[str, Any]:
                 "ttfd_p99_ms": _number(p99.group(1)) if p99 else None,
                 "targets_met": all(met.get(t) == "yes" for t in targets),
             }
+    # chat_load's per-N tables, where the text has them, size it against PACED_TARGET instead.
+    out["orchestration_paced_chats"] = paced_capacity(text) or out["orchestration_paced_chats"]
     started = re.search(r"^- started: (.+?) \(UTC\)", text, flags=re.M)
     out["report_started"] = started.group(1) if started else None
     return out
@@ -218,9 +264,15 @@ def render(figures: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
         "| orchestration | "
         + (
-            f"{paced['chats']:,} concurrent paced chats (targets {'met' if paced['targets_met'] else '**not met**'})"
+            f"{paced['chats']:,} concurrent paced chats (targets {'met' if paced['targets_met'] else '**not met**'}"
+            + (
+                f": {paced['target']}; the largest of {', '.join(f'{n:,}' for n in paced['tried'])} tried"
+                if "target" in paced
+                else ""
+            )
+            + ")"
             if paced
-            else "concurrent paced chats: not measured"
+            else f"concurrent paced chats: not measured (target: {PACED_TARGET_TEXT})"
         )
         + f" | {'TTFD p99 ' + _fmt(paced['ttfd_p99_ms']) + ' ms' if paced and paced['ttfd_p99_ms'] else 'not measured'}"
         + f" | {_fmt(loads['streams'])} answers streaming at once | {reps('orchestration')} |",

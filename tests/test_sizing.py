@@ -5,6 +5,7 @@ computation reads a benchmark report as `python -m bench` writes it (a figure th
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 from typing import Any
@@ -119,3 +120,46 @@ def test_paced_chats_held_past_their_targets_size_nothing() -> None:
     merged = sizing.merge_reports([read, other])
     assert merged["orchestration_paced_chats"] == read["orchestration_paced_chats"]
     assert merged["identity_logins_per_s"] == {"per_s": 10.0, "p50_ms": 50.0}
+
+
+def _chat_load_output(rows: dict[int, tuple[float, float, int]]) -> str:
+    """bench/chat_load.py's printed tables (its own report()), the services side at each N with
+    (TTFD in s, delivered tokens/s, failed chats), a LangGraph row beside it."""
+    from bench import chat_load
+
+    lines = ["chat load: 50-word messages, echo every 20 ms (51 tokens, 50 tokens/s)"]
+    for n, (ttfd, pace, failed) in rows.items():
+
+        def side(name: str, ttfd: float, pace: float, failed: int, n: int = n) -> chat_load.Measured:
+            failures = collections.Counter({"UNAVAILABLE": failed} if failed else {})
+            return chat_load.Measured(
+                name, n, [ttfd] * n, [pace] * n, [0.03] * n, failures, 1.0, 1.0, 2**20, 2**21, 3
+            )
+
+        measured = [side("langgraph", 0.05, 50.0, 0), side("services", ttfd, pace, failed)]
+        lines += chat_load.report(n, measured, 50.0)
+    return "\n".join(lines) + "\n"
+
+
+def test_paced_chats_are_sized_at_the_largest_n_that_met_the_stated_target() -> None:
+    text = _chat_load_output(
+        {50: (0.1, 49.0, 0), 200: (0.5, 46.0, 0), 400: (0.6, 47.0, 2), 500: (2.0, 45.0, 0)}
+    )
+    paced = sizing.read_report(text)["orchestration_paced_chats"]
+    assert paced["chats"] == 200 and paced["targets_met"]
+    assert paced["ttfd_p99_ms"] == 500.0 and paced["pace_ratio"] == 0.92
+    assert paced["tried"] == [50, 200, 400, 500]
+    figures = sizing.merge_reports([sizing.read_report(text), sizing.read_report(_report())])
+    figures["assumptions"] = sizing.ASSUMPTIONS
+    a = sizing.ASSUMPTIONS
+    streams = a["chats"] * (a["answer_tokens"] / a["tokens_per_second"]) / a["message_interval_seconds"]
+    assert sizing.plan(figures)["replicas"]["orchestration"] == math.ceil(streams / (200 * a["headroom"]))
+    assert (
+        "200 concurrent paced chats (targets met: TTFD p99 <= 1 s, delivered pace >= 0.9 of the "
+        "provider's, no chat failed; the largest of 50, 200, 400, 500 tried)" in sizing.render(figures)
+    )
+
+    # None met (too slow, or slow to start): not sized, at the smallest N tried.
+    none = sizing.paced_capacity(_chat_load_output({100: (0.2, 40.0, 0), 300: (1.5, 49.0, 0)}))
+    assert none is not None and none["chats"] == 100 and not none["targets_met"]
+    assert sizing.paced_capacity("no tables here") is None
