@@ -66,7 +66,14 @@ class Upstreams:
             raise LookupError(f"no address configured for the {peer} service")
         existing = self._owned.get(address)
         if existing is None:
-            options = [("grpc.keepalive_time_ms", 30_000), ("grpc.max_receive_message_length", 16 << 20)]
+            options = [
+                ("grpc.keepalive_time_ms", 30_000),
+                ("grpc.max_receive_message_length", 16 << 20),
+                # A stream's HTTP/2 window stays at its 64 KiB default: with BDP probing it grows
+                # to megabytes, which the gateway would hold for every client that stops reading
+                # (measured: about 4 MiB a stalled stream) before orchestration saw the backlog.
+                ("grpc.http2.bdp_probe", 0),
+            ]
             creds = channel_credentials(self._settings.tls)
             existing = (
                 grpc.aio.insecure_channel(address, options=options)

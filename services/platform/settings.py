@@ -284,6 +284,13 @@ class GatewaySettings:
     ws_heartbeat_seconds: float = setting(
         "AGENTMESH_WS_HEARTBEAT_SECONDS", 20.0, parse=number, doc="WebSocket ping interval"
     )
+    unsent_bytes: int = setting(
+        "AGENTMESH_GATEWAY_UNSENT_BYTES",
+        64 * 1024,
+        parse=integer,
+        shown="`65536` (0: the system's)",
+        doc="per client connection, the most the kernel holds not yet sent (TCP_NOTSENT_LOWAT, Linux); with uvicorn's 64 KiB write buffer, what a client that stops reading pins besides its TCP window, so its stream backs up to orchestration, which cuts it",
+    )
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
