@@ -96,3 +96,44 @@ async def test_sign_in_chat_reload_history_and_sign_out(live: Any, fakes: Any, c
             assert not unexpected, unexpected
         finally:
             await browser.close()
+
+
+# The page's ChatSocket fed frames by hand: what it sends back, and which frames reach its handlers.
+_CUT_AND_RESUME = """async () => {
+  const { ChatSocket } = await import("/static/js/ws.js");
+  const sent = [], handled = [];
+  const fake = { readyState: WebSocket.OPEN, send: (text) => sent.push(JSON.parse(text)) };
+  const sock = new ChatSocket({ token: () => "t", handlers: { error: (m) => handled.push(m) } });
+  sock.ws = fake;
+  const event = (run_id, event_id, session_id) => ({ type: "agent_response", run_id, event_id, session_id, delta: "x" });
+  sock.receive(fake, event("r1", 7, "s1"));
+  sock.receive(fake, event("r2", 3, "s2"));
+  const detail = { "@type": "type.googleapis.com/google.rpc.ErrorInfo", reason: "SLOW_READER",
+                   metadata: { run_id: "r1", last_event_id: "7" } };
+  sock.receive(fake, { type: "error", error_code: "RESOURCE_EXHAUSTED", error_message: "cut", details: [detail] });
+  sock.receive(fake, { type: "error", error_code: "RESOURCE_EXHAUSTED", error_message: "too many", details: [] });
+  return { sent, handled: handled.map((m) => m.error_message) };
+}"""
+
+
+async def test_the_page_resumes_a_run_whose_stream_was_cut_for_reading_slowly(
+    live: Any, chromium: str
+) -> None:
+    """A SLOW_READER error (tests/gateway/test_slow_client.py shows when one comes) makes the page
+    resume that session's unfinished runs on the same socket from the last event it has; any other
+    error still goes to the page's error handler."""
+    from playwright.async_api import async_playwright
+
+    port = await live()
+    async with async_playwright() as p:
+        browser = await p.chromium.launch(executable_path=chromium, args=ARGS)
+        try:
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{port}/")
+            result = await page.evaluate(_CUT_AND_RESUME)
+        finally:
+            await browser.close()
+    assert result == {
+        "sent": [{"type": "resume", "session_id": "s1", "run_id": "r1", "after_event_id": 7}],
+        "handled": ["too many"],
+    }

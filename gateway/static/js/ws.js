@@ -72,6 +72,7 @@ export class ChatSocket {
       }
       return;
     }
+    if (m.type === "error" && this.resumeAfterCut(m)) return;
     if (m.run_id && m.event_id) {
       const r = this.runs.get(m.run_id) || { session_id: m.session_id, last: 0, done: false };
       if (m.event_id <= r.last) return; // already seen: never show a duplicate
@@ -81,6 +82,21 @@ export class ChatSocket {
     }
     const handler = this.handlers[m.type];
     if (handler) handler(m);
+  }
+
+  // Orchestration cut this session's stream because the page read too slowly (a busy tab): the error
+  // names the run (ErrorInfo SLOW_READER) and the socket stays open, so every unfinished run of
+  // the session resumes on it from the last event the page has. Nothing to show the user.
+  resumeAfterCut(m) {
+    const info = (m.details || []).find((d) => d.reason === "SLOW_READER");
+    const cut = info && this.runs.get(info.metadata?.run_id);
+    if (!cut) return false;
+    for (const [run_id, r] of this.runs) {
+      if (r.session_id === cut.session_id && !r.done) {
+        this.send({ type: "resume", session_id: r.session_id, run_id, after_event_id: r.last });
+      }
+    }
+    return true;
   }
 
   send(obj) {
