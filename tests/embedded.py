@@ -21,6 +21,8 @@ BIN = Path(sys.executable).parent
 class Embedded:
     grpc_port: int
     http_port: int
+    # The `agentmesh up` process (a test may signal it itself; run_embedded still checks its exit).
+    proc: subprocess.Popen[str] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def grpc_target(self) -> str:
@@ -73,7 +75,7 @@ def run_embedded(
         proc.stdout.close()
         raise AssertionError(f"agentmesh up did not start: {seen}")
     try:
-        yield running
+        yield dataclasses.replace(running, proc=proc)
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

@@ -1,6 +1,7 @@
 """`agentmesh up` with its defaults (SQLite, the in-process Redis, all four services in one process,
 the wiring a user gets) holds 500 concurrent streams (issue 15): every SendMessage ends with
-RUN_COMPLETED, none fails, none hangs, and every answer is stored whole.
+RUN_COMPLETED, none fails, none hangs, and every answer is stored whole; then, SIGTERM with 500
+streams open: `up` exits within 30 s and every stream ends with a terminal event or a status.
 
 Before SQLite's writes went through one inline writer (platform.db.SqliteWriter), 500 paced chats
 on `up` failed in the hundreds (bench/chat_load.py: RUN_FAILED DEADLINE_EXCEEDED): write
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +155,43 @@ async def test_500_concurrent_streams_on_the_embedded_default_complete(up: Embed
                 (cpb.MESSAGE_ROLE_USER, texts[i]),
                 (cpb.MESSAGE_ROLE_ASSISTANT, deltas),
             ], i
+
+        # SIGTERM with 500 streams open: `up` exits within the bound run_embedded checks (its grace
+        # is 10 s) and every stream ends, with a terminal event or a status.
+        long_text = " ".join(f"w{j}" for j in range(2_000))  # 4 s of answer at 2 ms a word
+        streaming = asyncio.Event()
+        opened = 0
+
+        async def open_chat(i: int) -> tuple[list[pb.RunEvent], str]:
+            nonlocal opened
+            md, session = chats[i]
+            events: list[pb.RunEvent] = []
+            call = pb_grpc.OrchestrationServiceStub(channels[i // PER_TENANT]).SendMessage(
+                pb.SendMessageRequest(session_id=session.id, text=long_text), metadata=md, timeout=DEADLINE
+            )
+            try:
+                async for reply in call:
+                    events.append(reply.event)
+                    if len(events) == 1:
+                        opened += 1
+                        if opened == CHATS // 10:
+                            streaming.set()
+            except grpc.aio.AioRpcError as err:
+                return events, err.code().name
+            return events, ""
+
+        tasks = [asyncio.create_task(open_chat(i)) for i in range(CHATS)]
+        await asyncio.wait_for(streaming.wait(), DEADLINE)
+        assert up.proc is not None
+        up.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+        code = await asyncio.to_thread(up.proc.wait, 30)
+        print(f"exited {code} {time.monotonic() - signalled:.1f} s after SIGTERM")
+        assert code == 0
+        ended = await asyncio.wait_for(asyncio.gather(*tasks), DEADLINE)
+        stopped = collections.Counter(status or _end(events) for events, status in ended)
+        print(f"with 500 streams open: {dict(stopped)}")
+        assert not [k for k in stopped if k.startswith(("no events", "no terminal event"))], stopped
     finally:
         for channel in channels:
             await channel.close()

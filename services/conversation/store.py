@@ -572,9 +572,13 @@ class ConversationStore:
                 return existing
         values = dataclasses.asdict(conversation)
         values["request_id"] = request_id
-        try:
-            async with self.engine.begin() as conn:
+
+        async def insert(engine: AsyncEngine) -> None:
+            async with engine.begin() as conn:
                 await conn.execute(conversations.insert().values(**values))
+
+        try:
+            await db.write(self.engine, insert)
         except IntegrityError:
             # A twin with the same request_id committed between the check and the insert.
             if not request_id:
