@@ -1,6 +1,6 @@
 """The SQLAlchemy 2 async engine: SQLite (aiosqlite) by default, PostgreSQL (psycopg) by URL; and,
 on PostgreSQL, a small psycopg pool of autocommit connections for the hottest single-statement
-writes."""
+writes; on a SQLite file, one inline writer for the hot write transactions (`write`)."""
 
 from __future__ import annotations
 
