@@ -4,7 +4,7 @@ gateway pulls from its gRPC call only as fast as the client takes frames, so gRP
 backs up to orchestration, whose bounded reader buffer cuts the stream. The client, reading on,
 gets every event up to some id and then RESOURCE_EXHAUSTED saying where to resume; resuming there
 (JoinRun over HTTP, `resume` over the WebSocket) gives the rest exactly. Meanwhile another client
-of the same gateway streams a run to its end. Over SSE and over the WebSocket."""
+of the same gateway streams a run to its end. Over SSE, NDJSON and the WebSocket."""
 
 from __future__ import annotations
 
@@ -38,12 +38,15 @@ from tests.orchestration.conftest import FAST, Mesh, make_mesh  # noqa: F401
 READER_BUFFER = 64
 ECHO_DELAY = 0.01
 OPTIONS = dataclasses.replace(FAST, reader_buffer_events=READER_BUFFER, delta_flush_ms=0)
+# Small enough that the whole answer (all produced until the cut) stays well under the 4 MiB a
+# gRPC message to conversation may carry: a larger one fails the run.
 DELTA_BYTES = 4096
 # The stalled client's receive buffer (set before connect, so the kernel does not grow it).
 CLIENT_RCVBUF = 4096
 # What the pipeline from orchestration's cut reader to the stalled client may hold (256 KiB measured).
 HELD_BOUND = 1 << 20
 SSE = "text/event-stream"
+NDJSON = "application/x-ndjson"
 DELTA = "RUN_EVENT_TYPE_MESSAGE_DELTA"
 TIMEOUT = 15.0
 
@@ -54,7 +57,7 @@ def _noise(seed: int) -> str:
 
 
 class _Flood:
-    """Echo, except the model `echo:flood`: numbered deltas of DELTA_BYTES, a millisecond apart,
+    """Echo, except the model `echo:flood`: distinct deltas of DELTA_BYTES, a millisecond apart,
     until `release` is set (kernel buffers, the gRPC window and uvicorn's write buffer fill fast)."""
 
     def __init__(self) -> None:
@@ -134,10 +137,18 @@ def _small_rcvbuf_socket(port: int) -> socket.socket:
     return sock
 
 
-# SSE -------------------------------------------------------------------------------------------
+# SSE and NDJSON --------------------------------------------------------------------------------
 
 
-async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[dict[str, Any]]:
+async def _events(lines: AsyncIterator[str], accept: str) -> AsyncIterator[dict[str, Any]]:
+    """A server stream's events as {id?, event?, data}: SSE as sent, an NDJSON line as its `result`
+    (data) or `error` (event "error")."""
+    if accept != SSE:
+        async for line in lines:
+            if line:
+                [(key, value)] = json.loads(line).items()
+                yield {"data": value} if key == "result" else {"event": key, "data": value}
+        return
     fields: dict[str, Any] = {}
     async for line in lines:
         if line:
@@ -164,14 +175,17 @@ async def _healthy_sse_run(client: httpx.AsyncClient, headers: dict[str, str], s
         f"/v1/sessions/{session.id}:sendMessage", json={"text": text}, headers={**headers, "Accept": SSE}
     )
     assert reply.status_code == 200, reply.text
-    events = [e async for e in _sse(reply.aiter_lines())]
+    events = [e async for e in _events(reply.aiter_lines(), SSE)]
     assert all("eventId" in e["data"] for e in events), events[-1]
     assert _ids(events) == list(range(1, len(events) + 1))
     assert events[-1]["data"]["type"] == "RUN_EVENT_TYPE_RUN_COMPLETED", events[-1]
     assert _deltas(events) == f"Echo: {text}" == _stored_answer(setup.mesh, session.conversation_id)
 
 
-async def test_a_stalled_sse_client_is_cut_without_harming_others_and_resumes(setup: _Setup) -> None:
+@pytest.mark.parametrize("accept", [SSE, NDJSON])
+async def test_a_stalled_http_client_is_cut_without_harming_others_and_resumes(
+    setup: _Setup, accept: str
+) -> None:
     mesh, base = setup.mesh, f"http://127.0.0.1:{setup.port}"
     session = await mesh.session(model="echo:flood")
     small = httpx.AsyncHTTPTransport(socket_options=[(socket.SOL_SOCKET, socket.SO_RCVBUF, CLIENT_RCVBUF)])
@@ -182,11 +196,11 @@ async def test_a_stalled_sse_client_is_cut_without_harming_others_and_resumes(se
             "POST",
             f"/v1/sessions/{session.id}:sendMessage",
             json={"text": "go"},
-            headers={**setup.headers, "Accept": SSE},
+            headers={**setup.headers, "Accept": accept},
         ) as stalled,
     ):
         assert stalled.status_code == 200
-        stream = aiter(_sse(stalled.aiter_lines()))
+        stream = aiter(_events(stalled.aiter_lines(), accept))
         got: list[dict[str, Any]] = []
         while len([e for e in got if e["data"]["type"] == DELTA]) < 3:
             got.append(await asyncio.wait_for(anext(stream), TIMEOUT))
@@ -196,7 +210,11 @@ async def test_a_stalled_sse_client_is_cut_without_harming_others_and_resumes(se
         await _cut(mesh, run_id)
         setup.flood.release.set()
 
-        # Reading on: every event the pipeline held, in order, then the cut.
+        # Reading on (with room, so the held events come quickly): every event the pipeline held,
+        # in order, then the cut.
+        stalled.extensions["network_stream"].get_extra_info("socket").setsockopt(
+            socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20
+        )
         while True:
             event = await asyncio.wait_for(anext(stream), TIMEOUT)
             if event.get("event") == "error":
@@ -211,17 +229,17 @@ async def test_a_stalled_sse_client_is_cut_without_harming_others_and_resumes(se
         assert info["reason"] == "SLOW_READER"
         assert info["metadata"] == {"run_id": run_id, "last_event_id": str(last)}
         held = last - stopped_at
-        print(f"held for the stalled SSE client: {held} events, {held * DELTA_BYTES >> 10} KiB")
+        print(f"held for the stalled {accept} client: {held} events, {held * DELTA_BYTES >> 10} KiB")
         # Bounded by the buffers on the way (the gRPC window, uvicorn's, the kernel's unsent bytes),
         # not by how long the client stalls: 8 MiB before their bounds (BDP probing, TCP_NOTSENT_LOWAT).
         assert held * DELTA_BYTES < HELD_BOUND, held
 
         # JoinRun from there: the rest, exactly.
         joined = await client.get(
-            f"/v1/runs/{run_id}:join", headers={**setup.headers, "Accept": SSE, "Last-Event-ID": str(last)}
+            f"/v1/runs/{run_id}:join", headers={**setup.headers, "Accept": accept, "Last-Event-ID": str(last)}
         )
         assert joined.status_code == 200, joined.text
-        rest = [e async for e in _sse(joined.aiter_lines())]
+        rest = [e async for e in _events(joined.aiter_lines(), accept)]
     assert _ids(rest) == list(range(last + 1, last + 1 + len(rest)))
     assert rest[-1]["data"]["type"] == "RUN_EVENT_TYPE_RUN_COMPLETED", rest[-1]["data"].get("error")
     assert _deltas(got) + _deltas(rest) == _stored_answer(mesh, session.conversation_id)
