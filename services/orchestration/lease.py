@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Callable, Collection
 
@@ -41,7 +42,9 @@ class LeaseKeeper:
 
     async def keep(self, h: RunHandle) -> None:
         """Until cancelled: renews the run's lease and concurrency slot; a lost lease abandons the run."""
-        last_renew = time.monotonic()
+        # The first renewal at a random point of the interval: runs started in one burst would
+        # otherwise renew all at once, each holding a Redis connection of the shared pool.
+        last_renew = time.monotonic() - random.uniform(0, self._renew / 2)
         while True:
             # Wakes when the renewal is due; after a failed one (Redis down), every poll interval.
             await asyncio.sleep(max(self._poll, self._renew - (time.monotonic() - last_renew)))

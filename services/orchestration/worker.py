@@ -53,6 +53,11 @@ log = logging.getLogger("agentmesh.orchestration.runs")
 
 # Provider errors another model may not have (rate limit, outage, timeout): the next model is tried.
 FALLBACK_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
+# Runs of this process in their start (begin, user message, context) at once; the others wait in
+# line, QUEUED. A burst of hundreds otherwise starts all of them in lockstep: every run's peer calls
+# and statements wait behind everyone's, the first delta of each comes only after all have started,
+# and past the peer deadline (10 s) runs fail DEADLINE_EXCEEDED. In line, the first come first.
+START_CONCURRENCY = 32
 _TOKENS = ApproximateTokenCounter()
 
 
@@ -149,9 +154,11 @@ class RunWorker:
         tool_executor: HttpToolExecutor,
         tool_wait_seconds: float,
         delta_flush_seconds: float = 0.03,
+        start_concurrency: int = START_CONCURRENCY,
         clock: Callable[[], float] = time.time,
     ):
         self._delta_window = delta_flush_seconds
+        self._starting = asyncio.Semaphore(start_concurrency)
         self._tool_executor = tool_executor
         self._tool_wait_seconds = tool_wait_seconds
         self._store = store
@@ -385,6 +392,10 @@ class RunWorker:
         """Waits for the runs before it, starts the run, stores the user message, reads the context."""
         for previous in h.wait_for:
             await self._wait_until_ended(h.caller.tenant_id, previous)
+        async with self._starting:
+            return await self._start(h)
+
+    async def _start(self, h: RunHandle) -> tuple[AgentSnapshot, list[ChatMessage]]:
         caller, session = h.caller, h.session
         agent = await self._agents.get(session.agent_id, tenant_id=caller.tenant_id, token=caller.token)
         h.agent_version = agent.version
