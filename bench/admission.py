@@ -299,6 +299,9 @@ async def build(database_url: str, redis_url: str) -> AsyncGenerator[_Graph, Non
     assert isinstance(agent_cache, AgentCache)
     agent_cache._service_token = service_token  # the bench runs no identity service
     probe = _HeldAtStart(service.runs.worker._conversation)  # type: ignore[attr-defined]
+    # The probe holds each run inside the worker's start line (at most START_CONCURRENCY runs in
+    # their start at once): widened to the largest round, or a round of 100 would wait for itself.
+    service.runs.worker._starting = asyncio.Semaphore(1_000)  # type: ignore[attr-defined]
     server = Server(runtime, [built.registration], address="127.0.0.1:0")
     await server.start()
     # Enterprise: 100 concurrent runs per tenant; a quota far from its edge (CheckQuota reads the
