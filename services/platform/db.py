@@ -35,16 +35,19 @@ _CONNECT_ARGS: dict[str, Any] = {
 T = TypeVar("T")
 
 
+# WAL lets readers run beside the writer; foreign keys are off by default in SQLite. Every connection,
+# the pool's and the inline writer's (which adds busy_timeout=0: it must never block the loop).
+_SQLITE_PRAGMAS = ("journal_mode=WAL", "foreign_keys=ON")
+
+
 def _sqlite_engine(url: str, **pool: Any) -> AsyncEngine:
     engine = create_async_engine(url, connect_args={"timeout": 30}, **pool)
 
     @event.listens_for(engine.sync_engine, "connect")
     def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-        # WAL lets readers run beside the writer; foreign keys are off by default in SQLite.
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        for pragma in (*_SQLITE_PRAGMAS, "busy_timeout=30000"):
+            cursor.execute(f"PRAGMA {pragma}")
         cursor.close()
 
     return engine
@@ -128,7 +131,7 @@ class SqliteWriter:
     def __init__(self, path: str):
         def connect() -> sqlite3.Connection:
             conn = sqlite3.connect(path, timeout=0, check_same_thread=False)
-            for pragma in ("journal_mode=WAL", "foreign_keys=ON", "busy_timeout=0"):
+            for pragma in (*_SQLITE_PRAGMAS, "busy_timeout=0"):
                 conn.execute(f"PRAGMA {pragma}")
             return conn
 
