@@ -93,7 +93,7 @@ class EventBus:
             if kept_retry is not None and isinstance(held, Connection):
                 held.retry = kept_retry  # the connection goes back to the pool
             with contextlib.suppress(Exception):
-                await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves PubSub.aclose unannotated
+                await pubsub.aclose()  # type: ignore[no-untyped-call, unused-ignore]  # redis-py < 8.2 leaves PubSub.aclose unannotated
 
     async def close(self) -> None:
         """Ends every subscription (within one poll interval): called when the server starts draining."""
