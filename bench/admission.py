@@ -48,6 +48,7 @@ from services.orchestration.agent_cache import AgentCache
 from services.orchestration.clients import ConversationClient
 from services.orchestration.models import EventType
 from services.orchestration.service import OrchestrationService
+from services.orchestration.start_line import StartLine
 from services.platform import migrations
 from services.platform.auth import Principal
 from services.platform.runtime import Runtime
@@ -301,7 +302,7 @@ async def build(database_url: str, redis_url: str) -> AsyncGenerator[_Graph, Non
     probe = _HeldAtStart(service.runs.worker._conversation)  # type: ignore[attr-defined]
     # The probe holds each run inside the worker's start line (at most START_CONCURRENCY runs in
     # their start at once): widened to the largest round, or a round of 100 would wait for itself.
-    service.runs.worker._starting = asyncio.Semaphore(1_000)  # type: ignore[attr-defined]
+    service.runs.worker.line = StartLine(1_000)
     server = Server(runtime, [built.registration], address="127.0.0.1:0")
     await server.start()
     # Enterprise: 100 concurrent runs per tenant; a quota far from its edge (CheckQuota reads the

@@ -39,6 +39,7 @@ from services.orchestration.models import (
     Usage,
 )
 from services.orchestration.providers import ChatMessage, ModelConfig, ProviderError, Providers, ToolCall
+from services.orchestration.start_line import StartLine
 from services.orchestration.store import OrchestrationStore
 from services.orchestration.structured import check_answer, repair_prompt
 from services.orchestration.tools.http import HttpToolExecutor
@@ -53,11 +54,6 @@ log = logging.getLogger("agentmesh.orchestration.runs")
 
 # Provider errors another model may not have (rate limit, outage, timeout): the next model is tried.
 FALLBACK_CODES = frozenset({"RESOURCE_EXHAUSTED", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
-# Runs of this process in their start (begin, user message, context) at once; the others wait in
-# line, QUEUED. A burst of hundreds otherwise starts all of them in lockstep: every run's peer calls
-# and statements wait behind everyone's, the first delta of each comes only after all have started,
-# and past the peer deadline (10 s) runs fail DEADLINE_EXCEEDED. In line, the first come first.
-START_CONCURRENCY = 32
 _TOKENS = ApproximateTokenCounter()
 
 
@@ -154,11 +150,11 @@ class RunWorker:
         tool_executor: HttpToolExecutor,
         tool_wait_seconds: float,
         delta_flush_seconds: float = 0.03,
-        start_concurrency: int = START_CONCURRENCY,
+        start_line: StartLine | None = None,
         clock: Callable[[], float] = time.time,
     ):
         self._delta_window = delta_flush_seconds
-        self._starting = asyncio.Semaphore(start_concurrency)
+        self.line = start_line or StartLine()
         self._tool_executor = tool_executor
         self._tool_wait_seconds = tool_wait_seconds
         self._store = store
@@ -171,6 +167,12 @@ class RunWorker:
 
     async def work(self, h: RunHandle) -> None:
         """Executes the run; however it ends, the run's end is stored and announced."""
+        try:
+            await self._work(h)
+        finally:
+            self.line.leave(h.run.id)
+
+    async def _work(self, h: RunHandle) -> None:
         try:
             await self._execute(h)
         except asyncio.CancelledError:
@@ -392,7 +394,8 @@ class RunWorker:
         """Waits for the runs before it, starts the run, stores the user message, reads the context."""
         for previous in h.wait_for:
             await self._wait_until_ended(h.caller.tenant_id, previous)
-        async with self._starting:
+        self.line.enter(h.run.id)
+        async with self.line.slot():
             return await self._start(h)
 
     async def _start(self, h: RunHandle) -> tuple[AgentSnapshot, list[ChatMessage]]:
@@ -486,11 +489,15 @@ class RunWorker:
                 continue
             break
         self._flush_deltas(h)
+        self.line.leave(h.run.id)
         answer = "".join(h.text)
         structured, mismatch = check_answer(fmt, answer) if fmt is not None and not calls else (None, "")
         # An answer with tool calls (or one to be asked again) is not the run's last: a cancel
         # still applies.
         h.finishing = not calls and not mismatch
+        # Every delta is out: the client has the whole answer. Storing it waits for the runs on
+        # their way to a first delta (briefly; start_line.py).
+        await self.line.yield_to_starts()
         usage = metered(
             reported,
             messages,
@@ -549,12 +556,14 @@ class RunWorker:
         if h.delta_error is not None:
             self._flush_deltas(h)
         loop = asyncio.get_running_loop()
-        if not h.pending and loop.time() - h.last_delta_at >= self._delta_window:
+        # Wider while runs are on their way to a first delta: fewer events for the same text.
+        window = self._delta_window * (self.line.busy_window_factor if self.line.busy else 1)
+        if not h.pending and loop.time() - h.last_delta_at >= window:
             self._publish_delta(h, text)
             return
         h.pending.append(text)
         if h.flush_timer is None:
-            h.flush_timer = loop.call_at(h.last_delta_at + self._delta_window, self._window_ended, h)
+            h.flush_timer = loop.call_at(h.last_delta_at + window, self._window_ended, h)
 
     def _window_ended(self, h: RunHandle) -> None:
         h.flush_timer = None
@@ -600,6 +609,7 @@ class RunWorker:
             raise Lost() from None
         self._written(h, event)
         h.last_delta_at = asyncio.get_running_loop().time()
+        self.line.leave(h.run.id)
 
     async def _emit(self, h: RunHandle, type_: EventType, **fields: object) -> None:
         # Deltas held by the window go first: event ids follow the order things happened.
