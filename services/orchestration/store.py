@@ -583,8 +583,10 @@ class OrchestrationStore:
         assistant_message_id: str = "",
         from_states: Iterable[int] = LIVE_STATES,
         fallbacks: tuple[ModelFallback, ...] = (),
+        free_session: bool = False,
     ) -> bool:
-        """Moves a live run to its end state; False when another party (the sweeper) got there first."""
+        """Moves a live run to its end state; False when another party (the sweeper) got there first.
+        `free_session`: in the same statement, its session's active run is cleared (if still it)."""
         values: dict[str, Any] = {
             "state": RUN_STATE_CODES[state],
             "end_time_us": now_us,
@@ -606,8 +608,36 @@ class OrchestrationStore:
         if assistant_message_id:
             values["assistant_message_id"] = assistant_message_id
         values["wait_expire_us"] = None
+        if self._autocommit is not None:
+            # One round trip for both rows, on psycopg directly (the end of every run).
+            sets = ", ".join(f"{column} = %({column})s" for column in values)
+            sql = (
+                f"WITH ended AS (UPDATE runs SET {sets} WHERE id = %(run_id_)s"
+                " AND state = ANY(%(from_states_)s) RETURNING session_id)"
+            )
+            if free_session:
+                sql += (
+                    ", freed AS (UPDATE sessions SET active_run_id = NULL, update_time_us = %(end_time_us)s"
+                    " WHERE id IN (SELECT session_id FROM ended) AND active_run_id = %(run_id_)s)"
+                )
+            params = {**values, "run_id_": run_id, "from_states_": list(from_states)}
+            rows = await self._fetch(sql + " SELECT count(*) AS n FROM ended", params)
+            return bool(rows[0].n == 1)
         stmt = runs.update().where(runs.c.id == run_id, runs.c.state.in_(list(from_states))).values(**values)
-        return await self._execute(stmt) == 1
+
+        async def execute(engine: AsyncEngine) -> int:
+            async with engine.begin() as conn:
+                moved = (await conn.execute(stmt)).rowcount
+                if moved == 1 and free_session:
+                    session = sa.select(runs.c.session_id).where(runs.c.id == run_id).scalar_subquery()
+                    await conn.execute(
+                        sessions.update()
+                        .where(sessions.c.id == session, sessions.c.active_run_id == run_id)
+                        .values(active_run_id=None, update_time_us=now_us)
+                    )
+                return moved
+
+        return await db.write(self._engine, execute) == 1
 
     # Waiting runs and their tool calls ----------------------------------------------------------
 

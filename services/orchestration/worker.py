@@ -537,10 +537,11 @@ class RunWorker:
             usage=h.usage,
             assistant_message_id=step.assistant_message_id,
             fallbacks=tuple(h.fallbacks),
+            # The session is free before the terminal event, so whoever sees the event finds it free.
+            free_session=True,
         ):
             raise Lost()
-        # The session is free before the terminal event, so whoever sees the event finds it free.
-        await self._after(h)
+        await self._limits.release(h.caller.tenant_id, h.run.id)
         await self._emit(
             h,
             EventType.RUN_COMPLETED,
@@ -673,9 +674,10 @@ class RunWorker:
             error=error,
             assistant_message_id=assistant_id,
             fallbacks=tuple(h.fallbacks),
+            free_session=True,
         )
         if ended:
-            await self._after(h)
+            await self._limits.release(h.caller.tenant_id, h.run.id)
             with contextlib.suppress(Lost):
                 await self._emit(
                     h,
@@ -683,10 +685,6 @@ class RunWorker:
                     error=error,
                     final_message=partial if keep else "",
                 )
-
-    async def _after(self, h: RunHandle) -> None:
-        await self._store.set_active_run(h.session.id, None, micros(self._clock), only_if=h.run.id)
-        await self._limits.release(h.caller.tenant_id, h.run.id)
 
     async def _wait_until_ended(self, tenant_id: str, run_id: str) -> None:
         run = await self._store.get_run(tenant_id, run_id)
