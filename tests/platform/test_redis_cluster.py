@@ -165,8 +165,12 @@ async def test_agent_events_of_every_tenant_reach_the_all_tenants_subscriber(
         EventBus(redis=subscriber, poll_seconds=0.05),
     )
     # Tenants whose channels hash to every master: a PUBLISH anywhere reaches the one PSUBSCRIBE.
-    tenants = [f"t-{uuid.uuid4().hex[:8]}" for _ in range(12)]
-    assert len({_node_of(redis_cluster, f"agents:events:{t}") for t in tenants}) == 3
+    # Drawn until each master has some (12 random ones miss a master 2% of the time).
+    by_node: dict[int, list[str]] = {}
+    while len(by_node) < 3 or min(len(v) for v in by_node.values()) < 4:
+        tenant = f"t-{uuid.uuid4().hex[:8]}"
+        by_node.setdefault(_node_of(redis_cluster, f"agents:events:{tenant}"), []).append(tenant)
+    tenants = [t for found in by_node.values() for t in found[:4]]
     ready = asyncio.Event()
     received: list[str] = []
 
