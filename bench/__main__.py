@@ -104,6 +104,8 @@ BENCHMARKS = (
             "5",
             "--timeout",
             "30",
+            "--settle",
+            "0.2",
             "--sides",
             "floor",
             "langgraph",
@@ -130,7 +132,7 @@ BENCHMARKS = (
         "step 6 (issue 7): gateway",
         gateway.main,
         ("--seconds", "2", "--concurrency", "8", "--sockets", "1000", "--runs", "50"),
-        ("--seconds", "0.3", "--concurrency", "2", "--sockets", "10", "--runs", "3"),
+        ("--seconds", "0.3", "--concurrency", "2", "--sockets", "10", "--runs", "3", "--rounds", "1"),
         storage=False,
     ),
 )

@@ -4,7 +4,8 @@ LangGraph Agent Server (`langgraph dev`, in-memory runtime) streaming the same p
 sides take turns at each N, so every ratio agentmesh / LangGraph comes from the same minutes.
 
     python -m bench.chat_load [--chats 1 50 200 500] [--words 50] [--delay-ms 20]
-        [--sides floor langgraph embedded postgres services] [--timeout 120] [--database-url URL]
+        [--sides floor langgraph embedded postgres services] [--timeout 120] [--settle 1]
+        [--database-url URL]
 
 Every chat is its own session (LangGraph: its own thread) and sends one message of --words words; the
 echo provider answers "Echo: " and the message one word token every --delay-ms (51 tokens, 50 a
@@ -161,7 +162,7 @@ async def measure(running: Running, chats: int, args: argparse.Namespace, text: 
         await child.stdin.drain()
         if not await asyncio.wait_for(child.stdout.readline(), 600):
             raise RuntimeError(f"{running.side}: the client process exited while setting up")
-        await asyncio.sleep(1)  # the warm-up run's last writes
+        await asyncio.sleep(args.settle)  # the warm-up run's last writes
         rss_idle = rss_bytes(running.pids)
         peak = {"rss": rss_idle, "redis": await connections()}
         cpu_before = cpu_seconds(running.pids)
@@ -400,6 +401,12 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     parser.add_argument("--delay-ms", type=int, default=20, help="the provider's pause before each token")
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--timeout", type=float, default=120, help="each chat's deadline, seconds")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=1.0,
+        help="seconds after the warm-up chat before the idle RSS and the CPU baseline are read",
+    )
     parser.add_argument("--database-url", default="", help="the PostgreSQL `up` side's (fresh) database")
     parser.add_argument(
         "--pg-server",

@@ -9,7 +9,7 @@ keep-alive HTTP/1.1 client (`_KeepAlive`): httpx costs more per call than the ga
 figure is printed beside), and what is measured is the gateway, not a client library. The WebSocket
 figures stand next to the same Chat stream read over gRPC directly from the same fake upstream.
 
-    python -m bench.gateway [--seconds 2] [--concurrency 8] [--sockets 1000]
+    python -m bench.gateway [--seconds 2] [--concurrency 8] [--sockets 1000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -321,6 +321,9 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--sockets", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds per side of the unary figures, in turns"
+    )
     parser.add_argument("--serve", nargs="+", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -334,12 +337,14 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     figures: list[Figure] = []
     _raise_fd_limit()
     upstream, (_, grpc_address) = await start_child("bench.gateway", "upstream")
-    gateway, (_, http_address) = await start_child("bench.gateway", "gateway", grpc_address)
-    bare, (_, bare_address) = await start_child("bench.gateway", "bare", grpc_address)
     pair_port = free_port()
-    pair = [
-        (await start_child("bench.gateway", "gateway", grpc_address, str(pair_port)))[0] for _ in range(2)
-    ]
+    # Started together: each is seconds of imports, and they need nothing of each other.
+    (gateway, (_, http_address)), (bare, (_, bare_address)), *paired = await asyncio.gather(
+        start_child("bench.gateway", "gateway", grpc_address),
+        start_child("bench.gateway", "bare", grpc_address),
+        *(start_child("bench.gateway", "gateway", grpc_address, str(pair_port)) for _ in range(2)),
+    )
+    pair = [child for child, _ in paired]
     grpc_port, http_port = int(grpc_address), int(http_address)
     try:
         print(f"gateway benchmark on {machine()}")
@@ -366,6 +371,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
                     },
                     concurrency=concurrency,
                     seconds=args.seconds,
+                    rounds=args.rounds,
                 )
                 empty, direct, gw, hop, two = (
                     measured[k] for k in ("floor", "direct", "gateway", "bare", "two")
