@@ -125,6 +125,9 @@ def build_request(
             raise BadInput(path, "a path variable cannot bind a repeated field")
         _set_path(data, fields, _scalar(fields[-1], raw))
     message = route.request_class()
+    if not data:  # a GET without parameters: nothing to parse or clear, and ParseDict is not free
+        field_behavior.check_required(message, descriptor_)
+        return message
     try:
         json_format.ParseDict(data, message, ignore_unknown_fields=False)
     except json_format.ParseError as exc:

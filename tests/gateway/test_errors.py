@@ -171,6 +171,47 @@ async def test_security_headers_and_cors(make_app: Any) -> None:
         assert r.status_code == 400 and "access-control-allow-origin" not in r.headers
 
 
+async def test_every_response_has_the_security_headers_and_varies_on_origin(
+    make_app: Any, auth: dict[str, str]
+) -> None:
+    """Fixed paths, transcoded routes, the gateway's own errors and CORS preflights alike, with and
+    without an Origin."""
+    app = make_app(cors_origins=("http://allowed.example",))
+    allowed = {"Origin": "http://allowed.example"}
+    preflight = {**allowed, "Access-Control-Request-Method": "GET"}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as c:
+        answers = {
+            "fixed": await c.get("/healthz"),
+            "transcoded": await c.get("/v1/agents", headers=auth),
+            "no route": await c.get("/v1/nothing/here"),
+            "fixed path, other verb": await c.post("/healthz"),
+            "other method": await c.request("OPTIONS", "/v1/agents"),
+            "cross-origin": await c.get("/v1/agents", headers={**auth, **allowed}),
+            "preflight": await c.options("/v1/agents", headers=preflight),
+        }
+    statuses = {name: r.status_code for name, r in answers.items()}
+    assert statuses == {
+        "fixed": 200,
+        "transcoded": 200,
+        "no route": 404,
+        "fixed path, other verb": 404,
+        "other method": 405,
+        "cross-origin": 200,
+        "preflight": 200,
+    }
+    for name, r in answers.items():
+        assert r.headers["x-frame-options"] == "DENY", name
+        assert "frame-ancestors 'none'" in r.headers["content-security-policy"], name
+        (vary,) = r.headers.get_list("vary")
+        assert "Origin" in vary.split(", "), name
+    assert answers["no route"].json()["status"] == "NOT_FOUND"
+    assert answers["fixed path, other verb"].json()["status"] == "NOT_FOUND"
+    cross = answers["cross-origin"]
+    assert cross.headers["access-control-allow-origin"] == "http://allowed.example"
+    assert "x-request-id" in cross.headers["access-control-expose-headers"]
+    assert "access-control-allow-origin" not in answers["transcoded"].headers
+
+
 async def test_no_cors_by_default(client: httpx.AsyncClient) -> None:
     r = await client.get("/healthz", headers={"Origin": "http://evil.example"})
     assert "access-control-allow-origin" not in r.headers
