@@ -219,7 +219,9 @@ async def test_360px_layout_and_accessibility(up: Embedded) -> None:
         assert await serious_violations(page) == []  # the signed-out page
         await sign_in(page, up.http_url)
         await start_chat(page)
-        await ask(page, "averyveryverylongwordwithoutanyspaces" * 6 + "\n```\n" + "x = 1  # " * 30 + "\n```")
+        # The code line is one echo token: at the module's 120 ms a token, the spaced line it replaces
+        # ("x = 1  # " * 30, 120 tokens) streamed for 15 s; a <pre> keeps either line unwrapped.
+        await ask(page, "averyveryverylongwordwithoutanyspaces" * 6 + "\n```\n" + "x=1;#" * 54 + "\n```")
         answer = page.locator(".msg.assistant").last
         await expect(answer.locator("pre button.copy")).to_be_visible(timeout=20_000)
         await expect(answer).not_to_have_class("msg assistant streaming", timeout=20_000)
