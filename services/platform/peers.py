@@ -29,6 +29,7 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from services.platform import errors
 from services.platform.call_context import current_call
+from services.platform.local_calls import LocalChannel, LocalHandlers
 from services.platform.settings import TlsSettings
 
 FORWARDED = ("authorization", "x-request-id")
@@ -47,9 +48,9 @@ class _Forwarding(
         # trace context is passed on as it came.
         self._forwarded = FORWARDED + TRACE_HEADERS if pass_trace else FORWARDED
 
-    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
-        metadata = grpc.aio.Metadata(*(details.metadata or ()))
-        timeout = details.timeout if details.timeout is not None else self._cap
+    def forward(self, metadata: grpc.aio.Metadata, timeout: float | None) -> tuple[grpc.aio.Metadata, float]:
+        """The call's metadata and timeout with what the call being served passes on."""
+        timeout = timeout if timeout is not None else self._cap
         call = current_call.get()
         if call is not None:
             for key, value in call.metadata:
@@ -59,6 +60,10 @@ class _Forwarding(
                 metadata.add("x-request-id", call.request_id)
             if call.deadline is not None:
                 timeout = min(timeout, max(0.0, call.deadline - time.monotonic()))
+        return metadata, timeout
+
+    def _details(self, details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+        metadata, timeout = self.forward(grpc.aio.Metadata(*(details.metadata or ())), details.timeout)
         return grpc.aio.ClientCallDetails(
             method=details.method,
             timeout=timeout,
@@ -120,6 +125,16 @@ class PeerChannels:
         self._tls = tls
         self._tracer_provider = tracer_provider
         self._channels: dict[str, grpc.aio.Channel] = {}
+        # Per address, the handlers of this process's server there, once one is built at it
+        # (services/platform/local_calls.py); not with tracing, whose server spans need the network.
+        self._local: dict[str, LocalHandlers] | None = {} if tracer_provider is None else None
+
+    def serve_locally(self, address: str) -> LocalHandlers | None:
+        """The handlers a server built at `address` in this process fills, so that unary peer calls
+        to that address run here; None when calls must take the network (tracing)."""
+        if self._local is None:
+            return None
+        return self._local.setdefault(address, LocalHandlers())
 
     def channel(self, address: str) -> grpc.aio.Channel:
         if not address:
@@ -127,7 +142,8 @@ class PeerChannels:
         existing = self._channels.get(address)
         if existing is not None:
             return existing
-        interceptors: list[Any] = [_Forwarding(self._cap, pass_trace=self._tracer_provider is None)]
+        forwarding = _Forwarding(self._cap, pass_trace=self._tracer_provider is None)
+        interceptors: list[Any] = [forwarding]
         if self._tracer_provider is not None:
             # OpenTelemetry's instrumentation declares no types for it.
             interceptors += aio_client_interceptors(tracer_provider=self._tracer_provider)  # type: ignore[no-untyped-call]  # OTel's grpc instrumentation ships no annotations
@@ -137,6 +153,9 @@ class PeerChannels:
             channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
         else:
             channel = grpc.aio.secure_channel(address, creds, options=options, interceptors=interceptors)
+        if self._local is not None:
+            local = self._local.setdefault(address, LocalHandlers())
+            channel = LocalChannel(channel, local, forwarding.forward)
         self._channels[address] = channel
         return channel
 

@@ -9,7 +9,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -113,33 +113,44 @@ class Server:
         self._reuse_port = reuse_port
         self.metrics = metrics or Metrics()
         public = frozenset().union(*(r.public_methods for r in self.registrations))
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            *(
+                # OpenTelemetry's instrumentation declares no types for it.
+                [aio_server_interceptor(tracer_provider=runtime.tracer_provider)]  # type: ignore[no-untyped-call]  # OTel's grpc instrumentation ships no annotations
+                if runtime.tracing
+                else []
+            ),
+            Pipeline(
+                [
+                    AccessLog(),
+                    self.metrics,
+                    ErrorMapping(),
+                    authentication
+                    if authentication is not None
+                    else Authentication(runtime.verifier, public_methods=public),
+                ]
+            ),
+        ]
         self._server = grpc.aio.server(
-            interceptors=[
-                *(
-                    # OpenTelemetry's instrumentation declares no types for it.
-                    [aio_server_interceptor(tracer_provider=runtime.tracer_provider)]  # type: ignore[no-untyped-call]  # OTel's grpc instrumentation ships no annotations
-                    if runtime.tracing
-                    else []
-                ),
-                Pipeline(
-                    [
-                        AccessLog(),
-                        self.metrics,
-                        ErrorMapping(),
-                        authentication
-                        if authentication is not None
-                        else Authentication(runtime.verifier, public_methods=public),
-                    ]
-                ),
-            ],
+            interceptors=interceptors,
             options=[
                 ("grpc.so_reuseport", 1 if reuse_port else 0),
                 ("grpc.max_receive_message_length", 4 * 1024 * 1024),
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
+        # Unary peer calls of this process to this address run here (services/platform/local_calls.py).
+        self._local = local = runtime.peers.serve_locally(self._address)
+        if local is not None:
+            local.unbind()
         for registration in self.registrations:
             registration.add_to_server(self._server)
+            if local is not None:
+                registration.add_to_server(
+                    cast(grpc.aio.Server, local)
+                )  # it has the two methods add_to_server calls
+        if local is not None:
+            local.bind(interceptors)
         self.health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
         names = [r.name for r in self.registrations]
@@ -214,6 +225,9 @@ class Server:
         for registration in self.registrations:
             for hook in registration.on_stop:
                 await hook()
+        # Until here (the runs' last answers stored in `up`), this process's peer calls ran locally.
+        if self._local is not None:
+            self._local.unbind()
         log.info("stopped", extra={"fields": {"address": self._address}})
 
     async def run_until_signal(self, *, on_started: Callable[[int], None] | None = None) -> None:

@@ -1,8 +1,12 @@
 """peers.call, the one boundary of a peer call: all four shapes over a real grpc.aio server, failures
-as the typed exception the server raised (details included), and the smallest deadline wins."""
+as the typed exception the server raised (details included), and the smallest deadline wins. Each
+test runs twice: over the network, and with the server's handlers bound for local calls
+(services/platform/local_calls.py: a unary call of a process to its own server runs in-process),
+where the unary calls must answer, fail and time out exactly as over the network."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -92,18 +96,25 @@ def _handlers(peer: Peer, caller: Caller | None) -> grpc.GenericRpcHandler:
 
 
 class Mesh:
-    def __init__(self, cap: float):
+    def __init__(self, cap: float, *, local: bool = False):
         self.peer = Peer()
         self.channels = peers.PeerChannels(deadline_cap=cap, tls=TlsSettings())
-        self.server = grpc.aio.server(interceptors=[Pipeline([ErrorMapping()])])
+        self.interceptors: list[grpc.aio.ServerInterceptor] = [Pipeline([ErrorMapping()])]
+        self.server = grpc.aio.server(interceptors=self.interceptors)
         self.address = ""
+        self.local = local
 
     async def start(self) -> None:
         port = self.server.add_insecure_port("127.0.0.1:0")
         self.address = f"127.0.0.1:{port}"
-        self.server.add_generic_rpc_handlers(
-            (_handlers(self.peer, Caller(self.channels.channel(self.address))),)
-        )
+        handlers = _handlers(self.peer, Caller(self.channels.channel(self.address)))
+        self.server.add_generic_rpc_handlers((handlers,))
+        if self.local:
+            # What services.platform.server.Server does for its own address.
+            local = self.channels.serve_locally(self.address)
+            assert local is not None
+            local.add_generic_rpc_handlers((handlers,))
+            local.bind(self.interceptors)
         await self.server.start()
 
     def method(self, kind: str, name: str) -> Any:
@@ -119,9 +130,9 @@ class Mesh:
         await self.server.stop(0)
 
 
-@pytest.fixture
-async def mesh() -> AsyncIterator[Mesh]:
-    running = Mesh(cap=2.0)
+@pytest.fixture(params=["network", "local"])
+async def mesh(request: pytest.FixtureRequest) -> AsyncIterator[Mesh]:
+    running = Mesh(cap=2.0, local=request.param == "local")
     await running.start()
     yield running
     await running.close()
@@ -208,3 +219,45 @@ async def test_the_smallest_deadline_wins(mesh: Mesh) -> None:
     await peers.call(relay, _word("hi"), timeout=0.8, metadata=[("x-request-id", "req-7")])
     assert mesh.peer.remaining is not None and mesh.peer.remaining < 0.9
     assert mesh.peer.request_id == "req-7"  # and the caller's metadata travels on
+
+
+async def test_local_calls_run_in_process_until_the_server_stops() -> None:
+    """Bound, a unary call answers with no server listening (it never takes the network); unbound
+    (the server stopped), it takes the network and finds no one: UNAVAILABLE, as a remote peer's."""
+    mesh = Mesh(cap=2.0, local=True)
+    await mesh.start()
+    unary = mesh.method("unary_unary", "Unary")
+    await mesh.server.stop(0)
+    try:
+        assert (await peers.call(unary, _word("hi"))).value == "HI"
+        with pytest.raises(errors.InvalidArgument) as caught:
+            await peers.call(unary, _word("fail"))
+        _is_bad(caught.value)
+        missing = mesh.method("unary_unary", "Missing")
+        with pytest.raises(errors.AgentmeshError) as unknown:
+            await peers.call(missing, _word("hi"))
+        assert unknown.value.code == grpc.StatusCode.UNIMPLEMENTED
+        local = mesh.channels.serve_locally(mesh.address)
+        assert local is not None
+        local.unbind()
+        with pytest.raises(errors.Unavailable):
+            await peers.call(unary, _word("hi"), timeout=1)
+    finally:
+        await mesh.channels.close()
+
+
+async def test_a_local_call_past_its_deadline_is_deadline_exceeded() -> None:
+    mesh = Mesh(cap=2.0, local=True)
+
+    async def slow(request: StringValue, context: object) -> StringValue:
+        await asyncio.sleep(10)
+        return request
+
+    mesh.peer.unary = slow  # type: ignore[method-assign]  # a peer that never answers in time
+    await mesh.start()
+    try:
+        with pytest.raises(errors.AgentmeshError) as caught:
+            await peers.call(mesh.method("unary_unary", "Unary"), _word("hi"), timeout=0.2)
+        assert caught.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
+    finally:
+        await mesh.close()
