@@ -758,11 +758,19 @@ class OrchestrationService:
                 ],
                 reason="EVENTS_EXPIRED",
             )
-        if after_event_id > last:
-            raise errors.InvalidArgument.field(
-                "after_event_id", f"run {run_id} has no event {after_event_id}; its last event is {last}"
-            )
-        return self._events.tail(run.id, after_event_id)
+        if after_event_id <= last:
+            return self._events.tail(run.id, after_event_id)
+        # Past what Redis holds: the run's instance showed its readers events it has not stored yet
+        # (they are on their way), or it died before storing them. Read on from the stored tail:
+        # what the caller has is skipped, and the run's end comes whatever its id (after a crash,
+        # the id its sweeper gave it: the tail that was never stored is lost).
+        return _past(self._events.tail(run.id, last - 1), after_event_id)
+
+
+async def _past(events: AsyncIterator[RunEvent], after_event_id: int) -> AsyncIterator[RunEvent]:
+    async for event in events:
+        if event.event_id > after_event_id or event.type.terminal:
+            yield event
 
 
 def _all_answered(calls: Sequence[RunToolCall], ids: Sequence[str]) -> bool:

@@ -97,6 +97,36 @@ async def test_coalesced_deltas_resume_exactly_after_every_event(make_mesh):
             assert rest == events[after:], (mesh is first, after)
 
 
+async def test_join_past_the_stored_events_waits_for_them_and_always_gets_the_end(make_mesh):
+    """JoinRun after an id Redis does not hold yet (the run's instance streams to its readers before
+    its write lands, so a reader cut there and resuming elsewhere asks for it) reads on from the
+    stored tail: what it has is skipped, the rest comes gap-free. After the run's end, an id past
+    it gets the end."""
+    first = await make_mesh(echo_delay=0.02)
+    second = await make_mesh(share=first)
+    session = await first.session()
+    call = first.stub.SendMessage(
+        pb.SendMessageRequest(session_id=session.id, text=words(20)), metadata=first.md()
+    )
+    full: list[pb.RunEvent] = []
+    async for reply in call:
+        full.append(reply.event)
+        if len(full) == 2:
+            break
+    ahead = 7  # not produced yet: 20 words 20 ms apart
+    join = second.stub.JoinRun(
+        pb.JoinRunRequest(run_id=full[0].run_id, after_event_id=ahead), metadata=first.md()
+    )
+    rest = [r.event async for r in join]
+    full += [r.event async for r in call]
+    check_run(full)
+    assert rest == full[ahead:]
+    done = second.stub.JoinRun(
+        pb.JoinRunRequest(run_id=full[0].run_id, after_event_id=len(full) + 5), metadata=first.md()
+    )
+    assert [r.event async for r in done] == [full[-1]]
+
+
 async def test_live_resume_on_another_instance_after_each_cut(make_mesh):
     """A reader cut live after event k (k = 1, 2, ...) joins on the other instance from k: together
     they have every event once."""

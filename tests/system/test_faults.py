@@ -254,8 +254,13 @@ async def test_orchestration_killed_mid_stream(faulty: Faulty, stubs: Stubs) -> 
             )
         ]
     assert rest, "the run never ended"
-    assert rest[0].event_id == seen[-1].event_id + 1
     assert rest[-1].type in (_T.RUN_EVENT_TYPE_RUN_COMPLETED, _T.RUN_EVENT_TYPE_RUN_FAILED), rest[-1]
+    if rest[0].event_id <= seen[-1].event_id:
+        # The killed instance streamed events it had not stored yet (its readers get them before
+        # Redis does): that tail is lost, and the run's end comes with the id its sweeper gave it.
+        assert [e.type for e in rest] == [_T.RUN_EVENT_TYPE_RUN_FAILED], rest
+    else:
+        assert rest[0].event_id == seen[-1].event_id + 1
 
     with psycopg.connect(sync_url(faulty.pg_url)) as conn:
         live = conn.execute(
