@@ -12,7 +12,7 @@ import dataclasses
 import datetime
 import json
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import psycopg
 import sqlalchemy as sa
@@ -204,6 +204,14 @@ async def _message_in(conn: AsyncConnection, conversation_id: str, message_id: s
         )
     ).first()
     return _message(row) if row else None
+
+
+class _Undone(Exception):
+    """Raised inside a transaction to roll it back and answer `result` (a refusal, a replay): the
+    row lock's update_time must not stay behind on a call that changed nothing."""
+
+    def __init__(self, result: object):
+        self.result = result
 
 
 async def _lock(
@@ -770,47 +778,52 @@ class ConversationStore:
         """Stores `new` as a sibling of a user message and makes it the active leaf, in one
         transaction under the conversation's lock (appends wait for it)."""
         c = conversations.c
-        async with self.engine.begin() as conn:
-            conversation = await _lock(conn, tenant_id, only_user, conversation_id, now)
-            if conversation is None:
-                return BranchRefused.MISSING
-            if request_id and (replay := await _message_by_request_id(conn, conversation_id, request_id)):
-                return Appended(replay, conversation, replayed=True)
-            if conversation.status != ACTIVE:
-                return BranchRefused.CLOSED
-            target = await _message_in(conn, conversation_id, message_id)
-            if target is None:
-                return BranchRefused.NO_MESSAGE
-            if target.role != "user":
-                return BranchRefused.NOT_USER
-            message = Message(
-                id=new_id(),
-                parent_id=target.parent_id,
-                conversation_id=conversation_id,
-                sequence=target.sequence,
-                role="user",
-                content=new.content,
-                token_count=token_count,
-                metadata=dict(new.metadata),
-                tool_call_id="",
-                create_time=now,
-                on_path=False,
-            )
-            values = {**dataclasses.asdict(message), "tool_calls": None}
-            await conn.execute(messages.insert().values(**values, tenant_id=tenant_id, request_id=request_id))
-            await _activate(conn, conversation_id, message.id)
-            await conn.execute(
-                conversations.update()
-                .where(c.id == conversation_id)
-                .values(
-                    message_count=c.message_count + 1,
-                    token_count=c.token_count + token_count,
-                    last_message_time=now,
-                    active_leaf_id=message.id,
-                    path_length=message.sequence,
+        try:
+            async with self.engine.begin() as conn:
+                conversation = await _lock(conn, tenant_id, only_user, conversation_id, now)
+                if conversation is None:
+                    raise _Undone(BranchRefused.MISSING)
+                if request_id and (replay := await _message_by_request_id(conn, conversation_id, request_id)):
+                    raise _Undone(Appended(replay, conversation, replayed=True))
+                if conversation.status != ACTIVE:
+                    raise _Undone(BranchRefused.CLOSED)
+                target = await _message_in(conn, conversation_id, message_id)
+                if target is None:
+                    raise _Undone(BranchRefused.NO_MESSAGE)
+                if target.role != "user":
+                    raise _Undone(BranchRefused.NOT_USER)
+                message = Message(
+                    id=new_id(),
+                    parent_id=target.parent_id,
+                    conversation_id=conversation_id,
+                    sequence=target.sequence,
+                    role="user",
+                    content=new.content,
+                    token_count=token_count,
+                    metadata=dict(new.metadata),
+                    tool_call_id="",
+                    create_time=now,
+                    on_path=False,
                 )
-            )
-            after = await _get(conn, tenant_id, only_user, conversation_id)
+                values = {**dataclasses.asdict(message), "tool_calls": None}
+                await conn.execute(
+                    messages.insert().values(**values, tenant_id=tenant_id, request_id=request_id)
+                )
+                await _activate(conn, conversation_id, message.id)
+                await conn.execute(
+                    conversations.update()
+                    .where(c.id == conversation_id)
+                    .values(
+                        message_count=c.message_count + 1,
+                        token_count=c.token_count + token_count,
+                        last_message_time=now,
+                        active_leaf_id=message.id,
+                        path_length=message.sequence,
+                    )
+                )
+                after = await _get(conn, tenant_id, only_user, conversation_id)
+        except _Undone as undone:
+            return cast(Appended | BranchRefused, undone.result)
         assert after is not None
         return Appended(dataclasses.replace(message, on_path=True), after, replayed=False)
 
@@ -826,24 +839,27 @@ class ConversationStore:
     ) -> Conversation | BranchRefused:
         """Makes the path through a message active (its newest leaf, or itself when `exact`)."""
         c = conversations.c
-        async with self.engine.begin() as conn:
-            conversation = await _lock(conn, tenant_id, only_user, conversation_id, now)
-            if conversation is None:
-                return BranchRefused.MISSING
-            leaf = (
-                await _message_in(conn, conversation_id, message_id)
-                if exact
-                else await _newest_leaf(conn, conversation_id, message_id)
-            )
-            if leaf is None:
-                return BranchRefused.NO_MESSAGE
-            await _activate(conn, conversation_id, leaf.id)
-            await conn.execute(
-                conversations.update()
-                .where(c.id == conversation_id)
-                .values(active_leaf_id=leaf.id, path_length=leaf.sequence)
-            )
-            after = await _get(conn, tenant_id, only_user, conversation_id)
+        try:
+            async with self.engine.begin() as conn:
+                conversation = await _lock(conn, tenant_id, only_user, conversation_id, now)
+                if conversation is None:
+                    raise _Undone(BranchRefused.MISSING)
+                leaf = (
+                    await _message_in(conn, conversation_id, message_id)
+                    if exact
+                    else await _newest_leaf(conn, conversation_id, message_id)
+                )
+                if leaf is None:
+                    raise _Undone(BranchRefused.NO_MESSAGE)
+                await _activate(conn, conversation_id, leaf.id)
+                await conn.execute(
+                    conversations.update()
+                    .where(c.id == conversation_id)
+                    .values(active_leaf_id=leaf.id, path_length=leaf.sequence)
+                )
+                after = await _get(conn, tenant_id, only_user, conversation_id)
+        except _Undone as undone:
+            return cast(Conversation | BranchRefused, undone.result)
         assert after is not None
         return after
 

@@ -105,3 +105,32 @@ def test_chat_ends_with_invalid_argument_on_a_bad_later_request(stack: Stack, wo
     with pytest.raises(grpc.RpcError) as caught:
         list(replies)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+
+
+def test_refused_branch_changes_leave_the_conversation_untouched(
+    stack: Stack, world: World, snapshots: Snapshots
+) -> None:
+    # SwitchBranch and EditMessage lock the conversation's row by writing its update_time, and a
+    # refusal (no such message, not a user message, closed) returned from inside the transaction,
+    # which committed that write: a rejected call that changed what was stored.
+    s, auth = stack.stubs(), bearer(world.owner.access)
+    conversation = world.ids["conversation"]
+    snapshots.settle()
+    before = snapshots.take()
+    with pytest.raises(grpc.RpcError) as caught:
+        s.conversation.SwitchBranch(
+            conv_pb.SwitchBranchRequest(conversation_id=conversation, message_id="no-such-message"),
+            metadata=auth,
+            timeout=10,
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as caught:
+        s.conversation.EditMessage(
+            conv_pb.EditMessageRequest(
+                conversation_id=conversation, message_id="no-such-message", content="other words"
+            ),
+            metadata=auth,
+            timeout=10,
+        )
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert not changed(before, snapshots.take())
