@@ -1,4 +1,4 @@
-"""Token lifetimes in the page, against `agentmesh up` with 10 s access tokens: the page refreshes
+"""Token lifetimes in the page, against `agentmesh up` with 6 s access tokens: the page refreshes
 before expiry and keeps chatting past it; a revoked refresh token returns to sign-in with a message."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from tests.e2e.page import browser, new_page, shot, sign_in
 from tests.embedded import Embedded, run_embedded
 
-TTL = 10
+TTL = 6
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,15 @@ export class ChatSocket {
     this.backoff = 500;
     this.closedByUs = false;
     this.ws = null;
+    this.ready = false; // this.ws has said `connected`
+    // Frames the user sent while no socket was ready (a token swap, a reconnect): sent on the
+    // next one, in order, instead of being dropped.
+    this.queue = [];
+    // chat_message frames whose run the page has not seen yet. The socket they went out on may be
+    // closed before the run's first frame reaches the page (a swap right after the send), so each
+    // new socket sends them again: orchestration answers a repeated request_id with the first run,
+    // streamed from its start, never a second run.
+    this.unacked = [];
   }
 
   open() {
@@ -22,6 +31,7 @@ export class ChatSocket {
     const url = (location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/v1/ws";
     const ws = new WebSocket(url, ["agentmesh.v1", "bearer." + this.token()]);
     this.ws = ws;
+    this.ready = false;
     ws.onmessage = (e) => this.receive(ws, JSON.parse(e.data));
     ws.onclose = (e) => {
       if (ws !== this.ws) return; // a socket replaced by reopen()
@@ -52,6 +62,8 @@ export class ChatSocket {
 
   close() {
     this.closedByUs = true;
+    this.queue = [];
+    this.unacked = [];
     if (this.ws) this.ws.close(1000);
   }
 
@@ -66,14 +78,21 @@ export class ChatSocket {
     if (this.closedByUs || ws !== this.ws) return; // in flight when the user signed out or we reopened
     if (m.type === "system_event" && m.event === "connected") {
       this.backoff = 500;
+      this.ready = true;
       this.onState("online");
       for (const [run_id, r] of this.runs) {
         if (!r.done) this.send({ type: "resume", session_id: r.session_id, run_id, after_event_id: r.last });
       }
+      for (const frame of this.unacked) this.write(frame);
+      for (const frame of this.queue.splice(0)) this.write(frame);
       return;
     }
     if (m.type === "error" && this.resumeAfterCut(m)) return;
+    if (m.type === "error" && m.request_id) this.ack((f) => f.request_id === m.request_id);
     if (m.run_id && m.event_id) {
+      // A run new to the page is the answer to this session's oldest message still unanswered:
+      // one session runs one message at a time, in the order they were sent.
+      if (!this.runs.has(m.run_id)) this.ack((f) => f.session_id === m.session_id);
       const r = this.runs.get(m.run_id) || { session_id: m.session_id, last: 0, done: false };
       if (m.event_id <= r.last) return; // already seen: never show a duplicate
       r.last = m.event_id;
@@ -99,11 +118,22 @@ export class ChatSocket {
     return true;
   }
 
+  ack(match) {
+    const i = this.unacked.findIndex(match);
+    if (i >= 0) this.unacked.splice(i, 1);
+  }
+
+  // True when the frame is sent or will be once a socket is ready; false after close().
   send(obj) {
-    if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-      this.ws.send(JSON.stringify(obj));
-      return true;
-    }
-    return false;
+    if (this.closedByUs || !this.ws) return false;
+    if (obj.type === "chat_message") this.unacked.push(obj);
+    if (this.ready && this.ws.readyState === WebSocket.OPEN) this.write(obj);
+    // A resume needs no queue: every socket resumes the unfinished runs once it is connected.
+    else if (obj.type !== "chat_message" && obj.type !== "resume") this.queue.push(obj);
+    return true;
+  }
+
+  write(obj) {
+    this.ws.send(JSON.stringify(obj));
   }
 }
