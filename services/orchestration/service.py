@@ -343,18 +343,37 @@ class OrchestrationService:
         self._check_override(agent, tier, model_override)
         await self._limits.check_rate(caller.tenant_id, tier)
         await self._check_quota(caller)
-        async with self._locks.session(session.id):
-            # Checked again under the lock: the same request may have been admitted meanwhile.
-            if request_id and (existing := await self._store.run_by_request(session.id, request_id)):
-                return existing
-            live = await self._store.live_runs(session.id)
-            run = await self._admit(
-                caller, session, agent, text, request_id, policy, tier, live, model_override, response_format
-            )
-            if edit_of or regenerate_from:
-                run = dataclasses.replace(run, edit_of=edit_of, regenerate_from=regenerate_from)
-            await self._launch(run, session, caller, policy, live)
-        return run
+
+        async def admit() -> Run:
+            async with self._locks.session(session.id):
+                # Checked again under the lock: the same request may have been admitted meanwhile.
+                if request_id and (existing := await self._store.run_by_request(session.id, request_id)):
+                    return existing
+                live = await self._store.live_runs(session.id)
+                run = await self._admit(
+                    caller,
+                    session,
+                    agent,
+                    text,
+                    request_id,
+                    policy,
+                    tier,
+                    live,
+                    model_override,
+                    response_format,
+                )
+                if edit_of or regenerate_from:
+                    run = dataclasses.replace(run, edit_of=edit_of, regenerate_from=regenerate_from)
+                await self._launch(run, session, caller, policy, live)
+            return run
+
+        # A caller that goes away mid-admission (a closed stream) must not leave a run stored but
+        # never started: QUEUED with no worker, it would hold its session until its lease lapsed and
+        # then fail, and a retry of the same request_id would get that run. Admission finishes.
+        admitting = asyncio.ensure_future(admit())
+        # Its failure is the caller's, or nobody's once the caller is gone (not an unread exception).
+        admitting.add_done_callback(lambda task: task.cancelled() or task.exception())
+        return await asyncio.shield(admitting)
 
     # Branches ---------------------------------------------------------------------------------------
 

@@ -197,3 +197,31 @@ async def test_inactive_agent_and_ended_session_are_failed_precondition(make_mes
         await mesh.send(session.id, "hello")
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert assistant_messages(mesh.conversation) == []
+
+
+async def test_a_client_gone_mid_admission_leaves_a_run_that_runs(make_mesh):
+    """The client closes its stream after the run is stored but before its worker started (held
+    here at the RUN_CREATED announcement): the admission finishes anyway, so the same request_id
+    then gets a run that completes, not one left QUEUED until its lease lapses and it fails."""
+    mesh = await make_mesh()
+    session = await mesh.session()
+    reached, release = asyncio.Event(), asyncio.Event()
+    announce = mesh.orch._events.announce
+
+    async def held(session_id: str, run_id: str) -> None:
+        reached.set()
+        await release.wait()
+        await announce(session_id, run_id)
+
+    mesh.orch._events.announce = held
+    request = pb.SendMessageRequest(session_id=session.id, text="still here", request_id="gone-1")
+    call = mesh.stub.SendMessage(request, metadata=mesh.md())
+    reading = asyncio.ensure_future(call.read())
+    await asyncio.wait_for(reached.wait(), 10)
+    call.cancel()
+    await asyncio.wait([reading])
+    await asyncio.sleep(0.2)  # the server sees the cancel before the admission goes on
+    release.set()
+    events = [r.event async for r in mesh.stub.SendMessage(request, metadata=mesh.md())]
+    assert events[0].type == T.RUN_EVENT_TYPE_RUN_CREATED
+    assert events[-1].type == T.RUN_EVENT_TYPE_RUN_COMPLETED, events[-1]
