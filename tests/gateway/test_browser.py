@@ -103,8 +103,9 @@ _CUT_AND_RESUME = """async () => {
   const { ChatSocket } = await import("/static/js/ws.js");
   const sent = [], handled = [];
   const fake = { readyState: WebSocket.OPEN, send: (text) => sent.push(JSON.parse(text)) };
-  const sock = new ChatSocket({ token: () => "t", handlers: { error: (m) => handled.push(m) } });
+  const sock = new ChatSocket({ token: () => "t", handlers: { error: (m) => handled.push(m) }, onState: () => {} });
   sock.ws = fake;
+  sock.receive(fake, { type: "system_event", event: "connected" }); // the gateway's hello: ready to send
   const event = (run_id, event_id, session_id) => ({ type: "agent_response", run_id, event_id, session_id, delta: "x" });
   sock.receive(fake, event("r1", 7, "s1"));
   sock.receive(fake, event("r2", 3, "s2"));
