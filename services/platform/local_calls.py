@@ -22,7 +22,7 @@ import asyncio
 import contextvars
 import functools
 import time
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Sequence
 from typing import Any, cast
 
 import grpc
@@ -53,7 +53,16 @@ class LocalHandlers:
     def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
         pass  # the same handlers as the generic one's, for gRPC's own method lookup
 
-    def bind(self, interceptors: Sequence[grpc.aio.ServerInterceptor]) -> None:
+    def bind(
+        self,
+        adds: Iterable[Callable[[grpc.aio.Server], None]],
+        interceptors: Sequence[grpc.aio.ServerInterceptor],
+    ) -> None:
+        """The services a server built at this address adds (`ServiceRegistration.add_to_server`),
+        run through its interceptors; what an earlier server here added is dropped."""
+        self.unbind()
+        for add in adds:
+            add(cast(grpc.aio.Server, self))  # the two methods the generated code calls are here
         self._interceptors = interceptors
         self.bound = True
 
@@ -176,16 +185,15 @@ async def _invoke(
     method: str,
     request: bytes,
     metadata: grpc.aio.Metadata,
-    seconds: float | None,
+    deadline: float,
     deserialize: Callable[[bytes], Any] | None,
 ) -> Any:
     handler = await handlers.handler(method)
     if handler is None or handler.unary_unary is None:
         raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-    deadline = None if seconds is None else time.monotonic() + seconds
     context = _Context(metadata, deadline)
     message = handler.request_deserializer(request) if handler.request_deserializer else request
-    limit = asyncio.timeout(seconds)
+    limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
     try:
         async with limit:
             response = await handler.unary_unary(message, cast(grpc.ServicerContext, context))
@@ -210,7 +218,7 @@ async def _invoke(
 class _Call(grpc.aio.UnaryUnaryCall[Any, Any]):
     """The handler running in its own task; awaited, its response or its AioRpcError."""
 
-    def __init__(self, task: asyncio.Task[Any], deadline: float | None):
+    def __init__(self, task: asyncio.Task[Any], deadline: float):
         self._task = task
         self._deadline = deadline
 
@@ -230,8 +238,8 @@ class _Call(grpc.aio.UnaryUnaryCall[Any, Any]):
     def add_done_callback(self, callback: Any) -> None:
         self._task.add_done_callback(lambda _: callback(self))
 
-    def time_remaining(self) -> float | None:
-        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+    def time_remaining(self) -> float:
+        return max(0.0, self._deadline - time.monotonic())
 
     def _failure(self) -> grpc.aio.AioRpcError | None:
         if not self._task.done() or self._task.cancelled():
@@ -301,14 +309,15 @@ class _UnaryUnary(grpc.aio.UnaryUnaryMultiCallable[Any, Any]):
             )
         # Forwarded as the network channel's interceptor would: the caller's token, request id
         # and remaining deadline (read here, in the caller's context).
-        md, limit = self._forward(grpc.aio.Metadata(*(metadata or ())), timeout)
+        md, seconds = self._forward(grpc.aio.Metadata(*(metadata or ())), timeout)
+        deadline = time.monotonic() + seconds
         data = self._serialize(request) if self._serialize else request
         task = asyncio.get_running_loop().create_task(
-            _invoke(self._handlers, self._method, data, md, limit, self._deserialize),
+            _invoke(self._handlers, self._method, data, md, deadline, self._deserialize),
             # A server's call starts with nothing of its caller's context.
             context=contextvars.Context(),
         )
-        return _Call(task, time.monotonic() + limit)
+        return _Call(task, deadline)
 
 
 class LocalChannel(grpc.aio.Channel):

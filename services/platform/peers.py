@@ -153,8 +153,8 @@ class PeerChannels:
             channel = grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
         else:
             channel = grpc.aio.secure_channel(address, creds, options=options, interceptors=interceptors)
-        if self._local is not None:
-            local = self._local.setdefault(address, LocalHandlers())
+        local = self.serve_locally(address)
+        if local is not None:
             channel = LocalChannel(channel, local, forwarding.forward)
         self._channels[address] = channel
         return channel

@@ -9,7 +9,7 @@ import logging
 import signal
 import socket
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -139,18 +139,12 @@ class Server:
                 ("grpc.keepalive_permit_without_calls", 1),
             ],
         )
-        # Unary peer calls of this process to this address run here (services/platform/local_calls.py).
-        self._local = local = runtime.peers.serve_locally(self._address)
-        if local is not None:
-            local.unbind()
         for registration in self.registrations:
             registration.add_to_server(self._server)
-            if local is not None:
-                registration.add_to_server(
-                    cast(grpc.aio.Server, local)
-                )  # it has the two methods add_to_server calls
-        if local is not None:
-            local.bind(interceptors)
+        # Unary peer calls of this process to this address run here (services/platform/local_calls.py).
+        self._local = runtime.peers.serve_locally(self._address)
+        if self._local is not None:
+            self._local.bind([r.add_to_server for r in self.registrations], interceptors)
         self.health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
         names = [r.name for r in self.registrations]

@@ -113,8 +113,7 @@ class Mesh:
             # What services.platform.server.Server does for its own address.
             local = self.channels.serve_locally(self.address)
             assert local is not None
-            local.add_generic_rpc_handlers((handlers,))
-            local.bind(self.interceptors)
+            local.bind([lambda server: server.add_generic_rpc_handlers((handlers,))], self.interceptors)
         await self.server.start()
 
     def method(self, kind: str, name: str) -> Any:
