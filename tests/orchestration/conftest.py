@@ -158,12 +158,19 @@ async def _bounded(step: Any, seconds: float = 15) -> None:
     log.warning("teardown step timed out after %s s: %r\n%s", seconds, step, _stacks([task]))
 
 
-async def _end_leftover_tasks(seconds: float = 0.5) -> None:
+async def _end_leftover_tasks(seconds: float = 0.5, quiet: float = 0.05) -> None:
     """Lets the handlers the stop cancelled finish their clean-up before the pools close under them
-    (the fakes' server still runs, so its tasks are not this teardown's to cancel)."""
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    if others:
-        await asyncio.wait(others, timeout=seconds)
+    (the fakes' server still runs, so its tasks are not this teardown's to cancel). Done when they
+    are, or when none has ended for `quiet` seconds: what is left then waits for something closed
+    later (the fakes' WatchAgents handlers end with the runtime's peer channels), and waiting the
+    whole `seconds` for it cost every test that made a mesh half a second."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    pending = {t for t in asyncio.all_tasks() if t is not asyncio.current_task()}
+    while pending and loop.time() < deadline:
+        done, pending = await asyncio.wait(pending, timeout=min(quiet, deadline - loop.time()))
+        if not done:
+            return
 
 
 def _stacks(tasks: Any) -> str:
