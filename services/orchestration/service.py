@@ -765,6 +765,11 @@ class OrchestrationService:
             raise errors.InvalidArgument.field("after_event_id", "must not be negative")
         run = await self._visible_run(caller, run_id)
         last = await self._events.last_event_id(run.id)
+        if last == 0 and run.state in (RunState.QUEUED, RunState.RUNNING):
+            # Redis lost the live run's stream (a restart without persistence, a flush) and its
+            # instance has not written since: its next event recreates the stream, and the run's
+            # end comes either way (from its worker, or its sweeper). Events the loss took are gone.
+            return _past(self._events.tail(run.id, 0), after_event_id)
         if last == 0:
             raise errors.FailedPrecondition(
                 f"the events of run {run_id} are no longer retained",

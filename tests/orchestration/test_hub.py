@@ -127,6 +127,39 @@ async def test_join_past_the_stored_events_waits_for_them_and_always_gets_the_en
     assert [r.event async for r in done] == [full[-1]]
 
 
+async def test_join_of_a_live_run_whose_stream_redis_lost_reads_on_from_its_next_event(make_mesh):
+    """Redis lost a live run's stream (a restart without persistence, a flush, a cluster node coming
+    back empty) and the run's instance has not written since: JoinRun on another instance reads on
+    from the next event, which recreates the stream, to the run's end. It used to answer
+    FAILED_PRECONDITION (events no longer retained) until that next event was written."""
+    first = await make_mesh(echo_delay=0.3)  # a wide gap between the loss and the next event
+    second = await make_mesh(share=first)
+    session = await first.session()
+    call = first.stub.SendMessage(
+        pb.SendMessageRequest(session_id=session.id, text=words(3)), metadata=first.md()
+    )
+    seen: list[pb.RunEvent] = []
+    async for reply in call:
+        seen.append(reply.event)
+        if reply.event.type == DELTA:
+            break
+    key = EVENTS_KEY.format(run_id=seen[0].run_id)
+    for _ in range(1000):  # until the first delta is in Redis: nothing of the run is on its way
+        entries = await first.redis.xrevrange(key, count=1)
+        if entries and decode(entries[0][0], entries[0][1][b"e"]).event_id >= len(seen):
+            break
+        await asyncio.sleep(0.01)
+    await first.redis.delete(key)  # this test's run's stream, as a Redis that lost its keys
+
+    join = second.stub.JoinRun(
+        pb.JoinRunRequest(run_id=seen[0].run_id, after_event_id=seen[-1].event_id), metadata=first.md()
+    )
+    rest = [r.event async for r in join]
+    full = seen + [r.event async for r in call]
+    check_run(full)
+    assert rest == full[len(seen) :]
+
+
 async def test_live_resume_on_another_instance_after_each_cut(make_mesh):
     """A reader cut live after event k (k = 1, 2, ...) joins on the other instance from k: together
     they have every event once."""
