@@ -765,12 +765,9 @@ class OrchestrationService:
             raise errors.InvalidArgument.field("after_event_id", "must not be negative")
         run = await self._visible_run(caller, run_id)
         last = await self._events.last_event_id(run.id)
-        if last == 0 and run.state in (RunState.QUEUED, RunState.RUNNING):
-            # Redis lost the live run's stream (a restart without persistence, a flush) and its
-            # instance has not written since: its next event recreates the stream, and the run's
-            # end comes either way (from its worker, or its sweeper). Events the loss took are gone.
-            return _past(self._events.tail(run.id, 0), after_event_id)
-        if last == 0:
+        # No stream of a live run: Redis lost it (a restart without persistence, a flush) and the
+        # run's instance has not written since. Its next event recreates it, read on below.
+        if last == 0 and run.state not in (RunState.QUEUED, RunState.RUNNING):
             raise errors.FailedPrecondition(
                 f"the events of run {run_id} are no longer retained",
                 [
@@ -788,7 +785,7 @@ class OrchestrationService:
         # (they are on their way), or it died before storing them. Read on from the stored tail:
         # what the caller has is skipped, and the run's end comes whatever its id (after a crash,
         # the id its sweeper gave it: the tail that was never stored is lost).
-        return _past(self._events.tail(run.id, last - 1), after_event_id)
+        return _past(self._events.tail(run.id, max(0, last - 1)), after_event_id)
 
 
 async def _past(events: AsyncIterator[RunEvent], after_event_id: int) -> AsyncIterator[RunEvent]:
