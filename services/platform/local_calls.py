@@ -70,6 +70,15 @@ class LocalHandlers:
         """The server stopped (or another is built at the address): calls take the network."""
         self._generic, self._wrapped, self.bound = [], {}, False
 
+    def servicer_handler(self, method: str) -> grpc.RpcMethodHandler[Any, Any] | None:
+        """The method's handler as the servicer gave it, without the interceptors."""
+        details = _Details(method)
+        for generic in self._generic:
+            found = generic.service(details)
+            if found is not None:
+                return found
+        return None
+
     async def handler(self, method: str) -> grpc.RpcMethodHandler[Any, Any] | None:
         """The method's handler as the server runs it. The chain is built once per method: the
         interceptors wrap by method name alone (the Pipeline reads a call's metadata per call)."""
@@ -77,11 +86,7 @@ class LocalHandlers:
             return self._wrapped[method]
 
         async def find(details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[Any, Any] | None:
-            for generic in self._generic:
-                found = generic.service(details)
-                if found is not None:
-                    return found
-            return None
+            return self.servicer_handler(details.method)
 
         continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]] = find
         for interceptor in reversed(self._interceptors):
@@ -91,14 +96,24 @@ class LocalHandlers:
         return wrapped
 
 
-class _Context:
+class HandlerContext:
     """What a handler sees of its call (the grpc.aio.ServicerContext methods the server's handlers
-    use): the metadata, the deadline, and where its status goes. code() is None before a status, as
-    grpc.aio's is (its type stubs say otherwise: the middlewares read None as a cancel)."""
+    use): the metadata, the deadline, the peer, and where its status goes. code() is None before a
+    status, as grpc.aio's is (its type stubs say otherwise: the middlewares read None as a cancel).
+    `on_headers` takes a stream's early initial metadata (services.platform.relay)."""
 
-    def __init__(self, metadata: grpc.aio.Metadata, deadline: float | None):
+    def __init__(
+        self,
+        metadata: Iterable[tuple[str, str | bytes]],
+        deadline: float | None,
+        *,
+        peer: str = "local",
+        on_headers: Callable[[Any], None] | None = None,
+    ):
         self._metadata = tuple(metadata)
         self._deadline = deadline
+        self._peer = peer
+        self._on_headers = on_headers
         self._code: grpc.StatusCode | None = None
         self._details: str | None = None
         self._trailing: tuple[tuple[str, str | bytes], ...] = ()
@@ -143,7 +158,7 @@ class _Context:
         return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
 
     def peer(self) -> str:
-        return "local"
+        return self._peer
 
     def peer_identities(self) -> Any:
         return None
@@ -155,7 +170,8 @@ class _Context:
         return {}
 
     async def send_initial_metadata(self, initial_metadata: Any) -> None:
-        pass
+        if self._on_headers is not None:
+            self._on_headers(initial_metadata)
 
     async def read(self) -> Any:
         raise grpc.aio.UsageError("a unary call has no request stream")
@@ -191,7 +207,7 @@ async def _invoke(
     handler = await handlers.handler(method)
     if handler is None or handler.unary_unary is None:
         raise _error(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
-    context = _Context(metadata, deadline)
+    context = HandlerContext(metadata, deadline)
     message = handler.request_deserializer(request) if handler.request_deserializer else request
     limit = asyncio.timeout(max(0.0, deadline - time.monotonic()))
     try:

@@ -13,7 +13,7 @@ from typing import Any, Generic, TypeVar
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
 from services.platform import db, redis_client
@@ -21,8 +21,10 @@ from services.platform.auth import Authentication
 from services.platform.error_mapping import ErrorMapping
 from services.platform.health import HealthMonitor
 from services.platform.interceptor import Pipeline
+from services.platform.local_calls import LocalHandlers
 from services.platform.logs import AccessLog
 from services.platform.metrics import Metrics
+from services.platform.relay import Relay, ServerThread
 from services.platform.runtime import Runtime
 from services.platform.settings import TlsSettings
 
@@ -131,27 +133,36 @@ class Server:
                 ]
             ),
         ]
-        self._server = grpc.aio.server(
-            interceptors=interceptors,
-            options=[
-                ("grpc.so_reuseport", 1 if reuse_port else 0),
-                ("grpc.max_receive_message_length", 4 * 1024 * 1024),
-                ("grpc.keepalive_permit_without_calls", 1),
-            ],
-        )
-        for registration in self.registrations:
-            registration.add_to_server(self._server)
-        # Unary peer calls of this process to this address run here (services/platform/local_calls.py).
-        self._local = runtime.peers.serve_locally(self._address)
-        if self._local is not None:
-            self._local.bind([r.add_to_server for r in self.registrations], interceptors)
+        self._options = [
+            ("grpc.so_reuseport", 1 if reuse_port else 0),
+            ("grpc.max_receive_message_length", 4 * 1024 * 1024),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
         self.health_servicer = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, self._server)
         names = [r.name for r in self.registrations]
-        reflection.enable_server_reflection(
-            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
-            self._server,
+        reflected = [
+            *names,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ]
+        # The handlers, behind the interceptors, that the server thread relays calls to (relay.py);
+        # unary peer calls of this process to this address run them too (local_calls.py). An address
+        # on port 0 is no peer's: each server there has handlers of its own.
+        shared = None if self._address.endswith(":0") else runtime.peers.serve_locally(self._address)
+        self._handlers = shared or LocalHandlers()
+        self._handlers.bind(
+            [
+                *(r.add_to_server for r in self.registrations),
+                lambda server: health_pb2_grpc.add_HealthServicer_to_server(self.health_servicer, server),
+                # enable_server_reflection would pick the blocking servicer for a non-aio server.
+                lambda server: reflection_pb2_grpc.add_ServerReflectionServicer_to_server(  # type: ignore[no-untyped-call]  # grpc_reflection's generated code ships no annotations
+                    reflection.aio.ReflectionServicer(reflected), server
+                ),
+            ],
+            interceptors,
         )
+        self._thread: ServerThread | None = None
+        self._server: grpc.aio.Server | None = None
         self.health = HealthMonitor(
             self.health_servicer,
             names,
@@ -171,18 +182,17 @@ class Server:
             ensure_port_free(
                 host.strip("[]"), int(port), what="gRPC", variable="AGENTMESH_GRPC_PORT or --grpc-port"
             )
+        self._thread = ServerThread()
         try:
-            if creds is None:
-                self.port = self._server.add_insecure_port(self._address)
-            else:
-                self.port = self._server.add_secure_port(self._address, creds)
-        except RuntimeError:
-            self.port = 0
-        if self.port == 0:
-            raise BindError(
-                f"cannot listen for gRPC on {self._address} (set AGENTMESH_GRPC_PORT or --grpc-port)"
+            self.port = await self._thread.run(
+                self._listen(
+                    creds, Relay(self._handlers, main=asyncio.get_running_loop(), server=self._thread.loop)
+                )
             )
-        await self._server.start()
+        except BaseException:
+            await self._thread.close()
+            self._thread = None
+            raise
         await self.health.check_once()
         self.health.start()
         for registration in self.registrations:
@@ -200,6 +210,24 @@ class Server:
         )
         return self.port
 
+    async def _listen(self, creds: grpc.ServerCredentials | None, relay: Relay) -> int:
+        """On the server thread: the grpc.aio server, listening, its calls relayed to this loop."""
+        self._server = grpc.aio.server(options=self._options)
+        self._server.add_generic_rpc_handlers((relay,))
+        try:
+            if creds is None:
+                port = self._server.add_insecure_port(self._address)
+            else:
+                port = self._server.add_secure_port(self._address, creds)
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise BindError(
+                f"cannot listen for gRPC on {self._address} (set AGENTMESH_GRPC_PORT or --grpc-port)"
+            )
+        await self._server.start()
+        return port
+
     async def stop(self, grace: float | None = None) -> None:
         if self._stopping is None:
             self._stopping = asyncio.get_running_loop().create_task(self._stop(grace))
@@ -212,7 +240,8 @@ class Server:
             for hook in registration.on_drain:
                 await hook()
         # New calls are refused from here; in-flight calls and streams get `grace` seconds.
-        await self._server.stop(grace)
+        if self._thread is not None and self._server is not None:
+            await self._thread.run(self._server.stop(grace))
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -220,8 +249,9 @@ class Server:
             for hook in registration.on_stop:
                 await hook()
         # Until here (the runs' last answers stored in `up`), this process's peer calls ran locally.
-        if self._local is not None:
-            self._local.unbind()
+        self._handlers.unbind()
+        if self._thread is not None:
+            await self._thread.close()
         log.info("stopped", extra={"fields": {"address": self._address}})
 
     async def run_until_signal(self, *, on_started: Callable[[int], None] | None = None) -> None:

@@ -1,0 +1,257 @@
+"""grpc.aio's server on a thread of its own, relaying every call to its handler on the main loop.
+
+Why: grpc.aio hands Python a new call only every few passes of the loop it runs on (one
+`request_call` at a time, each completed through its poller thread and resumed a pass later). On
+the loop that also runs hundreds of streaming runs, whose passes take 10 ms and more, a burst of
+200 chats reached its handlers over 4-7 s, most of their time to first delta (bench/grpc_accept.py,
+docs/orchestration.md). Here the server's loop does nothing but gRPC's own work, so its passes stay
+short and a burst is accepted at once; the services, their interceptors included, run on the main
+loop as before, unchanged.
+
+The server thread's handler for a method has the shape and the serializers of the servicer's and:
+- runs the method's handler as `LocalHandlers.handler` gives it (the interceptors around the
+  servicer) on the main loop, with a `HandlerContext` holding the call's metadata, deadline and peer;
+- hands requests of a client stream to it one at a time, as it reads them;
+- hands a response stream back a window of `WINDOW` messages at a time: the main side waits for
+  the server thread to have written the earlier ones, so a client that stops reading holds back its
+  handler (and from there the run's own slow-reader bound) as it did with the handler on the server;
+- answers with the status the handler set (abort) and its trailing metadata;
+- cancels the handler when the call ends first (the client cancelled, the deadline passed, the
+  server stopped).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import functools
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from typing import Any, TypeVar
+
+import grpc
+
+from services.platform.local_calls import HandlerContext, LocalHandlers
+
+T = TypeVar("T")
+
+# Responses in flight between a stream's handler and the server thread's write of them.
+WINDOW = 16
+
+_END = object()
+
+
+class ServerThread:
+    """A daemon thread running an event loop of its own, for the grpc.aio server."""
+
+    def __init__(self, name: str = "grpc-server"):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        """Runs `coro` on the thread's loop; cancelling the caller cancels it."""
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def close(self) -> None:
+        await self.run(self.loop.shutdown_asyncgens())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self._thread.join)
+        self.loop.close()
+
+
+class Relay(grpc.GenericRpcHandler):
+    """The server thread's handlers: each method of `handlers`, run on `main`."""
+
+    def __init__(
+        self, handlers: LocalHandlers, *, main: asyncio.AbstractEventLoop, server: asyncio.AbstractEventLoop
+    ):
+        self._handlers = handlers
+        self._main = main
+        self._to_main = _Mailbox(main)
+        self._to_server = _Mailbox(server)
+        self._relayed: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        if method not in self._relayed:
+            self._relayed[method] = self._relay(method)
+        return self._relayed[method]
+
+    def _relay(self, method: str) -> grpc.RpcMethodHandler[Any, Any] | None:
+        own = self._handlers.servicer_handler(method)
+        if own is None:
+            return None
+        serializers: dict[str, Any] = {
+            "request_deserializer": own.request_deserializer,
+            "response_serializer": own.response_serializer,
+        }
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            if own.request_streaming:
+                request = _Requests(request, asyncio.get_running_loop())
+            handler = _context(context)
+            response = await self._on_main(self._unary(method, request, handler))
+            await _answer(context, handler)
+            return response
+
+        async def stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+            loop = asyncio.get_running_loop()
+            if own.request_streaming:
+                request = _Requests(request, loop)
+            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+            def send(kind: str, value: Any) -> None:
+                self._to_server.post(functools.partial(queue.put_nowait, (kind, value)))
+
+            window = asyncio.Semaphore(WINDOW)  # acquired and released on the main loop only
+            handler = _context(context, on_headers=lambda headers: send("headers", headers))
+            pump = asyncio.run_coroutine_threadsafe(
+                self._stream(method, request, handler, send, window), self._main
+            )
+            try:
+                while True:
+                    kind, value = await queue.get()
+                    if kind == "message":
+                        yield value
+                        self._to_main.post(window.release)
+                    elif kind == "headers":
+                        await context.send_initial_metadata(value)
+                    else:
+                        break
+                await asyncio.wrap_future(pump)  # the handler's own exception, if any
+            finally:
+                pump.cancel()
+            await _answer(context, handler)
+
+        if own.response_streaming:
+            return _handler(own, stream, serializers)
+        return _handler(own, unary, serializers)
+
+    async def _on_main(self, coro: Coroutine[Any, Any, T]) -> T:
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._main))
+
+    async def _behavior(self, method: str) -> Callable[..., Any]:
+        handler = await self._handlers.handler(method)
+        if handler is None:  # unbound while the call was on its way
+            raise RuntimeError(f"{method} is no longer served")
+        behavior = (
+            handler.unary_unary or handler.stream_unary or handler.unary_stream or handler.stream_stream
+        )
+        assert behavior is not None
+        return behavior
+
+    async def _unary(self, method: str, request: Any, context: HandlerContext) -> Any:
+        behavior = await self._behavior(method)
+        try:
+            return await behavior(request, context)
+        except grpc.aio.AbortError:
+            return None  # the status is on the context
+
+    async def _stream(
+        self,
+        method: str,
+        request: Any,
+        context: HandlerContext,
+        send: Callable[[str, Any], None],
+        window: asyncio.Semaphore,
+    ) -> None:
+        try:
+            behavior = await self._behavior(method)
+            # Closed here, at once, when the call ends first (as on grpc's server, where the
+            # generator is dropped with its task): its `finally`s and middlewares run now.
+            async with contextlib.aclosing(behavior(request, context)) as responses:
+                async for response in responses:
+                    await window.acquire()
+                    send("message", response)
+        except grpc.aio.AbortError:
+            pass  # the status is on the context
+        finally:
+            send("end", None)
+
+
+def _context(
+    context: grpc.aio.ServicerContext[Any, Any], *, on_headers: Callable[[Any], None] | None = None
+) -> HandlerContext:
+    remaining = context.time_remaining()
+    return HandlerContext(
+        tuple(context.invocation_metadata() or ()),
+        None if remaining is None else time.monotonic() + remaining,
+        peer=context.peer(),
+        on_headers=on_headers,
+    )
+
+
+async def _answer(context: grpc.aio.ServicerContext[Any, Any], handler: HandlerContext) -> None:
+    """The status and trailing metadata the handler set, on the real call."""
+    code, trailing = handler.code(), tuple(handler.trailing_metadata())
+    if code is not None and code != grpc.StatusCode.OK:
+        await context.abort(code, handler.details() or "", trailing)
+    if trailing:
+        context.set_trailing_metadata(trailing)
+
+
+def _handler(
+    own: grpc.RpcMethodHandler[Any, Any], behavior: Callable[..., Any], serializers: dict[str, Any]
+) -> grpc.RpcMethodHandler[Any, Any]:
+    if own.request_streaming and own.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(behavior, **serializers)
+    if own.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(behavior, **serializers)
+    if own.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(behavior, **serializers)
+    return grpc.unary_unary_rpc_method_handler(behavior, **serializers)
+
+
+class _Mailbox:
+    """Callbacks for `loop` from another thread, run in batches: one wake-up of the loop for all
+    posted before it runs them (call_soon_threadsafe writes to the loop's self-pipe every time)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self._loop = loop
+        self._posted: collections.deque[Callable[[], None]] = collections.deque()
+        self._scheduled = False
+
+    def post(self, callback: Callable[[], None]) -> None:
+        self._posted.append(callback)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        # Reset before draining: what is posted from here on is drained now or gets a run of its own.
+        self._scheduled = False
+        while self._posted:
+            self._posted.popleft()()
+
+
+class _Requests:
+    """A client stream read on the server thread, as the main loop's handler iterates it."""
+
+    def __init__(self, requests: AsyncIterable[Any], loop: asyncio.AbstractEventLoop):
+        self._requests = requests
+        self._iterator: AsyncIterator[Any] | None = None
+        self._loop = loop
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(self._next(), self._loop))
+        if message is _END:
+            raise StopAsyncIteration
+        return message
+
+    async def _next(self) -> Any:
+        # Made at the first read: grpc's receiver warns when one made is never awaited (a call
+        # refused before its handler reads).
+        if self._iterator is None:
+            self._iterator = aiter(self._requests)
+        try:
+            return await anext(self._iterator)
+        except StopAsyncIteration:
+            return _END
