@@ -293,6 +293,7 @@ class OrchestrationStore:
         self._run_starts: Batcher[tuple[str, str, int, int], bool] = Batcher(
             self._begin_runs, key=lambda item: item[1], max_batch=256
         )
+        self._start_records: Batcher[tuple[str, str], None] = Batcher(self._record_starts, max_batch=256)
         # PostgreSQL: the session and live-run reads of concurrent calls share a statement too.
         self._session_reads: Batcher[str, Session | None] = Batcher(self._read_sessions, max_batch=256)
         self._live_reads: Batcher[str, list[Run]] = Batcher(self._read_live_runs, max_batch=256)
@@ -567,6 +568,21 @@ class OrchestrationStore:
 
         started = await db.write(self._engine, begin)
         return [run_id in started for run_id, *_ in batch]
+
+    async def record_start(self, run_id: str, *, user_message_id: str) -> None:
+        """A started run's user message and first step, in one statement shared with the runs that
+        start meanwhile (a burst of runs otherwise writes one transaction each on the way to their
+        first deltas)."""
+        await self._start_records.submit((run_id, user_message_id))
+
+    async def _record_starts(self, batch: list[tuple[str, str]]) -> list[None]:
+        messages = dict(batch)
+        await self._execute(
+            runs.update()
+            .where(runs.c.id.in_(list(messages)))
+            .values(user_message_id=sa.case(messages, value=runs.c.id), steps=1)
+        )
+        return [None] * len(batch)
 
     async def update_run(self, run_id: str, **values: Any) -> None:
         await self._execute(runs.update().where(runs.c.id == run_id).values(**values))

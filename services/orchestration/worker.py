@@ -410,9 +410,7 @@ class RunWorker:
         user_message_id = await self._user_message(h)
         # The row's user message and first step are written while the context is read: one
         # statement on the way to the first delta instead of two in a row before the read.
-        record = asyncio.ensure_future(
-            self._store.update_run(h.run.id, user_message_id=user_message_id, steps=1)
-        )
+        record = asyncio.ensure_future(self._store.record_start(h.run.id, user_message_id=user_message_id))
         try:
             messages = await self._context(h, agent)
         except BaseException:
