@@ -217,6 +217,8 @@ class _Mailbox:
         self._scheduled = False
 
     def post(self, callback: Callable[[], None]) -> None:
+        if self._loop.is_closed():
+            return  # the server is gone, and the call with it
         self._posted.append(callback)
         if not self._scheduled:
             self._scheduled = True
