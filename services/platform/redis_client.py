@@ -165,16 +165,11 @@ class _Pipeline(ClusterPipeline):
             await self.reset()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
 
 
-# Connections of the shared client per process (per node on a cluster).
-MAX_CONNECTIONS = 32
-CLUSTER_MAX_CONNECTIONS = 512
-
-
 def create_redis(
     url: str,
     *,
     mode: str = "standalone",
-    max_connections: int | None = None,
+    max_connections: int = 512,
     retry_seconds: float = DEFAULT_RETRY_SECONDS,
 ) -> aioredis.Redis:
     """The client for `url`. With mode "cluster" it is redis-py's cluster client, which learns the
@@ -186,11 +181,6 @@ def create_redis(
     """
     if mode not in MODES:
         raise SettingsError(f"AGENTMESH_REDIS_MODE must be standalone or cluster, got {mode!r}")
-    if max_connections is None:
-        # A burst of calls reaches its handlers at once (services/platform/relay.py), each checking
-        # the deny-list, the rate limit, ...: a blocking pool waits at a small constant, the cluster
-        # client (which fails past it) gets room for hundreds of concurrent commands.
-        max_connections = CLUSTER_MAX_CONNECTIONS if mode == "cluster" else MAX_CONNECTIONS
     if mode == "cluster":
         if not url:
             raise SettingsError("AGENTMESH_REDIS_MODE=cluster needs REDIS_URL (one node of the cluster)")
