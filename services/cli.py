@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import pathlib
@@ -122,6 +123,10 @@ async def _run(
         seeding: list[asyncio.Task[None]] = []
 
         def started(port: int) -> None:
+            # What start-up made (modules, schemas, descriptors, the servers) lives as long as the
+            # process: frozen out of the collector's reach, a full collection no longer walks it.
+            # Before, one paused the loop, and every call in flight, for 90-106 ms in `up`.
+            gc.freeze()
             if banner_log is not None and gateway is not None:
                 print(_banner(settings, port, gateway.port, banner_log), flush=True)
             else:
