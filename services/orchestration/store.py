@@ -294,7 +294,7 @@ class OrchestrationStore:
             self._begin_runs, key=lambda item: item[1], max_batch=256
         )
         self._start_records: Batcher[tuple[str, str], None] = Batcher(self._record_starts, max_batch=256)
-        # PostgreSQL: the session and live-run reads of concurrent calls share a statement too.
+        # The session and live-run reads of concurrent calls share a statement too.
         self._session_reads: Batcher[str, Session | None] = Batcher(self._read_sessions, max_batch=256)
         self._live_reads: Batcher[str, list[Run]] = Batcher(self._read_live_runs, max_batch=256)
 
@@ -349,29 +349,37 @@ class OrchestrationStore:
 
     async def _read_sessions(self, ids: list[str]) -> list[Session | None]:
         """The sessions asked for meanwhile, in one statement (the tenant is checked per caller)."""
-        rows = await self._fetch(_SESSIONS_SQL, {"ids": list(set(ids))})
+        unique = list(set(ids))
+        if self._autocommit is not None:
+            rows = await self._fetch(_SESSIONS_SQL, {"ids": unique})
+        else:
+            async with self._engine.connect() as conn:
+                rows = list(await conn.execute(sessions.select().where(sessions.c.id.in_(unique))))
         found = {row.id: _session(row) for row in rows}
         return [found.get(i) for i in ids]
 
     async def _read_live_runs(self, session_ids: list[str]) -> list[list[Run]]:
         """The live runs of the sessions asked for meanwhile, in one statement; each read started
         after its caller asked (Batcher), as the busy-policy decision under the lock needs."""
-        rows = await self._fetch(
-            _LIVE_RUNS_SQL, {"sessions": list(set(session_ids)), "states": list(LIVE_STATES)}
-        )
+        unique = list(set(session_ids))
+        if self._autocommit is not None:
+            rows = await self._fetch(_LIVE_RUNS_SQL, {"sessions": unique, "states": list(LIVE_STATES)})
+        else:
+            query = (
+                runs.select()
+                .where(runs.c.session_id.in_(unique), runs.c.state.in_(LIVE_STATES))
+                .order_by(runs.c.create_time_us, runs.c.id)
+            )
+            async with self._engine.connect() as conn:
+                rows = list(await conn.execute(query))
         by_session: dict[str, list[Run]] = {}
         for row in rows:
             by_session.setdefault(row.session_id, []).append(_run(row))
         return [list(by_session.get(i, ())) for i in session_ids]
 
     async def get_session(self, tenant_id: str, session_id: str) -> Session | None:
-        if self._autocommit is not None:
-            found = await self._session_reads.submit(session_id)
-            return found if found is not None and found.tenant_id == tenant_id else None
-        query = sessions.select().where(sessions.c.id == session_id, sessions.c.tenant_id == tenant_id)
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return _session(row) if row else None
+        found = await self._session_reads.submit(session_id)
+        return found if found is not None and found.tenant_id == tenant_id else None
 
     async def list_sessions(
         self,
@@ -480,15 +488,7 @@ class OrchestrationStore:
 
     async def live_runs(self, session_id: str) -> list[Run]:
         """The session's queued and running runs, oldest first."""
-        if self._autocommit is not None:
-            return await self._live_reads.submit(session_id)
-        query = (
-            runs.select()
-            .where(runs.c.session_id == session_id, runs.c.state.in_(LIVE_STATES))
-            .order_by(runs.c.create_time_us, runs.c.id)
-        )
-        async with self._engine.connect() as conn:
-            return [_run(r) for r in await conn.execute(query)]
+        return await self._live_reads.submit(session_id)
 
     async def all_live_runs(self) -> list[Run]:
         """Every queued or running run of every tenant (the lease sweeper's scan; waiting runs hold
