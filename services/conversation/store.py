@@ -611,8 +611,11 @@ class ConversationStore:
     async def get_conversation(
         self, tenant_id: str, only_user: str | None, conversation_id: str
     ) -> Conversation | None:
-        async with self.engine.connect() as conn:
-            return await _get(conn, tenant_id, only_user, conversation_id)
+        async def get(engine: AsyncEngine) -> Conversation | None:
+            async with engine.connect() as conn:
+                return await _get(conn, tenant_id, only_user, conversation_id)
+
+        return await db.read(self.engine, get)
 
     async def list_conversations(
         self,
@@ -716,8 +719,12 @@ class ConversationStore:
             .order_by(m.sequence.desc())
             .limit(limit)
         )
-        async with self.engine.connect() as conn:
-            return [_message(r) for r in await conn.execute(query)]
+
+        async def fetch(engine: AsyncEngine) -> list[Message]:
+            async with engine.connect() as conn:
+                return [_message(r) for r in await conn.execute(query)]
+
+        return await db.read(self.engine, fetch)
 
     async def list_messages(
         self, conversation_id: str, *, after: int, before: int, descending: bool, limit: int

@@ -475,16 +475,20 @@ class OrchestrationStore:
         return None
 
     async def get_run(self, tenant_id: str, run_id: str) -> Run | None:
-        query = runs.select().where(runs.c.id == run_id, runs.c.tenant_id == tenant_id)
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return _run(row) if row else None
+        return await self._one_run(runs.select().where(runs.c.id == run_id, runs.c.tenant_id == tenant_id))
 
     async def run_by_request(self, session_id: str, request_id: str) -> Run | None:
-        query = runs.select().where(runs.c.session_id == session_id, runs.c.request_id == request_id)
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(query)).first()
-        return _run(row) if row else None
+        return await self._one_run(
+            runs.select().where(runs.c.session_id == session_id, runs.c.request_id == request_id)
+        )
+
+    async def _one_run(self, query: sa.Select[Any]) -> Run | None:
+        async def fetch(engine: AsyncEngine) -> Run | None:
+            async with engine.connect() as conn:
+                row = (await conn.execute(query)).first()
+            return _run(row) if row else None
+
+        return await db.read(self._engine, fetch)
 
     async def live_runs(self, session_id: str) -> list[Run]:
         """The session's queued and running runs, oldest first."""

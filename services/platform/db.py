@@ -175,6 +175,15 @@ async def write(engine: AsyncEngine, work: Callable[[AsyncEngine], Awaitable[T]]
     return await writer.run(work)
 
 
+async def read(engine: AsyncEngine, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Runs `work`, a read of a few rows by index, where `write` runs writes: inline on a file
+    SQLite database (its SqliteWriter's connection; a reader never waits for the write lock in WAL
+    mode), elsewhere on `engine` itself. Through the pool's aiosqlite each statement crosses to a
+    thread and back, which under a burst of chats cost more than the statement. Inline the loop
+    waits for the read, so only bounded index reads on the hot path belong here."""
+    return await write(engine, work)
+
+
 async def ping(engine: AsyncEngine) -> None:
     async with engine.connect() as conn:
         await conn.execute(text("SELECT 1"))
