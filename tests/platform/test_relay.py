@@ -14,7 +14,8 @@ from services.platform.relay import WINDOW
 from services.platform.server import ServiceRegistration
 from tests.helpers import build_runtime, start_server
 
-GET_USER = "/agentmesh.identity.v1.IdentityService/GetUser"
+SERVICE = "agentmesh.identity.v1.IdentityService"
+GET_USER = f"/{SERVICE}/GetUser"
 
 
 class Passes:
@@ -50,9 +51,26 @@ class Recorder(pb_grpc.IdentityServiceServicer):
         return pb.GetUserResponse(user=pb.User(id=request.user_id))
 
 
+def get_user_served_by(shape, behavior) -> ServiceRegistration:
+    """IdentityService with GetUser alone, served by `behavior` as a handler of `shape` (one of
+    grpc's *_rpc_method_handler functions), callable without a token."""
+
+    def add(server) -> None:
+        handler = shape(
+            behavior,
+            request_deserializer=pb.GetUserRequest.FromString,
+            response_serializer=pb.GetUserResponse.SerializeToString,
+        )
+        server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(SERVICE, {"GetUser": handler}),)
+        )
+
+    return ServiceRegistration(name=SERVICE, add_to_server=add, public_methods=frozenset({GET_USER}))
+
+
 def registration(servicer) -> ServiceRegistration:
     return ServiceRegistration(
-        name="agentmesh.identity.v1.IdentityService",
+        name=SERVICE,
         add_to_server=lambda server: pb_grpc.add_IdentityServiceServicer_to_server(servicer, server),
         public_methods=frozenset({GET_USER}),
     )
@@ -116,28 +134,7 @@ async def test_a_client_that_stops_reading_holds_back_its_stream_handler_and_its
         finally:
             closed.set()
 
-    def add(server) -> None:
-        handler = grpc.unary_stream_rpc_method_handler(
-            endless,
-            request_deserializer=pb.GetUserRequest.FromString,
-            response_serializer=pb.GetUserResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "agentmesh.identity.v1.IdentityService", {"GetUser": handler}
-                ),
-            )
-        )
-
-    running = await start_server(
-        runtime,
-        ServiceRegistration(
-            name="agentmesh.identity.v1.IdentityService",
-            add_to_server=add,
-            public_methods=frozenset({GET_USER}),
-        ),
-    )
+    running = await start_server(runtime, get_user_served_by(grpc.unary_stream_rpc_method_handler, endless))
     try:
         stream = running.channel.unary_stream(
             GET_USER,
@@ -166,28 +163,7 @@ async def test_status_details_and_trailing_metadata_are_relayed(settings):
     async def fail(request, context):
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "not now", (("why", "because"),))
 
-    def add(server) -> None:
-        handler = grpc.unary_unary_rpc_method_handler(
-            fail,
-            request_deserializer=pb.GetUserRequest.FromString,
-            response_serializer=pb.GetUserResponse.SerializeToString,
-        )
-        server.add_generic_rpc_handlers(
-            (
-                grpc.method_handlers_generic_handler(
-                    "agentmesh.identity.v1.IdentityService", {"GetUser": handler}
-                ),
-            )
-        )
-
-    running = await start_server(
-        runtime,
-        ServiceRegistration(
-            name="agentmesh.identity.v1.IdentityService",
-            add_to_server=add,
-            public_methods=frozenset({GET_USER}),
-        ),
-    )
+    running = await start_server(runtime, get_user_served_by(grpc.unary_unary_rpc_method_handler, fail))
     try:
         stub = pb_grpc.IdentityServiceStub(running.channel)
         with pytest.raises(grpc.aio.AioRpcError) as raised:
