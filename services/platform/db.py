@@ -84,12 +84,27 @@ def create_engine(url: str, *, pool_size: int = 16) -> AsyncEngine:
     )
 
 
+class _Group:
+    """The write transaction shared by the works of one group commit (SqliteWriter._commit)."""
+
+    __slots__ = ("aborted", "mark")
+
+    def __init__(self, changes: int):
+        self.mark = changes  # total_changes when the current work began or last committed
+        self.aborted = False
+
+
 class _InlineConnection(aiosqlite.Connection):
     """aiosqlite's connection with every call made at once on the calling thread, no worker thread:
-    an await on it never yields to the loop, so a whole write transaction runs in one loop turn."""
+    an await on it never yields to the loop, so a whole write transaction runs in one loop turn.
+
+    Inside a group commit (`group` set) a work's commit keeps its writes in the group's transaction,
+    and a rollback with writes to undo rolls back the whole group (whose works then run one by one);
+    a rollback with nothing to undo (a read, the pool's reset) does nothing."""
 
     def __init__(self, connector: Callable[[], sqlite3.Connection]):
         super().__init__(connector, iter_chunk_size=64)
+        self.group: _Group | None = None
 
     async def _execute(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         if self._connection is None:
@@ -103,6 +118,20 @@ class _InlineConnection(aiosqlite.Connection):
 
     def __await__(self) -> Generator[Any, None, aiosqlite.Connection]:
         return self._connect().__await__()
+
+    async def commit(self) -> None:
+        if self.group is None:
+            await super().commit()
+        elif self._connection is not None:
+            self.group.mark = self._connection.total_changes
+
+    async def rollback(self) -> None:
+        group = self.group
+        if group is None or self._connection is None:
+            await super().rollback()
+        elif self._connection.total_changes != group.mark:
+            group.aborted = True
+            self._connection.rollback()
 
     def stop(self) -> None:
         self._running = False
@@ -124,6 +153,13 @@ class SqliteWriter:
     done inline. Writers never wait in the busy handler here (busy_timeout 0, which would block the
     loop): a transaction that finds the lock taken by another connection (a write not made through
     here, another process) rolls back and is run again after a short sleep.
+
+    Group commit: the writes submitted during one loop iteration run together in the next, in one
+    transaction with one COMMIT (one fsync), and each caller gets its outcome once that COMMIT is
+    done. A transaction's BEGIN and COMMIT cost more than its statements: each releases the GIL,
+    which another thread (the gRPC server's) then holds for up to the switch interval, and COMMIT
+    syncs the WAL (docs/orchestration.md, "Group commit"). A work that fails or rolls back writes
+    undoes the group; its works then run one by one, as they would have alone.
     """
 
     RETRY_SECONDS = 30.0  # as the pool connections' busy_timeout
@@ -135,14 +171,28 @@ class SqliteWriter:
                 conn.execute(f"PRAGMA {pragma}")
             return conn
 
-        async def creator() -> aiosqlite.Connection:
-            return await _InlineConnection(connect)
+        self._inline: _InlineConnection | None = None
 
+        async def creator() -> aiosqlite.Connection:
+            self._inline = _InlineConnection(connect)
+            return await self._inline
+
+        self._queue: list[tuple[Callable[[AsyncEngine], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
         self.engine = create_async_engine(
             f"sqlite+aiosqlite:///{path}", async_creator=creator, pool_size=1, max_overflow=0, pool_timeout=60
         )
 
     async def run(self, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+        """`work` in the next group commit; its outcome once the group is committed."""
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append((work, future))
+        if self._committer is None:
+            self._committer = asyncio.get_running_loop().create_task(self._commit())
+        return await future
+
+    async def run_now(self, work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+        """`work` at once, in a transaction of its own (retried whole while the lock is taken)."""
         pause = 0.001
         deadline = time.monotonic() + self.RETRY_SECONDS
         while True:
@@ -157,9 +207,84 @@ class SqliteWriter:
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
 
+    async def _commit(self) -> None:
+        batch: list[tuple[Callable[[AsyncEngine], Awaitable[Any]], asyncio.Future[Any]]] = []
+        try:
+            # Loops while writes queue up during a retry's sleep (the group itself never yields).
+            while self._queue:
+                batch = [(work, future) for work, future in self._queue if not future.cancelled()]
+                self._queue = []
+                outcomes = await self._group([work for work, _ in batch]) if len(batch) > 1 else None
+                if outcomes is None:
+                    outcomes = [await _outcome(self.run_now(work)) for work, _ in batch]
+                for (_, future), outcome in zip(batch, outcomes, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(outcome, _Failed):
+                        future.set_exception(outcome.error)
+                    else:
+                        future.set_result(outcome)
+        except asyncio.CancelledError:  # the loop is closing: no caller waits forever
+            for _, future in [*batch, *self._queue]:
+                future.cancel()
+            raise
+        finally:
+            self._committer = None
+
+    async def _group(self, works: list[Callable[[AsyncEngine], Awaitable[Any]]]) -> list[Any] | None:
+        """The works' results in one transaction, committed; None when they must run one by one (a
+        work failed or rolled back writes, the lock is taken, the commit failed): nothing of the
+        group is left behind then."""
+        try:
+            async with self.engine.connect():
+                pass  # opens the connection the first time
+        except Exception:  # each work meets (and reports) it alone
+            return None
+        inline = self._inline
+        raw = None if inline is None else inline._connection
+        if inline is None or raw is None:
+            return None
+        try:
+            raw.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return None  # another connection writes: one by one, each waiting its turn
+        group = inline.group = _Group(raw.total_changes)
+        results: list[Any] = []
+        try:
+            for work in works:
+                group.mark = raw.total_changes
+                results.append(await work(self.engine))
+                if group.aborted or inline._connection is not raw:
+                    break
+            else:
+                inline.group = None
+                raw.commit()
+                return results
+        except Exception:  # that work runs again alone, and reports its own failure then
+            pass
+        finally:
+            inline.group = None
+        if inline._connection is raw and raw.in_transaction:
+            raw.rollback()
+        return None
+
     def close(self) -> None:
         """The engine's dispose() closes the writer's connection too (a later write reopens it)."""
         self.engine.sync_engine.dispose()
+
+
+class _Failed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+async def _outcome(call: Awaitable[T]) -> T | _Failed:
+    try:
+        return await call
+    except Exception as exc:
+        return _Failed(exc)
 
 
 _WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriter] = weakref.WeakKeyDictionary()
@@ -181,7 +306,10 @@ async def read(engine: AsyncEngine, work: Callable[[AsyncEngine], Awaitable[T]])
     mode), elsewhere on `engine` itself. Through the pool's aiosqlite each statement crosses to a
     thread and back, which under a burst of chats cost more than the statement. Inline the loop
     waits for the read, so only bounded index reads on the hot path belong here."""
-    return await write(engine, work)
+    writer = _WRITERS.get(engine.sync_engine)
+    if writer is None:
+        return await work(engine)
+    return await writer.run_now(work)
 
 
 async def ping(engine: AsyncEngine) -> None:
