@@ -40,6 +40,7 @@ async def build(runtime: Runtime) -> Built[OrchestrationService]:
         retention_seconds=options.event_retention_seconds,
         reader_buffer_events=options.reader_buffer_events,
         redis_buffer_events=options.redis_buffer_events,
+        in_memory=not own,
     )
     limits = RunLimits(redis, slot_ttl_seconds=options.lease_ttl_seconds, clock=runtime.clock)
     service_token = ServiceTokens(

@@ -16,6 +16,12 @@
 - While Redis is unreachable the writer keeps each run's events and retries with backoff; local
   readers keep streaming. Past `redis_buffer_events` unwritten events a run's next publish raises
   UNAVAILABLE (the worker fails the run, saying so).
+- `in_memory` (the embedded default, whose Redis is fakeredis inside this process, read by no other
+  process): a run's events stay in the hub for the retention, as long as Redis would keep them,
+  and are not copied into Redis, where each XADD cost a chat about 60 us of the loop's time (half
+  of a chat's Redis commands). A run that leaves the hub before its end (a pause, a lost lease)
+  first has its events written to Redis, for whoever continues it; the terminal event still removes
+  the lease and the cancel flag there.
 """
 
 from __future__ import annotations
@@ -115,9 +121,15 @@ class _LocalRun:
         # its own entry: "equal or smaller" is not a stale writer there).
         self.attempted_upto = 0
         self.stale = False
+        # In memory mode: its events are written to Redis too (it left, or leaves, the hub unended).
+        self.spilled = False
         self.failure: errors.AgentmeshError | None = None
         self.progress = asyncio.Event()
         self.ended = False
+
+
+# A run's event waiting for the writer, and whether Redis gets it (in memory mode only when spilled).
+_Pending = tuple[_LocalRun, RunEvent, bool]
 
 
 class _Watch:
@@ -143,12 +155,15 @@ class EventHub(RunEvents):
         retention_seconds: int,
         reader_buffer_events: int = 2000,
         redis_buffer_events: int = 10000,
+        in_memory: bool = False,
     ):
         super().__init__(redis, block_ms=block_ms, retention_seconds=retention_seconds)
+        self._in_memory = in_memory
+        self._linger_seconds = float(retention_seconds) if in_memory else LINGER_SECONDS
         self._reader_limit = reader_buffer_events
         self._redis_limit = redis_buffer_events
         self._local: dict[str, _LocalRun] = {}
-        self._pending: collections.deque[tuple[_LocalRun, RunEvent]] = collections.deque()
+        self._pending: collections.deque[_Pending] = collections.deque()
         self._has_pending = asyncio.Event()
         # Set after each batch the writer settled (close waits for the backlog with it).
         self._flushed = asyncio.Event()
@@ -172,6 +187,9 @@ class EventHub(RunEvents):
         run = self._local.get(event.run_id)
         if run is None:
             run = self._local[event.run_id] = _LocalRun(event.run_id)
+            # A run continued here (after a pause, from another worker) has its start in Redis and
+            # may have readers following it there: in memory mode too, its events go there.
+            run.spilled = event.type is not EventType.RUN_CREATED
         if run.stale:
             raise StaleWriter(event.run_id)
         if run.failure is not None and not event.type.terminal:
@@ -186,11 +204,21 @@ class EventHub(RunEvents):
         run.ended = run.ended or event.type.terminal
         for reader in run.readers:
             reader.put(event)
+        self._enqueue(run, event, to_redis=run.spilled or not self._in_memory)
+
+    def _enqueue(self, run: _LocalRun, event: RunEvent, *, to_redis: bool) -> None:
         run.unwritten += 1
-        self._pending.append((run, event))
+        self._pending.append((run, event, to_redis))
         self._has_pending.set()
         if self._writer is None and not self._stopped:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    def _spill(self, run: _LocalRun) -> None:
+        """In memory mode: the run's events so far go to Redis (in order, before any later one)."""
+        if self._in_memory and not run.spilled:
+            run.spilled = True
+            for event in run.log:
+                self._enqueue(run, event, to_redis=True)
 
     async def append(self, event: RunEvent) -> None:
         """An event of a run executing here goes through the hub (a new run's RUN_CREATED makes it
@@ -201,6 +229,8 @@ class EventHub(RunEvents):
         if event.type is not EventType.RUN_CREATED and event.run_id not in self._local:
             await super().append(event)
             return
+        if event.type.pauses and event.run_id in self._local:
+            self._spill(self._local[event.run_id])
         self.publish(event)
         if event.type.terminal or event.type.pauses or event.type is EventType.RUN_CREATED:
             await self.written(event)
@@ -227,6 +257,7 @@ class EventHub(RunEvents):
             return
         if not run.ended:
             del self._local[run_id]
+            self._spill(run)
             last = run.log[-1].event_id if run.log else 0
             for reader in run.readers:
                 if self._closing:
@@ -238,7 +269,7 @@ class EventHub(RunEvents):
 
     def _linger(self, run_id: str, run: _LocalRun) -> None:
         self._lingering[run_id] = asyncio.get_running_loop().call_later(
-            LINGER_SECONDS, self._forget, run_id, run
+            self._linger_seconds, self._forget, run_id, run
         )
 
     def _forget(self, run_id: str, run: _LocalRun) -> None:
@@ -265,7 +296,7 @@ class EventHub(RunEvents):
                 results = await self._send(batch)
             except RedisError as exc:
                 self._pending.extendleft(reversed(batch))
-                for run, event in batch:
+                for run, event, _ in batch:
                     run.attempted_upto = max(run.attempted_upto, event.event_id)
                 if not down:
                     log.warning(
@@ -290,32 +321,37 @@ class EventHub(RunEvents):
             backoff, down = 0.05, False
             self._flushed.set()
 
-    async def _send(self, batch: list[tuple[_LocalRun, RunEvent]]) -> list[Any]:
-        """One pipeline for the batch; returns each event's XADD reply (or error)."""
-        at: list[int] = []
+    async def _send(self, batch: list[_Pending]) -> list[Any]:
+        """One pipeline for the batch; returns each event's XADD reply (or error), True for an event
+        kept in memory only."""
+        at: list[int | None] = []
         async with self._redis.pipeline(transaction=False) as pipe:
             n = 0
-            for run, event in batch:
-                pipe.xadd(run.key, {"e": encode(event)}, id=f"0-{event.event_id}")
-                at.append(n)
-                n += 1
+            for run, event, to_redis in batch:
+                if not to_redis:
+                    at.append(None)
+                else:
+                    pipe.xadd(run.key, {"e": encode(event)}, id=f"0-{event.event_id}")
+                    at.append(n)
+                    n += 1
                 if event.type.terminal:
+                    # Also in memory mode: a run spilled once (it paused) has its first part there.
                     pipe.expire(run.key, self._retention)
                     pipe.delete(LEASE_KEY.format(run_id=event.run_id), CANCEL_KEY.format(run_id=event.run_id))
                     n += 2
-            replies = await pipe.execute(raise_on_error=False)
-        return [replies[i] for i in at]
+            replies = await pipe.execute(raise_on_error=False) if n else []
+        return [True if i is None else replies[i] for i in at]
 
-    def _settle(self, batch: list[tuple[_LocalRun, RunEvent]], results: list[Any]) -> bool:
+    def _settle(self, batch: list[_Pending], results: list[Any]) -> bool:
         """Records what Redis took; puts back (first in line, in order) what met a connection
         error (a cluster pipeline answers per node); True when something was put back."""
-        retry: list[tuple[_LocalRun, RunEvent]] = []
-        for (run, event), result in zip(batch, results, strict=True):
+        retry: list[_Pending] = []
+        for (run, event, to_redis), result in zip(batch, results, strict=True):
             if isinstance(result, RedisError) and (
                 not isinstance(result, ResponseError) or isinstance(result, RETRYABLE)
             ):
                 run.attempted_upto = max(run.attempted_upto, event.event_id)
-                retry.append((run, event))
+                retry.append((run, event, to_redis))
                 continue
             run.unwritten -= 1
             if isinstance(result, ResponseError):

@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from services.orchestration.events import EVENTS_KEY, decode, stream_client
+from services.orchestration.events import CANCEL_KEY, EVENTS_KEY, LEASE_KEY, decode, stream_client
 from services.orchestration.hub import EventHub
 from services.orchestration.models import EventType, RunEvent, Usage
 from services.orchestration.providers import Delta, EchoProvider, Providers
@@ -545,3 +545,77 @@ async def test_stopping_instance_ends_remote_readers_with_a_status(make_mesh):
             await asyncio.wait_for(anext(remote), 10)
     rest = await _collect(call)
     assert rest[-1].type == T.RUN_EVENT_TYPE_RUN_COMPLETED
+
+
+async def _entries(redis: Any, run_id: str) -> list[int]:
+    return [decode(i, f[b"e"]).event_id for i, f in await redis.xrange(EVENTS_KEY.format(run_id=run_id))]
+
+
+async def test_in_memory_hub_keeps_a_run_out_of_redis_and_resumes_it_exactly_after_its_end():
+    """The embedded default (in_memory, its Redis fakeredis in the process): a run's events are not
+    copied into Redis, its end still removes the lease and the cancel flag there, and after the run
+    ended and its worker left, a reader resuming after any event id before the end gets exactly the
+    rest (after the end itself the service answers from the last event, as in Redis mode)."""
+    import fakeredis
+
+    redis = fakeredis.aioredis.FakeRedis()
+    hub = EventHub(redis, block_ms=200, retention_seconds=60, in_memory=True)
+    try:
+        run_id = uuid.uuid4().hex
+        await redis.set(LEASE_KEY.format(run_id=run_id), b"worker")
+        await redis.set(CANCEL_KEY.format(run_id=run_id), b"cancel")
+        await hub.append(_event(run_id, 1, EventType.RUN_CREATED))
+        for i in range(2, 10):
+            hub.publish(_event(run_id, i, text=f"t{i} "))
+        await hub.append(_event(run_id, 10, EventType.RUN_COMPLETED))
+        hub.release(run_id)
+        assert await _entries(redis, run_id) == []
+        assert not await redis.exists(LEASE_KEY.format(run_id=run_id), CANCEL_KEY.format(run_id=run_id))
+        assert await hub.last_event_id(run_id) == 10
+        for after in range(10):
+            got = [e.event_id async for e in hub.tail(run_id, after)]
+            assert got == list(range(after + 1, 11)), after
+    finally:
+        await hub.stop()
+        await redis.aclose()
+
+
+async def test_in_memory_hub_writes_a_run_to_redis_when_it_leaves_before_its_end():
+    """in_memory: a run that pauses (waiting for its tools) has every event in Redis, in order, once
+    the pause is appended, for whoever continues it, and its continuation's events go there too
+    (its readers follow it there); a run whose worker leaves it unended (a lost lease) is written
+    there as well, and its reader goes on from Redis to the end another party writes there."""
+    import fakeredis
+
+    redis = fakeredis.aioredis.FakeRedis()
+    hub = EventHub(redis, block_ms=200, retention_seconds=60, in_memory=True)
+    try:
+        paused = uuid.uuid4().hex
+        await hub.append(_event(paused, 1, EventType.RUN_CREATED))
+        for i in range(2, 6):
+            hub.publish(_event(paused, i, text=f"t{i} "))
+        await hub.append(_event(paused, 6, EventType.TOOL_CALLS_REQUESTED))
+        assert await _entries(redis, paused) == [1, 2, 3, 4, 5, 6]
+        hub.release(paused)
+        # A reader of the waiting run follows it in Redis; its continuation here reaches it.
+        waiting = aiter(hub.tail(paused, 6))
+        hub.publish(_event(paused, 7, text="tool result "))
+        await hub.append(_event(paused, 8, EventType.RUN_COMPLETED))
+        assert [(await asyncio.wait_for(anext(waiting), 5)).event_id for _ in range(2)] == [7, 8]
+        assert await _entries(redis, paused) == list(range(1, 9))
+
+        left = uuid.uuid4().hex
+        await hub.append(_event(left, 1, EventType.RUN_CREATED))
+        reader = aiter(hub.tail(left, 0))
+        for i in range(2, 5):
+            hub.publish(_event(left, i, text=f"t{i} "))
+        assert [(await anext(reader)).event_id for _ in range(4)] == [1, 2, 3, 4]
+        hub.release(left)
+        await asyncio.wait_for(hub._drained(), 5)  # the writer has sent what the release queued
+        assert await _entries(redis, left) == [1, 2, 3, 4]
+        await hub.append(_event(left, 5, EventType.RUN_FAILED))  # the sweeper's end, straight to Redis
+        assert (await asyncio.wait_for(anext(reader), 5)).event_id == 5
+        assert [e.event_id async for e in hub.tail(left, 0)] == [1, 2, 3, 4, 5]
+    finally:
+        await hub.stop()
+        await redis.aclose()
