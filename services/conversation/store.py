@@ -169,6 +169,42 @@ def scoped(tenant_id: str, only_user: str | None) -> list[sa.ColumnElement[bool]
     return where
 
 
+def _append_update(scope_user: bool) -> sa.Update:
+    """PortableAppends' numbering UPDATE, built once (building a statement per call, its operators
+    and its cache key, cost more than SQLite running it). Parameters: p_tenant, p_user (when
+    `scope_user`), p_id, p_tokens, p_now, p_leaf."""
+    c = conversations.c
+    where = [c.tenant_id == sa.bindparam("p_tenant"), c.id == sa.bindparam("p_id"), c.status == ACTIVE]
+    if scope_user:
+        where.append(c.user_id == sa.bindparam("p_user"))
+    return (
+        conversations.update()
+        .where(*where)
+        .values(
+            message_count=c.message_count + 1,
+            token_count=c.token_count + sa.bindparam("p_tokens", type_=sa.BigInteger),
+            update_time=sa.bindparam("p_now", type_=sa.BigInteger),
+            last_message_time=sa.bindparam("p_now", type_=sa.BigInteger),
+            path_length=c.path_length + 1,
+            active_leaf_id=sa.bindparam("p_leaf"),
+        )
+        .returning(*conversations.c)
+    )
+
+
+_APPEND_UPDATE = {False: _append_update(False), True: _append_update(True)}
+# The active path's message at a sequence (the new message's parent); the message of a request id.
+_PATH_AT = sa.select(messages.c.id).where(
+    messages.c.conversation_id == sa.bindparam("p_id"),
+    messages.c.on_path,
+    messages.c.sequence == sa.bindparam("p_sequence"),
+)
+_BY_REQUEST_ID = sa.select(messages).where(
+    messages.c.conversation_id == sa.bindparam("p_id"), messages.c.request_id == sa.bindparam("p_request")
+)
+_INSERT_MESSAGE = messages.insert()
+
+
 async def _get(
     conn: AsyncConnection, tenant_id: str, only_user: str | None, conversation_id: str
 ) -> Conversation | None:
@@ -185,13 +221,7 @@ async def _get(
 async def _message_by_request_id(
     conn: AsyncConnection, conversation_id: str, request_id: str
 ) -> Message | None:
-    row = (
-        await conn.execute(
-            sa.select(messages).where(
-                messages.c.conversation_id == conversation_id, messages.c.request_id == request_id
-            )
-        )
-    ).first()
+    row = (await conn.execute(_BY_REQUEST_ID, {"p_id": conversation_id, "p_request": request_id})).first()
     return _message(row) if row else None
 
 
@@ -401,26 +431,20 @@ class PortableAppends:
         request_id: str,
         now: int,
     ) -> Appended | AppendRefused:
-        c = conversations.c
         message_id = new_id()
+        numbering = {
+            "p_tenant": tenant_id,
+            "p_id": conversation_id,
+            "p_tokens": token_count,
+            "p_now": now,
+            "p_leaf": message_id,
+        }
+        if only_user is not None:
+            numbering["p_user"] = only_user
         # Leaving the block without a commit (an error) closes the connection, which rolls back.
         async with engine.connect() as conn:
             transaction = await conn.begin()
-            row = (
-                await conn.execute(
-                    conversations.update()
-                    .where(*scoped(tenant_id, only_user), c.id == conversation_id, c.status == ACTIVE)
-                    .values(
-                        message_count=c.message_count + 1,
-                        token_count=c.token_count + token_count,
-                        update_time=now,
-                        last_message_time=now,
-                        path_length=c.path_length + 1,
-                        active_leaf_id=message_id,
-                    )
-                    .returning(*conversations.c)
-                )
-            ).first()
+            row = (await conn.execute(_APPEND_UPDATE[only_user is not None], numbering)).first()
             # Under the row lock, so a concurrent twin has either committed (seen) or not begun.
             if row is None or (
                 request_id and await _message_by_request_id(conn, conversation_id, request_id) is not None
@@ -434,13 +458,7 @@ class PortableAppends:
                 await _add_usage(conn, tenant_id, day_of(now), row.user_id, row.agent_id, usage)
             # Under the write lock: the active path's message one above the new one is its parent.
             parent = (
-                await conn.execute(
-                    sa.select(messages.c.id).where(
-                        messages.c.conversation_id == conversation_id,
-                        messages.c.on_path,
-                        messages.c.sequence == row.path_length - 1,
-                    )
-                )
+                await conn.execute(_PATH_AT, {"p_id": conversation_id, "p_sequence": row.path_length - 1})
             ).scalar() or ""
             message = Message(
                 id=message_id,
@@ -458,7 +476,7 @@ class PortableAppends:
             )
             row_values = {**dataclasses.asdict(message), "tool_calls": tool_calls_to_json(new.tool_calls)}
             await conn.execute(
-                messages.insert().values(**row_values, tenant_id=tenant_id, request_id=request_id)
+                _INSERT_MESSAGE, {**row_values, "tenant_id": tenant_id, "request_id": request_id}
             )
             await transaction.commit()
         return Appended(message, _conversation(row), replayed=False)
