@@ -205,16 +205,34 @@ _BY_REQUEST_ID = sa.select(messages).where(
 _INSERT_MESSAGE = messages.insert()
 
 
+def _get_query(scope_user: bool) -> sa.Select[Any]:
+    c = conversations.c
+    where = [c.tenant_id == sa.bindparam("p_tenant"), c.id == sa.bindparam("p_id")]
+    if scope_user:
+        where.append(c.user_id == sa.bindparam("p_user"))
+    return sa.select(conversations).where(*where)
+
+
+_GET = {False: _get_query(False), True: _get_query(True)}
+_BEFORE = (
+    sa.select(messages)
+    .where(
+        messages.c.conversation_id == sa.bindparam("p_id"),
+        messages.c.on_path,
+        messages.c.sequence < sa.bindparam("p_before"),
+    )
+    .order_by(messages.c.sequence.desc())
+    .limit(sa.bindparam("p_limit"))
+)
+
+
 async def _get(
     conn: AsyncConnection, tenant_id: str, only_user: str | None, conversation_id: str
 ) -> Conversation | None:
-    row = (
-        await conn.execute(
-            sa.select(conversations).where(
-                *scoped(tenant_id, only_user), conversations.c.id == conversation_id
-            )
-        )
-    ).first()
+    params = {"p_tenant": tenant_id, "p_id": conversation_id}
+    if only_user is not None:
+        params["p_user"] = only_user
+    row = (await conn.execute(_GET[only_user is not None], params)).first()
     return _conversation(row) if row else None
 
 
@@ -325,9 +343,42 @@ async def _not_appended(
     return AppendRefused.CLOSED
 
 
+_PRICE = sa.select(model_prices).where(model_prices.c.model == sa.bindparam("p_model"))
+
+
 async def _price(conn: AsyncConnection, model: str) -> Price | None:
-    row = (await conn.execute(sa.select(model_prices).where(model_prices.c.model == model))).first()
+    row = (await conn.execute(_PRICE, {"p_model": model})).first()
     return None if row is None else Price(**row._mapping)
+
+
+def _add_usage_update() -> sa.Update:
+    d = usage_daily.c
+
+    def plus(column: sa.Column[int], name: str) -> sa.ColumnElement[int]:
+        return column + sa.bindparam(name, type_=sa.BigInteger)
+
+    return (
+        usage_daily.update()
+        .where(
+            d.tenant_id == sa.bindparam("p_tenant"),
+            d.day == sa.bindparam("p_day"),
+            d.user_id == sa.bindparam("p_user"),
+            d.agent_id == sa.bindparam("p_agent"),
+            d.model == sa.bindparam("p_model"),
+        )
+        .values(
+            messages=d.messages + 1,
+            prompt_tokens=plus(d.prompt_tokens, "p_prompt"),
+            completion_tokens=plus(d.completion_tokens, "p_completion"),
+            total_tokens=plus(d.total_tokens, "p_total"),
+            tool_calls=plus(d.tool_calls, "p_calls"),
+            cost_micros=plus(d.cost_micros, "p_cost"),
+        )
+    )
+
+
+_ADD_USAGE = _add_usage_update()
+_INSERT_USAGE = usage_daily.insert()
 
 
 async def _add_usage(
@@ -335,35 +386,37 @@ async def _add_usage(
 ) -> None:
     """The portable twin of `_APPEND_SQL`'s upsert, inside the append's transaction (which SQLite
     serialises, so the read-then-insert cannot race)."""
-    d = usage_daily.c
-    key = (d.tenant_id == tenant_id, d.day == day, d.user_id == user_id, d.agent_id == agent_id)
     updated = await conn.execute(
-        usage_daily.update()
-        .where(*key, d.model == usage.model)
-        .values(
-            messages=d.messages + 1,
-            prompt_tokens=d.prompt_tokens + usage.prompt_tokens,
-            completion_tokens=d.completion_tokens + usage.completion_tokens,
-            total_tokens=d.total_tokens + usage.total_tokens,
-            tool_calls=d.tool_calls + usage.tool_calls,
-            cost_micros=d.cost_micros + usage.cost_micros,
-        )
+        _ADD_USAGE,
+        {
+            "p_tenant": tenant_id,
+            "p_day": day,
+            "p_user": user_id,
+            "p_agent": agent_id,
+            "p_model": usage.model,
+            "p_prompt": usage.prompt_tokens,
+            "p_completion": usage.completion_tokens,
+            "p_total": usage.total_tokens,
+            "p_calls": usage.tool_calls,
+            "p_cost": usage.cost_micros,
+        },
     )
     if not updated.rowcount:
         await conn.execute(
-            usage_daily.insert().values(
-                tenant_id=tenant_id,
-                day=day,
-                user_id=user_id,
-                agent_id=agent_id,
-                model=usage.model,
-                messages=1,
-                prompt_tokens=usage.prompt_tokens,
-                completion_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-                tool_calls=usage.tool_calls,
-                cost_micros=usage.cost_micros,
-            )
+            _INSERT_USAGE,
+            {
+                "tenant_id": tenant_id,
+                "day": day,
+                "user_id": user_id,
+                "agent_id": agent_id,
+                "model": usage.model,
+                "messages": 1,
+                "prompt_tokens": usage.prompt_tokens,
+                "completion_tokens": usage.completion_tokens,
+                "total_tokens": usage.total_tokens,
+                "tool_calls": usage.tool_calls,
+                "cost_micros": usage.cost_micros,
+            },
         )
 
 
@@ -730,17 +783,11 @@ class ConversationStore:
     async def messages_before(self, conversation_id: str, before: int, *, limit: int) -> list[Message]:
         """The `limit` messages of the active path just below sequence `before`, newest first (one
         bounded index read)."""
-        m = messages.c
-        query = (
-            sa.select(messages)
-            .where(m.conversation_id == conversation_id, m.on_path, m.sequence < before)
-            .order_by(m.sequence.desc())
-            .limit(limit)
-        )
+        params = {"p_id": conversation_id, "p_before": before, "p_limit": limit}
 
         async def fetch(engine: AsyncEngine) -> list[Message]:
             async with engine.connect() as conn:
-                return [_message(r) for r in await conn.execute(query)]
+                return [_message(r) for r in await conn.execute(_BEFORE, params)]
 
         return await db.read(self.engine, fetch)
 

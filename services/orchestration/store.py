@@ -280,6 +280,35 @@ def _call_values(run_id: str, position: int, call: RunToolCall, now_us: int) -> 
     }
 
 
+_FINISH: dict[frozenset[str], sa.Update] = {}
+# The session's active run cleared, if still the run (finish_run(free_session)).
+_FREE_SESSION = (
+    sa.update(sessions)
+    .where(
+        sessions.c.id
+        == sa.select(runs.c.session_id).where(runs.c.id == sa.bindparam("p_run")).scalar_subquery(),
+        sessions.c.active_run_id == sa.bindparam("p_run"),
+    )
+    .values(active_run_id=None, update_time_us=sa.bindparam("p_now"))
+)
+
+
+def _finish_statement(columns: frozenset[str]) -> sa.Update:
+    """finish_run's UPDATE for the columns it sets, built once per set (a handful: with or without
+    usage, an error, an answer): building it per run cost more than SQLite running it. Parameters:
+    v_<column>, p_run, p_states."""
+    stmt = _FINISH.get(columns)
+    if stmt is None:
+        stmt = _FINISH[columns] = (
+            runs.update()
+            .where(
+                runs.c.id == sa.bindparam("p_run"), runs.c.state.in_(sa.bindparam("p_states", expanding=True))
+            )
+            .values({c: sa.bindparam(f"v_{c}", type_=runs.c[c].type) for c in sorted(columns)})
+        )
+    return stmt
+
+
 class OrchestrationStore:
     """Sessions and runs. Every read is scoped by tenant; the sweeper's scan is the one exception."""
 
@@ -643,18 +672,15 @@ class OrchestrationStore:
             params = {**values, "run_id_": run_id, "from_states_": list(from_states)}
             rows = await self._fetch(sql + " SELECT count(*) AS n FROM ended", params)
             return bool(rows[0].n == 1)
-        stmt = runs.update().where(runs.c.id == run_id, runs.c.state.in_(list(from_states))).values(**values)
+        stmt = _finish_statement(frozenset(values))
+        params = {f"v_{column}": value for column, value in values.items()}
+        params.update(p_run=run_id, p_states=list(from_states))
 
         async def execute(engine: AsyncEngine) -> int:
             async with engine.begin() as conn:
-                moved = (await conn.execute(stmt)).rowcount
+                moved = (await conn.execute(stmt, params)).rowcount
                 if moved == 1 and free_session:
-                    session = sa.select(runs.c.session_id).where(runs.c.id == run_id).scalar_subquery()
-                    await conn.execute(
-                        sessions.update()
-                        .where(sessions.c.id == session, sessions.c.active_run_id == run_id)
-                        .values(active_run_id=None, update_time_us=now_us)
-                    )
+                    await conn.execute(_FREE_SESSION, {"p_run": run_id, "p_now": now_us})
                 return moved
 
         return await db.write(self._engine, execute) == 1
