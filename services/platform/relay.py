@@ -222,8 +222,8 @@ class _Mailbox:
         self._scheduled = False  # a run is due on `loop`
 
     def post(self, callback: Callable[[], None]) -> None:
-        if self._loop.is_closed():
-            return  # the server is gone, and the call with it
+        if self._loop.is_closed() or self._source.is_closed():
+            return  # the server (or the process's loop) is gone, and the call with it
         self._posted.append(callback)
         if not self._flushing:
             self._flushing = True
