@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -128,18 +129,27 @@ async def test_concurrent_writes_share_one_commit_and_hear_back_once_committed(t
         await engine.dispose()
 
 
+def _transaction(sql: str, *, fails: bool = False) -> Callable[[AsyncEngine], Awaitable[str]]:
+    """A write transaction that runs `sql`, then fails (an exception inside it) or rolls back."""
+
+    async def work(engine: AsyncEngine) -> str:
+        async with engine.connect() as conn:
+            transaction = await conn.begin()
+            await conn.execute(sa.text(sql))
+            if fails:
+                raise RuntimeError("the work's own failure")
+            await transaction.rollback()
+            return "rolled back"
+
+    return work
+
+
 async def test_a_failed_write_undoes_only_itself(tmp_path: Path) -> None:
     engine = await _counter(tmp_path / "w.db")
-
-    async def increment_then_fail(engine: AsyncEngine) -> int:
-        async with engine.begin() as conn:
-            await conn.execute(sa.text("UPDATE counter SET n = n + 1000"))
-            raise RuntimeError("the work's own failure")
-
     try:
         outcomes = await asyncio.gather(
             *(db.write(engine, _increment) for _ in range(5)),
-            db.write(engine, increment_then_fail),
+            db.write(engine, _transaction("UPDATE counter SET n = n + 1000", fails=True)),
             *(db.write(engine, _increment) for _ in range(5)),
             return_exceptions=True,
         )
@@ -153,35 +163,22 @@ async def test_a_failed_write_undoes_only_itself(tmp_path: Path) -> None:
 
 async def test_a_rollback_with_nothing_to_undo_keeps_the_group(tmp_path: Path) -> None:
     engine = await _counter(tmp_path / "w.db")
-
-    async def refuse(engine: AsyncEngine) -> str:
-        # As an append to a closed conversation: the UPDATE matches nothing, then a rollback.
-        async with engine.connect() as conn:
-            transaction = await conn.begin()
-            await conn.execute(sa.text("UPDATE counter SET n = -1 WHERE n < 0"))
-            await transaction.rollback()
-            return "refused"
-
-    async def undo(engine: AsyncEngine) -> str:
-        # As a replayed request: writes, finds it must not have, rolls back.
-        async with engine.connect() as conn:
-            transaction = await conn.begin()
-            await conn.execute(sa.text("UPDATE counter SET n = n + 1000"))
-            await transaction.rollback()
-            return "undone"
-
+    # As an append to a closed conversation: the UPDATE matches nothing, then a rollback.
+    refuse = _transaction("UPDATE counter SET n = -1 WHERE n < 0")
+    # As a replayed request: writes, finds it must not have, rolls back.
+    undo = _transaction("UPDATE counter SET n = n + 1000")
     try:
         await db.write(engine, _increment)
         commits = _commits(engine)
         got = await asyncio.gather(
             db.write(engine, _increment), db.write(engine, refuse), db.write(engine, _increment)
         )
-        assert got == [2, "refused", 3]
+        assert got == [2, "rolled back", 3]
         assert len(commits) == 1
         got = await asyncio.gather(
             db.write(engine, _increment), db.write(engine, undo), db.write(engine, _increment)
         )
-        assert got == [4, "undone", 5]
+        assert got == [4, "rolled back", 5]
         assert await _committed_n(tmp_path / "w.db") == 5
     finally:
         await engine.dispose()
