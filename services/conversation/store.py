@@ -169,17 +169,30 @@ def scoped(tenant_id: str, only_user: str | None) -> list[sa.ColumnElement[bool]
     return where
 
 
+def _bound_scope(scope_user: bool) -> list[sa.ColumnElement[bool]]:
+    """`scoped` for a statement built once: parameters p_tenant and, when `scope_user`, p_user
+    (`_scope_params` gives them)."""
+    where = [conversations.c.tenant_id == sa.bindparam("p_tenant")]
+    if scope_user:
+        where.append(conversations.c.user_id == sa.bindparam("p_user"))
+    return where
+
+
+def _scope_params(tenant_id: str, only_user: str | None) -> dict[str, Any]:
+    params: dict[str, Any] = {"p_tenant": tenant_id}
+    if only_user is not None:
+        params["p_user"] = only_user
+    return params
+
+
 def _append_update(scope_user: bool) -> sa.Update:
     """PortableAppends' numbering UPDATE, built once (building a statement per call, its operators
-    and its cache key, cost more than SQLite running it). Parameters: p_tenant, p_user (when
-    `scope_user`), p_id, p_tokens, p_now, p_leaf."""
+    and its cache key, cost more than SQLite running it). Parameters: the scope's, p_id, p_tokens,
+    p_now, p_leaf."""
     c = conversations.c
-    where = [c.tenant_id == sa.bindparam("p_tenant"), c.id == sa.bindparam("p_id"), c.status == ACTIVE]
-    if scope_user:
-        where.append(c.user_id == sa.bindparam("p_user"))
     return (
         conversations.update()
-        .where(*where)
+        .where(*_bound_scope(scope_user), c.id == sa.bindparam("p_id"), c.status == ACTIVE)
         .values(
             message_count=c.message_count + 1,
             token_count=c.token_count + sa.bindparam("p_tokens", type_=sa.BigInteger),
@@ -205,15 +218,12 @@ _BY_REQUEST_ID = sa.select(messages).where(
 _INSERT_MESSAGE = messages.insert()
 
 
-def _get_query(scope_user: bool) -> sa.Select[Any]:
-    c = conversations.c
-    where = [c.tenant_id == sa.bindparam("p_tenant"), c.id == sa.bindparam("p_id")]
-    if scope_user:
-        where.append(c.user_id == sa.bindparam("p_user"))
-    return sa.select(conversations).where(*where)
-
-
-_GET = {False: _get_query(False), True: _get_query(True)}
+_GET = {
+    scope_user: sa.select(conversations).where(
+        *_bound_scope(scope_user), conversations.c.id == sa.bindparam("p_id")
+    )
+    for scope_user in (False, True)
+}
 _BEFORE = (
     sa.select(messages)
     .where(
@@ -229,9 +239,7 @@ _BEFORE = (
 async def _get(
     conn: AsyncConnection, tenant_id: str, only_user: str | None, conversation_id: str
 ) -> Conversation | None:
-    params = {"p_tenant": tenant_id, "p_id": conversation_id}
-    if only_user is not None:
-        params["p_user"] = only_user
+    params = {**_scope_params(tenant_id, only_user), "p_id": conversation_id}
     row = (await conn.execute(_GET[only_user is not None], params)).first()
     return _conversation(row) if row else None
 
@@ -486,14 +494,12 @@ class PortableAppends:
     ) -> Appended | AppendRefused:
         message_id = new_id()
         numbering = {
-            "p_tenant": tenant_id,
+            **_scope_params(tenant_id, only_user),
             "p_id": conversation_id,
             "p_tokens": token_count,
             "p_now": now,
             "p_leaf": message_id,
         }
-        if only_user is not None:
-            numbering["p_user"] = only_user
         # Leaving the block without a commit (an error) closes the connection, which rolls back.
         async with engine.connect() as conn:
             transaction = await conn.begin()

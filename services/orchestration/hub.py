@@ -229,7 +229,7 @@ class EventHub(RunEvents):
         if event.type is not EventType.RUN_CREATED and event.run_id not in self._local:
             await super().append(event)
             return
-        if event.type.pauses and event.run_id in self._local:
+        if event.type.pauses:
             self._spill(self._local[event.run_id])
         self.publish(event)
         if event.type.terminal or event.type.pauses or event.type is EventType.RUN_CREATED:

@@ -220,8 +220,8 @@ class SqliteWriter:
                 for (_, future), outcome in zip(batch, outcomes, strict=True):
                     if future.done():
                         continue
-                    if isinstance(outcome, _Failed):
-                        future.set_exception(outcome.error)
+                    if isinstance(outcome, BaseException):
+                        future.set_exception(outcome)
                     else:
                         future.set_result(outcome)
         except asyncio.CancelledError:  # the loop is closing: no caller waits forever
@@ -257,7 +257,6 @@ class SqliteWriter:
                 if group.aborted or inline._connection is not raw:
                     break
             else:
-                inline.group = None
                 raw.commit()
                 return results
         except Exception:  # that work runs again alone, and reports its own failure then
@@ -273,18 +272,12 @@ class SqliteWriter:
         self.engine.sync_engine.dispose()
 
 
-class _Failed:
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException):
-        self.error = error
-
-
-async def _outcome(call: Awaitable[T]) -> T | _Failed:
+async def _outcome(call: Awaitable[T]) -> T | Exception:
+    """A work's result, or its failure as a value (as platform.batching.Batcher's outcomes)."""
     try:
         return await call
     except Exception as exc:
-        return _Failed(exc)
+        return exc
 
 
 _WRITERS: weakref.WeakKeyDictionary[Engine, SqliteWriter] = weakref.WeakKeyDictionary()
