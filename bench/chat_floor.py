@@ -1,7 +1,7 @@
 """The floor of bench/chat_load.py (its "floor" side): a bare grpc.aio server, in a process of its own,
 with the generated OrchestrationService stubs and a servicer that does nothing but what a paced chat
-cannot do without. StartSession hands out an id; SendMessage sleeps --delay-ms before each of the
-echo provider's tokens ("Echo: " and the message, one word per token) and yields each as its own
+cannot do without. StartSession hands out an id; SendMessage paces the echo provider's tokens --delay-ms
+apart as echo does ("Echo: " and the message, one word per token) and yields each as its own
 MESSAGE_DELTA, then RUN_COMPLETED. No storage, no Redis, no auth, no interceptors, no coalescing.
 
 What agentmesh does beyond this (admission, the event hub, stored answers, peer calls) is its cost
@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from agentmesh.orchestration.v1 import orchestration_service_pb2 as pb
 from agentmesh.orchestration.v1 import orchestration_service_pb2_grpc as pb_grpc
-from services.orchestration.providers.echo import tokens_of
+from services.orchestration.providers.echo import paced, tokens_of
 
 
 class FloorServicer(pb_grpc.OrchestrationServiceServicer):
@@ -37,8 +37,7 @@ class FloorServicer(pb_grpc.OrchestrationServiceServicer):
     async def SendMessage(
         self, request: pb.SendMessageRequest, context: Any
     ) -> AsyncIterator[pb.SendMessageResponse]:
-        for token in tokens_of(f"Echo: {request.text}"):
-            await asyncio.sleep(self._delay)
+        async for token in paced(tokens_of(f"Echo: {request.text}"), self._delay):
             yield pb.SendMessageResponse(
                 event=pb.RunEvent(type=pb.RUN_EVENT_TYPE_MESSAGE_DELTA, text_delta=token)
             )

@@ -9,7 +9,9 @@ sides take turns at each N, so every ratio agentmesh / LangGraph comes from the 
 
 Every chat is its own session (LangGraph: its own thread) and sends one message of --words words; the
 echo provider answers "Echo: " and the message one word token every --delay-ms (51 tokens, 50 a
-second). The clients run in a process of their own, started for each measurement (bench/chat_client.py,
+second), paced like a hosted model: token i is due (i + 1) * delay after the start, whatever the
+server does between tokens (services/orchestration/providers/echo.py `paced`; LangGraph's graph and
+the floor pace alike). --delay-ms 0: unpaced, the zero-delay streams of bench/orchestration.py. The clients run in a process of their own, started for each measurement (bench/chat_client.py,
 grpc.aio; bench/langgraph_app/client.py, langgraph-sdk over SSE, stream_mode messages-tuple): it sets
 up the sessions, runs one warm-up chat, then starts every chat at once. Each server is started afresh
 for each N and side (bench/chat_servers.py) and stopped after it; PostgreSQL sides get fresh databases
@@ -24,7 +26,7 @@ CPU seconds of the server's process tree (/proc) while the chats ran; peak Redis
 clients; the embedded default's Redis is in-process); peak RSS and (peak - idle) / N per open chat.
 
 The floor (bench/chat_floor.py) is what this machine's Python grpc.aio does with nothing else: a bare
-server in a process of its own whose SendMessage sleeps --delay-ms and yields each of the same tokens
+server in a process of its own whose SendMessage paces the same tokens as echo and yields each
 as its own message (no storage, Redis, auth or coalescing), driven by the same client code over the
 same connections. agentmesh / floor is the cost of everything agentmesh does per chat; a target the
 floor itself misses is out of reach of this design in one Python process.
@@ -62,7 +64,7 @@ SIDES = ("floor", "langgraph", "embedded", "postgres", "services")
 # The references every agentmesh side is divided by: a peer product, and bare grpc.aio.
 REFERENCES = ("langgraph", "floor")
 LABELS = {
-    "floor": "floor: bare grpc.aio, sleep + yield",
+    "floor": "floor: bare grpc.aio, paced yields",
     "langgraph": "LangGraph dev (in-memory)",
     "embedded": "agentmesh up (embedded)",
     "postgres": "agentmesh up (PostgreSQL + Redis)",
@@ -398,7 +400,9 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     parser.add_argument(
         "--words", type=int, default=50, help="words per message (tokens per answer: words + 1)"
     )
-    parser.add_argument("--delay-ms", type=int, default=20, help="the provider's pause before each token")
+    parser.add_argument(
+        "--delay-ms", type=int, default=20, help="the provider's interval between tokens; 0: unpaced"
+    )
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     parser.add_argument("--timeout", type=float, default=120, help="each chat's deadline, seconds")
     parser.add_argument(
@@ -426,11 +430,13 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
     args = parser.parse_args(argv)
     from bench.__main__ import fresh_database, own_redis
 
-    provider = 1000 / args.delay_ms
+    # --delay-ms 0: echo unpaced, as bench/orchestration.py's zero-delay streams (no pace to compare).
+    provider = 1000 / args.delay_ms if args.delay_ms else math.inf
+    pacing = f"every {args.delay_ms} ms" if args.delay_ms else "unpaced"
     text = " ".join(f"word{i}" for i in range(args.words))
     sides = list(args.sides)
     print(
-        f"chat load: {args.words}-word messages, echo every {args.delay_ms} ms ({args.words + 1} tokens, "
+        f"chat load: {args.words}-word messages, echo {pacing} ({args.words + 1} tokens, "
         f"{provider:.0f} tokens/s), a session per chat, clients in a process of their own, deadline {args.timeout:.0f} s"
     )
     if "langgraph" in sides:
@@ -474,7 +480,7 @@ async def main(argv: list[str] | None = None) -> list[Figure]:
             servers.notes.clear()
     load = os.getloadavg()
     print(f"load average after: {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}")
-    return figures(results, provider, args.delay_ms)
+    return figures(results, provider, args.delay_ms) if args.delay_ms else []
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ def _answer(messages: list[BaseMessage]) -> str:
 
 
 class PacedEcho(BaseChatModel):
-    """Streams its answer token by token, `delay` seconds before each token (as echo does)."""
+    """Streams its answer token by token, `delay` seconds apart (as echo does)."""
 
     delay: float = float(os.environ.get("BENCH_ECHO_DELAY_MS", "20")) / 1000
 
@@ -63,9 +63,14 @@ class PacedEcho(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
+        # Paced as echo is (services/orchestration/providers/echo.py `paced`): token i is due
+        # delay * (i + 1) after the start, whatever the reader's time between tokens.
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for token in _TOKEN.findall(_answer(messages)):
             if self.delay > 0:
-                await asyncio.sleep(self.delay)
+                due += self.delay
+                await asyncio.sleep(due - loop.time())
             yield ChatGenerationChunk(message=AIMessageChunk(content=token))
 
 

@@ -16,14 +16,30 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Iterable
+from typing import Any, TypeVar
 
 from services.orchestration.models import Usage
 from services.orchestration.providers.base import ChatMessage, Delta, ModelConfig, ToolCall
 
 _TOKEN = re.compile(r"\S+\s*|\s+")
 TOOLS_MODEL = "tools"
+
+T = TypeVar("T")
+
+
+async def paced(items: Iterable[T], delay: float) -> AsyncIterator[T]:
+    """`items` at a model's pace: the i-th (from 0) `delay` * (i + 1) seconds after the first was
+    asked for. A hosted model's tokens do not wait for its reader, so the time the reader spends on
+    one token (or the loop's lag) is not added to the pause before the next, as `sleep(delay)`
+    between tokens would: under load that made echo itself slower than its setting."""
+    loop = asyncio.get_running_loop()
+    due = loop.time()
+    for item in items:
+        if delay > 0:
+            due += delay
+            await asyncio.sleep(due - loop.time())
+        yield item
 
 
 def answer_for(messages: list[ChatMessage]) -> str:
@@ -116,8 +132,7 @@ class EchoProvider:
         tokens = tokens_of(answer)
         if config.max_output_tokens > 0:
             tokens = tokens[: config.max_output_tokens]
-        for i, token in enumerate(tokens):
-            if self._delay > 0:
-                await asyncio.sleep(self._delay)
-            last = i == len(tokens) - 1
-            yield Delta(token, Usage(prompt_tokens, len(tokens)) if last else None)
+        i = 0
+        async for token in paced(tokens, self._delay):
+            i += 1
+            yield Delta(token, Usage(prompt_tokens, len(tokens)) if i == len(tokens) else None)
