@@ -1,11 +1,13 @@
-"""echo paced like a hosted model: its tokens are due on a schedule from the start, so a reader that
-is slow on one token does not delay the ones after it (sleep(delay) between tokens did, and under
-load echo itself streamed slower than its setting)."""
+"""echo paced like a hosted model: its tokens are due on a schedule from the start, so the time its
+reader spends on one token is not added to the pause before the next (sleep(delay) between tokens
+added it, and under load echo itself streamed slower than its setting)."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import pytest
 
@@ -15,15 +17,24 @@ from services.orchestration.providers.base import ChatMessage, ModelConfig
 DELAY = 0.02
 
 
-async def test_a_slow_reader_does_not_slow_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
-    asked: list[float] = []
-    real_sleep = asyncio.sleep
+def record_pauses(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The pauses asked for from here on in the calling task (asyncio.sleep is patched process-wide,
+    and other tasks of the suite may sleep meanwhile: theirs are not recorded)."""
+    pauses: list[float] = []
+    test_task = asyncio.current_task()
+    real_sleep: Callable[[float], Coroutine[Any, Any, None]] = asyncio.sleep
 
     async def recorded(seconds: float) -> None:
-        asked.append(seconds)
+        if asyncio.current_task() is test_task:
+            pauses.append(seconds)
         await real_sleep(seconds)
 
     monkeypatch.setattr(echo.asyncio, "sleep", recorded)
+    return pauses
+
+
+async def test_a_slow_reader_does_not_slow_the_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = record_pauses(monkeypatch)
     provider = echo.EchoProvider(delay_seconds=DELAY)
     text = []
     async for delta in provider.stream(
@@ -33,23 +44,18 @@ async def test_a_slow_reader_does_not_slow_the_schedule(monkeypatch: pytest.Monk
         time.sleep(1.5 * DELAY)  # noqa: ASYNC251 - the reader holds the loop past the next token
     assert "".join(text) == "Echo: one two three four five"
     assert len(asked) == 6
-    # The first token waits its interval; every later one was due before the reader came back.
-    assert 0 < asked[0] <= DELAY
+    # Every token after the first was due before the reader came back for it.
     assert all(seconds < 0 for seconds in asked[1:]), asked
 
 
-async def test_a_late_wake_up_shortens_the_next_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    loop = asyncio.get_running_loop()
-    clock = [100.0]
-    asked: list[float] = []
-
-    async def late(seconds: float) -> None:
-        asked.append(seconds)
-        clock[0] += seconds + 0.005  # every wake-up comes 5 ms after it was due
-
-    monkeypatch.setattr(loop, "time", lambda: clock[0])
-    monkeypatch.setattr(echo.asyncio, "sleep", late)
-    items = [item async for item in echo.paced(range(5), DELAY)]
+async def test_the_readers_time_is_taken_off_the_next_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked = record_pauses(monkeypatch)
+    items = []
+    async for item in echo.paced(range(5), DELAY):
+        items.append(item)
+        time.sleep(0.005)  # noqa: ASYNC251 - at least 5 ms on each item before the next is asked for
     assert items == list(range(5))
-    assert asked == pytest.approx([DELAY] + [DELAY - 0.005] * 4)
-    assert clock[0] == pytest.approx(100.0 + 5 * DELAY + 0.005)
+    assert len(asked) == 5
+    assert asked[0] <= DELAY
+    # sleep(delay) between items would ask for 20 ms each time.
+    assert all(seconds <= DELAY - 0.005 for seconds in asked[1:]), asked
