@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import statistics
 import tempfile
 import time
@@ -70,10 +71,13 @@ async def per_call_async_us(fn, n: int) -> float:  # type: ignore[no-untyped-def
 
 async def run(args: argparse.Namespace) -> list[Figure]:
     data_dir = tempfile.mkdtemp(prefix="agentmesh-bench-")
+    embedded = Settings.from_env(
+        {}, data_dir=data_dir, grpc_port=0, database_url=args.database_url, redis_url=args.redis_url
+    ).embedded_defaults()
+    # Identity alone: no conversation to ask for WhoAmI's quota (it would try the own address, fail
+    # every call and log it), as a deployment without conversation's address runs.
     settings = with_embedded_secrets(
-        Settings.from_env(
-            {}, data_dir=data_dir, grpc_port=0, database_url=args.database_url, redis_url=args.redis_url
-        ).embedded_defaults()
+        dataclasses.replace(embedded, peers=dataclasses.replace(embedded.peers, conversation=""))
     )
     runtime = await Runtime.create(settings)
     servers: list[Server] = []
