@@ -4,10 +4,11 @@ window (Redis), history, full-text search, usage statistics and retention."""
 from __future__ import annotations
 
 from agentmesh.conversation.v1 import conversation_service_pb2, conversation_service_pb2_grpc
-from services.conversation.hot_window import HotWindow
+from services.conversation.hot_window import HotWindow, NoHotWindow
 from services.conversation.retention import RetentionJob
 from services.conversation.search import MessageSearch
 from services.conversation.service import ConversationService
+from services.conversation.service import HotWindow as HotWindowProtocol
 from services.conversation.servicer import ConversationServicer
 from services.conversation.store import ConversationStore
 from services.conversation.tokens import ApproximateTokenCounter
@@ -20,7 +21,8 @@ SERVICE_NAME = conversation_service_pb2.DESCRIPTOR.services_by_name["Conversatio
 
 async def build(runtime: Runtime) -> Built[ConversationService]:
     store = ConversationStore(runtime.engine, autocommit=runtime.autocommit)
-    hot = HotWindow(runtime.redis)
+    # Embedded (no Redis URL: fakeredis in this process), SQLite reads the newest messages as fast.
+    hot: HotWindowProtocol = HotWindow(runtime.redis) if runtime.settings.redis_url else NoHotWindow()
     service = ConversationService(
         store=store,
         search=MessageSearch(runtime.engine),

@@ -132,3 +132,23 @@ class HotWindow:
             await self.redis.delete(*(self.key(c) for c in conversation_ids))
         except (RedisError, OSError) as exc:
             log.warning("hot window drop failed", extra={"fields": {"error": repr(exc)}})
+
+
+class NoHotWindow:
+    """No window: every read goes to the database. For the embedded default, whose Redis is
+    fakeredis in the same process: a window there is a second copy of what SQLite reads as fast,
+    kept up at the price of Lua scripts and RESP parsing on the loop."""
+
+    size = 0
+
+    async def append(self, message: Message) -> None:
+        return None
+
+    async def read(self, conversation_id: str, *, max_sequence: int, count: int) -> list[Message] | None:
+        return None
+
+    async def fill(self, conversation_id: str, messages: Sequence[Message]) -> None:
+        return None
+
+    async def drop(self, *conversation_ids: str) -> None:
+        return None

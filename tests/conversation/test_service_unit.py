@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 
+from services.conversation.hot_window import NoHotWindow
 from services.conversation.models import NewMessage
 from services.conversation.service import ConversationService
 from services.conversation.tokens import ApproximateTokenCounter
@@ -155,6 +156,31 @@ async def test_context_reads_the_record_when_the_hot_window_is_missing_or_down(p
     assert await parts.service.get_context(alice, cid, token_budget=1000, system_prompt="") == window
     parts.hot.down = True
     assert await parts.service.get_context(alice, cid, token_budget=1000, system_prompt="") == window
+
+
+async def test_without_a_hot_window_the_context_pages_through_the_record() -> None:
+    """The embedded default's NoHotWindow: every message from the store, newest first, in pages."""
+    store = FakeStore()
+    service = ConversationService(
+        store=store,
+        search=FakeSearchIndex(),
+        hot=NoHotWindow(),
+        counter=ApproximateTokenCounter(),
+        meter=USAGE,
+        page_tokens=PageTokens(b"k"),
+    )
+    service.db_page = 2
+    alice = who()
+    cid = await _create(service, alice)
+    for n in range(1, 8):
+        await service.append_message(alice, cid, _say(f"message {n}"))
+    window = await service.get_context(alice, cid, token_budget=1000, system_prompt="")
+    assert [m.sequence for m in window.messages] == [1, 2, 3, 4, 5, 6, 7]
+    assert [m.content for m in window.messages] == [f"message {n}" for n in range(1, 8)]
+    # A budget that holds two messages gets the newest two.
+    one = window.messages[-1].token_count
+    tight = await service.get_context(alice, cid, token_budget=2 * one, system_prompt="")
+    assert [m.sequence for m in tight.messages] == [6, 7]
 
 
 async def test_the_context_budget_is_capped_by_the_tier(parts: Parts) -> None:

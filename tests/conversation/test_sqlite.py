@@ -4,8 +4,10 @@ fallback on SQLite with fakeredis, through the service layer."""
 from __future__ import annotations
 
 import fakeredis
+import pytest
 
-from services.conversation.hot_window import HotWindow
+from services import conversation
+from services.conversation.hot_window import HotWindow, NoHotWindow
 from services.conversation.models import NewMessage
 from services.conversation.search import MessageSearch, snippet
 from services.conversation.service import ConversationService
@@ -15,9 +17,12 @@ from services.platform import db, migrations
 from services.platform.auth import Principal
 from services.platform.metrics import USAGE
 from services.platform.pagination import PageTokens
+from services.platform.runtime import Runtime, with_embedded_secrets
+from services.platform.settings import Settings
 
 
-async def test_sqlite_migration_append_context_and_search(tmp_path):
+@pytest.mark.parametrize("window", ["fakeredis", "none"])
+async def test_sqlite_migration_append_context_and_search(tmp_path, window):
     engine = db.create_engine(f"sqlite+aiosqlite:///{tmp_path / 'conv.db'}")
     redis = fakeredis.FakeAsyncRedis(server=fakeredis.FakeServer())
     try:
@@ -25,7 +30,8 @@ async def test_sqlite_migration_append_context_and_search(tmp_path):
         service = ConversationService(
             store=ConversationStore(engine),
             search=MessageSearch(engine),
-            hot=HotWindow(redis),
+            # `up` runs without one (conversation/__init__.py); a hot window over fakeredis works too.
+            hot=HotWindow(redis) if window == "fakeredis" else NoHotWindow(),
             counter=ApproximateTokenCounter(),
             meter=USAGE,
             page_tokens=PageTokens(b"secret"),
@@ -66,3 +72,20 @@ async def test_sqlite_migration_append_context_and_search(tmp_path):
 def test_snippet_marks_the_first_hit():
     assert snippet("a Zebra b", "zebra") == "a [[Zebra]] b"
     assert snippet("x" * 200 + "hit" + "y" * 200, "hit", radius=5) == "…xxxxx[[hit]]yyyyy…"
+
+
+@pytest.mark.parametrize("with_redis", [False, True])
+async def test_a_hot_window_only_over_a_redis_server(tmp_path, redis_url, with_redis):
+    """`up` without a Redis URL (fakeredis in the process) keeps no window; with a Redis server,
+    the window spares the database its reads."""
+    settings = with_embedded_secrets(
+        Settings.from_env(
+            {}, data_dir=str(tmp_path), grpc_port=0, redis_url=redis_url if with_redis else ""
+        ).embedded_defaults()
+    )
+    runtime = await Runtime.create(settings)
+    try:
+        built = await conversation.build(runtime)
+        assert isinstance(built.service.hot, HotWindow if with_redis else NoHotWindow)
+    finally:
+        await runtime.close()
