@@ -156,7 +156,9 @@ async def measure(running: Running, chats: int, args: argparse.Namespace, text: 
     async def connections() -> int | None:
         if redis is None:
             return None
-        info = await redis.info("clients")
+        # Bounded: a reply that never came once held the sampler, and the measurement with it, for
+        # 14 minutes (the cancelled sampler did not end until the process was interrupted).
+        info = await asyncio.wait_for(redis.info("clients"), 2)
         return int(info["connected_clients"]) - 1  # not this reader's own
 
     try:
@@ -173,7 +175,10 @@ async def measure(running: Running, chats: int, args: argparse.Namespace, text: 
             while True:
                 await asyncio.sleep(0.2)
                 peak["rss"] = max(peak["rss"] or 0, rss_bytes(running.pids))
-                conns = await connections()
+                try:
+                    conns = await connections()
+                except TimeoutError:
+                    continue  # this sample only
                 if conns is not None:
                     peak["redis"] = max(peak["redis"] or 0, conns)
 
@@ -185,8 +190,7 @@ async def measure(running: Running, chats: int, args: argparse.Namespace, text: 
         finally:
             server_cpu = cpu_seconds(running.pids) - cpu_before
             sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            await asyncio.wait({sampler}, timeout=5)  # not `await sampler`: that swallowed our own cancel
         if not line:
             raise RuntimeError(f"{running.side}: the client process exited without its answer")
         result = json.loads(line)
