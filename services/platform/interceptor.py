@@ -116,7 +116,12 @@ class Pipeline(grpc.aio.ServerInterceptor):
             try:
                 async with self._chain(call):
                     request = _checked(request)
-                    async for response in behavior(request, context):
+                    responses = behavior(request, context)
+                    if inspect.iscoroutine(responses):
+                        # A handler that writes with context.write (grpc's own Health.Watch).
+                        await responses
+                        return
+                    async for response in responses:
                         yield response
             finally:
                 # A stream closed by the client is finalised from another task, whose context

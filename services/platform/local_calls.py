@@ -100,7 +100,8 @@ class HandlerContext:
     """What a handler sees of its call (the grpc.aio.ServicerContext methods the server's handlers
     use): the metadata, the deadline, the peer, and where its status goes. code() is None before a
     status, as grpc.aio's is (its type stubs say otherwise: the middlewares read None as a cancel).
-    `on_headers` takes a stream's early initial metadata (services.platform.relay)."""
+    `on_headers` takes a stream's early initial metadata, `on_write` the messages of a handler that
+    writes its response stream with `write` (services.platform.relay)."""
 
     def __init__(
         self,
@@ -109,11 +110,13 @@ class HandlerContext:
         *,
         peer: str = "local",
         on_headers: Callable[[Any], None] | None = None,
+        on_write: Callable[[Any], Awaitable[None]] | None = None,
     ):
         self._metadata = tuple(metadata)
         self._deadline = deadline
         self._peer = peer
         self._on_headers = on_headers
+        self._on_write = on_write
         self._code: grpc.StatusCode | None = None
         self._details: str | None = None
         self._trailing: tuple[tuple[str, str | bytes], ...] = ()
@@ -177,7 +180,9 @@ class HandlerContext:
         raise grpc.aio.UsageError("a unary call has no request stream")
 
     async def write(self, message: Any) -> None:
-        raise grpc.aio.UsageError("a unary call has no response stream")
+        if self._on_write is None:
+            raise grpc.aio.UsageError("this call has no response stream to write to")
+        await self._on_write(message)
 
     def set_compression(self, compression: grpc.Compression) -> None:
         pass

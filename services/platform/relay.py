@@ -28,7 +28,7 @@ import contextlib
 import functools
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import grpc
@@ -109,7 +109,12 @@ class Relay(grpc.GenericRpcHandler):
                 self._to_server.post(functools.partial(queue.put_nowait, (kind, value)))
 
             window = asyncio.Semaphore(WINDOW)  # acquired and released on the main loop only
-            handler = _context(context, on_headers=lambda headers: send("headers", headers))
+
+            async def write(message: Any) -> None:  # on the main loop, as the handler's yields
+                await window.acquire()
+                send("message", message)
+
+            handler = _context(context, on_headers=lambda headers: send("headers", headers), on_write=write)
             pump = asyncio.ensure_future(self._on_main(self._stream(method, request, handler, send, window)))
             try:
                 while True:
@@ -193,7 +198,10 @@ class Relay(grpc.GenericRpcHandler):
 
 
 def _context(
-    context: grpc.aio.ServicerContext[Any, Any], *, on_headers: Callable[[Any], None] | None = None
+    context: grpc.aio.ServicerContext[Any, Any],
+    *,
+    on_headers: Callable[[Any], None] | None = None,
+    on_write: Callable[[Any], Awaitable[None]] | None = None,
 ) -> HandlerContext:
     remaining = context.time_remaining()
     return HandlerContext(
@@ -201,6 +209,7 @@ def _context(
         None if remaining is None else time.monotonic() + remaining,
         peer=context.peer(),
         on_headers=on_headers,
+        on_write=on_write,
     )
 
 

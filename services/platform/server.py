@@ -48,6 +48,12 @@ class ServiceRegistration:
 
 S = TypeVar("S")
 
+# The least time between a client's keepalive pings on a connection without data that the server
+# takes. Peers and the gateway ping every 30 s (peers.py, gateway/upstream.py); gRPC's default, 5
+# minutes, answered their third ping on a quiet stream with GOAWAY "too_many_pings", which ended
+# every stream on the connection.
+MIN_PING_INTERVAL_MS = 5_000
+
 
 @dataclasses.dataclass(frozen=True)
 class Built(Generic[S]):
@@ -137,6 +143,7 @@ class Server:
             ("grpc.so_reuseport", 1 if reuse_port else 0),
             ("grpc.max_receive_message_length", 4 * 1024 * 1024),
             ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ]
         self.health_servicer = health.aio.HealthServicer()
         names = [r.name for r in self.registrations]

@@ -57,3 +57,20 @@ async def test_health_follows_dependency(settings, dependency):
         await proxy.stop()
         await running.close()
         await runtime.close()
+
+
+async def test_health_watch_streams_each_change(settings):
+    """Health.Watch writes with context.write (grpc's servicer), through the relay's stand-in
+    context: it answered INTERNAL before that could write."""
+    runtime = await build_runtime(settings)
+    running = await start_server(runtime, "agents")
+    stub = health_pb2_grpc.HealthStub(running.channel)
+    watch = stub.Watch(health_pb2.HealthCheckRequest(service="agentmesh.agents.v1.AgentService"))
+    try:
+        assert (await asyncio.wait_for(watch.read(), 5)).status == SERVING
+        await running.server.health_servicer.set("agentmesh.agents.v1.AgentService", NOT_SERVING)
+        assert (await asyncio.wait_for(watch.read(), 5)).status == NOT_SERVING
+    finally:
+        watch.cancel()
+        await running.close()
+        await runtime.close()
