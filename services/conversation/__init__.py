@@ -21,8 +21,8 @@ SERVICE_NAME = conversation_service_pb2.DESCRIPTOR.services_by_name["Conversatio
 
 async def build(runtime: Runtime) -> Built[ConversationService]:
     store = ConversationStore(runtime.engine, autocommit=runtime.autocommit)
-    # Embedded (no Redis URL: fakeredis in this process), SQLite reads the newest messages as fast.
-    hot: HotWindowProtocol = HotWindow(runtime.redis) if runtime.settings.redis_url else NoHotWindow()
+    # With fakeredis in this process, SQLite reads the newest messages as fast as a window would.
+    hot: HotWindowProtocol = NoHotWindow() if runtime.redis_in_process else HotWindow(runtime.redis)
     service = ConversationService(
         store=store,
         search=MessageSearch(runtime.engine),

@@ -23,7 +23,7 @@ SERVICE_NAME = orchestration_service_pb2.DESCRIPTOR.services_by_name["Orchestrat
 async def build(runtime: Runtime) -> Built[OrchestrationService]:
     settings = runtime.settings
     options = OrchestrationOptions.from_settings(settings.runs, settings.tools)
-    own = settings.redis_url != ""  # embedded: the runtime's fakeredis
+    own = not runtime.redis_in_process
     redis = (
         stream_client(
             settings.redis_url,

@@ -110,12 +110,12 @@ class Relay(grpc.GenericRpcHandler):
 
             window = asyncio.Semaphore(WINDOW)  # acquired and released on the main loop only
 
-            async def write(message: Any) -> None:  # on the main loop, as the handler's yields
+            async def write(message: Any) -> None:  # on the main loop: a yielded message or a write
                 await window.acquire()
                 send("message", message)
 
             handler = _context(context, on_headers=lambda headers: send("headers", headers), on_write=write)
-            pump = asyncio.ensure_future(self._on_main(self._stream(method, request, handler, send, window)))
+            pump = asyncio.ensure_future(self._on_main(self._stream(method, request, handler, send)))
             try:
                 while True:
                     kind, value = await queue.get()
@@ -176,12 +176,7 @@ class Relay(grpc.GenericRpcHandler):
             return None  # the status is on the context
 
     async def _stream(
-        self,
-        method: str,
-        request: Any,
-        context: HandlerContext,
-        send: Callable[[str, Any], None],
-        window: asyncio.Semaphore,
+        self, method: str, request: Any, context: HandlerContext, send: Callable[[str, Any], None]
     ) -> None:
         try:
             behavior = await self._behavior(method)
@@ -189,8 +184,7 @@ class Relay(grpc.GenericRpcHandler):
             # generator is dropped with its task): its `finally`s and middlewares run now.
             async with contextlib.aclosing(behavior(request, context)) as responses:
                 async for response in responses:
-                    await window.acquire()
-                    send("message", response)
+                    await context.write(response)
         except grpc.aio.AbortError:
             pass  # the status is on the context
         finally:

@@ -176,6 +176,8 @@ class Runtime:
         # PostgreSQL only; None on SQLite, whose single writer gains nothing from a second pool.
         self.autocommit = db.AutocommitPool(engine) if engine.dialect.name == "postgresql" else None
         self.redis = redis
+        # No Redis URL: `redis` is fakeredis inside this process, read by no other.
+        self.redis_in_process = not settings.redis_url
         self.tracer_provider = tracer_provider
         # Whether spans are exported; without, servers and peer channels skip OpenTelemetry.
         self.tracing = tracing

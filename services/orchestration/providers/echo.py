@@ -132,7 +132,5 @@ class EchoProvider:
         tokens = tokens_of(answer)
         if config.max_output_tokens > 0:
             tokens = tokens[: config.max_output_tokens]
-        i = 0
-        async for token in paced(tokens, self._delay):
-            i += 1
+        async for i, token in paced(enumerate(tokens, 1), self._delay):
             yield Delta(token, Usage(prompt_tokens, len(tokens)) if i == len(tokens) else None)
